@@ -1,0 +1,337 @@
+//! Compressors and their wire codecs.
+//!
+//! A compressor `C` maps x in R^d to a message. Two classes matter for error
+//! feedback (algorithms.md §3.1):
+//!
+//! * contractive B(alpha): E||C(x) - x||^2 <= (1 - alpha) ||x||^2, 0 < alpha <= 1;
+//! * unbiased U(omega): E[C(x)] = x and E||C(x) - x||^2 <= omega ||x||^2.
+//!
+//! Every compressor here is built for a fixed dimension d ([`build`]), writes its
+//! encoding with a [`BitWriter`] and decodes it back bit for bit. The value it
+//! reports in [`CompressedVec`] is exactly what the receiver decodes (values are
+//! rounded to the wire [`ValueFormat`] before they are reported), so sender and
+//! receiver apply the same update and their states never drift apart.
+//!
+//! Non-finite input is rejected with [`CompressError::NonFinite`] (documented,
+//! tested): no message is produced.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bits::{BitReader, BitWriter};
+use crate::error::{CompressError, DecodeError, ParamError};
+use crate::rng::Rng;
+
+mod registry;
+pub use registry::{build, catalogue, CompressorSpec, CATALOGUE_NAMES};
+
+/// How a transmitted real value is written on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// IEEE half precision (16 bits).
+    F16,
+    /// IEEE single precision (32 bits); the default.
+    #[default]
+    F32,
+    /// IEEE double precision (64 bits); lossless for f64 state.
+    F64,
+}
+
+impl ValueFormat {
+    /// Bits per value.
+    pub fn bits(self) -> u32 {
+        match self {
+            ValueFormat::F16 => 16,
+            ValueFormat::F32 => 32,
+            ValueFormat::F64 => 64,
+        }
+    }
+
+    /// The value the receiver will decode for `v` (round to nearest).
+    #[inline]
+    pub fn round(self, v: f64) -> f64 {
+        match self {
+            ValueFormat::F16 => half::f16::from_f64(v).to_f64(),
+            ValueFormat::F32 => v as f32 as f64,
+            ValueFormat::F64 => v,
+        }
+    }
+
+    /// Writes `v` (which should already be rounded) in this format.
+    #[inline]
+    pub fn write(self, w: &mut BitWriter, v: f64) {
+        match self {
+            ValueFormat::F16 => w.write_bits(half::f16::from_f64(v).to_bits() as u64, 16),
+            ValueFormat::F32 => w.write_f32(v as f32),
+            ValueFormat::F64 => w.write_f64(v),
+        }
+    }
+
+    /// Reads one value; non-finite values are an error (no encoder writes them).
+    #[inline]
+    pub fn read(self, r: &mut BitReader) -> Result<f64, DecodeError> {
+        let v = match self {
+            ValueFormat::F16 => half::f16::from_bits(r.read_bits(16)? as u16).to_f64(),
+            ValueFormat::F32 => r.read_f32()? as f64,
+            ValueFormat::F64 => r.read_f64()?,
+        };
+        if !v.is_finite() {
+            return Err(DecodeError::invalid("value", "non-finite value on the wire"));
+        }
+        Ok(v)
+    }
+
+    /// Parses `f16`, `f32` or `f64`.
+    pub fn parse(s: &str) -> Result<Self, ParamError> {
+        match s {
+            "f16" => Ok(ValueFormat::F16),
+            "f32" => Ok(ValueFormat::F32),
+            "f64" => Ok(ValueFormat::F64),
+            _ => Err(ParamError::Unknown {
+                what: "value format",
+                name: s.to_string(),
+                allowed: "f16, f32, f64".into(),
+            }),
+        }
+    }
+}
+
+/// The class of a compressor for its dimension d, with its constant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "class", rename_all = "snake_case")]
+pub enum CompressorClass {
+    /// E||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+    Contractive {
+        /// The contraction constant, 0 < alpha <= 1.
+        alpha: f64,
+    },
+    /// E[C(x)] = x and E||C(x) - x||^2 <= omega ||x||^2.
+    Unbiased {
+        /// The variance constant, omega >= 0.
+        omega: f64,
+    },
+    /// ||C(x) - x||^2 <= delta2 for every x (absolute compressors, e.g. threshold).
+    Absolute {
+        /// The absolute error bound.
+        delta2: f64,
+    },
+}
+
+impl CompressorClass {
+    /// The contraction constant usable by EF21's theory: alpha for contractive
+    /// compressors, 1/(1 + omega) for unbiased ones after scaling by 1/(1+omega)
+    /// (algorithms.md §3.1); `None` for absolute compressors.
+    pub fn alpha(&self) -> Option<f64> {
+        match *self {
+            CompressorClass::Contractive { alpha } => Some(alpha),
+            CompressorClass::Unbiased { omega } => Some(1.0 / (1.0 + omega)),
+            CompressorClass::Absolute { .. } => None,
+        }
+    }
+}
+
+/// A compressed vector as the receiver decodes it.
+///
+/// Sparse form: `indices` (strictly increasing) and `values` of equal length.
+/// Dense form (`dense == true`): `values` has length `dim`, `indices` is empty.
+/// The buffers are reused across rounds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompressedVec {
+    /// Dimension of the vector.
+    pub dim: usize,
+    /// Whether `values` holds every coordinate.
+    pub dense: bool,
+    /// Coordinates of the stored values (sparse form).
+    pub indices: Vec<u32>,
+    /// Stored values.
+    pub values: Vec<f64>,
+}
+
+impl CompressedVec {
+    /// An empty sparse vector of dimension `dim` (keeps allocations).
+    pub fn reset_sparse(&mut self, dim: usize) {
+        self.dim = dim;
+        self.dense = false;
+        self.indices.clear();
+        self.values.clear();
+    }
+
+    /// A dense vector of zeros of dimension `dim` (keeps allocations).
+    pub fn reset_dense(&mut self, dim: usize) {
+        self.dim = dim;
+        self.dense = true;
+        self.indices.clear();
+        self.values.clear();
+        self.values.resize(dim, 0.0);
+    }
+
+    /// Number of stored values.
+    pub fn stored(&self) -> usize {
+        self.values.len()
+    }
+
+    /// y += a * self.
+    #[track_caller]
+    pub fn add_scaled_to(&self, y: &mut [f64], a: f64) {
+        assert_eq!(y.len(), self.dim, "dimension mismatch");
+        if self.dense {
+            for (yi, v) in y.iter_mut().zip(&self.values) {
+                *yi += a * v;
+            }
+        } else {
+            for (&i, v) in self.indices.iter().zip(&self.values) {
+                y[i as usize] += a * v;
+            }
+        }
+    }
+
+    /// y += self.
+    #[track_caller]
+    pub fn add_to(&self, y: &mut [f64]) {
+        assert_eq!(y.len(), self.dim, "dimension mismatch");
+        if self.dense {
+            for (yi, v) in y.iter_mut().zip(&self.values) {
+                *yi += v;
+            }
+        } else {
+            for (&i, v) in self.indices.iter().zip(&self.values) {
+                y[i as usize] += v;
+            }
+        }
+    }
+
+    /// Writes the dense vector into `out`.
+    #[track_caller]
+    pub fn to_dense(&self, out: &mut [f64]) {
+        assert_eq!(out.len(), self.dim, "dimension mismatch");
+        if self.dense {
+            out.copy_from_slice(&self.values);
+        } else {
+            out.iter_mut().for_each(|v| *v = 0.0);
+            for (&i, v) in self.indices.iter().zip(&self.values) {
+                out[i as usize] = *v;
+            }
+        }
+    }
+
+    /// The dense vector as a new `Vec` (tests and tools; not for hot loops).
+    pub fn to_vec(&self) -> Vec<f64> {
+        let mut v = vec![0.0; self.dim];
+        self.to_dense(&mut v);
+        v
+    }
+
+    /// Bitwise equality of the represented dense vectors (0.0 and -0.0 differ).
+    pub fn bit_eq(&self, other: &CompressedVec) -> bool {
+        let a = self.to_vec();
+        let b = other.to_vec();
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+}
+
+/// Reusable scratch space for compressors (keeps rounds allocation-free).
+#[derive(Debug, Default, Clone)]
+pub struct Scratch {
+    /// Unsigned 32-bit scratch.
+    pub u32s: Vec<u32>,
+    /// Unsigned 64-bit scratch.
+    pub u64s: Vec<u64>,
+    /// Real scratch.
+    pub f64s: Vec<f64>,
+    /// Second real scratch.
+    pub f64s2: Vec<f64>,
+}
+
+/// Randomness and scratch for one compression.
+pub struct CompressCtx<'a> {
+    /// The sender's private stream (independent per worker and round).
+    pub rng: &'a mut Rng,
+    /// Key of the stream shared with the receiver (shared-seed modes); the
+    /// receiver gets the same key through [`DecodeCtx`].
+    pub shared_key: u64,
+    /// Scratch buffers.
+    pub scratch: &'a mut Scratch,
+}
+
+/// What a decoder knows besides the bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeCtx {
+    /// Key of the stream shared with the sender.
+    pub shared_key: u64,
+}
+
+/// A compression operator with its wire codec, built for one dimension.
+pub trait Compressor: Send + Sync + fmt::Debug {
+    /// The catalogue name (e.g. `top-k`).
+    fn name(&self) -> &'static str;
+    /// Name with resolved parameters (e.g. `top-k(k=3)`), for logs and plots.
+    fn describe(&self) -> String;
+    /// The dimension this compressor was built for.
+    fn dim(&self) -> usize;
+    /// Class and constant for this dimension.
+    fn class(&self) -> CompressorClass;
+    /// Whether C(x) depends on x only (no randomness).
+    fn is_deterministic(&self) -> bool;
+    /// Compresses `x` (length `dim`): writes the decoded value into `out` and
+    /// appends its encoding to `w`.
+    fn compress(
+        &self,
+        x: &[f64],
+        ctx: &mut CompressCtx<'_>,
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+    ) -> Result<(), CompressError>;
+    /// Decodes one compressed vector from `r` into `out`.
+    fn decode(&self, r: &mut BitReader<'_>, ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError>;
+    /// Bits the papers' plots would count for this message (algorithms.md §3.3):
+    /// 32 per transmitted value, indices free (quantizers document their rule).
+    fn paper_bits(&self, c: &CompressedVec) -> u64;
+}
+
+/// Returns the first non-finite entry of `x` as an error.
+#[inline]
+pub fn check_finite(x: &[f64]) -> Result<(), CompressError> {
+    // Summing is a fast vectorisable screen; locate only on failure.
+    let s: f64 = x.iter().map(|v| v * 0.0).sum();
+    if s == 0.0 {
+        return Ok(());
+    }
+    let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(CompressError::NonFinite { index, value: x[index] })
+}
+
+/// One standalone encoded message (tests, tools, benches).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The bytes on the wire.
+    pub bytes: Vec<u8>,
+    /// The decoded value.
+    pub value: CompressedVec,
+    /// Bits actually written: 8 * bytes.len().
+    pub wire_bits: u64,
+    /// Bits in the papers' convention.
+    pub paper_bits: u64,
+}
+
+/// Compresses and encodes `x` as one standalone message.
+pub fn encode_one(c: &dyn Compressor, x: &[f64], rng: &mut Rng, shared_key: u64) -> Result<Encoded, CompressError> {
+    let mut scratch = Scratch::default();
+    let mut ctx = CompressCtx { rng, shared_key, scratch: &mut scratch };
+    let mut out = CompressedVec::default();
+    let mut w = BitWriter::new();
+    c.compress(x, &mut ctx, &mut out, &mut w)?;
+    let bytes = w.finish().to_vec();
+    let paper_bits = c.paper_bits(&out);
+    Ok(Encoded { wire_bits: bytes.len() as u64 * 8, bytes, value: out, paper_bits })
+}
+
+/// Decodes one standalone message produced by [`encode_one`].
+pub fn decode_one(c: &dyn Compressor, bytes: &[u8], shared_key: u64) -> Result<CompressedVec, DecodeError> {
+    let mut r = BitReader::new(bytes);
+    let mut out = CompressedVec::default();
+    c.decode(&mut r, &DecodeCtx { shared_key }, &mut out)?;
+    r.finish()?;
+    Ok(out)
+}

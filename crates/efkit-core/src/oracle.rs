@@ -1,0 +1,107 @@
+//! The oracle interface: how a worker turns a model into a gradient and a loss.
+//!
+//! An oracle is whatever worker i can query about its own f_i: a shard of a
+//! data set (finite sum f_i = (1/N_i) sum_j f_ij), a synthetic stochastic
+//! problem, a neural network on minibatches, or later a reinforcement-learning
+//! worker that runs its own robot and returns a policy gradient with a reward and
+//! a safety cost (design.md §1). The interface therefore only assumes "give me a
+//! (stochastic) gradient at x"; finite-sum structure is optional.
+
+use crate::rng::Rng;
+
+/// What one worker can compute about its local objective f_i.
+pub trait Oracle: Send {
+    /// Dimension of the model.
+    fn dim(&self) -> usize;
+
+    /// Number of local samples N_i for finite sums; `None` for streaming oracles.
+    fn num_samples(&self) -> Option<usize>;
+
+    /// f_i(x); writes grad f_i(x) into `grad`.
+    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64;
+
+    /// f_i(x) only.
+    fn loss(&mut self, x: &[f64]) -> f64;
+
+    /// A stochastic gradient from a minibatch of `batch` samples drawn with `rng`
+    /// (finite sums: uniformly without replacement, "tau-nice"). The drawn
+    /// sample indices are left in `drawn` (empty for streaming oracles) so that
+    /// an estimator can reuse them (PAGE). Returns the minibatch loss.
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64;
+
+    /// The gradient of the samples `idx` (finite sums only; PAGE evaluates the
+    /// same minibatch at two points). Returns the minibatch loss.
+    ///
+    /// # Panics
+    /// Streaming oracles panic; methods that need this check
+    /// [`Oracle::num_samples`] when they are configured.
+    fn indexed_grad(&mut self, x: &[f64], idx: &[u32], grad: &mut [f64]) -> f64;
+}
+
+/// Draws `batch` distinct indices out of `0..n` uniformly (Floyd's algorithm
+/// for small batches, a partial Fisher–Yates shuffle otherwise), sorted
+/// ascending so that sums are taken in a fixed order.
+pub fn sample_without_replacement(n: usize, batch: usize, rng: &mut Rng, out: &mut Vec<u32>) {
+    use rand::Rng as _;
+    assert!(batch <= n, "batch {batch} larger than population {n}");
+    out.clear();
+    if batch == n {
+        out.extend(0..n as u32);
+        return;
+    }
+    if batch * 8 < n {
+        // Floyd: exactly `batch` draws, dedup by linear search on small sets or by sort.
+        for j in (n - batch)..n {
+            let t = rng.gen_range(0..=j) as u32;
+            if out.contains(&t) {
+                out.push(j as u32);
+            } else {
+                out.push(t);
+            }
+        }
+    } else {
+        out.extend(0..n as u32);
+        for i in 0..batch {
+            let j = rng.gen_range(i..n);
+            out.swap(i, j);
+        }
+        out.truncate(batch);
+    }
+    out.sort_unstable();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{stream, Purpose};
+
+    #[test]
+    fn sampling_is_distinct_sorted_and_uniform() {
+        let mut out = Vec::new();
+        let mut counts = [0u32; 20];
+        for round in 0..4000 {
+            let mut rng = stream(1, Purpose::Sample, 0, round);
+            sample_without_replacement(20, 5, &mut rng, &mut out);
+            assert_eq!(out.len(), 5);
+            assert!(out.windows(2).all(|w| w[0] < w[1]));
+            for &i in &out {
+                counts[i as usize] += 1;
+            }
+        }
+        // each index has inclusion probability 1/4: 1000 expected, sd ~ 27
+        for c in counts {
+            assert!((850..1150).contains(&c), "{c}");
+        }
+        let mut rng = stream(1, Purpose::Sample, 0, 0);
+        sample_without_replacement(10, 9, &mut rng, &mut out);
+        assert_eq!(out.len(), 9);
+        assert!(out.windows(2).all(|w| w[0] < w[1]));
+    }
+}
