@@ -13,7 +13,6 @@
 pub mod bits;
 pub mod compress;
 pub mod error;
-pub mod message;
 pub mod method;
 pub mod oracle;
 pub mod rng;

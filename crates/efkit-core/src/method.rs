@@ -1,1 +1,1112 @@
-//! Placeholder
+//! Error-feedback methods as compositions of orthogonal parts (design.md §2).
+//!
+//! Every method is one loop between a server and n workers (algorithms.md §6,
+//! B&W eq. (7)):
+//!
+//! ```text
+//! server:   x^{t+1} = step(x^t, g^t)                 (plain, heavy ball, prox)
+//! worker i: e_i^{t+1} = estimator at x^{t+1}          (gradient, minibatch, momentum, PAGE)
+//!           c_i^t = C(message built by the feedback) (none, EF14, EF21, EF21+)
+//! server:   g^{t+1} = g^t + (1/n) sum_{i in S_t} c_i^t
+//! ```
+//!
+//! Round t of [`Server`]/[`Worker`] starts with the downlink that carries x^t (or,
+//! for EF21-BC, the compressed update of the broadcast estimate), lets every
+//! participating worker compute at x^t and send its uplink, and ends with the
+//! server holding x^{t+1}. Round 0 is the initialization (g_i^0).
+//!
+//! Both ends apply exactly what travels: the worker updates its state with the
+//! decoded value of its own message (values rounded to the wire format), never
+//! with the pre-encoding value.
+//!
+//! Named methods are presets over the parts ([`MethodSpec::parts`]):
+//!
+//! | preset | estimator | feedback | server step | downlink | participation |
+//! |---|---|---|---|---|---|
+//! | `gd` | full gradient | none (identity C) | plain | model | all |
+//! | `dcgd` | full gradient | none | plain | model | all |
+//! | `ef14` | full gradient | EF14 | plain | model | all |
+//! | `ef21` | full gradient | EF21 | plain | model | all |
+//! | `ef21-plus` | full gradient | EF21+ | plain | model | all |
+//! | `sgd` | minibatch | none (identity C) | plain | model | all |
+//! | `ef21-sgd` | minibatch | EF21 | plain | model | all |
+//! | `ef21-page` | PAGE | EF21 | plain | model | all |
+//! | `ef21-pp` | full gradient | EF21 | plain | model | sampled |
+//! | `ef21-bc` | full gradient | EF21 | plain | compressed estimate | all |
+//! | `ef21-hb` | full gradient | EF21 | heavy ball | model | all |
+//! | `ef21-prox` | full gradient | EF21 | prox | model | all |
+//! | `ef14-sgd` | minibatch | EF14 | plain | model | all |
+//! | `ef21-sgdm` | momentum | EF21 | plain | model | all |
+//! | `ef21-sgd2m` | double momentum | EF21 | plain | model | all |
+
+use serde::{Deserialize, Serialize};
+
+use crate::bits::{BitReader, BitWriter};
+use crate::compress::{CompressCtx, CompressedVec, Compressor, DecodeCtx, Scratch};
+use crate::error::{CompressError, DecodeError, ParamError};
+use crate::oracle::Oracle;
+use crate::rng::{stream, stream_key, Purpose};
+
+/// How a worker's minibatch size is given.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchSize {
+    /// A fixed number of samples.
+    Count(usize),
+    /// A fraction of the worker's N_i (floor(fraction * N_i), at least 1).
+    Fraction(f64),
+}
+
+impl BatchSize {
+    /// The batch size for a worker holding `n_local` samples (`None`: streaming).
+    pub fn resolve(self, n_local: Option<usize>) -> usize {
+        match (self, n_local) {
+            (BatchSize::Count(b), Some(n)) => b.min(n),
+            (BatchSize::Count(b), None) => b,
+            (BatchSize::Fraction(f), Some(n)) => ((f * n as f64).floor() as usize).clamp(1, n),
+            (BatchSize::Fraction(_), None) => 1,
+        }
+    }
+}
+
+/// What a worker feeds into its message: its estimate of grad f_i(x^t).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Estimator {
+    /// The exact local gradient.
+    FullGradient,
+    /// A minibatch gradient (tau-nice sampling without replacement).
+    Minibatch(BatchSize),
+    /// Polyak momentum v = (1 - eta) v + eta * minibatch gradient (EF21-SGDM).
+    Momentum {
+        /// Momentum parameter eta in (0, 1]; eta = 1 is no momentum.
+        eta: f64,
+        /// Minibatch size.
+        batch: BatchSize,
+        /// Batch for the initial momentum v^0 (B_init).
+        init_batch: BatchSize,
+    },
+    /// Double momentum u = (1 - eta) u + eta v on top of [`Estimator::Momentum`] (EF21-SGD2M).
+    DoubleMomentum {
+        /// Momentum parameter eta in (0, 1].
+        eta: f64,
+        /// Minibatch size.
+        batch: BatchSize,
+        /// Batch for the initial momentum (B_init).
+        init_batch: BatchSize,
+    },
+    /// The PAGE estimator: with probability p the full gradient, else
+    /// v + minibatch(grad(x^t) - grad(x^{t-1})) on the same samples.
+    Page {
+        /// Probability of a full gradient.
+        p: f64,
+        /// Minibatch size.
+        batch: BatchSize,
+        /// One coin for all workers (the authors' code) instead of one per worker (the paper).
+        shared_coin: bool,
+    },
+}
+
+/// The error-feedback mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Feedback {
+    /// Send C(estimate); the server averages (DCGD; GD/SGD with identity C).
+    None,
+    /// Classic error feedback (Seide et al. 2014): send w = C(e + gamma h), e += gamma h - w.
+    Ef14,
+    /// EF21's Markov compressor: send c = C(h - g_i), g_i += c.
+    Ef21,
+    /// EF21+: keep the closer of g_i + C(h - g_i) and C(h); one flag bit says which.
+    Ef21Plus,
+}
+
+/// The server's update of the model from the aggregate g.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ServerStep {
+    /// x = x - gamma g.
+    Plain,
+    /// Heavy ball (EF21-HB): v = eta v + g (v^0 = g^0), x = x - gamma v.
+    HeavyBall {
+        /// Momentum eta in [0, 1).
+        eta: f64,
+    },
+    /// Proximal step (EF21-Prox): x = prox_{gamma r}(x - gamma g).
+    Prox {
+        /// The regularizer r.
+        reg: Regularizer,
+    },
+}
+
+/// A simple convex regularizer r with a closed-form prox.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Regularizer {
+    /// r = 0.
+    Zero,
+    /// r(x) = lambda ||x||_1 (prox: soft thresholding).
+    L1 {
+        /// Weight.
+        lambda: f64,
+    },
+    /// r(x) = (lambda/2) ||x||^2 (prox: shrinkage by 1/(1 + gamma lambda)).
+    L2Squared {
+        /// Weight.
+        lambda: f64,
+    },
+    /// Indicator of the box [lo, hi]^d (prox: clipping).
+    Box {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
+    /// Indicator of the Euclidean ball of radius `radius` (prox: projection).
+    Ball {
+        /// Radius.
+        radius: f64,
+    },
+}
+
+impl Regularizer {
+    /// r(x) (infinite outside the set for indicators).
+    pub fn value(&self, x: &[f64]) -> f64 {
+        match *self {
+            Regularizer::Zero => 0.0,
+            Regularizer::L1 { lambda } => lambda * x.iter().map(|v| v.abs()).sum::<f64>(),
+            Regularizer::L2Squared { lambda } => 0.5 * lambda * x.iter().map(|v| v * v).sum::<f64>(),
+            Regularizer::Box { lo, hi } => {
+                if x.iter().all(|&v| v >= lo && v <= hi) {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            }
+            Regularizer::Ball { radius } => {
+                let n2: f64 = x.iter().map(|v| v * v).sum();
+                if n2 <= radius * radius * (1.0 + 1e-12) {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            }
+        }
+    }
+
+    /// x = prox_{gamma r}(x), in place.
+    pub fn prox(&self, x: &mut [f64], gamma: f64) {
+        match *self {
+            Regularizer::Zero => {}
+            Regularizer::L1 { lambda } => {
+                let t = gamma * lambda;
+                for v in x.iter_mut() {
+                    *v = v.signum() * (v.abs() - t).max(0.0);
+                }
+            }
+            Regularizer::L2Squared { lambda } => {
+                let s = 1.0 / (1.0 + gamma * lambda);
+                x.iter_mut().for_each(|v| *v *= s);
+            }
+            Regularizer::Box { lo, hi } => x.iter_mut().for_each(|v| *v = v.clamp(lo, hi)),
+            Regularizer::Ball { radius } => {
+                let n = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                if n > radius {
+                    let s = radius / n;
+                    x.iter_mut().for_each(|v| *v *= s);
+                }
+            }
+        }
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        match *self {
+            Regularizer::L1 { lambda } | Regularizer::L2Squared { lambda } if !(lambda >= 0.0 && lambda.is_finite()) => {
+                Err(ParamError::invalid("prox.lambda", format!("must be finite and >= 0, got {lambda}")))
+            }
+            Regularizer::Box { lo, hi } if !(lo <= hi) => Err(ParamError::invalid("prox.lo", format!("need lo <= hi, got {lo} > {hi}"))),
+            Regularizer::Ball { radius } if !(radius > 0.0 && radius.is_finite()) => {
+                Err(ParamError::invalid("prox.radius", format!("must be finite and > 0, got {radius}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which clients take part in a round (EF21-PP).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Participation {
+    /// Every client, every round.
+    All,
+    /// Exactly `k` clients drawn uniformly without replacement (tau-nice).
+    Nice {
+        /// Number of participants per round.
+        k: usize,
+    },
+    /// Each client independently with probability `p`.
+    Independent {
+        /// Participation probability.
+        p: f64,
+    },
+}
+
+/// How g_i^0 is formed in round 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitMode {
+    /// g_i^0 = the uncompressed estimate, sent dense (the papers' code; default).
+    #[default]
+    Dense,
+    /// g_i^0 = C(estimate) (the paper's Algorithm 1).
+    Compressed,
+}
+
+/// The downlink: what the server sends to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownlinkMode {
+    /// The dense model x^t (f64, lossless).
+    Model,
+    /// EF21-BC: the compressed update b of the broadcast estimate g; workers
+    /// mirror g and step x locally.
+    CompressedEstimate,
+}
+
+/// A method as validated parts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Parts {
+    /// Worker estimator.
+    pub estimator: Estimator,
+    /// Feedback mechanism.
+    pub feedback: Feedback,
+    /// Server step.
+    pub server_step: ServerStep,
+    /// Downlink mode.
+    pub downlink: DownlinkMode,
+    /// Participation.
+    pub participation: Participation,
+    /// Initialization of g_i^0.
+    pub init: InitMode,
+    /// Step size gamma.
+    pub gamma: f64,
+    /// Whether the uplink compressor must be the identity (GD, SGD).
+    pub force_identity: bool,
+}
+
+/// A method as named in a config file: a preset name plus its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodSpec {
+    /// Preset name (see the module table).
+    pub name: String,
+    /// Momentum eta (ef21-hb: heavy ball in [0,1); ef21-sgdm/sgd2m: in (0,1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<f64>,
+    /// Minibatch size: an integer count or a fraction of N_i in (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSize>,
+    /// Initial momentum batch B_init (default: the full local data for finite sums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_batch: Option<BatchSize>,
+    /// PAGE probability (default: mean_i tau_i/(tau_i + N_i), the authors' code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// PAGE: one coin for all workers (authors' code, default) or one per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_coin: Option<bool>,
+    /// EF21-PP: fraction of clients per round (tau-nice, k = floor(fraction n)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participation: Option<f64>,
+    /// EF21-PP: sample clients independently with probability `participation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub independent: Option<bool>,
+    /// EF21-Prox regularizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prox: Option<Regularizer>,
+    /// Initialization of g_i^0.
+    #[serde(default)]
+    pub init: InitMode,
+}
+
+/// The preset names.
+pub const METHOD_NAMES: &[&str] = &[
+    "gd", "dcgd", "ef14", "ef21", "ef21-plus", "sgd", "ef21-sgd", "ef21-page", "ef21-pp", "ef21-bc", "ef21-hb",
+    "ef21-prox", "ef14-sgd", "ef21-sgdm", "ef21-sgd2m",
+];
+
+impl MethodSpec {
+    /// A spec with only a name and defaults.
+    pub fn named(name: &str) -> Self {
+        MethodSpec {
+            name: name.to_string(),
+            eta: None,
+            batch: None,
+            init_batch: None,
+            p: None,
+            shared_coin: None,
+            participation: None,
+            independent: None,
+            prox: None,
+            init: InitMode::Dense,
+        }
+    }
+
+    /// Resolves the preset into parts for `n` workers with local sizes `n_local`.
+    pub fn parts(&self, gamma: f64, n: usize, n_local: &[Option<usize>]) -> Result<Parts, ParamError> {
+        if !(gamma > 0.0 && gamma.is_finite()) {
+            return Err(ParamError::invalid("step", format!("step size must be finite and > 0, got {gamma}")));
+        }
+        let batch = || -> Result<BatchSize, ParamError> {
+            let b = self.batch.ok_or_else(|| ParamError::invalid("method.batch", format!("`{}` needs a minibatch size", self.name)))?;
+            check_batch("method.batch", b)?;
+            Ok(b)
+        };
+        let eta_in = |lo_open: bool, hi_closed: bool| -> Result<f64, ParamError> {
+            let eta = self.eta.ok_or_else(|| ParamError::invalid("method.eta", format!("`{}` needs eta", self.name)))?;
+            let ok = if lo_open { eta > 0.0 } else { eta >= 0.0 } && if hi_closed { eta <= 1.0 } else { eta < 1.0 };
+            if !ok {
+                let range = match (lo_open, hi_closed) {
+                    (true, true) => "(0, 1]",
+                    (false, false) => "[0, 1)",
+                    _ => "[0, 1]",
+                };
+                return Err(ParamError::invalid("method.eta", format!("must be in {range}, got {eta}")));
+            }
+            Ok(eta)
+        };
+        let finite_sum = n_local.iter().all(|m| m.is_some());
+        let mut p = Parts {
+            estimator: Estimator::FullGradient,
+            feedback: Feedback::Ef21,
+            server_step: ServerStep::Plain,
+            downlink: DownlinkMode::Model,
+            participation: Participation::All,
+            init: self.init,
+            gamma,
+            force_identity: false,
+        };
+        match self.name.as_str() {
+            "gd" => {
+                p.feedback = Feedback::None;
+                p.force_identity = true;
+            }
+            "dcgd" => p.feedback = Feedback::None,
+            "ef14" => p.feedback = Feedback::Ef14,
+            "ef21" => {}
+            "ef21-plus" => p.feedback = Feedback::Ef21Plus,
+            "sgd" => {
+                p.feedback = Feedback::None;
+                p.force_identity = true;
+                p.estimator = Estimator::Minibatch(batch()?);
+            }
+            "ef21-sgd" => p.estimator = Estimator::Minibatch(batch()?),
+            "ef14-sgd" => {
+                p.feedback = Feedback::Ef14;
+                p.estimator = Estimator::Minibatch(batch()?);
+            }
+            "ef21-page" => {
+                if !finite_sum {
+                    return Err(ParamError::invalid("method", "ef21-page needs a finite-sum problem"));
+                }
+                let b = batch()?;
+                let prob = match self.p {
+                    Some(q) if q > 0.0 && q <= 1.0 => q,
+                    Some(q) => return Err(ParamError::invalid("method.p", format!("must be in (0, 1], got {q}"))),
+                    None => {
+                        // authors' code: p = mean_i tau_i / (tau_i + N_i)
+                        let s: f64 = n_local
+                            .iter()
+                            .map(|m| {
+                                let m = m.unwrap();
+                                let t = b.resolve(Some(m)) as f64;
+                                t / (t + m as f64)
+                            })
+                            .sum();
+                        s / n as f64
+                    }
+                };
+                p.estimator = Estimator::Page { p: prob, batch: b, shared_coin: self.shared_coin.unwrap_or(true) };
+            }
+            "ef21-pp" => {
+                let f = self.participation.ok_or_else(|| ParamError::invalid("method.participation", "ef21-pp needs a participation fraction in (0, 1]"))?;
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(ParamError::invalid("method.participation", format!("must be in (0, 1], got {f}")));
+                }
+                p.participation = if self.independent.unwrap_or(false) {
+                    Participation::Independent { p: f }
+                } else {
+                    let k = ((f * n as f64).floor() as usize).max(1);
+                    Participation::Nice { k }
+                };
+            }
+            "ef21-bc" => p.downlink = DownlinkMode::CompressedEstimate,
+            "ef21-hb" => p.server_step = ServerStep::HeavyBall { eta: eta_in(false, false)? },
+            "ef21-prox" => {
+                let reg = self.prox.ok_or_else(|| ParamError::invalid("method.prox", "ef21-prox needs a regularizer, e.g. { kind = \"l1\", lambda = 0.01 }"))?;
+                reg.validate()?;
+                p.server_step = ServerStep::Prox { reg };
+            }
+            "ef21-sgdm" | "ef21-sgd2m" => {
+                let eta = eta_in(true, true)?;
+                let b = batch()?;
+                let init_batch = match self.init_batch {
+                    Some(ib) => {
+                        check_batch("method.init_batch", ib)?;
+                        ib
+                    }
+                    None if finite_sum => BatchSize::Fraction(1.0),
+                    None => b,
+                };
+                p.estimator = if self.name == "ef21-sgdm" {
+                    Estimator::Momentum { eta, batch: b, init_batch }
+                } else {
+                    Estimator::DoubleMomentum { eta, batch: b, init_batch }
+                };
+            }
+            other => {
+                return Err(ParamError::Unknown { what: "method", name: other.to_string(), allowed: METHOD_NAMES.join(", ") });
+            }
+        }
+        // Parameters given to a preset that does not use them are an error, not silently ignored.
+        let unused = |key: &str, present: bool, used: bool| -> Result<(), ParamError> {
+            if present && !used {
+                Err(ParamError::invalid(format!("method.{key}"), format!("not used by method `{}`", self.name)))
+            } else {
+                Ok(())
+            }
+        };
+        let n = self.name.as_str();
+        unused("eta", self.eta.is_some(), matches!(n, "ef21-hb" | "ef21-sgdm" | "ef21-sgd2m"))?;
+        unused("batch", self.batch.is_some(), matches!(n, "sgd" | "ef21-sgd" | "ef14-sgd" | "ef21-page" | "ef21-sgdm" | "ef21-sgd2m"))?;
+        unused("init_batch", self.init_batch.is_some(), matches!(n, "ef21-sgdm" | "ef21-sgd2m"))?;
+        unused("p", self.p.is_some(), n == "ef21-page")?;
+        unused("shared_coin", self.shared_coin.is_some(), n == "ef21-page")?;
+        unused("participation", self.participation.is_some(), n == "ef21-pp")?;
+        unused("independent", self.independent.is_some(), n == "ef21-pp")?;
+        unused("prox", self.prox.is_some(), n == "ef21-prox")?;
+        Ok(p)
+    }
+}
+
+fn check_batch(key: &str, b: BatchSize) -> Result<(), ParamError> {
+    match b {
+        BatchSize::Count(0) => Err(ParamError::invalid(key, "batch size must be >= 1")),
+        BatchSize::Fraction(f) if !(f > 0.0 && f <= 1.0) => Err(ParamError::invalid(key, format!("batch fraction must be in (0, 1], got {f}"))),
+        _ => Ok(()),
+    }
+}
+
+/// The compressors a method uses.
+#[derive(Debug)]
+pub struct Codecs {
+    /// Worker uplink compressor C.
+    pub uplink: Box<dyn Compressor>,
+    /// Dense codec for uncompressed messages (identity in the uplink's value format).
+    pub dense: Box<dyn Compressor>,
+    /// Server compressor C_M (EF21-BC only).
+    pub downlink: Option<Box<dyn Compressor>>,
+}
+
+/// Downlink message kinds on the wire (2-bit tag).
+const TAG_MODEL: u64 = 0;
+const TAG_ESTIMATE_DENSE: u64 = 1;
+const TAG_ESTIMATE_DELTA: u64 = 2;
+
+/// The server's message of one round, decoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Downlink {
+    /// Whether this is the model x (true) or an estimate message (EF21-BC).
+    pub is_model: bool,
+    /// For estimate messages: whether `vec` replaces g (dense init) or is added to it.
+    pub replace: bool,
+    /// The model (when `is_model`).
+    pub x: Vec<f64>,
+    /// The estimate message (EF21-BC).
+    pub vec: CompressedVec,
+}
+
+/// An encoded message with its bit counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wire {
+    /// The bytes that travel.
+    pub bytes: Vec<u8>,
+    /// Bits in the papers' convention (32 per value, indices free).
+    pub paper_bits: u64,
+}
+
+impl Wire {
+    /// 8 * bytes.len(): exactly what travels.
+    pub fn wire_bits(&self) -> u64 {
+        self.bytes.len() as u64 * 8
+    }
+}
+
+fn finish_into(w: &mut BitWriter, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(w.finish());
+}
+
+/// Encodes a model downlink (x as f64, lossless).
+pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
+    w.clear();
+    w.write_bits(TAG_MODEL, 2);
+    for &v in x {
+        w.write_f64(v);
+    }
+    finish_into(w, &mut wire.bytes);
+    wire.paper_bits = 0; // the papers do not count the model broadcast
+}
+
+/// Decodes a downlink for dimension `d` (hostile input: errors, never panics).
+pub fn decode_downlink(bytes: &[u8], d: usize, codecs: &Codecs, shared_key: u64, out: &mut Downlink) -> Result<(), DecodeError> {
+    let mut r = BitReader::new(bytes);
+    let tag = r.read_bits(2)?;
+    match tag {
+        TAG_MODEL => {
+            out.is_model = true;
+            out.x.clear();
+            for _ in 0..d {
+                let v = r.read_f64()?;
+                if !v.is_finite() {
+                    return Err(DecodeError::invalid("model", "non-finite model entry"));
+                }
+                out.x.push(v);
+            }
+        }
+        TAG_ESTIMATE_DENSE | TAG_ESTIMATE_DELTA => {
+            out.is_model = false;
+            out.replace = tag == TAG_ESTIMATE_DENSE;
+            let c = if out.replace { &codecs.dense } else { codecs.downlink.as_ref().ok_or_else(|| DecodeError::invalid("downlink", "estimate message but no server compressor"))? };
+            c.decode(&mut r, &DecodeCtx { shared_key }, &mut out.vec)?;
+        }
+        _ => return Err(DecodeError::invalid("downlink.tag", format!("unknown tag {tag}"))),
+    }
+    r.finish()
+}
+
+/// One worker's uplink of one round, decoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Uplink {
+    /// EF21+: the plain compressed gradient was chosen (g_i = c instead of g_i += c).
+    pub replace: bool,
+    /// The compressed vector.
+    pub vec: CompressedVec,
+}
+
+/// Decodes an uplink of `round` (hostile input: errors, never panics).
+pub fn decode_uplink(bytes: &[u8], parts: &Parts, codecs: &Codecs, round: u64, shared_key: u64, out: &mut Uplink) -> Result<(), DecodeError> {
+    let mut r = BitReader::new(bytes);
+    out.replace = false;
+    if parts.feedback == Feedback::Ef21Plus && round > 0 {
+        out.replace = r.read_bit()?;
+    }
+    let c = if dense_init_round(parts, round) { &codecs.dense } else { &codecs.uplink };
+    c.decode(&mut r, &DecodeCtx { shared_key }, &mut out.vec)?;
+    r.finish()
+}
+
+fn dense_init_round(parts: &Parts, round: u64) -> bool {
+    round == 0 && parts.init == InitMode::Dense && matches!(parts.feedback, Feedback::Ef21 | Feedback::Ef21Plus)
+}
+
+/// The key of the shared-seed stream for (worker, round) uplinks.
+pub fn uplink_shared_key(seed: u64, worker: usize, round: u64) -> u64 {
+    stream_key(seed, Purpose::SharedCompress, worker as u64, round)
+}
+
+/// The key of the shared-seed stream for the server's downlink of `round`.
+pub fn downlink_shared_key(seed: u64, round: u64) -> u64 {
+    stream_key(seed, Purpose::SharedCompress, u64::MAX, round)
+}
+
+/// A worker's algorithm state: plain values (checkpointable, comparable).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerState {
+    /// Worker id i.
+    pub id: usize,
+    /// Local copy of the model x^t.
+    pub x: Vec<f64>,
+    /// EF21: g_i; EF14: the error e_i.
+    pub g: Vec<f64>,
+    /// Momentum v_i (SGDM/SGD2M) or the PAGE estimator v_i.
+    pub v: Vec<f64>,
+    /// Second momentum u_i (SGD2M).
+    pub u: Vec<f64>,
+    /// PAGE: the previous iterate.
+    pub x_prev: Vec<f64>,
+    /// EF21-BC: mirror of the server's broadcast estimate g.
+    pub g_server: Vec<f64>,
+    /// Whether round 0 has run.
+    pub initialized: bool,
+    /// Number of sample gradients computed so far (for epochs).
+    pub samples: u64,
+    /// Cumulative uplink wire bits.
+    pub bits_up_wire: u64,
+    /// Cumulative uplink paper bits.
+    pub bits_up_paper: u64,
+    /// Cumulative downlink wire bits received.
+    pub bits_down_wire: u64,
+    /// Cumulative downlink paper bits received.
+    pub bits_down_paper: u64,
+    /// Rounds in which this worker took part.
+    pub rounds_participated: u64,
+}
+
+/// Reusable buffers of a worker (not state).
+#[derive(Debug, Default)]
+pub struct WorkerScratch {
+    est: Vec<f64>,
+    tmp: Vec<f64>,
+    tmp2: Vec<f64>,
+    drawn: Vec<u32>,
+    alt: CompressedVec,
+    writer: BitWriter,
+    alt_writer: BitWriter,
+    comp: Scratch,
+    /// The decoded value of the last uplink (what the server applies).
+    pub up: Uplink,
+    /// The encoded last uplink.
+    pub wire: Wire,
+}
+
+/// Per-round context shared by all parties.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundCtx {
+    /// Run seed.
+    pub seed: u64,
+    /// Round number t.
+    pub round: u64,
+}
+
+/// A worker: its state plus scratch.
+#[derive(Debug, Default)]
+pub struct Worker {
+    /// The algorithm state.
+    pub state: WorkerState,
+    /// Buffers.
+    pub scratch: WorkerScratch,
+}
+
+impl Worker {
+    /// A fresh worker `id` for dimension `d` starting at `x0`.
+    pub fn new(id: usize, x0: &[f64]) -> Self {
+        let d = x0.len();
+        let state = WorkerState { id, x: x0.to_vec(), g: vec![0.0; d], ..Default::default() };
+        let scratch = WorkerScratch { est: vec![0.0; d], tmp: vec![0.0; d], tmp2: vec![0.0; d], ..Default::default() };
+        Worker { state, scratch }
+    }
+
+    /// Runs the worker's part of round `rc.round`: applies the downlink, computes
+    /// its estimate with `oracle`, and leaves its uplink in `self.scratch.up`
+    /// (decoded) and `self.scratch.wire` (encoded). Returns the local loss
+    /// reported by the oracle.
+    pub fn step(&mut self, down: &Downlink, down_wire: &Wire, oracle: &mut dyn Oracle, parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<f64, CompressError> {
+        let st = &mut self.state;
+        let sc = &mut self.scratch;
+        let d = st.x.len();
+        st.bits_down_wire += down_wire.wire_bits();
+        st.bits_down_paper += down_wire.paper_bits;
+        st.rounds_participated += 1;
+        // 1. apply the downlink
+        if down.is_model {
+            st.x.copy_from_slice(&down.x);
+        } else {
+            if st.g_server.len() != d {
+                st.g_server = vec![0.0; d];
+            }
+            if down.replace {
+                down.vec.to_dense(&mut st.g_server);
+            } else {
+                down.vec.add_to(&mut st.g_server);
+            }
+            for (x, g) in st.x.iter_mut().zip(&st.g_server) {
+                *x -= parts.gamma * g;
+            }
+        }
+        // 2. the estimator
+        let n_local = oracle.num_samples();
+        let mut rng_sample = stream(rc.seed, Purpose::Sample, st.id as u64, rc.round);
+        let loss;
+        match parts.estimator {
+            Estimator::FullGradient => {
+                loss = oracle.loss_grad(&st.x, &mut sc.est);
+                st.samples += n_local.unwrap_or(1) as u64;
+            }
+            Estimator::Minibatch(b) => {
+                let b = b.resolve(n_local);
+                // A full batch is the full gradient, computed the same way (EF21-SGD with
+                // full batches reduces to EF21 bit for bit).
+                loss = if n_local == Some(b) { oracle.loss_grad(&st.x, &mut sc.est) } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
+                st.samples += b as u64;
+            }
+            Estimator::Momentum { eta, batch, init_batch } | Estimator::DoubleMomentum { eta, batch, init_batch } => {
+                if !st.initialized {
+                    let b = init_batch.resolve(n_local);
+                    loss = if n_local == Some(b) { oracle.loss_grad(&st.x, &mut sc.est) } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
+                    st.samples += b as u64;
+                    st.v = sc.est.clone();
+                    if matches!(parts.estimator, Estimator::DoubleMomentum { .. }) {
+                        st.u = sc.est.clone();
+                    }
+                } else {
+                    let b = batch.resolve(n_local);
+                    loss = oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.tmp);
+                    st.samples += b as u64;
+                    for (v, gr) in st.v.iter_mut().zip(&sc.tmp) {
+                        *v = (1.0 - eta) * *v + eta * gr;
+                    }
+                    if matches!(parts.estimator, Estimator::DoubleMomentum { .. }) {
+                        for (u, v) in st.u.iter_mut().zip(&st.v) {
+                            *u = (1.0 - eta) * *u + eta * v;
+                        }
+                        sc.est.copy_from_slice(&st.u);
+                    } else {
+                        sc.est.copy_from_slice(&st.v);
+                    }
+                }
+            }
+            Estimator::Page { p, batch, shared_coin } => {
+                use rand::Rng as _;
+                let m = n_local.expect("PAGE needs a finite-sum oracle");
+                let full = if !st.initialized {
+                    true
+                } else if shared_coin {
+                    stream(rc.seed, Purpose::SharedCoin, 0, rc.round).gen::<f64>() < p
+                } else {
+                    stream(rc.seed, Purpose::SharedCoin, st.id as u64 + 1, rc.round).gen::<f64>() < p
+                };
+                if full {
+                    loss = oracle.loss_grad(&st.x, &mut sc.est);
+                    st.samples += m as u64;
+                    st.v.clear();
+                    st.v.extend_from_slice(&sc.est);
+                } else {
+                    let b = batch.resolve(Some(m));
+                    loss = oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.tmp);
+                    oracle.indexed_grad(&st.x_prev, &sc.drawn, &mut sc.tmp2);
+                    st.samples += 2 * b as u64;
+                    for ((v, a), b) in st.v.iter_mut().zip(&sc.tmp).zip(&sc.tmp2) {
+                        *v += a - b;
+                    }
+                    sc.est.copy_from_slice(&st.v);
+                }
+                st.x_prev.clear();
+                st.x_prev.extend_from_slice(&st.x);
+            }
+        }
+        // 3. the feedback builds the message
+        let mut rng_c = stream(rc.seed, Purpose::Compress, st.id as u64, rc.round);
+        let shared_key = uplink_shared_key(rc.seed, st.id, rc.round);
+        let mut ctx = CompressCtx { rng: &mut rng_c, shared_key, scratch: &mut sc.comp };
+        sc.writer.clear();
+        sc.up.replace = false;
+        let uplink: &dyn Compressor = if parts.force_identity { codecs.dense.as_ref() } else { codecs.uplink.as_ref() };
+        if dense_init_round(parts, rc.round) {
+            codecs.dense.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+            st.g.iter_mut().for_each(|v| *v = 0.0);
+            sc.up.vec.add_to(&mut st.g);
+        } else {
+            match parts.feedback {
+                Feedback::None => uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?,
+                Feedback::Ef14 => {
+                    for ((t, e), h) in sc.tmp.iter_mut().zip(&st.g).zip(&sc.est) {
+                        *t = e + parts.gamma * h;
+                    }
+                    uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                    st.g.copy_from_slice(&sc.tmp);
+                    sc.up.vec.add_scaled_to(&mut st.g, -1.0);
+                }
+                Feedback::Ef21 => {
+                    if !st.initialized {
+                        // compressed init: g_i^0 = C(h)
+                        uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                        st.g.iter_mut().for_each(|v| *v = 0.0);
+                    } else {
+                        for ((t, h), g) in sc.tmp.iter_mut().zip(&sc.est).zip(&st.g) {
+                            *t = h - g;
+                        }
+                        uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                    }
+                    sc.up.vec.add_to(&mut st.g);
+                }
+                Feedback::Ef21Plus => {
+                    if !st.initialized {
+                        uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                        st.g.iter_mut().for_each(|v| *v = 0.0);
+                        sc.up.vec.add_to(&mut st.g);
+                    } else {
+                        // Markov candidate m = g + C(h - g)
+                        for ((t, h), g) in sc.tmp.iter_mut().zip(&sc.est).zip(&st.g) {
+                            *t = h - g;
+                        }
+                        uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                        sc.tmp2.copy_from_slice(&st.g);
+                        sc.up.vec.add_to(&mut sc.tmp2);
+                        let dist_m: f64 = sc.tmp2.iter().zip(&sc.est).map(|(a, b)| (a - b) * (a - b)).sum();
+                        // plain candidate b = C(h)
+                        sc.alt_writer.clear();
+                        uplink.compress(&sc.est, &mut ctx, &mut sc.alt, &mut sc.alt_writer)?;
+                        let mut dist_b = 0.0;
+                        sc.alt.to_dense(&mut sc.tmp);
+                        for (a, b) in sc.tmp.iter().zip(&sc.est) {
+                            dist_b += (a - b) * (a - b);
+                        }
+                        if dist_b < dist_m {
+                            // the plain compressed gradient is strictly closer
+                            std::mem::swap(&mut sc.up.vec, &mut sc.alt);
+                            std::mem::swap(&mut sc.writer, &mut sc.alt_writer);
+                            sc.up.replace = true;
+                            st.g.copy_from_slice(&sc.tmp);
+                        } else {
+                            st.g.copy_from_slice(&sc.tmp2);
+                        }
+                    }
+                }
+            }
+        }
+        st.initialized = true;
+        // 4. encode: [EF21+ flag] [compressed vector]
+        let payload_bits = sc.writer.bit_len();
+        let mut w = std::mem::take(&mut sc.alt_writer);
+        w.clear();
+        if parts.feedback == Feedback::Ef21Plus && rc.round > 0 {
+            w.write_bit(sc.up.replace);
+        }
+        // copy the payload bits after the header
+        let payload = sc.writer.finish();
+        let mut rr = BitReader::new(payload);
+        let mut left = payload_bits;
+        while left > 0 {
+            let take = left.min(64) as u32;
+            w.write_bits(rr.read_bits(take).expect("own payload"), take);
+            left -= take as u64;
+        }
+        finish_into(&mut w, &mut sc.wire.bytes);
+        sc.alt_writer = w;
+        let used: &dyn Compressor = if dense_init_round(parts, rc.round) { codecs.dense.as_ref() } else { uplink };
+        sc.wire.paper_bits = used.paper_bits(&sc.up.vec) + u64::from(parts.feedback == Feedback::Ef21Plus && rc.round > 0);
+        st.bits_up_wire += sc.wire.wire_bits();
+        st.bits_up_paper += sc.wire.paper_bits;
+        Ok(loss)
+    }
+}
+
+/// The server's algorithm state: plain values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerState {
+    /// The model x^t.
+    pub x: Vec<f64>,
+    /// The aggregate g^t = mean_i g_i^t (EF21 family); for EF21-BC the
+    /// workers' aggregate gtilde.
+    pub g: Vec<f64>,
+    /// EF21+ only: every worker's g_i (the server needs them when a worker
+    /// replaces its estimate).
+    pub g_i: Vec<Vec<f64>>,
+    /// Heavy-ball momentum v.
+    pub v: Vec<f64>,
+    /// EF21-BC: the broadcast estimate g mirrored by the workers.
+    pub g_bc: Vec<f64>,
+    /// The next round number.
+    pub round: u64,
+    /// The downlink of the next round, decoded.
+    pub next_down: Downlink,
+    /// The downlink of the next round, encoded.
+    pub next_wire: Wire,
+}
+
+/// Reusable buffers of the server.
+#[derive(Debug, Default)]
+pub struct ServerScratch {
+    acc: Vec<f64>,
+    tmp: Vec<f64>,
+    writer: BitWriter,
+    comp: Scratch,
+}
+
+/// The server: state plus scratch.
+#[derive(Debug, Default)]
+pub struct Server {
+    /// The algorithm state.
+    pub state: ServerState,
+    /// Buffers.
+    pub scratch: ServerScratch,
+    /// Number of workers.
+    pub n: usize,
+}
+
+impl Server {
+    /// A server for `n` workers starting at `x0`; the first downlink is x0.
+    pub fn new(n: usize, x0: &[f64]) -> Self {
+        let d = x0.len();
+        let state = ServerState { x: x0.to_vec(), g: vec![0.0; d], ..Default::default() };
+        let mut s = Server { state, scratch: ServerScratch { acc: vec![0.0; d], tmp: vec![0.0; d], ..Default::default() }, n };
+        s.prepare_model_downlink();
+        s
+    }
+
+    fn prepare_model_downlink(&mut self) {
+        let st = &mut self.state;
+        st.next_down.is_model = true;
+        st.next_down.x.clear();
+        st.next_down.x.extend_from_slice(&st.x);
+        encode_model(&st.x, &mut self.scratch.writer, &mut st.next_wire);
+    }
+
+    /// Which workers take part in round `round` (round 0: everyone).
+    pub fn participants(&self, parts: &Parts, seed: u64, round: u64, out: &mut Vec<bool>, idx: &mut Vec<u32>) {
+        use rand::Rng as _;
+        out.clear();
+        out.resize(self.n, true);
+        if round == 0 {
+            return;
+        }
+        let mut rng = stream(seed, Purpose::Participation, 0, round);
+        match parts.participation {
+            Participation::All => {}
+            Participation::Nice { k } => {
+                crate::oracle::sample_without_replacement(self.n, k.min(self.n), &mut rng, idx);
+                out.iter_mut().for_each(|b| *b = false);
+                for &i in idx.iter() {
+                    out[i as usize] = true;
+                }
+            }
+            Participation::Independent { p } => {
+                for b in out.iter_mut() {
+                    *b = rng.gen::<f64>() < p;
+                }
+            }
+        }
+    }
+
+    /// Applies the uplinks of round `rc.round` (`None` for workers that did not
+    /// take part), in worker-id order, computes x^{t+1} and prepares the next
+    /// downlink.
+    pub fn apply(&mut self, ups: &[Option<&Uplink>], parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<(), CompressError> {
+        assert_eq!(ups.len(), self.n, "one uplink slot per worker");
+        let st = &mut self.state;
+        let sc = &mut self.scratch;
+        let d = st.x.len();
+        let inv_n = 1.0 / self.n as f64;
+        // sum of the received vectors, in worker order
+        sc.acc.iter_mut().for_each(|v| *v = 0.0);
+        let mut received = false;
+        match parts.feedback {
+            Feedback::Ef21Plus => {
+                if st.g_i.len() != self.n {
+                    st.g_i = vec![vec![0.0; d]; self.n];
+                }
+                for (gi, up) in st.g_i.iter_mut().zip(ups) {
+                    if let Some(up) = up {
+                        if up.replace {
+                            up.vec.to_dense(gi);
+                        } else {
+                            up.vec.add_to(gi);
+                        }
+                    }
+                }
+                for gi in &st.g_i {
+                    for (a, v) in sc.acc.iter_mut().zip(gi) {
+                        *a += v;
+                    }
+                }
+                for (g, a) in st.g.iter_mut().zip(&sc.acc) {
+                    *g = a * inv_n;
+                }
+            }
+            _ => {
+                for up in ups.iter().flatten() {
+                    up.vec.add_to(&mut sc.acc);
+                    received = true;
+                }
+            }
+        }
+        let _ = received;
+        match parts.feedback {
+            Feedback::None => {
+                // DCGD / GD / SGD: g^t = (1/n) sum_i c_i
+                for (g, a) in st.g.iter_mut().zip(&sc.acc) {
+                    *g = a * inv_n;
+                }
+            }
+            Feedback::Ef14 => {
+                // x^{t+1} = x^t - (1/n) sum_i w_i (gamma is inside w_i)
+                for (x, a) in st.x.iter_mut().zip(&sc.acc) {
+                    *x -= a * inv_n;
+                }
+                st.round = rc.round + 1;
+                self.prepare_model_downlink();
+                return Ok(());
+            }
+            Feedback::Ef21 => {
+                for (g, a) in st.g.iter_mut().zip(&sc.acc) {
+                    *g += a * inv_n;
+                }
+            }
+            Feedback::Ef21Plus => {}
+        }
+        // the step direction: g, or for EF21-BC the broadcast estimate
+        let dir: &[f64] = if parts.downlink == DownlinkMode::CompressedEstimate {
+            let mut rng = stream(rc.seed, Purpose::ServerCompress, 0, rc.round);
+            let key = downlink_shared_key(rc.seed, rc.round);
+            let mut ctx = CompressCtx { rng: &mut rng, shared_key: key, scratch: &mut sc.comp };
+            sc.writer.clear();
+            let down = &mut st.next_down;
+            down.is_model = false;
+            let identity_cm = codecs.downlink.as_ref().is_some_and(|c| c.name() == "identity");
+            if rc.round == 0 || identity_cm {
+                // Dense broadcast of g = gtilde: the initial message (the authors' code), and
+                // every message when C_M is the identity (so EF21-BC reduces to EF21 exactly).
+                sc.writer.write_bits(TAG_ESTIMATE_DENSE, 2);
+                codecs.dense.compress(&st.g, &mut ctx, &mut down.vec, &mut sc.writer)?;
+                down.replace = true;
+                st.g_bc = vec![0.0; d];
+                down.vec.to_dense(&mut st.g_bc);
+                st.next_wire.paper_bits = codecs.dense.paper_bits(&down.vec);
+            } else {
+                sc.writer.write_bits(TAG_ESTIMATE_DELTA, 2);
+                for ((t, a), b) in sc.tmp.iter_mut().zip(&st.g).zip(&st.g_bc) {
+                    *t = a - b;
+                }
+                let cm = codecs.downlink.as_ref().expect("EF21-BC needs a server compressor (checked at setup)");
+                cm.compress(&sc.tmp, &mut ctx, &mut down.vec, &mut sc.writer)?;
+                down.replace = false;
+                down.vec.add_to(&mut st.g_bc);
+                st.next_wire.paper_bits = cm.paper_bits(&down.vec);
+            }
+            finish_into(&mut sc.writer, &mut st.next_wire.bytes);
+            &st.g_bc
+        } else {
+            &st.g
+        };
+        match parts.server_step {
+            ServerStep::Plain => {
+                for (x, g) in st.x.iter_mut().zip(dir) {
+                    *x -= parts.gamma * g;
+                }
+            }
+            ServerStep::HeavyBall { eta } => {
+                if rc.round == 0 {
+                    st.v = dir.to_vec();
+                } else {
+                    for (v, g) in st.v.iter_mut().zip(dir) {
+                        *v = eta * *v + g;
+                    }
+                }
+                for (x, v) in st.x.iter_mut().zip(&st.v) {
+                    *x -= parts.gamma * v;
+                }
+            }
+            ServerStep::Prox { reg } => {
+                for (x, g) in st.x.iter_mut().zip(dir) {
+                    *x -= parts.gamma * g;
+                }
+                reg.prox(&mut st.x, parts.gamma);
+            }
+        }
+        st.round = rc.round + 1;
+        if parts.downlink == DownlinkMode::Model {
+            self.prepare_model_downlink();
+        }
+        Ok(())
+    }
+}

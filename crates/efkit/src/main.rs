@@ -1,1 +1,178 @@
-fn main() {}
+//! The `efkit` command-line tool: run experiments from config files, reproduce
+//! the papers' figures, plot runs, inspect data and compressors.
+//!
+//! Exit codes: 0 ok, 1 internal error, 2 bad input (config, data, flags),
+//! 3 diverged, 130 interrupted.
+
+mod output;
+mod plot;
+mod repro;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// An error caused by the user's input (exit code 2).
+#[derive(Debug)]
+pub struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Exit code for diverged runs.
+pub const EXIT_DIVERGED: u8 = 3;
+/// Exit code for interrupted runs.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "efkit", version, about = "Communication-efficient distributed training with error feedback (EF21 family)")]
+struct Cli {
+    /// Print no progress bars or tables (errors still go to stderr).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one experiment from a TOML config file.
+    Run {
+        /// The config file.
+        config: PathBuf,
+        /// Output directory (default: a fresh runs/<timestamp>-<method> directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an output directory that already holds a run.
+        #[arg(long)]
+        force: bool,
+        /// Override a config key, e.g. --set method.name=ef14 --set stop.max_rounds=50.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Worker threads (overrides the config; results do not depend on it).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Reproduce a paper figure end to end.
+    Repro {
+        /// Which figure.
+        name: repro::ReproName,
+        /// Output directory (default: repro/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing output directory.
+        #[arg(long)]
+        force: bool,
+        /// A much shorter run for smoke tests (not the paper's budget).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Overlay several runs in one plot.
+    Plot {
+        /// Run directories (each with metrics.jsonl).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The x axis.
+        #[arg(long, value_enum, default_value = "bits")]
+        x: XAxis,
+        /// The y axis (a metrics key).
+        #[arg(long, default_value = "grad_norm_sq")]
+        y: String,
+        /// Output file stem (writes STEM.svg and STEM.png).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Bundled and user data sets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// The compressor catalogue with each class and constant for dimension D.
+    Compressors {
+        /// The dimension d.
+        #[arg(long, default_value_t = 1000)]
+        dim: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// List the bundled data sets.
+    List,
+    /// Rows, features, nonzeros and label counts of a data set (bundled name or path).
+    Inspect {
+        /// A bundled name or a LibSVM file.
+        name: String,
+    },
+}
+
+/// x axis of `efkit plot`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum XAxis {
+    /// Cumulative uplink bits per worker (wire).
+    Bits,
+    /// Cumulative uplink bits per worker (papers' convention).
+    PaperBits,
+    /// Rounds.
+    Rounds,
+    /// Epochs.
+    Epochs,
+    /// Seconds.
+    Seconds,
+}
+
+impl XAxis {
+    /// The metrics key and axis label.
+    pub fn key(self) -> (&'static str, &'static str) {
+        match self {
+            XAxis::Bits => ("bits_up_wire", "#bits/n (uplink, wire)"),
+            XAxis::PaperBits => ("bits_up_paper", "#bits/n (uplink, 32 bits per value)"),
+            XAxis::Rounds => ("round", "rounds"),
+            XAxis::Epochs => ("epochs", "epochs"),
+            XAxis::Seconds => ("seconds", "seconds"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_env("EFKIT_LOG")).init();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UserError>().is_some() || e.chain().any(|c| c.downcast_ref::<UserError>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run { config, out, force, set, threads } => run::cmd_run(&config, out, force, &set, threads, cli.quiet),
+        Command::Repro { name, out, force, quick } => repro::cmd_repro(name, out, force, quick, cli.quiet),
+        Command::Plot { dirs, x, y, out } => run::cmd_plot(&dirs, x, &y, &out),
+        Command::Data { command } => match command {
+            DataCommand::List => run::cmd_data_list(),
+            DataCommand::Inspect { name } => run::cmd_data_inspect(&name),
+        },
+        Command::Compressors { dim } => run::cmd_compressors(dim),
+    }
+}

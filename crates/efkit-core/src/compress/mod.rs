@@ -25,6 +25,20 @@ use crate::rng::Rng;
 
 mod registry;
 pub use registry::{build, catalogue, CompressorSpec, CATALOGUE_NAMES};
+pub use registry::{example_spec, fuzz_decode};
+
+mod bernoulli;
+mod identity;
+mod randk;
+pub mod sparse_codec;
+mod threshold;
+mod topk;
+mod topk_quant;
+
+mod dither;
+mod natural;
+mod rank;
+mod sign;
 
 /// How a transmitted real value is written on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]

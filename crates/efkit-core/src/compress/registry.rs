@@ -1,12 +1,49 @@
 //! Compressors by name, with validated parameters.
+//!
+//! [`build`] turns a [`CompressorSpec`] (as written in a config file) into a
+//! compressor for a fixed dimension d. Every parameter is checked: a missing,
+//! out-of-range or inapplicable parameter is a [`ParamError`] naming the key and
+//! the allowed range. The catalogue and the classes are those of
+//! algorithms.md §3.2:
+//!
+//! | name | parameters | class |
+//! |---|---|---|
+//! | `identity` | values | B(1) |
+//! | `top-k` | k or ratio, values | B(K/d) |
+//! | `rand-k` | k or ratio, shared_seed, values | B(K/d) |
+//! | `scaled-rand-k` | k or ratio, shared_seed, values | U(d/K - 1) |
+//! | `bernoulli` | p, values | U(1/p - 1) |
+//! | `threshold` | lambda, values | absolute, delta2 = d lambda^2 |
+//! | `top-k-quant` | k or ratio, quantizer = natural | B(7K/(8d)) |
+//! | `natural` | see `natural.rs` | U(1/8) |
+//! | `qsgd` | levels, see `dither.rs` | U(min(d/s^2, sqrt(d)/s)) |
+//! | `natural-dithering` | levels, norm, see `dither.rs` | U(...) |
+//! | `scaled-sign` | see `sign.rs` | B(1/d) |
+//! | `rank-r` | rank, rows, see `rank.rs` | contractive |
+//!
+//! `k` and `ratio` are alternatives: K = k, or K = max(1, floor(ratio d)); in
+//! both cases 1 <= K <= d is required.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Compressor, ValueFormat};
-use crate::error::ParamError;
+use super::{decode_one, CompressedVec, Compressor, CompressorClass, ValueFormat};
+use crate::error::{DecodeError, ParamError};
 
 /// Names accepted by [`build`].
-pub const CATALOGUE_NAMES: &[&str] = &[];
+pub const CATALOGUE_NAMES: &[&str] = &[
+    "identity",
+    "top-k",
+    "rand-k",
+    "scaled-rand-k",
+    "bernoulli",
+    "threshold",
+    "top-k-quant",
+    "natural",
+    "qsgd",
+    "natural-dithering",
+    "scaled-sign",
+    "rank-r",
+];
 
 /// A compressor as named in a config file, e.g. `{ name = "top-k", k = 5 }` or
 /// `{ name = "top-k", ratio = 0.01 }`.
@@ -55,16 +92,212 @@ impl CompressorSpec {
     pub fn named(name: &str) -> Self {
         CompressorSpec { name: name.to_string(), ..Default::default() }
     }
+
+    /// The parameters that are set, by key.
+    fn set_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("k", self.k.is_some()),
+            ("ratio", self.ratio.is_some()),
+            ("p", self.p.is_some()),
+            ("levels", self.levels.is_some()),
+            ("norm", self.norm.is_some()),
+            ("lambda", self.lambda.is_some()),
+            ("rank", self.rank.is_some()),
+            ("rows", self.rows.is_some()),
+            ("shared_seed", self.shared_seed.is_some()),
+            ("values", self.values.is_some()),
+            ("quantizer", self.quantizer.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+    }
+}
+
+/// Rejects parameters that `spec.name` does not use (a typo in a config file
+/// should not silently run a different experiment).
+pub(crate) fn only_keys(spec: &CompressorSpec, allowed: &[&str]) -> Result<(), ParamError> {
+    for key in spec.set_keys() {
+        if !allowed.contains(&key) {
+            let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            return Err(ParamError::invalid(
+                key,
+                format!("not a parameter of `{}` (its parameters: {allowed})", spec.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// K from `k` or `ratio` for dimension `d`: exactly one must be given, and
+/// 1 <= K <= d (K = max(1, floor(ratio d)) for ratio in (0, 1]).
+pub(crate) fn resolve_k(spec: &CompressorSpec, d: usize) -> Result<usize, ParamError> {
+    match (spec.k, spec.ratio) {
+        (Some(_), Some(_)) => Err(ParamError::invalid("k", "give either `k` or `ratio`, not both")),
+        (None, None) => Err(ParamError::invalid("k", format!("`{}` needs `k` (1..={d}) or `ratio` (in (0, 1])", spec.name))),
+        (Some(k), None) => {
+            if k == 0 || k > d {
+                Err(ParamError::invalid("k", format!("k = {k} is outside 1..={d} (d = {d})")))
+            } else {
+                Ok(k)
+            }
+        }
+        (None, Some(r)) => {
+            if !(r > 0.0 && r <= 1.0) {
+                Err(ParamError::invalid("ratio", format!("ratio = {r} is outside (0, 1]")))
+            } else {
+                Ok(((r * d as f64).floor() as usize).clamp(1, d))
+            }
+        }
+    }
+}
+
+/// The wire value format (default f32).
+pub(crate) fn value_format(spec: &CompressorSpec) -> ValueFormat {
+    spec.values.unwrap_or_default()
 }
 
 /// Builds the compressor `spec` for dimension `d`, validating every parameter.
+///
+/// d must be in 1..=2^32 - 1 (indices travel as u32).
 pub fn build(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
-    let _ = d;
-    Err(ParamError::Unknown { what: "compressor", name: spec.name.clone(), allowed: CATALOGUE_NAMES.join(", ") })
+    if d == 0 || d > u32::MAX as usize {
+        return Err(ParamError::invalid("d", format!("dimension d = {d} is outside 1..={}", u32::MAX)));
+    }
+    match spec.name.as_str() {
+        "identity" => super::identity::from_spec(spec, d),
+        "top-k" => super::topk::from_spec(spec, d),
+        "rand-k" => super::randk::from_spec(spec, d, false),
+        "scaled-rand-k" => super::randk::from_spec(spec, d, true),
+        "bernoulli" => super::bernoulli::from_spec(spec, d),
+        "threshold" => super::threshold::from_spec(spec, d),
+        "top-k-quant" => super::topk_quant::from_spec(spec, d),
+        "natural" => super::natural::from_spec(spec, d),
+        "qsgd" | "natural-dithering" => super::dither::from_spec(spec, d),
+        "scaled-sign" => super::sign::from_spec(spec, d),
+        "rank-r" => super::rank::from_spec(spec, d),
+        _ => Err(ParamError::Unknown { what: "compressor", name: spec.name.clone(), allowed: CATALOGUE_NAMES.join(", ") }),
+    }
 }
 
-/// One line per catalogue entry for dimension `d`: (name, description, class).
+/// Largest divisor of `d` that is at most sqrt(d) (a near-square matrix view).
+fn near_square_rows(d: usize) -> usize {
+    let mut best = 1;
+    let mut r = 1;
+    while r * r <= d {
+        if d % r == 0 {
+            best = r;
+        }
+        r += 1;
+    }
+    best
+}
+
+/// A representative spec for each catalogue name (used by [`catalogue`]).
+pub fn example_spec(name: &str, d: usize) -> CompressorSpec {
+    let mut s = CompressorSpec::named(name);
+    match name {
+        "top-k" | "rand-k" | "scaled-rand-k" => s.ratio = Some(0.01),
+        "top-k-quant" => {
+            s.ratio = Some(0.01);
+            s.quantizer = Some("natural".into());
+        }
+        "bernoulli" => s.p = Some(0.1),
+        "threshold" => s.lambda = Some(1e-3),
+        "qsgd" => s.levels = Some(4),
+        "natural-dithering" => {
+            s.levels = Some(4);
+            s.norm = Some(2.0);
+        }
+        "rank-r" => {
+            s.rank = Some(1);
+            s.rows = Some(near_square_rows(d));
+        }
+        _ => {}
+    }
+    s
+}
+
+/// Short description of each catalogue entry.
+fn blurb(name: &str) -> &'static str {
+    match name {
+        "identity" => "no compression, d values",
+        "top-k" => "the K largest |x_j| (ties to the lower index); indices + K values",
+        "rand-k" => "K uniform coordinates without replacement, unscaled",
+        "scaled-rand-k" => "(d/K) Rand-K, unbiased",
+        "bernoulli" => "x/p with probability p, else nothing (lazy, unbiased)",
+        "threshold" => "coordinates with |x_j| >= lambda",
+        "top-k-quant" => "Top-K followed by natural compression of the kept values (9 bits each)",
+        "natural" => "random rounding to a power of two (Horvath et al. 2019), 9 bits per value",
+        "qsgd" => "standard random dithering with s levels (Alistarh et al. 2017)",
+        "natural-dithering" => "random dithering on power-of-two levels (Horvath et al. 2019)",
+        "scaled-sign" => "(||x||_1 / d) sign(x), 1 bit per coordinate",
+        "rank-r" => "best rank-r approximation of the matrix view",
+        _ => "",
+    }
+}
+
+/// One line per catalogue entry for dimension `d`: (name, description, class),
+/// built from [`example_spec`]; entries that cannot be built for `d` are left
+/// out.
 pub fn catalogue(d: usize) -> Vec<(String, String, super::CompressorClass)> {
-    let _ = d;
-    Vec::new()
+    CATALOGUE_NAMES
+        .iter()
+        .filter_map(|&name| {
+            let c = build(&example_spec(name, d), d).ok()?;
+            let class: CompressorClass = c.class();
+            Some((name.to_string(), format!("{}: {}", c.describe(), blurb(name)), class))
+        })
+        .collect()
+}
+
+/// The compressors [`fuzz_decode`] chooses from (name and small dimension).
+fn fuzz_specs() -> Vec<(CompressorSpec, usize)> {
+    let mut v = Vec::new();
+    for &d in &[1usize, 7, 64, 100] {
+        for &name in CATALOGUE_NAMES {
+            v.push((example_spec(name, d), d));
+        }
+        let mut s = CompressorSpec::named("top-k");
+        s.k = Some(d.div_ceil(3));
+        s.values = Some(ValueFormat::F16);
+        v.push((s, d));
+        let mut s = CompressorSpec::named("rand-k");
+        s.k = Some(d.div_ceil(2));
+        s.shared_seed = Some(true);
+        s.values = Some(ValueFormat::F64);
+        v.push((s, d));
+        let mut s = CompressorSpec::named("threshold");
+        s.lambda = Some(0.5);
+        v.push((s, d));
+    }
+    v
+}
+
+/// Fuzzing entry point (fuzz/fuzz_targets/decode.rs and the conformance
+/// proptest share it): the first byte picks a compressor from a fixed list of
+/// small ones, the next byte the shared key, and the rest is decoded as one
+/// message. Returns `None` for empty input or a compressor that cannot be built.
+/// Must never panic.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) -> Option<Result<CompressedVec, DecodeError>> {
+    let (&sel, rest) = data.split_first()?;
+    let (&key, rest) = rest.split_first().unwrap_or((&0, &[]));
+    let specs = fuzz_specs();
+    let (spec, d) = &specs[sel as usize % specs.len()];
+    let c = build(spec, *d).ok()?;
+    let res = decode_one(c.as_ref(), rest, key as u64);
+    if let Ok(v) = &res {
+        // Whatever decodes must be a well-formed vector of the right dimension.
+        assert_eq!(v.dim, *d);
+        if v.dense {
+            assert_eq!(v.values.len(), *d);
+            assert!(v.indices.is_empty());
+        } else {
+            assert_eq!(v.values.len(), v.indices.len());
+            assert!(v.indices.windows(2).all(|p| p[0] < p[1]));
+            assert!(v.indices.iter().all(|&i| (i as usize) < *d));
+        }
+        assert!(v.values.iter().all(|x| x.is_finite()));
+    }
+    Some(res)
 }

@@ -1,0 +1,249 @@
+//! Top-K sparsification: keep the K entries of largest magnitude.
+//!
+//! C(x)_j = x_j if j is among the K largest |x_j|, else 0. Ties are broken
+//! toward the lower index, so C is deterministic. Since the kept set carries
+//! the K largest squares, ||C(x) - x||^2 = sum_{j not kept} x_j^2
+//! <= (1 - K/d) ||x||^2: class B(K/d) (Stich, Cordonnier & Jaggi, "Sparsified SGD
+//! with memory", NeurIPS 2018, Lemma A.1; algorithms.md §3.2).
+//!
+//! Selection is O(d) and allocation-free in steady state: for finite x the bit
+//! pattern of |x| read as an unsigned integer is monotone in |x|, so one pass
+//! builds a histogram of the top bits of `|x|.to_bits()` (at most 2^16 buckets),
+//! a scan from the top finds the bucket holding the K-th largest magnitude, a
+//! second pass collects (in increasing index order) every index whose bucket is
+//! at or above it, and a selection restricted to that one bucket finds the exact
+//! K-th largest bit pattern T. The kept set is then every index with |x_j| > T
+//! plus the lowest-index ones with |x_j| = T. Scratch: `ctx.scratch.u32s`
+//! (histogram), `ctx.scratch.u64s` (bucket members), `out.indices`.
+//!
+//! Wire: the index set ([`super::sparse_codec`]) then K values in the spec's
+//! format. Paper bits: 32 K (indices free, algorithms.md §3.3).
+
+use super::registry::{only_keys, resolve_k, value_format, CompressorSpec};
+use super::sparse_codec::{check_input, read_sparse, round_checked, write_sparse};
+use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
+use crate::bits::{BitReader, BitWriter};
+use crate::error::{CompressError, DecodeError, ParamError};
+
+/// Top-K with ties to the lower index.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    d: usize,
+    k: usize,
+    fmt: ValueFormat,
+}
+
+/// Builds `top-k` (parameters: `k` or `ratio`, `values`).
+pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
+    only_keys(spec, &["k", "ratio", "values"])?;
+    let k = resolve_k(spec, d)?;
+    Ok(Box::new(TopK { d, k, fmt: value_format(spec) }))
+}
+
+/// Histogram width for dimension `d`: about log2(d) bits, between 8 and 16.
+#[inline]
+fn key_bits_for(d: usize) -> u32 {
+    (usize::BITS - d.leading_zeros()).clamp(8, 16)
+}
+
+/// `|v|` as a monotone integer key: the bit pattern without the sign, shifted
+/// to the top (so the highest bits are exponent bits).
+#[inline(always)]
+fn mag(v: f64) -> u64 {
+    v.to_bits() << 1
+}
+
+/// Writes into `idx`, in increasing order, the indices of the `k` entries of
+/// `x` of largest magnitude, ties toward the lower index. `x` must be finite.
+/// `hist` and `cand` are scratch; nothing is allocated once they (and `idx`)
+/// have grown to size.
+pub(crate) fn select_top_k(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut Vec<u64>, idx: &mut Vec<u32>) {
+    idx.clear();
+    let d = x.len();
+    if k == 0 {
+        return;
+    }
+    if k >= d {
+        idx.extend(0..d as u32);
+        return;
+    }
+    let key_bits = key_bits_for(d);
+    let shift = 64 - key_bits;
+    let nb = 1usize << key_bits;
+    hist.clear();
+    hist.resize(nb, 0);
+    let h = &mut hist[..nb];
+    // Pass 1: histogram of the top bits of |x_j|. Two interleaved streams over
+    // one table keep the loop short; repeated keys are the common case.
+    let mut chunks = x.chunks_exact(4);
+    for c in &mut chunks {
+        let k0 = (mag(c[0]) >> shift) as usize;
+        let k1 = (mag(c[1]) >> shift) as usize;
+        let k2 = (mag(c[2]) >> shift) as usize;
+        let k3 = (mag(c[3]) >> shift) as usize;
+        h[k0] += 1;
+        h[k1] += 1;
+        h[k2] += 1;
+        h[k3] += 1;
+    }
+    for &v in chunks.remainder() {
+        h[(mag(v) >> shift) as usize] += 1;
+    }
+    // The bucket holding the k-th largest magnitude.
+    let mut above = 0usize;
+    let mut tb = nb - 1;
+    loop {
+        let c = h[tb] as usize;
+        if above + c >= k {
+            break;
+        }
+        above += c;
+        // total count is d > k, so some bucket >= 0 ends the loop
+        tb -= 1;
+    }
+    let in_bucket = h[tb] as usize;
+    let need = k - above; // 1..=in_bucket
+    let tb = tb as u64;
+    // Pass 2: every index at or above the threshold bucket, in order.
+    idx.reserve(above + in_bucket);
+    for (j, &v) in x.iter().enumerate() {
+        if (mag(v) >> shift) >= tb {
+            idx.push(j as u32);
+        }
+    }
+    debug_assert_eq!(idx.len(), above + in_bucket);
+    if need == in_bucket {
+        return;
+    }
+    // Exact threshold T = need-th largest magnitude within the bucket.
+    cand.clear();
+    cand.extend(idx.iter().map(|&j| mag(x[j as usize])).filter(|&m| (m >> shift) == tb));
+    let (_, &mut t, _) = cand.select_nth_unstable_by(need - 1, |a, b| b.cmp(a));
+    let greater = cand.iter().filter(|&&m| m > t).count();
+    let mut ties = need - greater;
+    let mut n = 0usize;
+    for r in 0..idx.len() {
+        let j = idx[r];
+        let m = mag(x[j as usize]);
+        let keep = if m > t {
+            true
+        } else if m == t && ties > 0 {
+            ties -= 1;
+            true
+        } else {
+            false
+        };
+        if keep {
+            idx[n] = j;
+            n += 1;
+        }
+    }
+    idx.truncate(n);
+    debug_assert_eq!(n, k);
+}
+
+impl Compressor for TopK {
+    fn name(&self) -> &'static str {
+        "top-k"
+    }
+
+    fn describe(&self) -> String {
+        match self.fmt {
+            ValueFormat::F32 => format!("top-k(k={})", self.k),
+            f => format!("top-k(k={},values=f{})", self.k, f.bits()),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        self.d
+    }
+
+    fn class(&self) -> CompressorClass {
+        CompressorClass::Contractive { alpha: self.k as f64 / self.d as f64 }
+    }
+
+    fn is_deterministic(&self) -> bool {
+        true
+    }
+
+    fn compress(
+        &self,
+        x: &[f64],
+        ctx: &mut CompressCtx<'_>,
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+    ) -> Result<(), CompressError> {
+        check_input(x, self.d)?;
+        out.reset_sparse(self.d);
+        let s = &mut *ctx.scratch;
+        select_top_k(x, self.k, &mut s.u32s, &mut s.u64s, &mut out.indices);
+        out.values.reserve(self.k);
+        for &j in &out.indices {
+            let v = round_checked(self.fmt, x[j as usize], j as usize)?;
+            out.values.push(v);
+        }
+        write_sparse(w, out, self.fmt);
+        Ok(())
+    }
+
+    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+        read_sparse(r, self.d, self.fmt, out)?;
+        if out.indices.len() != self.k {
+            return Err(DecodeError::invalid("index count", format!("{} indices, top-k sends {}", out.indices.len(), self.k)));
+        }
+        Ok(())
+    }
+
+    fn paper_bits(&self, c: &CompressedVec) -> u64 {
+        32 * c.values.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng as _;
+
+    /// Reference: sort by (-|x|, index).
+    fn naive(x: &[f64], k: usize) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        order.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+        let mut v: Vec<u32> = order[..k.min(x.len())].iter().map(|&i| i as u32).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn matches_naive_selection() {
+        let mut rng = crate::rng::rng_from_key(1);
+        let (mut h, mut c, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for trial in 0..400 {
+            let d = rng.gen_range(1..3000);
+            let k = rng.gen_range(0..=d);
+            let x: Vec<f64> = match trial % 5 {
+                0 => (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+                // heavy ties
+                1 => (0..d).map(|_| rng.gen_range(-3i32..=3) as f64).collect(),
+                // all equal, with sign flips and signed zeros
+                2 => (0..d).map(|j| if j % 2 == 0 { 0.5 } else { -0.5 }).collect(),
+                3 => (0..d).map(|j| if j % 3 == 0 { -0.0 } else { 0.0 }).collect(),
+                // wide dynamic range
+                _ => (0..d).map(|_| rng.gen_range(-1.0..1.0) * 10f64.powi(rng.gen_range(-300..300))).collect(),
+            };
+            select_top_k(&x, k, &mut h, &mut c, &mut idx);
+            assert_eq!(idx, naive(&x, k), "trial {trial} d={d} k={k}");
+        }
+    }
+
+    #[test]
+    fn large_input_matches_naive() {
+        let mut rng = crate::rng::rng_from_key(2);
+        let d = 200_000;
+        let x: Vec<f64> = (0..d).map(|_| rng.gen_range(-1.0f64..1.0).powi(3)).collect();
+        let (mut h, mut c, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for k in [1, 17, 2000, 100_000, 199_999] {
+            select_top_k(&x, k, &mut h, &mut c, &mut idx);
+            assert_eq!(idx, naive(&x, k));
+        }
+    }
+}

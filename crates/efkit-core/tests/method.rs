@@ -1,0 +1,229 @@
+//! Method-level tests on small quadratics: the hand-worked EF21 trajectory of
+//! algorithms.md §12.1 and the invariants of §12.3.
+
+use efkit_core::bits::{BitReader, BitWriter};
+use efkit_core::compress::{build, CompressCtx, CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx, ValueFormat};
+use efkit_core::error::{CompressError, DecodeError};
+use efkit_core::method::{decode_uplink, Codecs, MethodSpec, Parts, RoundCtx, Server, Uplink, Worker};
+use efkit_core::oracle::Oracle;
+use efkit_core::rng::Rng;
+
+/// f_i(x) = 1/2 ||x - b||^2.
+struct Quadratic {
+    b: Vec<f64>,
+}
+
+impl Oracle for Quadratic {
+    fn dim(&self) -> usize {
+        self.b.len()
+    }
+    fn num_samples(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        let mut l = 0.0;
+        for ((g, xi), bi) in grad.iter_mut().zip(x).zip(&self.b) {
+            *g = xi - bi;
+            l += 0.5 * (xi - bi) * (xi - bi);
+        }
+        l
+    }
+    fn loss(&mut self, x: &[f64]) -> f64 {
+        let mut g = vec![0.0; x.len()];
+        self.loss_grad(x, &mut g)
+    }
+    fn stochastic_grad(&mut self, x: &[f64], _b: usize, _rng: &mut Rng, drawn: &mut Vec<u32>, grad: &mut [f64]) -> f64 {
+        drawn.clear();
+        drawn.push(0);
+        self.loss_grad(x, grad)
+    }
+    fn indexed_grad(&mut self, x: &[f64], _idx: &[u32], grad: &mut [f64]) -> f64 {
+        self.loss_grad(x, grad)
+    }
+}
+
+/// A linear, deterministic "compressor" C(x) = 0.5 x (alpha = 0.75), dense f64.
+#[derive(Debug)]
+struct Half(usize);
+
+impl Compressor for Half {
+    fn name(&self) -> &'static str {
+        "half"
+    }
+    fn describe(&self) -> String {
+        "half".into()
+    }
+    fn dim(&self) -> usize {
+        self.0
+    }
+    fn class(&self) -> CompressorClass {
+        CompressorClass::Contractive { alpha: 0.75 }
+    }
+    fn is_deterministic(&self) -> bool {
+        true
+    }
+    fn compress(&self, x: &[f64], _ctx: &mut CompressCtx<'_>, out: &mut CompressedVec, w: &mut BitWriter) -> Result<(), CompressError> {
+        out.reset_dense(x.len());
+        for (o, v) in out.values.iter_mut().zip(x) {
+            *o = 0.5 * v;
+            w.write_f64(*o);
+        }
+        Ok(())
+    }
+    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+        out.reset_dense(self.0);
+        for o in out.values.iter_mut() {
+            *o = r.read_f64()?;
+        }
+        Ok(())
+    }
+    fn paper_bits(&self, _c: &CompressedVec) -> u64 {
+        32 * self.0 as u64
+    }
+}
+
+fn spec(name: &str, k: Option<usize>) -> CompressorSpec {
+    CompressorSpec { k, values: Some(ValueFormat::F64), ..CompressorSpec::named(name) }
+}
+
+fn codecs(uplink: Box<dyn Compressor>, d: usize) -> Codecs {
+    Codecs { uplink, dense: build(&spec("identity", None), d).unwrap(), downlink: None }
+}
+
+struct Sim {
+    parts: Parts,
+    codecs: Codecs,
+    server: Server,
+    workers: Vec<Worker>,
+    oracles: Vec<Quadratic>,
+}
+
+impl Sim {
+    fn new(method: &MethodSpec, gamma: f64, c: Box<dyn Compressor>, bs: &[Vec<f64>], x0: &[f64]) -> Self {
+        let n = bs.len();
+        let d = x0.len();
+        let parts = method.parts(gamma, n, &vec![Some(1); n]).unwrap();
+        Sim {
+            parts,
+            codecs: codecs(c, d),
+            server: Server::new(n, x0),
+            workers: (0..n).map(|i| Worker::new(i, x0)).collect(),
+            oracles: bs.iter().map(|b| Quadratic { b: b.clone() }).collect(),
+        }
+    }
+
+    fn round(&mut self) {
+        let rc = RoundCtx { seed: 7, round: self.server.state.round };
+        let down = self.server.state.next_down.clone();
+        let wire = self.server.state.next_wire.clone();
+        for (w, o) in self.workers.iter_mut().zip(self.oracles.iter_mut()) {
+            w.step(&down, &wire, o, &self.parts, &self.codecs, rc).unwrap();
+            // what travels decodes to what the worker applied
+            let mut dec = Uplink::default();
+            decode_uplink(&w.scratch.wire.bytes, &self.parts, &self.codecs, rc.round, efkit_core::method::uplink_shared_key(7, w.state.id, rc.round), &mut dec).unwrap();
+            assert!(dec.vec.bit_eq(&w.scratch.up.vec));
+            assert_eq!(dec.replace, w.scratch.up.replace);
+        }
+        let ups: Vec<Option<&Uplink>> = self.workers.iter().map(|w| Some(&w.scratch.up)).collect();
+        self.server.apply(&ups, &self.parts, &self.codecs, rc).unwrap();
+    }
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+}
+
+/// algorithms.md §12.1, EF21 with Top-1 and compressed init, by hand.
+#[test]
+fn ef21_hand_worked_trajectory() {
+    let mut m = MethodSpec::named("ef21");
+    m.init = efkit_core::method::InitMode::Compressed;
+    let bs = vec![vec![4.0, 0.0], vec![0.0, 3.0]];
+    let mut sim = Sim::new(&m, 0.1, build(&spec("top-k", Some(1)), 2).unwrap(), &bs, &[0.0, 0.0]);
+    // rows t = 0..5: x^t, g_1^t, g_2^t, g^t
+    let table: [([f64; 2], [f64; 2], [f64; 2], [f64; 2]); 6] = [
+        ([0.0, 0.0], [-4.0, 0.0], [0.0, -3.0], [-2.0, -1.5]),
+        ([0.2, 0.15], [-3.8, 0.0], [0.2, -3.0], [-1.8, -1.5]),
+        ([0.38, 0.3], [-3.8, 0.3], [0.2, -2.7], [-1.8, -1.2]),
+        ([0.56, 0.42], [-3.44, 0.3], [0.56, -2.7], [-1.44, -1.2]),
+        ([0.704, 0.54], [-3.44, 0.54], [0.56, -2.46], [-1.44, -0.96]),
+        ([0.848, 0.636], [-3.152, 0.54], [0.848, -2.46], [-1.152, -0.96]),
+    ];
+    for (t, (x, g1, g2, g)) in table.iter().enumerate() {
+        // x^t is the model broadcast at the start of round t
+        assert!(close(&sim.server.state.x, x, 1e-12), "x^{t}: {:?}", sim.server.state.x);
+        sim.round();
+        assert!(close(&sim.workers[0].state.g, g1, 1e-12), "g_1^{t}: {:?}", sim.workers[0].state.g);
+        assert!(close(&sim.workers[1].state.g, g2, 1e-12), "g_2^{t}: {:?}", sim.workers[1].state.g);
+        assert!(close(&sim.server.state.g, g, 1e-12), "g^{t}: {:?}", sim.server.state.g);
+    }
+}
+
+fn random_problem(n: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
+    use rand::Rng as _;
+    let mut rng = efkit_core::rng::rng_from_key(seed);
+    (0..n).map(|_| (0..d).map(|_| rng.gen_range(-5.0..5.0)).collect()).collect()
+}
+
+/// §12.3: the server's g equals the mean of the workers' g_i every round.
+#[test]
+fn server_g_is_mean_of_worker_g() {
+    let bs = random_problem(5, 7, 1);
+    let mut sim = Sim::new(&MethodSpec::named("ef21"), 0.05, build(&spec("top-k", Some(2)), 7).unwrap(), &bs, &[0.0; 7]);
+    for _ in 0..60 {
+        sim.round();
+        let mut mean = vec![0.0; 7];
+        for w in &sim.workers {
+            for (m, g) in mean.iter_mut().zip(&w.state.g) {
+                *m += g / 5.0;
+            }
+        }
+        assert!(close(&sim.server.state.g, &mean, 1e-12));
+    }
+}
+
+/// §12.3: EF21 with the identity compressor is distributed GD.
+#[test]
+fn ef21_with_identity_is_gd() {
+    let bs = random_problem(4, 6, 2);
+    let x0 = vec![1.0; 6];
+    let mut ef = Sim::new(&MethodSpec::named("ef21"), 0.3, build(&spec("identity", None), 6).unwrap(), &bs, &x0);
+    let mut gd = Sim::new(&MethodSpec::named("gd"), 0.3, build(&spec("identity", None), 6).unwrap(), &bs, &x0);
+    for _ in 0..40 {
+        ef.round();
+        gd.round();
+        assert!(close(&ef.server.state.x, &gd.server.state.x, 1e-12));
+    }
+}
+
+/// §12.3: EF14 and EF21 produce identical iterates for a linear deterministic
+/// compressor, with EF21's compressed initialization (w_i^t = gamma g_i^t).
+#[test]
+fn ef14_equals_ef21_for_linear_compressor() {
+    let bs = random_problem(3, 5, 3);
+    let x0 = vec![0.5; 5];
+    let mut m21 = MethodSpec::named("ef21");
+    m21.init = efkit_core::method::InitMode::Compressed;
+    let gamma = 0.2;
+    let mut ef21 = Sim::new(&m21, gamma, Box::new(Half(5)), &bs, &x0);
+    let mut ef14 = Sim::new(&MethodSpec::named("ef14"), gamma, Box::new(Half(5)), &bs, &x0);
+    for _ in 0..50 {
+        ef21.round();
+        ef14.round();
+        assert!(close(&ef21.server.state.x, &ef14.server.state.x, 1e-11), "{:?} vs {:?}", ef21.server.state.x, ef14.server.state.x);
+    }
+}
+
+/// EF21+ keeps, per worker, the candidate closer to the true gradient, and the
+/// server (which stores every g_i) agrees with the workers.
+#[test]
+fn ef21_plus_server_tracks_workers() {
+    let bs = random_problem(4, 9, 4);
+    let mut sim = Sim::new(&MethodSpec::named("ef21-plus"), 0.05, build(&spec("top-k", Some(1)), 9).unwrap(), &bs, &[0.0; 9]);
+    for _ in 0..40 {
+        sim.round();
+        for (i, w) in sim.workers.iter().enumerate() {
+            assert!(close(&sim.server.state.g_i[i], &w.state.g, 1e-12));
+        }
+    }
+}

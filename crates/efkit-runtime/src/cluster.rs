@@ -1,0 +1,310 @@
+//! The in-process cluster: n workers on a thread pool, one server.
+
+use std::time::Instant;
+
+use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, ServerStep, Uplink, Worker};
+use efkit_core::oracle::Oracle;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Metrics of one logged round, at the server's model x^t.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// Round t (number of server updates so far).
+    pub round: u64,
+    /// f(x^t) = (1/n) sum_i f_i(x^t) (plus r(x^t) for EF21-Prox).
+    pub loss: f64,
+    /// ||(1/n) sum_i grad f_i(x^t)||^2, or the squared gradient mapping for EF21-Prox.
+    pub grad_norm_sq: f64,
+    /// Cumulative uplink bits per worker (averaged over workers), as written.
+    pub bits_up_wire: f64,
+    /// Cumulative uplink bits per worker in the papers' convention (32 per value, indices free).
+    pub bits_up_paper: f64,
+    /// Cumulative downlink bits received per worker (averaged over workers), as written.
+    pub bits_down_wire: f64,
+    /// Cumulative downlink bits per worker in the papers' convention.
+    pub bits_down_paper: f64,
+    /// Cumulative uplink bits per participating client: total uplink bits divided
+    /// by the number of (worker, round) participations times the rounds (EF21-PP plots).
+    pub bits_up_wire_per_participant: f64,
+    /// Sample gradients computed so far divided by the total number of samples N.
+    pub epochs: f64,
+    /// Workers that took part in the last round.
+    pub participants: usize,
+    /// Wall-clock seconds since the start of the run.
+    pub seconds: f64,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// ||grad f||^2 reached the tolerance.
+    Converged,
+    /// The round limit was reached.
+    MaxRounds,
+    /// The wall-clock limit was reached.
+    TimeLimit,
+    /// A non-finite value or a blow-up was detected.
+    Diverged,
+    /// Stopped by the caller (e.g. SIGINT).
+    Interrupted,
+}
+
+/// Stopping rules.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StopRules {
+    /// Maximum number of rounds.
+    pub max_rounds: u64,
+    /// Stop when ||grad f||^2 <= tol (checked at logged rounds).
+    pub tol: Option<f64>,
+    /// Wall-clock limit in seconds.
+    pub time_limit: Option<f64>,
+    /// Diverged when loss > blowup * max(1, |initial loss|).
+    pub blowup: f64,
+    /// Log (and evaluate) every this many rounds (the last round is always logged).
+    pub log_every: u64,
+}
+
+/// What the caller wants after a logged round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop now with status `interrupted`.
+    Interrupt,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Why it stopped.
+    pub status: Status,
+    /// Rounds run.
+    pub rounds: u64,
+    /// The last logged metrics.
+    pub last: Option<RoundMetrics>,
+    /// A message for diverged runs naming the round and the quantity.
+    pub message: Option<String>,
+}
+
+/// Server, workers and their oracles in one process.
+pub struct Cluster {
+    /// The method parts.
+    pub parts: Parts,
+    /// The compressors.
+    pub codecs: Codecs,
+    /// The server.
+    pub server: Server,
+    /// The workers, by id.
+    pub workers: Vec<Worker>,
+    /// The oracles, by worker id.
+    pub oracles: Vec<Box<dyn Oracle>>,
+    /// The run seed.
+    pub seed: u64,
+    /// Total number of samples N (for epochs); 0 for streaming oracles.
+    pub total_samples: u64,
+    pool: rayon::ThreadPool,
+    mask: Vec<bool>,
+    idx: Vec<u32>,
+    eval_grads: Vec<Vec<f64>>,
+    eval_losses: Vec<f64>,
+    grad: Vec<f64>,
+    tmp: Vec<f64>,
+    participations: u64,
+    last_participants: usize,
+}
+
+impl Cluster {
+    /// A cluster starting at `x0` with `threads` worker threads (0 = all cores).
+    pub fn new(parts: Parts, codecs: Codecs, oracles: Vec<Box<dyn Oracle>>, x0: &[f64], seed: u64, threads: usize) -> Self {
+        let n = oracles.len();
+        let d = x0.len();
+        let total_samples = oracles.iter().map(|o| o.num_samples().unwrap_or(0) as u64).sum();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        Cluster {
+            parts,
+            codecs,
+            server: Server::new(n, x0),
+            workers: (0..n).map(|i| Worker::new(i, x0)).collect(),
+            oracles,
+            seed,
+            total_samples,
+            pool,
+            mask: Vec::new(),
+            idx: Vec::new(),
+            eval_grads: vec![vec![0.0; d]; n],
+            eval_losses: vec![0.0; n],
+            grad: vec![0.0; d],
+            tmp: vec![0.0; d],
+            participations: 0,
+            last_participants: 0,
+        }
+    }
+
+    /// Number of workers.
+    pub fn n(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The next round number.
+    pub fn round(&self) -> u64 {
+        self.server.state.round
+    }
+
+    /// Runs one round. Errors (non-finite values met by a compressor) are
+    /// returned as a message.
+    pub fn step(&mut self) -> Result<(), String> {
+        let round = self.server.state.round;
+        let rc = RoundCtx { seed: self.seed, round };
+        self.server.participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
+        let down: &Downlink = &self.server.state.next_down;
+        let wire = &self.server.state.next_wire;
+        let parts = &self.parts;
+        let codecs = &self.codecs;
+        let mask = &self.mask;
+        let workers = &mut self.workers;
+        let oracles = &mut self.oracles;
+        let res: Result<(), String> = self.pool.install(|| {
+            workers
+                .par_iter_mut()
+                .zip(oracles.par_iter_mut())
+                .enumerate()
+                .filter(|(i, _)| mask[*i])
+                .try_for_each(|(i, (w, o))| {
+                    w.step(down, wire, o.as_mut(), parts, codecs, rc).map(|_| ()).map_err(|e| format!("worker {i}, round {round}: {e}"))
+                })
+        });
+        res?;
+        let ups: Vec<Option<&Uplink>> = self.workers.iter().zip(&self.mask).map(|(w, &m)| m.then_some(&w.scratch.up)).collect();
+        let k = self.mask.iter().filter(|&&m| m).count();
+        self.participations += k as u64;
+        self.last_participants = k;
+        self.server.apply(&ups, &self.parts, &self.codecs, rc).map_err(|e| format!("server, round {round}: {e}"))
+    }
+
+    /// Evaluates f and ||grad f||^2 (or the gradient mapping) at the server's x.
+    pub fn evaluate(&mut self) -> (f64, f64) {
+        let x = &self.server.state.x;
+        let grads = &mut self.eval_grads;
+        let losses = &mut self.eval_losses;
+        let oracles = &mut self.oracles;
+        self.pool.install(|| {
+            oracles.par_iter_mut().zip(grads.par_iter_mut()).zip(losses.par_iter_mut()).for_each(|((o, g), l)| {
+                *l = o.loss_grad(x, g);
+            })
+        });
+        let n = self.eval_grads.len() as f64;
+        self.grad.iter_mut().for_each(|v| *v = 0.0);
+        let mut loss = 0.0;
+        for (g, l) in self.eval_grads.iter().zip(&self.eval_losses) {
+            for (a, b) in self.grad.iter_mut().zip(g) {
+                *a += b;
+            }
+            loss += l;
+        }
+        loss /= n;
+        self.grad.iter_mut().for_each(|v| *v /= n);
+        match self.parts.server_step {
+            ServerStep::Prox { reg } => {
+                // gradient mapping G = (x - prox_{gamma r}(x - gamma grad f(x))) / gamma
+                let gamma = self.parts.gamma;
+                for ((t, x), g) in self.tmp.iter_mut().zip(x).zip(&self.grad) {
+                    *t = x - gamma * g;
+                }
+                reg.prox(&mut self.tmp, gamma);
+                let gm: f64 = x.iter().zip(&self.tmp).map(|(a, b)| ((a - b) / gamma).powi(2)).sum();
+                (loss + reg.value(x), gm)
+            }
+            _ => (loss, self.grad.iter().map(|v| v * v).sum()),
+        }
+    }
+
+    /// Metrics at the current state (evaluates f and its gradient).
+    pub fn metrics(&mut self, seconds: f64) -> RoundMetrics {
+        let (loss, grad_norm_sq) = self.evaluate();
+        let n = self.n() as f64;
+        let sum = |f: fn(&Worker) -> u64| self.workers.iter().map(f).sum::<u64>() as f64;
+        let up_wire = sum(|w| w.state.bits_up_wire);
+        let samples = sum(|w| w.state.samples);
+        let per_part = if self.participations > 0 {
+            // total uplink bits / participations * rounds: bits a participating client sends per round, accumulated
+            up_wire / self.participations as f64 * self.server.state.round as f64
+        } else {
+            0.0
+        };
+        RoundMetrics {
+            round: self.server.state.round,
+            loss,
+            grad_norm_sq,
+            bits_up_wire: up_wire / n,
+            bits_up_paper: sum(|w| w.state.bits_up_paper) / n,
+            bits_down_wire: sum(|w| w.state.bits_down_wire) / n,
+            bits_down_paper: sum(|w| w.state.bits_down_paper) / n,
+            bits_up_wire_per_participant: per_part,
+            epochs: if self.total_samples > 0 { samples / self.total_samples as f64 } else { 0.0 },
+            participants: self.last_participants,
+            seconds,
+        }
+    }
+
+    /// Runs until a stopping rule fires; `on_log` sees every logged round
+    /// (round 0 included) and may interrupt.
+    pub fn run(&mut self, rules: &StopRules, mut on_log: impl FnMut(&RoundMetrics) -> Control) -> Summary {
+        let start = Instant::now();
+        let log_every = rules.log_every.max(1);
+        let mut m = self.metrics(0.0);
+        let initial_loss = m.loss;
+        let check = |m: &RoundMetrics| -> Option<(Status, Option<String>)> {
+            if !m.loss.is_finite() || !m.grad_norm_sq.is_finite() {
+                let what = if !m.loss.is_finite() { format!("loss = {}", m.loss) } else { format!("grad_norm_sq = {}", m.grad_norm_sq) };
+                return Some((Status::Diverged, Some(format!("round {}: {what}", m.round))));
+            }
+            if m.loss > rules.blowup * initial_loss.abs().max(1.0) {
+                return Some((Status::Diverged, Some(format!("round {}: loss = {:e} exceeds {} x the initial loss", m.round, m.loss, rules.blowup))));
+            }
+            if let Some(tol) = rules.tol {
+                if m.grad_norm_sq <= tol {
+                    return Some((Status::Converged, None));
+                }
+            }
+            None
+        };
+        if let Some((status, message)) = check(&m) {
+            let c = on_log(&m);
+            let _ = c;
+            return Summary { status, rounds: 0, last: Some(m), message };
+        }
+        if on_log(&m) == Control::Interrupt {
+            return Summary { status: Status::Interrupted, rounds: 0, last: Some(m), message: None };
+        }
+        let mut last = Some(m);
+        loop {
+            let r = self.server.state.round;
+            if r >= rules.max_rounds {
+                return Summary { status: Status::MaxRounds, rounds: r, last, message: None };
+            }
+            if let Err(msg) = self.step() {
+                return Summary { status: Status::Diverged, rounds: self.round(), last, message: Some(msg) };
+            }
+            let r = self.server.state.round;
+            let elapsed = start.elapsed().as_secs_f64();
+            let time_up = rules.time_limit.is_some_and(|t| elapsed >= t);
+            if r % log_every == 0 || r >= rules.max_rounds || time_up {
+                m = self.metrics(elapsed);
+                let stop = check(&m);
+                let ctl = on_log(&m);
+                last = Some(m);
+                if let Some((status, message)) = stop {
+                    return Summary { status, rounds: r, last, message };
+                }
+                if ctl == Control::Interrupt {
+                    return Summary { status: Status::Interrupted, rounds: r, last, message: None };
+                }
+            }
+            if time_up {
+                return Summary { status: Status::TimeLimit, rounds: r, last, message: None };
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Config → validated parameters → runtime objects.
+//!
+//! Every value is checked against the data before any work starts (K <= d,
+//! n <= rows, positive steps, known names), and each error names the key.
+
+use efkit_core::compress::{build, CompressorClass, CompressorSpec};
+use efkit_core::method::{Codecs, DownlinkMode};
+use efkit_core::rng::{stream, Purpose};
+use efkit_core::theory;
+use efkit_problems::libsvm::LibsvmOptions;
+use efkit_problems::{datasets, Problem};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::cluster::{Cluster, StopRules};
+use crate::config::Config;
+
+/// A config could not be turned into a run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A parameter is invalid.
+    #[error("{0}")]
+    Param(#[from] efkit_core::ParamError),
+    /// The problem or its data is invalid.
+    #[error("{0}")]
+    Problem(#[from] efkit_problems::ProblemError),
+    /// Another config error, naming the key.
+    #[error("invalid `{key}`: {reason}")]
+    Config {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> SetupError {
+    SetupError::Config { key: key.into(), reason: reason.into() }
+}
+
+/// What setup resolved (written to `summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupInfo {
+    /// Number of workers.
+    pub n: usize,
+    /// Dimension.
+    pub d: usize,
+    /// Total rows N.
+    pub rows: usize,
+    /// The step size gamma actually used.
+    pub gamma: f64,
+    /// L (when computed).
+    pub l: Option<f64>,
+    /// Ltilde (when computed).
+    pub l_tilde: Option<f64>,
+    /// alpha of the uplink compressor (contractive or 1/(1+omega)).
+    pub alpha: Option<f64>,
+    /// The uplink compressor, resolved.
+    pub compressor: String,
+    /// The server compressor (EF21-BC).
+    pub server_compressor: Option<String>,
+}
+
+/// A run ready to start.
+pub struct Prepared {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// What was resolved.
+    pub info: SetupInfo,
+}
+
+/// The stopping rules of a config.
+pub fn stop_rules(cfg: &Config) -> StopRules {
+    StopRules { max_rounds: cfg.stop.max_rounds, tol: cfg.stop.tol, time_limit: cfg.stop.time_limit, blowup: cfg.stop.blowup, log_every: cfg.stop.log_every }
+}
+
+fn positive(key: &str, v: f64) -> Result<(), SetupError> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(bad(key, format!("must be finite and > 0, got {v}")))
+    }
+}
+
+/// Validates `cfg`, loads its data and builds the cluster.
+pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
+    // stopping rules first: cheap and independent of data
+    if let Some(t) = cfg.stop.tol {
+        positive("stop.tol", t)?;
+    }
+    if let Some(t) = cfg.stop.time_limit {
+        positive("stop.time_limit", t)?;
+    }
+    if cfg.stop.log_every == 0 {
+        return Err(bad("stop.log_every", "must be >= 1"));
+    }
+    if !(cfg.stop.blowup > 1.0) {
+        return Err(bad("stop.blowup", format!("must be > 1, got {}", cfg.stop.blowup)));
+    }
+    positive("step.multiplier", cfg.step.multiplier)?;
+    if cfg.problem.workers == 0 {
+        return Err(bad("problem.workers", "must be >= 1"));
+    }
+    let data = match cfg.problem.features {
+        Some(f) => {
+            if datasets::bundled(&cfg.problem.dataset).is_some() {
+                return Err(bad("problem.features", "only for user files; bundled data sets know their features"));
+            }
+            datasets::load_path(&cfg.problem.dataset, &LibsvmOptions::with_features(f))?
+        }
+        None => datasets::load(&cfg.problem.dataset)?,
+    };
+    if cfg.problem.workers > data.n_rows() {
+        return Err(bad("problem.workers", format!("n = {} is larger than the number of rows {}", cfg.problem.workers, data.n_rows())));
+    }
+    let problem = Problem::from_dataset(&data, cfg.problem.workers, cfg.problem.kind, cfg.problem.split, cfg.seed, cfg.problem.lambda)?;
+    let n = problem.n_workers();
+    let d = problem.dim();
+    let uplink = build(&cfg.compressor, d)?;
+    let values = cfg.compressor.values;
+    let dense = build(&CompressorSpec { values, ..CompressorSpec::named("identity") }, d)?;
+    let n_local: Vec<Option<usize>> = problem.shard_sizes().into_iter().map(Some).collect();
+    // the theory step needs alpha of the compressor actually used
+    let probe = cfg.method.parts(1.0, n, &n_local)?;
+    let alpha = if probe.force_identity {
+        if cfg.compressor.name != "identity" {
+            return Err(bad("compressor", format!("method `{}` sends uncompressed gradients; remove the compressor or use a compressed method", cfg.method.name)));
+        }
+        Some(1.0)
+    } else {
+        uplink.class().alpha()
+    };
+    let downlink = match (probe.downlink, &cfg.server_compressor) {
+        (DownlinkMode::CompressedEstimate, Some(s)) => Some(build(s, d)?),
+        (DownlinkMode::CompressedEstimate, None) => return Err(bad("server_compressor", "ef21-bc needs a server compressor, e.g. [server_compressor] name = \"top-k\" k = 2")),
+        (DownlinkMode::Model, Some(_)) => return Err(bad("server_compressor", format!("only ef21-bc compresses the downlink, not `{}`", cfg.method.name))),
+        (DownlinkMode::Model, None) => None,
+    };
+    let (gamma, l, l_tilde) = match cfg.step.rule.as_str() {
+        "absolute" => {
+            let v = cfg.step.value.ok_or_else(|| bad("step.value", "rule = \"absolute\" needs step.value"))?;
+            positive("step.value", v)?;
+            (v, None, None)
+        }
+        "theory" | "theory-pl" => {
+            let a = match (alpha, uplink.class()) {
+                (Some(a), _) => a,
+                (None, CompressorClass::Absolute { .. }) => return Err(bad("step.rule", format!("the theory step needs a contractive or unbiased compressor; `{}` is absolute: use rule = \"absolute\"", uplink.describe()))),
+                _ => unreachable!(),
+            };
+            let s = problem.smoothness()?;
+            let base = if cfg.step.rule == "theory" {
+                theory::ef21_stepsize(s.l, s.l_tilde, a)
+            } else {
+                let mu = cfg.step.mu.or(s.mu).ok_or_else(|| bad("step.mu", "theory-pl needs mu (least squares computes it; give step.mu otherwise)"))?;
+                positive("step.mu", mu)?;
+                theory::ef21_pl_stepsize(s.l, s.l_tilde, a, mu)
+            };
+            (cfg.step.multiplier * base, Some(s.l), Some(s.l_tilde))
+        }
+        other => return Err(bad("step.rule", format!("unknown rule `{other}`; allowed: theory, theory-pl, absolute"))),
+    };
+    if cfg.step.rule != "absolute" && cfg.step.value.is_some() {
+        // a resolved config carries the step it used; it must agree
+        let v = cfg.step.value.unwrap();
+        if v != gamma {
+            return Err(bad("step.value", format!("given {v} but rule `{}` gives {gamma}; use rule = \"absolute\" to set the step", cfg.step.rule)));
+        }
+    }
+    let parts = cfg.method.parts(gamma, n, &n_local)?;
+    let x0 = initial_point(cfg, d)?;
+    let info = SetupInfo {
+        n,
+        d,
+        rows: data.n_rows(),
+        gamma,
+        l,
+        l_tilde,
+        alpha,
+        compressor: uplink.describe(),
+        server_compressor: downlink.as_ref().map(|c| c.describe()),
+    };
+    let codecs = Codecs { uplink, dense, downlink };
+    let cluster = Cluster::new(parts, codecs, problem.into_oracles(), &x0, cfg.seed, cfg.threads);
+    Ok(Prepared { cluster, info })
+}
+
+/// The initial point of a config.
+pub fn initial_point(cfg: &Config, d: usize) -> Result<Vec<f64>, SetupError> {
+    match cfg.init.kind.as_str() {
+        "zeros" => Ok(vec![0.0; d]),
+        "gaussian" => {
+            use rand::Rng as _;
+            positive("init.std", cfg.init.std)?;
+            let mut rng = stream(cfg.seed, Purpose::Setup, 0, 0);
+            Ok((0..d).map(|_| cfg.init.std * rng.sample::<f64, _>(rand_distr::StandardNormal)).collect())
+        }
+        "file" => {
+            let path = cfg.init.path.as_ref().ok_or_else(|| bad("init.path", "init.kind = \"file\" needs init.path"))?;
+            let text = std::fs::read_to_string(path).map_err(|e| bad("init.path", format!("cannot read {path}: {e}")))?;
+            let mut x = Vec::with_capacity(d);
+            for (i, tok) in text.split_whitespace().enumerate() {
+                let v: f64 = tok.parse().map_err(|_| bad("init.path", format!("{path}: entry {} (`{tok}`) is not a number", i + 1)))?;
+                if !v.is_finite() {
+                    return Err(bad("init.path", format!("{path}: entry {} is not finite", i + 1)));
+                }
+                x.push(v);
+            }
+            if x.len() != d {
+                return Err(bad("init.path", format!("{path}: has {} entries, the problem has d = {d}", x.len())));
+            }
+            Ok(x)
+        }
+        other => Err(bad("init.kind", format!("unknown initial point `{other}`; allowed: zeros, gaussian, file"))),
+    }
+}

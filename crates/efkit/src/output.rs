@@ -1,0 +1,92 @@
+//! Run directories: never lose results.
+//!
+//! A run directory holds `config.toml`, `metrics.jsonl`, `summary.json` and the
+//! plots. `efkit run` refuses a directory that already holds a run unless
+//! `--force` is given. Whole files are written to a temporary name in the same
+//! directory and renamed, so a crash leaves either the old file or the complete
+//! new one; `metrics.jsonl` is appended one complete line at a time and flushed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Files that mark a directory as holding a run.
+pub const RUN_FILES: &[&str] = &["metrics.jsonl", "summary.json", "config.toml"];
+
+/// Writes `data` to `path` atomically (temp file + rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().context("path has no file name")?.to_string_lossy().to_string();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all().ok();
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Whether `dir` already holds a run.
+pub fn holds_run(dir: &Path) -> bool {
+    RUN_FILES.iter().any(|f| dir.join(f).exists())
+}
+
+/// Prepares the output directory: creates it, refuses an existing run unless
+/// `force` (then removes the old run files).
+pub fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    if holds_run(dir) {
+        if !force {
+            bail!(crate::UserError(format!(
+                "output directory {} already holds a run; use --force to overwrite it or choose another --out",
+                dir.display()
+            )));
+        }
+        for f in RUN_FILES.iter().chain(["grad_norm_vs_bits.svg", "grad_norm_vs_bits.png", "checkpoint.json"].iter()) {
+            let p = dir.join(f);
+            if p.exists() {
+                fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// A fresh timestamped directory under `runs/`.
+pub fn fresh_dir(tag: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let base = PathBuf::from("runs");
+    let mut i = 0;
+    loop {
+        let p = base.join(if i == 0 { format!("{secs}-{tag}") } else { format!("{secs}-{tag}-{i}") });
+        if !p.exists() {
+            return p;
+        }
+        i += 1;
+    }
+}
+
+/// Appends JSON lines, one complete line per write, flushed.
+pub struct JsonLines {
+    file: File,
+}
+
+impl JsonLines {
+    /// Creates (truncates) the file.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(JsonLines { file })
+    }
+
+    /// Appends one value as a line.
+    pub fn push<T: serde::Serialize>(&mut self, v: &T) -> Result<()> {
+        let mut line = serde_json::to_string(v)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        self.file.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! `efkit repro NAME`: the papers' figures, end to end.
+//!
+//! Each reproduction runs a fixed set of configs (written out as `config.toml`
+//! in one sub-directory per curve), then draws the figure and prints a table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::ValueEnum;
+use efkit_runtime::config::{Config, InitConfig, ProblemConfig, ProblemKind, SplitKind, StepConfig, StopConfig};
+use efkit_core::compress::CompressorSpec;
+use efkit_core::method::MethodSpec;
+
+use crate::output;
+use crate::plot::{self, Panel};
+use crate::run::{run_config, RunOptions};
+
+/// The reproducible figures.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReproName {
+    /// EF21 paper (NeurIPS 2021): EF21, EF14, EF21+ and GD on four LibSVM sets, ||grad f||^2 vs bits/n.
+    Ef21,
+}
+
+/// One curve of a figure.
+pub struct Curve {
+    /// Panel index.
+    pub panel: usize,
+    /// Legend label (also the sub-directory name).
+    pub label: String,
+    /// The run.
+    pub config: Config,
+}
+
+/// Result of one curve.
+pub struct CurveResult {
+    /// Panel index.
+    pub panel: usize,
+    /// Label.
+    pub label: String,
+    /// Logged metrics.
+    pub rows: Vec<serde_json::Value>,
+    /// Final status.
+    pub status: efkit_runtime::Status,
+}
+
+fn slug(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// Runs every curve into `out/<panel>-<label>/`.
+pub fn run_curves(curves: Vec<Curve>, out: &Path, force: bool, quiet: bool) -> Result<Vec<CurveResult>> {
+    let total = curves.len();
+    let mut res = Vec::new();
+    for (i, c) in curves.into_iter().enumerate() {
+        let dir = out.join(format!("p{}-{}", c.panel, slug(&c.label)));
+        if !quiet {
+            eprintln!("[{}/{}] {} -> {}", i + 1, total, c.label, dir.display());
+        }
+        let s = run_config(&c.config, &dir, &RunOptions { quiet, force, label: Some(c.label.clone()) })?;
+        let rows = plot::read_metrics(&dir.join("metrics.jsonl"))?;
+        res.push(CurveResult { panel: c.panel, label: c.label, rows, status: s.status });
+    }
+    Ok(res)
+}
+
+fn get(row: &serde_json::Value, k: &str) -> Option<f64> {
+    row.get(k).and_then(|v| v.as_f64())
+}
+
+/// First value of `x_key` at which `y_key <= target`, if reached.
+pub fn first_reach(rows: &[serde_json::Value], x_key: &str, y_key: &str, target: f64) -> Option<f64> {
+    rows.iter().find(|r| get(r, y_key).is_some_and(|y| y <= target)).and_then(|r| get(r, x_key))
+}
+
+/// Panels of `y_key` against `x_key`, one per panel title.
+pub fn panels(results: &[CurveResult], titles: &[String], x_key: &str, x_label: &str, y_key: &str, y_label: &str, log_x: bool) -> Vec<Panel> {
+    titles
+        .iter()
+        .enumerate()
+        .map(|(p, t)| Panel {
+            title: t.clone(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            log_x,
+            log_y: true,
+            series: results.iter().filter(|r| r.panel == p).map(|r| plot::series_from_metrics(&r.rows, x_key, y_key, &r.label)).collect(),
+        })
+        .collect()
+}
+
+/// `efkit repro`.
+pub fn cmd_repro(name: ReproName, out: Option<PathBuf>, force: bool, quick: bool, quiet: bool) -> Result<u8> {
+    let out = out.unwrap_or_else(|| PathBuf::from("repro").join(format!("{name:?}").to_lowercase()));
+    if out.join("README.md").exists() && !force {
+        return Err(crate::UserError(format!("{} already holds a reproduction; use --force to overwrite it or choose another --out", out.display())).into());
+    }
+    std::fs::create_dir_all(&out)?;
+    match name {
+        ReproName::Ef21 => repro_ef21(&out, force, quick, quiet),
+    }
+}
+
+/// A logistic-regression config as the EF21 papers' code sets it up.
+pub fn logreg_config(dataset: &str, workers: usize, method: &str, compressor: CompressorSpec, rule: &str, multiplier: f64, max_rounds: u64, tol: Option<f64>, log_every: u64) -> Config {
+    Config {
+        seed: 1,
+        threads: 0,
+        problem: ProblemConfig { kind: ProblemKind::Logistic, dataset: dataset.into(), workers, lambda: Some(0.1), split: SplitKind::Contiguous, features: None },
+        method: MethodSpec::named(method),
+        compressor,
+        server_compressor: None,
+        step: StepConfig { rule: rule.into(), multiplier, value: None, mu: None },
+        init: InitConfig { kind: "gaussian".into(), std: 1.0, path: None },
+        stop: StopConfig { max_rounds, tol, time_limit: None, log_every, blowup: 1e6 },
+    }
+}
+
+fn topk(k: usize) -> CompressorSpec {
+    CompressorSpec { k: Some(k), ..CompressorSpec::named("top-k") }
+}
+
+fn repro_ef21(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
+    // The poster's fine-tuned (K, multiplier) pairs (algorithms.md §10.1).
+    // (dataset, max rounds, [(method, k, multiplier)]); EF21+ uses the PL rule with mu = lambda
+    // as the authors' EF21+ script does (algorithms.md §6 note); GD multiplies 1/L.
+    let table: [(&str, u64, [(&str, usize, f64); 4]); 4] = [
+        ("phishing", 6000, [("ef21", 1, 16.0), ("ef14", 1, 16.0), ("ef21-plus", 1, 256.0), ("gd", 0, 1.0)]),
+        ("mushrooms", 6000, [("ef21", 2, 1024.0), ("ef14", 2, 64.0), ("ef21-plus", 1, 4096.0), ("gd", 0, 4.0)]),
+        ("a9a", 4000, [("ef21", 4, 64.0), ("ef14", 4, 64.0), ("ef21-plus", 1, 2048.0), ("gd", 0, 2.0)]),
+        ("w8a", 4000, [("ef21", 1, 64.0), ("ef14", 1, 32.0), ("ef21-plus", 1, 2048.0), ("gd", 0, 4.0)]),
+    ];
+    let tol = 1e-7;
+    let mut curves = Vec::new();
+    let mut titles = Vec::new();
+    for (p, (ds, rounds, methods)) in table.iter().enumerate() {
+        titles.push(format!("{ds}, n = 20"));
+        let rounds = if quick { 50 } else { *rounds };
+        for &(m, k, mult) in methods {
+            let (comp, label) = if m == "gd" {
+                (CompressorSpec::named("identity"), format!("GD {mult}x"))
+            } else {
+                (topk(k), format!("{} k={k} {mult}x", match m { "ef21" => "EF21", "ef14" => "EF", _ => "EF21+" }))
+            };
+            let rule = if m == "ef21-plus" { "theory-pl" } else { "theory" };
+            let mut cfg = logreg_config(ds, 20, m, comp, rule, mult, rounds, Some(tol), if quick { 5 } else { 10 });
+            if m == "ef21-plus" {
+                cfg.step.mu = Some(0.1);
+            }
+            curves.push(Curve { panel: p, label, config: cfg });
+        }
+    }
+    let results = run_curves(curves, out, force, quiet)?;
+    let paper = panels(&results, &titles, "bits_up_paper", "#bits/n (32 bits per value, indices free)", "grad_norm_sq", "||grad f(x)||^2", false);
+    let wire = panels(&results, &titles, "bits_up_wire", "#bits/n (wire: values + indices)", "grad_norm_sq", "||grad f(x)||^2", false);
+    let (svg, png) = plot::render(&paper, 2, &out.join("ef21_paper_bits"))?;
+    let (svg2, png2) = plot::render(&wire, 2, &out.join("ef21_wire_bits"))?;
+    let mut table = String::from("| dataset | method | status | bits/n to 1e-7 (paper) | bits/n to 1e-7 (wire) | final ||grad f||^2 |\n|---|---|---|---|---|---|\n");
+    for r in &results {
+        let fmt = |v: Option<f64>| v.map_or("not reached".to_string(), |b| format!("{b:.3e}"));
+        let last = r.rows.last().and_then(|l| get(l, "grad_norm_sq")).unwrap_or(f64::NAN);
+        table.push_str(&format!(
+            "| {} | {} | {:?} | {} | {} | {:.3e} |\n",
+            titles[r.panel],
+            r.label,
+            r.status,
+            fmt(first_reach(&r.rows, "bits_up_paper", "grad_norm_sq", tol)),
+            fmt(first_reach(&r.rows, "bits_up_wire", "grad_norm_sq", tol)),
+            last
+        ));
+    }
+    let readme = format!(
+        "# efkit repro ef21{}\n\nEF21 paper (Richtarik, Sokolov, Fatkhullin, NeurIPS 2021), logistic regression with the nonconvex regularizer (lambda = 0.1), n = 20, contiguous split, x0 ~ N(0, I), poster's tuned (K, multiplier).\n\nFigures: `{}` / `{}` (x = bits in the papers' convention) and `{}` / `{}` (x = wire bits).\n\n{}",
+        if quick { " (quick smoke run, NOT the paper's budget)" } else { "" },
+        svg.display(), png.display(), svg2.display(), png2.display(), table
+    );
+    output::write_atomic(&out.join("README.md"), readme.as_bytes())?;
+    if !quiet {
+        println!("{table}");
+    }
+    println!("figure: {}", png.display());
+    println!("figure: {}", png2.display());
+    Ok(0)
+}

@@ -1,0 +1,233 @@
+//! `efkit run`, `efkit plot`, `efkit data` and `efkit compressors`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use efkit_runtime::config::Config;
+use efkit_runtime::setup;
+use efkit_runtime::{Control, RoundMetrics, Status, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output::{self, JsonLines};
+use crate::plot;
+use crate::{UserError, XAxis, EXIT_DIVERGED, EXIT_INTERRUPTED};
+
+/// Set by SIGINT/SIGTERM: the current round finishes, then the run stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn install_signal_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    });
+}
+
+/// Applies `key=value` overrides to a TOML document.
+pub fn apply_overrides(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (key, val) = s.split_once('=').ok_or_else(|| UserError(format!("--set expects KEY=VALUE, got `{s}`")))?;
+        let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {val}")) {
+            Ok(mut t) => t.remove("v").unwrap(),
+            Err(_) => toml::Value::String(val.to_string()),
+        };
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(UserError(format!("--set: bad key `{key}`")).into());
+        }
+        let mut table = &mut *doc;
+        for p in &parts[..parts.len() - 1] {
+            let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| UserError(format!("--set: `{p}` in `{key}` is not a table")))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    Ok(())
+}
+
+/// Reads a config file with overrides; every problem is a [`UserError`].
+pub fn load_config(path: &Path, sets: &[String]) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| UserError(format!("cannot read config {}: {e}", path.display())))?;
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    apply_overrides(&mut doc, sets)?;
+    let cfg: Config = Config::deserialize_table(doc).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    Ok(cfg)
+}
+
+trait FromTable: Sized {
+    fn deserialize_table(t: toml::Table) -> Result<Self, String>;
+}
+
+impl FromTable for Config {
+    fn deserialize_table(t: toml::Table) -> Result<Self, String> {
+        let s = toml::to_string(&t).map_err(|e| e.to_string())?;
+        efkit_runtime::config::parse_with_hints(&s)
+    }
+}
+
+/// Options of one run.
+pub struct RunOptions {
+    /// No progress bar.
+    pub quiet: bool,
+    /// Overwrite an existing run.
+    pub force: bool,
+    /// Label used in plots.
+    pub label: Option<String>,
+}
+
+/// Runs `cfg` into `out`; returns the summary. Used by `run` and `repro`.
+pub fn run_config(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Summary> {
+    install_signal_handler();
+    let prepared = setup::prepare(cfg).map_err(|e| UserError(e.to_string()))?;
+    output::prepare_dir(out, opts.force)?;
+    let mut resolved = cfg.clone();
+    resolved.step.value.get_or_insert(prepared.info.gamma);
+    output::write_atomic(&out.join("config.toml"), resolved.to_toml().as_bytes())?;
+    let mut cluster = prepared.cluster;
+    let mut metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
+    let pb = if opts.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(cfg.stop.max_rounds);
+        pb.set_style(ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})").unwrap().progress_chars("=> "));
+        pb.set_prefix(opts.label.clone().unwrap_or_else(|| cfg.method.name.clone()));
+        pb
+    };
+    let mut rows: Vec<RoundMetrics> = Vec::new();
+    let mut write_err: Option<anyhow::Error> = None;
+    let rules = setup::stop_rules(cfg);
+    let summary = cluster.run(&rules, |m| {
+        if let Err(e) = metrics.push(m) {
+            write_err = Some(e);
+            return Control::Interrupt;
+        }
+        pb.set_position(m.round);
+        pb.set_message(format!("|grad|^2 = {:.3e}", m.grad_norm_sq));
+        rows.push(m.clone());
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            Control::Interrupt
+        } else {
+            Control::Continue
+        }
+    });
+    pb.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e.context("writing metrics"));
+    }
+    let json = serde_json::json!({
+        "status": summary.status,
+        "rounds": summary.rounds,
+        "loss": summary.last.as_ref().map(|m| m.loss),
+        "grad_norm_sq": summary.last.as_ref().map(|m| m.grad_norm_sq),
+        "bits_up_wire": summary.last.as_ref().map(|m| m.bits_up_wire),
+        "bits_up_paper": summary.last.as_ref().map(|m| m.bits_up_paper),
+        "bits_down_wire": summary.last.as_ref().map(|m| m.bits_down_wire),
+        "bits_down_paper": summary.last.as_ref().map(|m| m.bits_down_paper),
+        "epochs": summary.last.as_ref().map(|m| m.epochs),
+        "seconds": summary.last.as_ref().map(|m| m.seconds),
+        "message": summary.message,
+        "setup": prepared.info,
+    });
+    output::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let label = opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, prepared.info.compressor));
+    let series = plot::Series {
+        label,
+        x: rows.iter().map(|m| m.bits_up_wire).collect(),
+        y: rows.iter().map(|m| m.grad_norm_sq).collect(),
+        band: None,
+    };
+    let panel = plot::Panel {
+        title: format!("{} on {} (n = {})", cfg.method.name, cfg.problem.dataset, cfg.problem.workers),
+        x_label: "#bits/n (uplink, wire)".into(),
+        y_label: "||grad f(x)||^2".into(),
+        log_x: false,
+        log_y: true,
+        series: vec![series],
+    };
+    plot::render(&[panel], 1, &out.join("grad_norm_vs_bits")).context("rendering the plot")?;
+    Ok(summary)
+}
+
+/// Exit code for a finished run.
+pub fn exit_code(s: &Summary) -> u8 {
+    match s.status {
+        Status::Diverged => EXIT_DIVERGED,
+        Status::Interrupted => EXIT_INTERRUPTED,
+        _ => 0,
+    }
+}
+
+/// `efkit run`.
+pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String], threads: Option<usize>, quiet: bool) -> Result<u8> {
+    let mut cfg = load_config(config, sets)?;
+    if let Some(t) = threads {
+        cfg.threads = t;
+    }
+    let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
+    let summary = run_config(&cfg, &out, &RunOptions { quiet, force, label: None })?;
+    let last = summary.last.as_ref();
+    eprintln!(
+        "{}: status {:?} after {} rounds, ||grad f||^2 = {:.3e}, uplink {:.3e} bits/worker; results in {}",
+        cfg.method.name,
+        summary.status,
+        summary.rounds,
+        last.map_or(f64::NAN, |m| m.grad_norm_sq),
+        last.map_or(f64::NAN, |m| m.bits_up_wire),
+        out.display()
+    );
+    if let Some(msg) = &summary.message {
+        eprintln!("{msg}");
+    }
+    Ok(exit_code(&summary))
+}
+
+/// `efkit plot`.
+pub fn cmd_plot(dirs: &[PathBuf], x: XAxis, y: &str, out: &Path) -> Result<u8> {
+    let (xk, xl) = x.key();
+    let mut series = Vec::new();
+    for d in dirs {
+        let path = d.join("metrics.jsonl");
+        let rows = plot::read_metrics(&path).map_err(|e| UserError(format!("{e:#}")))?;
+        let label = d.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| d.display().to_string());
+        series.push(plot::series_from_metrics(&rows, xk, y, &label));
+    }
+    let panel = plot::Panel { title: String::new(), x_label: xl.into(), y_label: y.into(), log_x: false, log_y: true, series };
+    let (svg, png) = plot::render(&[panel], 1, out)?;
+    println!("{}\n{}", svg.display(), png.display());
+    Ok(0)
+}
+
+/// `efkit data list`.
+pub fn cmd_data_list() -> Result<u8> {
+    println!("{:<12} {:>8} {:>9} {:>10}  description", "name", "rows", "features", "nnz");
+    for d in efkit_problems::datasets::list() {
+        let info = efkit_problems::datasets::inspect(d.name).map_err(|e| UserError(e.to_string()))?;
+        println!("{:<12} {:>8} {:>9} {:>10}  {}", d.name, info.rows, info.features, info.nnz, d.description);
+    }
+    Ok(0)
+}
+
+/// `efkit data inspect`.
+pub fn cmd_data_inspect(name: &str) -> Result<u8> {
+    let info = efkit_problems::datasets::inspect(name).map_err(|e| UserError(e.to_string()))?;
+    println!("{info}");
+    Ok(0)
+}
+
+/// `efkit compressors`.
+pub fn cmd_compressors(dim: usize) -> Result<u8> {
+    if dim == 0 {
+        return Err(UserError("--dim must be >= 1".into()).into());
+    }
+    println!("compressor catalogue for d = {dim}");
+    println!("{:<20} {:<12} {:>14}  description", "name", "class", "constant");
+    for (name, desc, class) in efkit_core::compress::catalogue(dim) {
+        let (cls, c) = match class {
+            efkit_core::compress::CompressorClass::Contractive { alpha } => ("contractive", format!("alpha={alpha:.4e}")),
+            efkit_core::compress::CompressorClass::Unbiased { omega } => ("unbiased", format!("omega={omega:.4e}")),
+            efkit_core::compress::CompressorClass::Absolute { delta2 } => ("absolute", format!("delta2={delta2:.3e}")),
+        };
+        println!("{name:<20} {cls:<12} {c:>14}  {desc}");
+    }
+    Ok(0)
+}
