@@ -43,7 +43,7 @@ fn spec(name: &str, f: impl FnOnce(&mut CompressorSpec)) -> CompressorSpec {
 
 /// Largest divisor of d that is at most sqrt(d).
 fn rows_for(d: usize) -> usize {
-    (1..=d).take_while(|r| r * r <= d).filter(|r| d % r == 0).last().unwrap_or(1)
+    (1..=d).take_while(|r| r * r <= d).filter(|r| (d / r) * r == d).last().unwrap_or(1)
 }
 
 /// Sample specs covering every catalogue name (with value-format and
@@ -123,10 +123,25 @@ fn sample_specs(d: usize) -> Vec<CompressorSpec> {
             s.levels = Some(8);
             s.norm = Some(f64::INFINITY)
         }),
+        spec("qsgd", |s| {
+            s.levels = Some(2);
+            s.values = Some(F64)
+        }),
+        spec("natural-dithering", |s| {
+            s.levels = Some(3);
+            s.values = Some(F16)
+        }),
         spec("scaled-sign", |_| {}),
+        spec("scaled-sign", |s| s.values = Some(F16)),
+        spec("scaled-sign", |s| s.values = Some(F64)),
         spec("rank-r", |s| {
             s.rank = Some(1);
             s.rows = Some(rows_for(d))
+        }),
+        spec("rank-r", |s| {
+            s.rank = Some(1);
+            s.rows = Some(rows_for(d));
+            s.values = Some(F64)
         }),
     ];
     if rows_for(d) >= 2 {
@@ -135,7 +150,6 @@ fn sample_specs(d: usize) -> Vec<CompressorSpec> {
             s.rows = Some(rows_for(d))
         }));
     }
-    v.retain(|s| !matches!(build(s, d), Err(e) if e.to_string().contains("not implemented yet"))); // TEMP-FILTER
     v
 }
 
@@ -310,7 +324,6 @@ fn check_random_class(h: &mut Harness, x: &[f64], n: usize, seed: u64, input: &s
     let d = h.d;
     let mut rng = rng_from_key(seed);
     let mut sum = vec![0.0; d];
-    let mut sum_sq = vec![0.0; d];
     let (mut e_sum, mut e_sq_sum, mut delta_sum) = (0.0, 0.0, 0.0);
     for i in 0..n {
         h.step(x, &mut rng, seed.wrapping_add(i as u64), input).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -323,7 +336,6 @@ fn check_random_class(h: &mut Harness, x: &[f64], n: usize, seed: u64, input: &s
         delta_sum += delta;
         for j in 0..d {
             sum[j] += c[j];
-            sum_sq[j] += c[j] * c[j];
         }
     }
     let nf = n as f64;
@@ -339,16 +351,19 @@ fn check_random_class(h: &mut Harness, x: &[f64], n: usize, seed: u64, input: &s
         }
         CompressorClass::Unbiased { omega } => {
             assert!(omega >= 0.0, "{what}: omega = {omega}");
-            // Unbiasedness: ||mean - x|| within z standard errors (both the
-            // empirical one and the one implied by omega) plus the rounding bias.
+            // Unbiasedness: E||mean - x||^2 = tr(Cov C(x))/N <= omega ||x||^2/N, so
+            // ||mean - x|| must lie within z such standard errors, plus the
+            // rounding bias. (An empirical standard error is not used here: for
+            // rare events, e.g. QSGD rounding a tiny entry up with probability
+            // 1e-4, the sample variance is often exactly 0.)
             let mean: Vec<f64> = sum.iter().map(|s| s / nf).collect();
-            let var_total: f64 = (0..d).map(|j| (sum_sq[j] / nf - mean[j] * mean[j]).max(0.0)).sum::<f64>() * nf / (nf - 1.0);
             let dev = dist2(&mean, x).sqrt();
             let bias = delta_sum / nf + 1e-9 * nx2.sqrt();
-            let se_emp = (var_total / nf).sqrt();
             let se_omega = (omega * nx2 / nf).sqrt();
-            assert!(dev <= z * se_emp + bias, "{what}: ||mean - x|| = {dev:e} > {z} * empirical SE {se_emp:e} + {bias:e}");
-            assert!(dev <= z * se_omega + bias, "{what}: ||mean - x|| = {dev:e} > {z} * sqrt(omega||x||^2/N) {se_omega:e} + {bias:e}");
+            assert!(
+                dev <= z * se_omega + bias,
+                "{what}: ||mean - x|| = {dev:e} > {z} * sqrt(omega||x||^2/N) {se_omega:e} + {bias:e}"
+            );
             omega * nx2
         }
         CompressorClass::Absolute { delta2 } => delta2,
@@ -370,7 +385,6 @@ fn class_roundtrip_and_errors_for_every_spec() {
     let specs = sample_specs(d);
     let names: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for &n in CATALOGUE_NAMES {
-        if matches!(build(&example_spec(n, d), d), Err(e) if e.to_string().contains("not implemented yet")) { continue; } // TEMP-FILTER
         assert!(names.contains(n), "no sample spec for `{n}`");
     }
     for (si, s) in specs.iter().enumerate() {
@@ -594,9 +608,17 @@ fn class_constants_and_paper_bits() {
     check(spec("bernoulli", |s| s.p = Some(0.25)), CompressorClass::Unbiased { omega: 3.0 }, None);
     check(spec("bernoulli", |s| s.p = Some(1.0)), CompressorClass::Unbiased { omega: 0.0 }, Some(32 * d as u64));
     check(spec("threshold", |s| s.lambda = Some(0.5)), CompressorClass::Absolute { delta2: df * 0.25 }, None);
-    check(spec("top-k-quant", |s| s.k = Some(8)), CompressorClass::Contractive { alpha: 7.0 * 8.0 / (8.0 * df) }, Some(72));
+    check(
+        spec("top-k-quant", |s| s.k = Some(8)),
+        CompressorClass::Contractive { alpha: 7.0 * 8.0 / (8.0 * df) },
+        Some(72),
+    );
     check(CompressorSpec::named("natural"), CompressorClass::Unbiased { omega: 0.125 }, Some(9 * d as u64));
-    check(spec("qsgd", |s| s.levels = Some(4)), CompressorClass::Unbiased { omega: (df / 16.0).min(df.sqrt() / 4.0) }, None);
+    check(
+        spec("qsgd", |s| s.levels = Some(4)),
+        CompressorClass::Unbiased { omega: (df / 16.0).min(df.sqrt() / 4.0) },
+        None,
+    );
     check(spec("qsgd", |s| s.levels = Some(1)), CompressorClass::Unbiased { omega: df.min(df.sqrt()) }, None);
     check(CompressorSpec::named("scaled-sign"), CompressorClass::Contractive { alpha: 1.0 / df }, None);
     // natural dithering, l2, s = 3: omega = 1/8 + (d^(1/2)/4) min(1, d^(1/2)/4)
@@ -625,10 +647,13 @@ fn class_constants_and_paper_bits() {
     }
     assert_eq!(seen, [true, true]);
     // rank-r is contractive
-    let c = build(&spec("rank-r", |s| {
-        s.rank = Some(1);
-        s.rows = Some(5)
-    }), d)
+    let c = build(
+        &spec("rank-r", |s| {
+            s.rank = Some(1);
+            s.rows = Some(5)
+        }),
+        d,
+    )
     .unwrap();
     assert!(matches!(c.class(), CompressorClass::Contractive { alpha } if alpha > 0.0 && alpha <= 1.0));
 }
@@ -682,8 +707,7 @@ fn top_k_steady_state_does_not_allocate() {
     let d = 100_000;
     let c = build(&spec("top-k", |s| s.ratio = Some(0.01)), d).unwrap();
     let mut rng = rng_from_key(1);
-    let xs: Vec<Vec<f64>> =
-        (0..3).map(|_| (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
+    let xs: Vec<Vec<f64>> = (0..3).map(|_| (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
     let mut scratch = Scratch::default();
     let mut out = CompressedVec::default();
     let mut w = BitWriter::new();

@@ -29,7 +29,10 @@ fn time(name: &str, o: &mut dyn Oracle, nnz: usize) {
         acc += o.loss_grad(&x, &mut g);
     }
     let wall = t.elapsed().as_secs_f64() / reps as f64;
-    let cpu = c0.zip(cpu_time()).map(|(a, b)| (b - a) / reps as f64).unwrap_or(wall);
+    let cpu = c0
+        .zip(cpu_time())
+        .map(|(a, b)| (b - a) / reps as f64)
+        .unwrap_or(wall);
     println!(
         "{name:<30} wall {:>6.3} ms, on-CPU {:>6.3} ms per loss_grad ({:.2} ns/nnz; checksum {acc:.6})",
         wall * 1e3,
@@ -42,7 +45,15 @@ fn main() {
     for name in ["w8a", "a9a", "phishing", "mushrooms"] {
         let (a, y) = datasets::load(name).unwrap().into_parts();
         let nnz = a.nnz();
-        time(&format!("{name} logistic (full)"), &mut LogisticNonconvex::new(a.clone(), y.clone(), 0.1).unwrap(), nnz);
-        time(&format!("{name} least squares (full)"), &mut LeastSquares::new(a, y).unwrap(), nnz);
+        time(
+            &format!("{name} logistic (full)"),
+            &mut LogisticNonconvex::new(a.clone(), y.clone(), 0.1).unwrap(),
+            nnz,
+        );
+        time(
+            &format!("{name} least squares (full)"),
+            &mut LeastSquares::new(a, y).unwrap(),
+            nnz,
+        );
     }
 }

@@ -21,7 +21,13 @@ pub struct CsrMatrix {
 impl CsrMatrix {
     /// An empty matrix with `n_cols` columns and no rows.
     pub fn empty(n_cols: usize) -> Self {
-        CsrMatrix { n_rows: 0, n_cols, indptr: vec![0], indices: Vec::new(), values: Vec::new() }
+        CsrMatrix {
+            n_rows: 0,
+            n_cols,
+            indptr: vec![0],
+            indices: Vec::new(),
+            values: Vec::new(),
+        }
     }
 
     /// Builds a matrix from its parts, checking every invariant.
@@ -37,7 +43,11 @@ impl CsrMatrix {
             return Err("indptr must start with 0".into());
         }
         if indices.len() != values.len() {
-            return Err(format!("{} indices but {} values", indices.len(), values.len()));
+            return Err(format!(
+                "{} indices but {} values",
+                indices.len(),
+                values.len()
+            ));
         }
         if *indptr.last().unwrap_or(&0) != indices.len() {
             return Err("indptr must end at nnz".into());
@@ -52,11 +62,19 @@ impl CsrMatrix {
             }
             if let Some(&last) = row.last() {
                 if last as usize >= n_cols {
-                    return Err(format!("column index {last} out of range for {n_cols} columns"));
+                    return Err(format!(
+                        "column index {last} out of range for {n_cols} columns"
+                    ));
                 }
             }
         }
-        Ok(CsrMatrix { n_rows: indptr.len() - 1, n_cols, indptr, indices, values })
+        Ok(CsrMatrix {
+            n_rows: indptr.len() - 1,
+            n_cols,
+            indptr,
+            indices,
+            values,
+        })
     }
 
     /// Builds a matrix from a dense row-major array (explicit zeros are dropped).
@@ -65,7 +83,11 @@ impl CsrMatrix {
     /// If `dense.len() != n_rows * n_cols`.
     #[track_caller]
     pub fn from_dense(n_rows: usize, n_cols: usize, dense: &[f64]) -> Self {
-        assert_eq!(dense.len(), n_rows * n_cols, "dense array has the wrong length");
+        assert_eq!(
+            dense.len(),
+            n_rows * n_cols,
+            "dense array has the wrong length"
+        );
         let mut b = CsrBuilder::new(n_cols);
         for r in 0..n_rows {
             for (c, &v) in dense[r * n_cols..(r + 1) * n_cols].iter().enumerate() {
@@ -125,7 +147,10 @@ impl CsrMatrix {
     /// If a row index is out of range.
     #[track_caller]
     pub fn select_rows(&self, rows: &[usize]) -> CsrMatrix {
-        let nnz: usize = rows.iter().map(|&r| self.indptr[r + 1] - self.indptr[r]).sum();
+        let nnz: usize = rows
+            .iter()
+            .map(|&r| self.indptr[r + 1] - self.indptr[r])
+            .sum();
         let mut indptr = Vec::with_capacity(rows.len() + 1);
         let mut indices = Vec::with_capacity(nnz);
         let mut values = Vec::with_capacity(nnz);
@@ -136,7 +161,13 @@ impl CsrMatrix {
             values.extend_from_slice(val);
             indptr.push(indices.len());
         }
-        CsrMatrix { n_rows: rows.len(), n_cols: self.n_cols, indptr, indices, values }
+        CsrMatrix {
+            n_rows: rows.len(),
+            n_cols: self.n_cols,
+            indptr,
+            indices,
+            values,
+        }
     }
 
     /// Same matrix seen with `n_cols` columns (for aligning a test file that
@@ -146,8 +177,17 @@ impl CsrMatrix {
     /// If `n_cols` is smaller than a stored column index + 1.
     #[track_caller]
     pub fn with_n_cols(mut self, n_cols: usize) -> CsrMatrix {
-        let max = self.indices.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
-        assert!(n_cols >= max, "cannot shrink to {n_cols} columns: column {} is used", max - 1);
+        let max = self
+            .indices
+            .iter()
+            .map(|&c| c as usize + 1)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            n_cols >= max,
+            "cannot shrink to {n_cols} columns: column {} is used",
+            max - 1
+        );
         self.n_cols = n_cols;
         self
     }
@@ -180,7 +220,11 @@ impl CsrMatrix {
     #[track_caller]
     pub fn gram_matvec(&self, v: &[f64], out: &mut [f64]) {
         assert_eq!(v.len(), self.n_cols, "gram_matvec: v has the wrong length");
-        assert_eq!(out.len(), self.n_cols, "gram_matvec: out has the wrong length");
+        assert_eq!(
+            out.len(),
+            self.n_cols,
+            "gram_matvec: out has the wrong length"
+        );
         out.iter_mut().for_each(|o| *o = 0.0);
         self.gram_matvec_acc(v, out);
     }
@@ -190,7 +234,10 @@ impl CsrMatrix {
     /// # Panics
     /// If `v` or `out` is shorter than `n_cols`.
     pub(crate) fn gram_matvec_acc(&self, v: &[f64], out: &mut [f64]) {
-        assert!(v.len() >= self.n_cols && out.len() >= self.n_cols, "gram_matvec: short vector");
+        assert!(
+            v.len() >= self.n_cols && out.len() >= self.n_cols,
+            "gram_matvec: short vector"
+        );
         for j in 0..self.n_rows {
             let (idx, val) = self.row(j);
             // SAFETY: column indices are < n_cols <= v.len(), out.len() (checked above).
@@ -290,7 +337,12 @@ impl CsrBuilder {
     /// A builder for a matrix with at least `n_cols` columns (grown as larger
     /// indices are pushed).
     pub fn new(n_cols: usize) -> Self {
-        CsrBuilder { n_cols, indptr: vec![0], indices: Vec::new(), values: Vec::new() }
+        CsrBuilder {
+            n_cols,
+            indptr: vec![0],
+            indices: Vec::new(),
+            values: Vec::new(),
+        }
     }
 
     /// Appends an entry to the current row.
@@ -301,7 +353,10 @@ impl CsrBuilder {
     pub fn push(&mut self, col: u32, value: f64) {
         let start = *self.indptr.last().expect("indptr is never empty");
         if self.indices.len() > start {
-            assert!(col > self.indices[self.indices.len() - 1], "columns must increase within a row");
+            assert!(
+                col > self.indices[self.indices.len() - 1],
+                "columns must increase within a row"
+            );
         }
         self.n_cols = self.n_cols.max(col as usize + 1);
         self.indices.push(col);
@@ -354,7 +409,9 @@ mod tests {
         assert_eq!(g, vec![1.0, 0.0, 2.0, 0.0, 9.0, 12.0, 2.0, 12.0, 20.0]);
         let mut out = [0.0; 3];
         a.gram_matvec(&[1.0, -1.0, 0.5], &mut out);
-        let want: Vec<f64> = (0..3).map(|r| g[r * 3] - g[r * 3 + 1] + 0.5 * g[r * 3 + 2]).collect();
+        let want: Vec<f64> = (0..3)
+            .map(|r| g[r * 3] - g[r * 3 + 1] + 0.5 * g[r * 3 + 2])
+            .collect();
         assert_eq!(out.to_vec(), want);
         assert!(CsrMatrix::from_parts(3, vec![0, 2], vec![1, 1], vec![1.0, 1.0]).is_err());
         assert!(CsrMatrix::from_parts(3, vec![0, 1], vec![3], vec![1.0]).is_err());

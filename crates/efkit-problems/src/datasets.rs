@@ -58,10 +58,18 @@ impl Dataset {
             ));
         }
         if let Some(j) = y.iter().position(|v| !v.is_finite()) {
-            return Err(ProblemError::invalid("y", format!("label {j} is not finite")));
+            return Err(ProblemError::invalid(
+                "y",
+                format!("label {j} is not finite"),
+            ));
         }
         let y_original = y.clone();
-        Ok(Dataset { name: name.into(), x, y, y_original })
+        Ok(Dataset {
+            name: name.into(),
+            x,
+            y,
+            y_original,
+        })
     }
 
     /// Internal constructor used by readers (lengths are correct by construction).
@@ -73,7 +81,12 @@ impl Dataset {
     ) -> Self {
         debug_assert_eq!(y.len(), x.n_rows());
         debug_assert_eq!(original.len(), x.n_rows());
-        Dataset { name, x, y, y_original: original.to_vec() }
+        Dataset {
+            name,
+            x,
+            y,
+            y_original: original.to_vec(),
+        }
     }
 
     /// Name (bundled name or file name).
@@ -108,14 +121,22 @@ impl Dataset {
 
     /// Distinct labels in ascending order of the original label, with counts.
     pub fn classes(&self) -> Vec<LabelClass> {
-        let mut pairs: Vec<(f64, f64)> =
-            self.y_original.iter().copied().zip(self.y.iter().copied()).collect();
+        let mut pairs: Vec<(f64, f64)> = self
+            .y_original
+            .iter()
+            .copied()
+            .zip(self.y.iter().copied())
+            .collect();
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
         let mut out: Vec<LabelClass> = Vec::new();
         for (o, m) in pairs {
             match out.last_mut() {
                 Some(c) if c.original == o && c.mapped == m => c.count += 1,
-                _ => out.push(LabelClass { original: o, mapped: m, count: 1 }),
+                _ => out.push(LabelClass {
+                    original: o,
+                    mapped: m,
+                    count: 1,
+                }),
             }
         }
         out
@@ -147,7 +168,11 @@ impl Dataset {
             rows: self.n_rows(),
             features: self.n_features(),
             nnz: self.x.nnz(),
-            label_counts: self.classes().iter().map(|c| (c.original, c.count)).collect(),
+            label_counts: self
+                .classes()
+                .iter()
+                .map(|c| (c.original, c.count))
+                .collect(),
         }
     }
 }
@@ -238,7 +263,11 @@ pub fn bundled(name: &str) -> Option<&'static BundledDataset> {
 }
 
 fn allowed_names() -> String {
-    BUNDLED.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+    BUNDLED
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Loads a bundled dataset by name, or else a LibSVM file (plain or gzip) at
@@ -251,12 +280,18 @@ pub fn load(name: &str) -> Result<Dataset> {
     if path.is_file() {
         return libsvm::read(path, &LibsvmOptions::default());
     }
-    Err(ProblemError::UnknownDataset { name: name.to_owned(), allowed: allowed_names() })
+    Err(ProblemError::UnknownDataset {
+        name: name.to_owned(),
+        allowed: allowed_names(),
+    })
 }
 
 /// Loads a bundled dataset (binary labels, its listed feature count).
 pub fn load_bundled(b: &BundledDataset) -> Result<Dataset> {
-    let opts = LibsvmOptions { n_features: Some(b.n_features), labels: LabelMode::Binary };
+    let opts = LibsvmOptions {
+        n_features: Some(b.n_features),
+        labels: LabelMode::Binary,
+    };
     let label = format!("{} (bundled)", b.name);
     let mut d = libsvm::parse(b.bytes, &opts, Some(&label))?;
     d.name = b.name.to_owned();
@@ -321,11 +356,29 @@ mod tests {
         type Row = (&'static str, usize, usize, usize, &'static [(f64, usize)]);
         let want: &[Row] = &[
             ("a9a", 32_561, 123, 451_592, &[(-1.0, 24_720), (1.0, 7_841)]),
-            ("a9a.t", 16_281, 123, 225_731, &[(-1.0, 12_435), (1.0, 3_846)]),
+            (
+                "a9a.t",
+                16_281,
+                123,
+                225_731,
+                &[(-1.0, 12_435), (1.0, 3_846)],
+            ),
             ("w8a", 49_749, 300, 579_586, &[(-1.0, 48_270), (1.0, 1_479)]),
             ("w8a.t", 14_951, 300, 174_276, &[(-1.0, 14_497), (1.0, 454)]),
-            ("mushrooms", 8_124, 112, 170_604, &[(1.0, 3_916), (2.0, 4_208)]),
-            ("phishing", 11_055, 68, 331_650, &[(0.0, 4_898), (1.0, 6_157)]),
+            (
+                "mushrooms",
+                8_124,
+                112,
+                170_604,
+                &[(1.0, 3_916), (2.0, 4_208)],
+            ),
+            (
+                "phishing",
+                11_055,
+                68,
+                331_650,
+                &[(0.0, 4_898), (1.0, 6_157)],
+            ),
         ];
         assert_eq!(list().len(), want.len());
         for &(name, rows, features, nnz, labels) in want {
@@ -333,7 +386,11 @@ mod tests {
             let info = inspect(name).unwrap();
             assert_eq!(info, d.info());
             assert_eq!(info.name, name);
-            assert_eq!((info.rows, info.features, info.nnz), (rows, features, nnz), "{name}");
+            assert_eq!(
+                (info.rows, info.features, info.nnz),
+                (rows, features, nnz),
+                "{name}"
+            );
             assert_eq!(bundled(name).unwrap().rows, rows);
             assert_eq!(info.label_counts, labels, "{name}");
             let classes = d.classes();
@@ -345,10 +402,17 @@ mod tests {
     #[test]
     fn dataset_quirks() {
         let w = load("w8a").unwrap();
-        let empty = (0..w.n_rows()).filter(|&j| w.x().row(j).0.is_empty()).count();
+        let empty = (0..w.n_rows())
+            .filter(|&j| w.x().row(j).0.is_empty())
+            .count();
         assert_eq!(empty, 4_203);
         let wt = load("w8a.t").unwrap();
-        assert_eq!((0..wt.n_rows()).filter(|&j| wt.x().row(j).0.is_empty()).count(), 1_252);
+        assert_eq!(
+            (0..wt.n_rows())
+                .filter(|&j| wt.x().row(j).0.is_empty())
+                .count(),
+            1_252
+        );
         let p = load("phishing").unwrap();
         assert!((0..p.n_rows()).all(|j| p.x().row(j).0.len() == 30));
         assert!(p.x().values().iter().all(|&v| v == 0.18257));
@@ -360,9 +424,16 @@ mod tests {
     fn unknown_names_and_paths() {
         let e = load("nope").unwrap_err();
         assert!(matches!(e, ProblemError::UnknownDataset { .. }));
-        assert!(e.to_string().contains("a9a, w8a, mushrooms, phishing, a9a.t, w8a.t"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("a9a, w8a, mushrooms, phishing, a9a.t, w8a.t"),
+            "{e}"
+        );
         // a real file path is read as LibSVM (gzip detected by magic bytes)
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/libsvm/mushrooms.gz");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/libsvm/mushrooms.gz"
+        );
         let d = load(path).unwrap();
         assert_eq!(d.n_rows(), 8_124);
         assert_eq!(d.name(), "mushrooms.gz");

@@ -32,7 +32,11 @@ pub const DENSE_MAX_DIM: usize = 500;
 /// If `a.len() != n * n`.
 #[track_caller]
 pub fn symmetric_eigen(a: &[f64], n: usize, vectors: bool) -> (Vec<f64>, Option<Vec<f64>>) {
-    assert_eq!(a.len(), n * n, "symmetric_eigen: matrix has the wrong length");
+    assert_eq!(
+        a.len(),
+        n * n,
+        "symmetric_eigen: matrix has the wrong length"
+    );
     let mut m = a.to_vec();
     let mut v = if vectors {
         let mut id = vec![0.0; n * n];
@@ -150,7 +154,11 @@ pub struct LanczosOptions {
 
 impl Default for LanczosOptions {
     fn default() -> Self {
-        LanczosOptions { tol: 1e-10, basis: 64, max_matvecs: 20_000 }
+        LanczosOptions {
+            tol: 1e-10,
+            basis: 64,
+            max_matvecs: 20_000,
+        }
     }
 }
 
@@ -200,7 +208,11 @@ pub fn lanczos_extreme(
     what: &str,
 ) -> Result<EigEstimate> {
     if d == 0 {
-        return Ok(EigEstimate { value: 0.0, matvecs: 0, rel_residual: 0.0 });
+        return Ok(EigEstimate {
+            value: 0.0,
+            matvecs: 0,
+            rel_residual: 0.0,
+        });
     }
     let mem_cap = (32_000_000 / d).max(4);
     let m = opts.basis.max(2).min(d).min(mem_cap);
@@ -264,13 +276,21 @@ pub fn lanczos_extreme(
         };
         let value = theta[pick];
         let top = theta.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
-        let resid = if invariant { 0.0 } else { (betas[k - 1] * s[(k - 1) * k + pick]).abs() };
+        let resid = if invariant {
+            0.0
+        } else {
+            (betas[k - 1] * s[(k - 1) * k + pick]).abs()
+        };
         let rel = if top > 0.0 { resid / top } else { 0.0 };
         if rel < best.1 {
             best = (value, rel);
         }
         if invariant || rel <= opts.tol || k == d {
-            return Ok(EigEstimate { value, matvecs, rel_residual: rel });
+            return Ok(EigEstimate {
+                value,
+                matvecs,
+                rel_residual: rel,
+            });
         }
         if matvecs >= opts.max_matvecs {
             return Err(ProblemError::NotConverged {
@@ -319,7 +339,10 @@ pub fn gram_extreme(
 ) -> Result<f64> {
     assert!(!blocks.is_empty(), "gram_extreme: no blocks");
     let d = blocks[0].n_cols();
-    assert!(blocks.iter().all(|b| b.n_cols() == d), "gram_extreme: blocks disagree on columns");
+    assert!(
+        blocks.iter().all(|b| b.n_cols() == d),
+        "gram_extreme: blocks disagree on columns"
+    );
     let n_rows: usize = blocks.iter().map(|b| b.n_rows()).sum();
     let dense = match method {
         EigenMethod::Dense => true,
@@ -405,7 +428,13 @@ mod tests {
     fn random_csr(n: usize, d: usize, density: f64, seed: u64) -> CsrMatrix {
         let mut rng = stream(seed, Purpose::Setup, 2, 0);
         let dense: Vec<f64> = (0..n * d)
-            .map(|_| if rng.gen::<f64>() < density { rng.gen_range(-1.0..1.0) } else { 0.0 })
+            .map(|_| {
+                if rng.gen::<f64>() < density {
+                    rng.gen_range(-1.0..1.0)
+                } else {
+                    0.0
+                }
+            })
             .collect();
         CsrMatrix::from_dense(n, d, &dense)
     }
@@ -414,9 +443,13 @@ mod tests {
     fn lanczos_matches_dense_on_random_matrices() {
         // small d (full Krylov space), d larger than the basis (restarts),
         // rank deficient (N < d), a single row
-        for (n, d, density, seed) in
-            [(50, 8, 0.5, 1), (200, 150, 0.1, 2), (40, 90, 0.3, 3), (1, 5, 1.0, 4), (300, 70, 0.05, 5)]
-        {
+        for (n, d, density, seed) in [
+            (50, 8, 0.5, 1),
+            (200, 150, 0.1, 2),
+            (40, 90, 0.3, 3),
+            (1, 5, 1.0, 4),
+            (300, 70, 0.05, 5),
+        ] {
             let a = random_csr(n, d, density, seed);
             for which in [Extreme::Largest, Extreme::Smallest] {
                 let dense = gram_extreme(&[&a], which, EigenMethod::Dense, "t").unwrap();
@@ -436,7 +469,8 @@ mod tests {
         let top = a.select_rows(&(0..25).collect::<Vec<_>>());
         let bot = a.select_rows(&(25..60).collect::<Vec<_>>());
         let whole = gram_extreme(&[&a], Extreme::Largest, EigenMethod::Dense, "t").unwrap();
-        let parts = gram_extreme(&[&top, &bot], Extreme::Largest, EigenMethod::Iterative, "t").unwrap();
+        let parts =
+            gram_extreme(&[&top, &bot], Extreme::Largest, EigenMethod::Iterative, "t").unwrap();
         assert!((whole - parts).abs() <= 1e-12 * whole);
     }
 
@@ -444,8 +478,18 @@ mod tests {
     fn not_converged_is_reported() {
         // a tiny budget on a matrix needing restarts
         let a = random_csr(400, 300, 0.05, 8);
-        let opts = LanczosOptions { tol: 1e-14, basis: 4, max_matvecs: 8 };
-        let r = lanczos_extreme(300, |v, o| a.gram_matvec(v, o), Extreme::Smallest, &opts, "lmin");
+        let opts = LanczosOptions {
+            tol: 1e-14,
+            basis: 4,
+            max_matvecs: 8,
+        };
+        let r = lanczos_extreme(
+            300,
+            |v, o| a.gram_matvec(v, o),
+            Extreme::Smallest,
+            &opts,
+            "lmin",
+        );
         assert!(matches!(r, Err(ProblemError::NotConverged { .. })), "{r:?}");
     }
 }

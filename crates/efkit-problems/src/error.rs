@@ -66,7 +66,9 @@ pub enum ProblemError {
         kind: IdxErrorKind,
     },
     /// A dataset name is neither bundled nor an existing file.
-    #[error("unknown dataset `{name}`; bundled datasets: {allowed} (or give a path to a LibSVM file)")]
+    #[error(
+        "unknown dataset `{name}`; bundled datasets: {allowed} (or give a path to a LibSVM file)"
+    )]
     UnknownDataset {
         /// The name given.
         name: String,
@@ -121,7 +123,10 @@ pub enum ProblemError {
 impl ProblemError {
     /// Shorthand for [`ProblemError::InvalidParam`].
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ProblemError::InvalidParam { key: key.into(), reason: reason.into() }
+        ProblemError::InvalidParam {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     /// The 1-based line number for LibSVM parse errors.

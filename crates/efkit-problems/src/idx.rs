@@ -33,7 +33,10 @@ pub struct IdxArray {
 }
 
 fn idx_err(file: Option<&str>, kind: IdxErrorKind) -> ProblemError {
-    ProblemError::Idx { file: file.map(str::to_owned), kind }
+    ProblemError::Idx {
+        file: file.map(str::to_owned),
+        kind,
+    }
 }
 
 /// Parses IDX bytes (gzip or raw) and checks the magic number against
@@ -43,28 +46,58 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, file: Option<&str>) -> Resul
     let raw = maybe_gunzip(bytes, file)?;
     let raw: &[u8] = &raw;
     if raw.len() < 4 {
-        return Err(idx_err(file, IdxErrorKind::TruncatedHeader { len: raw.len(), needed: 4 }));
+        return Err(idx_err(
+            file,
+            IdxErrorKind::TruncatedHeader {
+                len: raw.len(),
+                needed: 4,
+            },
+        ));
     }
     let magic = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
     if magic != expected_magic {
-        return Err(idx_err(file, IdxErrorKind::BadMagic { found: magic, expected: expected_magic }));
+        return Err(idx_err(
+            file,
+            IdxErrorKind::BadMagic {
+                found: magic,
+                expected: expected_magic,
+            },
+        ));
     }
     let nd = (magic & 0xff) as usize;
     let header = 4 + 4 * nd;
     if raw.len() < header {
-        return Err(idx_err(file, IdxErrorKind::TruncatedHeader { len: raw.len(), needed: header }));
+        return Err(idx_err(
+            file,
+            IdxErrorKind::TruncatedHeader {
+                len: raw.len(),
+                needed: header,
+            },
+        ));
     }
     let dims: Vec<u32> = raw[4..header]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     // u32 dims: the product of up to 255 of them can overflow u64; saturate.
-    let expected = dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(u64::from(d)));
+    let expected = dims
+        .iter()
+        .fold(1u64, |acc, &d| acc.saturating_mul(u64::from(d)));
     let found = (raw.len() - header) as u64;
     if expected != found {
-        return Err(idx_err(file, IdxErrorKind::SizeMismatch { dims, expected, found }));
+        return Err(idx_err(
+            file,
+            IdxErrorKind::SizeMismatch {
+                dims,
+                expected,
+                found,
+            },
+        ));
     }
-    Ok(IdxArray { dims, data: raw[header..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: raw[header..].to_vec(),
+    })
 }
 
 /// Reads an IDX file from disk (gzip or raw).
@@ -127,7 +160,11 @@ impl Mnist {
         if let Some(index) = labels.data.iter().position(|&l| l > 9) {
             return Err(idx_err(
                 file,
-                IdxErrorKind::BadLabel { index, label: labels.data[index], max: 9 },
+                IdxErrorKind::BadLabel {
+                    index,
+                    label: labels.data[index],
+                    max: 9,
+                },
             ));
         }
         Ok(Mnist {
@@ -171,11 +208,17 @@ pub const DATA_DIR_ENV: &str = "EFKIT_DATA_DIR";
 
 /// The repository's data folder as seen at compile time.
 pub fn repo_data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("data")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+        .join("data")
 }
 
 fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [format!("{stem}.gz"), stem.to_owned()].into_iter().map(|f| dir.join(f)).find(|p| p.is_file())
+    [format!("{stem}.gz"), stem.to_owned()]
+        .into_iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
 }
 
 /// The folder holding the MNIST files of `split` (`.gz` or raw names):
@@ -199,7 +242,10 @@ fn mnist_dir_with(env: Option<PathBuf>, split: MnistSplit) -> Result<PathBuf> {
             return Ok(dir.clone());
         }
     }
-    Err(ProblemError::DataNotFound { what: format!("MNIST files {img}(.gz), {lab}(.gz)"), tried })
+    Err(ProblemError::DataNotFound {
+        what: format!("MNIST files {img}(.gz), {lab}(.gz)"),
+        tried,
+    })
 }
 
 /// Loads one split of MNIST from `dir` (see [`mnist_dir`]).
@@ -240,8 +286,12 @@ mod tests {
         assert_eq!(a.dims, vec![3]);
         assert_eq!(a.data, vec![1, 2, 3]);
         let img = parse_idx(&idx(2051, &[2, 1, 2], &[0, 255, 7, 0]), MAGIC_IMAGES, None).unwrap();
-        let m = Mnist::from_arrays(img.clone(), parse_idx(&idx(2049, &[2], &[4, 9]), 2049, None).unwrap(), None)
-            .unwrap();
+        let m = Mnist::from_arrays(
+            img.clone(),
+            parse_idx(&idx(2049, &[2], &[4, 9]), 2049, None).unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!((m.n, m.rows, m.cols), (2, 1, 2));
         let d = m.to_dataset("tiny");
         assert_eq!(d.x().nnz(), 2);
@@ -255,13 +305,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
-        assert!(matches!(err(&idx(2049, &[4], &[1, 2, 3]), 2049), IdxErrorKind::SizeMismatch { expected: 4, found: 3, .. }));
-        assert!(matches!(err(&idx(2049, &[2], &[1, 2, 3]), 2049), IdxErrorKind::SizeMismatch { .. }));
-        assert!(matches!(err(&idx(2051, &[3], &[1, 2, 3]), 2049), IdxErrorKind::BadMagic { found: 2051, .. }));
-        assert!(matches!(err(&[0, 0, 8], 2049), IdxErrorKind::TruncatedHeader { len: 3, needed: 4 }));
-        assert!(matches!(err(&idx(2051, &[], &[0, 0, 0, 1]), 2051), IdxErrorKind::TruncatedHeader { needed: 16, .. }));
+        assert!(matches!(
+            err(&idx(2049, &[4], &[1, 2, 3]), 2049),
+            IdxErrorKind::SizeMismatch {
+                expected: 4,
+                found: 3,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&idx(2049, &[2], &[1, 2, 3]), 2049),
+            IdxErrorKind::SizeMismatch { .. }
+        ));
+        assert!(matches!(
+            err(&idx(2051, &[3], &[1, 2, 3]), 2049),
+            IdxErrorKind::BadMagic { found: 2051, .. }
+        ));
+        assert!(matches!(
+            err(&[0, 0, 8], 2049),
+            IdxErrorKind::TruncatedHeader { len: 3, needed: 4 }
+        ));
+        assert!(matches!(
+            err(&idx(2051, &[], &[0, 0, 0, 1]), 2051),
+            IdxErrorKind::TruncatedHeader { needed: 16, .. }
+        ));
         let huge = idx(2051, &[u32::MAX, u32::MAX, u32::MAX], &[]);
-        assert!(matches!(err(&huge, 2051), IdxErrorKind::SizeMismatch { .. }));
+        assert!(matches!(
+            err(&huge, 2051),
+            IdxErrorKind::SizeMismatch { .. }
+        ));
         // labels > 9 and count mismatches
         let l3 = parse_idx(&idx(2049, &[2], &[4, 10]), 2049, None).unwrap();
         assert!(Mnist::from_arrays(img.clone(), l3, None).is_err());
@@ -283,7 +355,10 @@ mod tests {
         let test = load_mnist(MnistSplit::Test).unwrap();
         assert_eq!((test.n, test.rows, test.cols), (10_000, 28, 28));
         assert_eq!(test.labels[0], 7);
-        assert_eq!(test.label_counts(), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+        assert_eq!(
+            test.label_counts(),
+            [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+        );
         let d = test.to_dataset("mnist.t");
         assert_eq!((d.n_rows(), d.n_features()), (10_000, 784));
         assert!(d.x().values().iter().all(|&v| v > 0.0 && v <= 1.0));
@@ -293,8 +368,14 @@ mod tests {
     fn data_dir_resolution() {
         let repo = repo_data_dir();
         // EFKIT_DATA_DIR pointing at the data folder or at the mnist folder itself
-        assert_eq!(mnist_dir_with(Some(repo.clone()), MnistSplit::Test).unwrap(), repo.join("mnist"));
-        assert_eq!(mnist_dir_with(Some(repo.join("mnist")), MnistSplit::Test).unwrap(), repo.join("mnist"));
+        assert_eq!(
+            mnist_dir_with(Some(repo.clone()), MnistSplit::Test).unwrap(),
+            repo.join("mnist")
+        );
+        assert_eq!(
+            mnist_dir_with(Some(repo.join("mnist")), MnistSplit::Test).unwrap(),
+            repo.join("mnist")
+        );
         // a wrong EFKIT_DATA_DIR falls back to the repository folder
         assert_eq!(
             mnist_dir_with(Some(PathBuf::from("/nonexistent-efkit")), MnistSplit::Train).unwrap(),

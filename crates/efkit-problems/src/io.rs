@@ -23,14 +23,19 @@ pub fn maybe_gunzip<'a>(bytes: &'a [u8], file: Option<&str>) -> Result<Cow<'a, [
     let mut out = Vec::new();
     MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
-        .map_err(|source| ProblemError::Gzip { file: file.map(str::to_owned), source })?;
+        .map_err(|source| ProblemError::Gzip {
+            file: file.map(str::to_owned),
+            source,
+        })?;
     Ok(Cow::Owned(out))
 }
 
 /// Reads a whole file and decompresses it if it is gzip.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path)
-        .map_err(|source| ProblemError::Io { path: path.to_path_buf(), source })?;
+    let raw = std::fs::read(path).map_err(|source| ProblemError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let name = path.display().to_string();
     match maybe_gunzip(&raw, Some(&name))? {
         Cow::Borrowed(_) => Ok(raw),

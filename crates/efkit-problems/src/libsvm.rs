@@ -52,7 +52,10 @@ pub struct LibsvmOptions {
 impl LibsvmOptions {
     /// Options with a fixed number of features and binary labels.
     pub fn with_features(n_features: usize) -> Self {
-        LibsvmOptions { n_features: Some(n_features), labels: LabelMode::Binary }
+        LibsvmOptions {
+            n_features: Some(n_features),
+            labels: LabelMode::Binary,
+        }
     }
 }
 
@@ -138,8 +141,12 @@ fn parse_named(
 
     for line in text.split(|&c| c == b'\n') {
         line_no += 1;
-        let mut toks = line.split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty());
-        let Some(label_tok) = toks.next() else { continue };
+        let mut toks = line
+            .split(|c| c.is_ascii_whitespace())
+            .filter(|t| !t.is_empty());
+        let Some(label_tok) = toks.next() else {
+            continue;
+        };
         let label = match parse_f64(label_tok) {
             Some(v) if v.is_finite() => v,
             _ => return Err(err(line_no, LibsvmErrorKind::BadLabel(snippet(label_tok)))),
@@ -149,7 +156,14 @@ fn parse_named(
         {
             if distinct.len() == 2 {
                 let (first, second) = (distinct[0].min(distinct[1]), distinct[0].max(distinct[1]));
-                return Err(err(line_no, LibsvmErrorKind::TooManyLabels { label, first, second }));
+                return Err(err(
+                    line_no,
+                    LibsvmErrorKind::TooManyLabels {
+                        label,
+                        first,
+                        second,
+                    },
+                ));
             }
             distinct.push(label);
         }
@@ -166,17 +180,25 @@ fn parse_named(
             }
             if let Some(previous) = prev {
                 if index <= previous {
-                    return Err(err(line_no, LibsvmErrorKind::NonIncreasingIndex { previous, index }));
+                    return Err(err(
+                        line_no,
+                        LibsvmErrorKind::NonIncreasingIndex { previous, index },
+                    ));
                 }
             }
             if let Some(n_features) = opts.n_features {
                 if index as usize > n_features {
-                    return Err(err(line_no, LibsvmErrorKind::IndexOutOfRange { index, n_features }));
+                    return Err(err(
+                        line_no,
+                        LibsvmErrorKind::IndexOutOfRange { index, n_features },
+                    ));
                 }
             }
             let value = match parse_f64(vtok) {
                 Some(v) if v.is_finite() => v,
-                Some(_) => return Err(err(line_no, LibsvmErrorKind::NonFiniteValue(snippet(vtok)))),
+                Some(_) => {
+                    return Err(err(line_no, LibsvmErrorKind::NonFiniteValue(snippet(vtok))))
+                }
                 None => return Err(err(line_no, LibsvmErrorKind::BadValue(snippet(vtok)))),
             };
             prev = Some(index);
@@ -200,7 +222,18 @@ fn parse_named(
             if distinct.len() == 1 {
                 labels.clone()
             } else {
-                labels.iter().map(|&l| if l == lo { -1.0 } else if l == hi { 1.0 } else { l }).collect()
+                labels
+                    .iter()
+                    .map(|&l| {
+                        if l == lo {
+                            -1.0
+                        } else if l == hi {
+                            1.0
+                        } else {
+                            l
+                        }
+                    })
+                    .collect()
             }
         }
     };
@@ -257,7 +290,10 @@ mod tests {
         // single label already +-1 is kept
         assert_eq!(p("-1 1:1\n-1 1:2\n").unwrap().y(), &[-1.0, -1.0]);
         // raw mode keeps multi-class labels
-        let raw = LibsvmOptions { n_features: None, labels: LabelMode::Raw };
+        let raw = LibsvmOptions {
+            n_features: None,
+            labels: LabelMode::Raw,
+        };
         let d = parse(b"3 1:1\n7 1:1\n5 1:1\n", &raw, None).unwrap();
         assert_eq!(d.y(), &[3.0, 7.0, 5.0]);
         assert_eq!(d.classes().len(), 3);
@@ -265,34 +301,78 @@ mod tests {
 
     #[test]
     fn n_features_aligns_and_limits() {
-        let d = parse(b"1 1:1\n-1 122:1\n", &LibsvmOptions::with_features(123), None).unwrap();
+        let d = parse(
+            b"1 1:1\n-1 122:1\n",
+            &LibsvmOptions::with_features(123),
+            None,
+        )
+        .unwrap();
         assert_eq!(d.n_features(), 123);
         let (line, kd) = kind("1 1:1\n-1 124:1\n", LibsvmOptions::with_features(123));
         assert_eq!(line, 2);
-        assert_eq!(kd, LibsvmErrorKind::IndexOutOfRange { index: 124, n_features: 123 });
+        assert_eq!(
+            kd,
+            LibsvmErrorKind::IndexOutOfRange {
+                index: 124,
+                n_features: 123
+            }
+        );
     }
 
     #[test]
     fn malformed_inputs_name_the_line() {
-        assert!(matches!(k("1 1:1\nabc 1:1\n"), (2, LibsvmErrorKind::BadLabel(_))));
+        assert!(matches!(
+            k("1 1:1\nabc 1:1\n"),
+            (2, LibsvmErrorKind::BadLabel(_))
+        ));
         assert!(matches!(k("nan 1:1\n"), (1, LibsvmErrorKind::BadLabel(_))));
         assert!(matches!(k("inf 1:1\n"), (1, LibsvmErrorKind::BadLabel(_))));
-        assert!(matches!(k("1 1:1\n-1 0:1\n"), (2, LibsvmErrorKind::ZeroIndex)));
+        assert!(matches!(
+            k("1 1:1\n-1 0:1\n"),
+            (2, LibsvmErrorKind::ZeroIndex)
+        ));
         assert_eq!(
             k("1 1:1\n\n-1 3:1 2:1\n"),
-            (3, LibsvmErrorKind::NonIncreasingIndex { previous: 3, index: 2 })
+            (
+                3,
+                LibsvmErrorKind::NonIncreasingIndex {
+                    previous: 3,
+                    index: 2
+                }
+            )
         );
-        assert_eq!(k("1 3:1 3:1\n"), (1, LibsvmErrorKind::NonIncreasingIndex { previous: 3, index: 3 }));
+        assert_eq!(
+            k("1 3:1 3:1\n"),
+            (
+                1,
+                LibsvmErrorKind::NonIncreasingIndex {
+                    previous: 3,
+                    index: 3
+                }
+            )
+        );
         assert!(matches!(k("1 1:x\n"), (1, LibsvmErrorKind::BadValue(_))));
         assert!(matches!(k("1 1:\n"), (1, LibsvmErrorKind::BadValue(_))));
-        assert!(matches!(k("1 1:1e999\n"), (1, LibsvmErrorKind::NonFiniteValue(_))));
-        assert!(matches!(k("1 1:NaN\n"), (1, LibsvmErrorKind::NonFiniteValue(_))));
-        assert!(matches!(k("1 1:-inf\n"), (1, LibsvmErrorKind::NonFiniteValue(_))));
+        assert!(matches!(
+            k("1 1:1e999\n"),
+            (1, LibsvmErrorKind::NonFiniteValue(_))
+        ));
+        assert!(matches!(
+            k("1 1:NaN\n"),
+            (1, LibsvmErrorKind::NonFiniteValue(_))
+        ));
+        assert!(matches!(
+            k("1 1:-inf\n"),
+            (1, LibsvmErrorKind::NonFiniteValue(_))
+        ));
         assert!(matches!(k("1 1\n"), (1, LibsvmErrorKind::BadToken(_))));
         assert!(matches!(k("1 a:1\n"), (1, LibsvmErrorKind::BadIndex(_))));
         assert!(matches!(k("1 -2:1\n"), (1, LibsvmErrorKind::BadIndex(_))));
         assert!(matches!(k("1 :1\n"), (1, LibsvmErrorKind::BadIndex(_))));
-        assert!(matches!(k("1 4294967296:1\n"), (1, LibsvmErrorKind::BadIndex(_))));
+        assert!(matches!(
+            k("1 4294967296:1\n"),
+            (1, LibsvmErrorKind::BadIndex(_))
+        ));
         assert!(matches!(
             k("1 1:1\n2 1:1\n3 1:1\n"),
             (3, LibsvmErrorKind::TooManyLabels { label, first, second })
@@ -301,10 +381,16 @@ mod tests {
         assert!(matches!(k("0 1:1\n0 2:1"), (2, LibsvmErrorKind::SingleLabel(l)) if l == 0.0));
         assert!(matches!(k(""), (1, LibsvmErrorKind::NoRows)));
         assert!(matches!(k(" \n\n"), (3, LibsvmErrorKind::NoRows)));
-        assert!(matches!(k("1 1:\u{ff}\n"), (1, LibsvmErrorKind::BadValue(_))));
+        assert!(matches!(
+            k("1 1:\u{ff}\n"),
+            (1, LibsvmErrorKind::BadValue(_))
+        ));
         let e = p("1 1:1\n-1 0:1\n").unwrap_err();
         assert_eq!(e.line(), Some(2));
-        assert_eq!(e.to_string(), "t.txt: line 2: feature index 0 (LibSVM indices are 1-based)");
+        assert_eq!(
+            e.to_string(),
+            "t.txt: line 2: feature index 0 (LibSVM indices are 1-based)"
+        );
     }
 
     #[test]

@@ -59,7 +59,11 @@ impl SampleLoss for Logistic {
         let e = (-m.abs()).exp();
         let loss = (-m).max(0.0) + e.ln_1p();
         // sigmoid(-m) = 1 / (1 + exp(m))
-        let s = if m >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+        let s = if m >= 0.0 {
+            e / (1.0 + e)
+        } else {
+            1.0 / (1.0 + e)
+        };
         (loss, -y * s)
     }
 }
@@ -106,7 +110,10 @@ struct Shard {
 impl Shard {
     fn new(a: CsrMatrix, y: Vec<f64>) -> Result<Self> {
         if a.n_rows() == 0 {
-            return Err(ProblemError::invalid("shard", "a worker needs at least one row"));
+            return Err(ProblemError::invalid(
+                "shard",
+                "a worker needs at least one row",
+            ));
         }
         if y.len() != a.n_rows() {
             return Err(ProblemError::invalid(
@@ -115,7 +122,10 @@ impl Shard {
             ));
         }
         if let Some(j) = y.iter().position(|v| !v.is_finite()) {
-            return Err(ProblemError::invalid("y", format!("target {j} is not finite")));
+            return Err(ProblemError::invalid(
+                "y",
+                format!("target {j} is not finite"),
+            ));
         }
         Ok(Shard { a, y })
     }
@@ -123,9 +133,19 @@ impl Shard {
     #[track_caller]
     fn check(&self, x: &[f64], grad: Option<&[f64]>) {
         let d = self.a.n_cols();
-        assert_eq!(x.len(), d, "oracle: x has length {}, the model dimension is {d}", x.len());
+        assert_eq!(
+            x.len(),
+            d,
+            "oracle: x has length {}, the model dimension is {d}",
+            x.len()
+        );
         if let Some(g) = grad {
-            assert_eq!(g.len(), d, "oracle: grad has length {}, the model dimension is {d}", g.len());
+            assert_eq!(
+                g.len(),
+                d,
+                "oracle: grad has length {}, the model dimension is {d}",
+                g.len()
+            );
         }
     }
 
@@ -226,9 +246,15 @@ impl LogisticNonconvex {
     /// `lambda` (finite, >= 0; [`DEFAULT_LAMBDA`] in the papers).
     pub fn new(a: CsrMatrix, y: Vec<f64>, lambda: f64) -> Result<Self> {
         if !(lambda.is_finite() && lambda >= 0.0) {
-            return Err(ProblemError::invalid("lambda", format!("must be finite and >= 0, got {lambda}")));
+            return Err(ProblemError::invalid(
+                "lambda",
+                format!("must be finite and >= 0, got {lambda}"),
+            ));
         }
-        Ok(LogisticNonconvex { shard: Shard::new(a, y)?, lambda })
+        Ok(LogisticNonconvex {
+            shard: Shard::new(a, y)?,
+            lambda,
+        })
     }
 
     /// The local data matrix A_i.
@@ -257,7 +283,9 @@ pub struct LeastSquares {
 impl LeastSquares {
     /// An oracle on the rows `a` with targets `y`.
     pub fn new(a: CsrMatrix, y: Vec<f64>) -> Result<Self> {
-        Ok(LeastSquares { shard: Shard::new(a, y)? })
+        Ok(LeastSquares {
+            shard: Shard::new(a, y)?,
+        })
     }
 
     /// The local data matrix A_i.
@@ -330,7 +358,8 @@ macro_rules! impl_oracle {
     };
 }
 
-impl_oracle!(LogisticNonconvex, Logistic, |s: &LogisticNonconvex| s.lambda);
+impl_oracle!(LogisticNonconvex, Logistic, |s: &LogisticNonconvex| s
+    .lambda);
 impl_oracle!(LeastSquares, Squared, |_s: &LeastSquares| 0.0);
 
 #[cfg(test)]
@@ -347,7 +376,9 @@ mod tests {
                 *v = rng.gen_range(-2.0..2.0);
             }
         }
-        let y = (0..n).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+        let y = (0..n)
+            .map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 })
+            .collect();
         (CsrMatrix::from_dense(n, d, &dense), y)
     }
 
@@ -372,7 +403,10 @@ mod tests {
         assert_eq!(f, o.loss(x), "loss_grad and loss must agree bit for bit");
         let fd = finite_diff(o, x);
         for (k, (a, b)) in g.iter().zip(&fd).enumerate() {
-            assert!((a - b).abs() <= 1e-7 * (1.0 + b.abs()), "coord {k}: {a} vs fd {b}");
+            assert!(
+                (a - b).abs() <= 1e-7 * (1.0 + b.abs()),
+                "coord {k}: {a} vs fd {b}"
+            );
         }
     }
 
@@ -380,9 +414,19 @@ mod tests {
     fn gradients_match_finite_differences() {
         let (a, y) = random_problem(40, 7, 0.6, 1);
         let x: Vec<f64> = (0..7).map(|k| 0.3 * k as f64 - 1.0).collect();
-        check_fd(&mut LogisticNonconvex::new(a.clone(), y.clone(), 0.1).unwrap(), &x);
-        check_fd(&mut LogisticNonconvex::new(a.clone(), y.clone(), 0.0).unwrap(), &x);
-        let targets: Vec<f64> = y.iter().enumerate().map(|(j, v)| v * 0.5 + j as f64 * 0.01).collect();
+        check_fd(
+            &mut LogisticNonconvex::new(a.clone(), y.clone(), 0.1).unwrap(),
+            &x,
+        );
+        check_fd(
+            &mut LogisticNonconvex::new(a.clone(), y.clone(), 0.0).unwrap(),
+            &x,
+        );
+        let targets: Vec<f64> = y
+            .iter()
+            .enumerate()
+            .map(|(j, v)| v * 0.5 + j as f64 * 0.01)
+            .collect();
         check_fd(&mut LeastSquares::new(a, targets).unwrap(), &x);
     }
 

@@ -30,12 +30,18 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// All kinds with their names.
-    pub const ALL: [(ProblemKind, &'static str); 2] =
-        [(ProblemKind::Logistic, "logistic"), (ProblemKind::LeastSquares, "least-squares")];
+    pub const ALL: [(ProblemKind, &'static str); 2] = [
+        (ProblemKind::Logistic, "logistic"),
+        (ProblemKind::LeastSquares, "least-squares"),
+    ];
 
     /// The kebab-case name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
 
     /// The default lambda: 0.1 for logistic, 0 for least squares.
@@ -56,9 +62,16 @@ impl fmt::Display for ProblemKind {
 impl FromStr for ProblemKind {
     type Err = ProblemError;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.iter().find(|(_, n)| *n == s).map(|(k, _)| *k).ok_or_else(|| {
-            ProblemError::invalid("kind", format!("unknown problem `{s}`; allowed: logistic, least-squares"))
-        })
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| {
+                ProblemError::invalid(
+                    "kind",
+                    format!("unknown problem `{s}`; allowed: logistic, least-squares"),
+                )
+            })
     }
 }
 
@@ -126,7 +139,14 @@ impl Problem {
     /// Loads the dataset named in `cfg` and splits it.
     pub fn build(cfg: &ProblemConfig) -> Result<Problem> {
         let data = datasets::load(&cfg.dataset)?;
-        Problem::from_dataset(&data, cfg.workers, cfg.kind, cfg.split, cfg.split_seed, cfg.lambda)
+        Problem::from_dataset(
+            &data,
+            cfg.workers,
+            cfg.kind,
+            cfg.split,
+            cfg.split_seed,
+            cfg.lambda,
+        )
     }
 
     /// Splits `data` among `workers` workers.
@@ -140,10 +160,16 @@ impl Problem {
     ) -> Result<Problem> {
         let lambda = lambda.unwrap_or_else(|| kind.default_lambda());
         if !(lambda.is_finite() && lambda >= 0.0) {
-            return Err(ProblemError::invalid("lambda", format!("must be finite and >= 0, got {lambda}")));
+            return Err(ProblemError::invalid(
+                "lambda",
+                format!("must be finite and >= 0, got {lambda}"),
+            ));
         }
         if kind == ProblemKind::LeastSquares && lambda != 0.0 {
-            return Err(ProblemError::invalid("lambda", "least squares has no regularizer (lambda must be 0)"));
+            return Err(ProblemError::invalid(
+                "lambda",
+                "least squares has no regularizer (lambda must be 0)",
+            ));
         }
         let sp: Split = split(data.y(), workers, split_kind, split_seed)?;
         let shards = (0..workers)
@@ -154,7 +180,13 @@ impl Problem {
                 WorkerShard { a, y, rows }
             })
             .collect();
-        Ok(Problem { kind, lambda, info: data.info(), split_kind, shards })
+        Ok(Problem {
+            kind,
+            lambda,
+            info: data.info(),
+            split_kind,
+            shards,
+        })
     }
 
     /// The loss.
@@ -219,7 +251,10 @@ impl Problem {
     /// All oracles, moving the shards instead of copying them.
     pub fn into_oracles(self) -> Vec<Box<dyn Oracle>> {
         let (kind, lambda) = (self.kind, self.lambda);
-        self.shards.into_iter().map(|s| make_oracle(kind, lambda, s.a, s.y)).collect()
+        self.shards
+            .into_iter()
+            .map(|s| make_oracle(kind, lambda, s.a, s.y))
+            .collect()
     }
 
     /// Smoothness constants (see [`crate::smoothness`](mod@crate::smoothness)).

@@ -81,10 +81,16 @@ pub fn smoothness_with(
     }
     let d = shards[0].n_cols();
     if shards.iter().any(|s| s.n_cols() != d) {
-        return Err(ProblemError::invalid("shards", "shards disagree on the number of features"));
+        return Err(ProblemError::invalid(
+            "shards",
+            "shards disagree on the number of features",
+        ));
     }
     if let Some(i) = shards.iter().position(|s| s.n_rows() == 0) {
-        return Err(ProblemError::invalid("shards", format!("shard {i} has no rows")));
+        return Err(ProblemError::invalid(
+            "shards",
+            format!("shard {i} has no rows"),
+        ));
     }
     let n_total: usize = shards.iter().map(|s| s.n_rows()).sum();
     let (scale, shift) = match kind {
@@ -93,17 +99,30 @@ pub fn smoothness_with(
     };
     let mut l_i = Vec::with_capacity(shards.len());
     for (i, s) in shards.iter().enumerate() {
-        let lmax = gram_extreme(&[s], Extreme::Largest, method, &format!("lambda_max(A_{i}^T A_{i})"))?;
+        let lmax = gram_extreme(
+            &[s],
+            Extreme::Largest,
+            method,
+            &format!("lambda_max(A_{i}^T A_{i})"),
+        )?;
         l_i.push(scale * lmax / s.n_rows() as f64 + shift);
     }
     let lmax = gram_extreme(shards, Extreme::Largest, method, "lambda_max(A^T A)")?;
     let l = scale * lmax / n_total as f64 + shift;
     let mu = match kind {
         ProblemKind::Logistic => None,
-        ProblemKind::LeastSquares => {
-            Some(gram_extreme(shards, Extreme::Smallest, method, "lambda_min(A^T A)")?)
-        }
+        ProblemKind::LeastSquares => Some(gram_extreme(
+            shards,
+            Extreme::Smallest,
+            method,
+            "lambda_min(A^T A)",
+        )?),
     };
     let l_tilde = quadratic_mean(&l_i);
-    Ok(Smoothness { l, l_i, l_tilde, mu })
+    Ok(Smoothness {
+        l,
+        l_i,
+        l_tilde,
+        mu,
+    })
 }

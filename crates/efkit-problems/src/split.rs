@@ -46,7 +46,11 @@ impl SplitKind {
 
     /// The kebab-case name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -59,12 +63,16 @@ impl fmt::Display for SplitKind {
 impl FromStr for SplitKind {
     type Err = ProblemError;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.iter().find(|(_, n)| *n == s).map(|(k, _)| *k).ok_or_else(|| {
-            ProblemError::invalid(
-                "split",
-                format!("unknown split `{s}`; allowed: contiguous, shuffled, label-sorted"),
-            )
-        })
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| {
+                ProblemError::invalid(
+                    "split",
+                    format!("unknown split `{s}`; allowed: contiguous, shuffled, label-sorted"),
+                )
+            })
     }
 }
 
@@ -113,7 +121,10 @@ pub fn shard_sizes(n_rows: usize, n_workers: usize) -> Result<Vec<usize>> {
         return Err(ProblemError::invalid("workers", "need at least one worker"));
     }
     if n_workers > n_rows {
-        return Err(ProblemError::TooManyWorkers { rows: n_rows, workers: n_workers });
+        return Err(ProblemError::TooManyWorkers {
+            rows: n_rows,
+            workers: n_workers,
+        });
     }
     let base = n_rows / n_workers;
     let mut sizes = vec![base; n_workers];
@@ -183,11 +194,17 @@ mod tests {
     fn errors() {
         assert!(matches!(
             split(&[1.0, 2.0], 3, SplitKind::Contiguous, 0),
-            Err(ProblemError::TooManyWorkers { rows: 2, workers: 3 })
+            Err(ProblemError::TooManyWorkers {
+                rows: 2,
+                workers: 3
+            })
         ));
         assert!(split(&[1.0], 0, SplitKind::Contiguous, 0).is_err());
         assert!(split(&[1.0, 2.0], 2, SplitKind::Shuffled, 0).is_ok());
-        assert_eq!("label-sorted".parse::<SplitKind>().unwrap(), SplitKind::LabelSorted);
+        assert_eq!(
+            "label-sorted".parse::<SplitKind>().unwrap(),
+            SplitKind::LabelSorted
+        );
         assert!("random".parse::<SplitKind>().is_err());
         assert_eq!(SplitKind::Shuffled.to_string(), "shuffled");
     }

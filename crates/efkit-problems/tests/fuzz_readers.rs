@@ -37,9 +37,18 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 fn all_opts() -> [LibsvmOptions; 4] {
     [
         LibsvmOptions::default(),
-        LibsvmOptions { n_features: Some(50), labels: LabelMode::Binary },
-        LibsvmOptions { n_features: None, labels: LabelMode::Raw },
-        LibsvmOptions { n_features: Some(0), labels: LabelMode::Raw },
+        LibsvmOptions {
+            n_features: Some(50),
+            labels: LabelMode::Binary,
+        },
+        LibsvmOptions {
+            n_features: None,
+            labels: LabelMode::Raw,
+        },
+        LibsvmOptions {
+            n_features: Some(0),
+            labels: LabelMode::Raw,
+        },
     ]
 }
 
@@ -71,8 +80,17 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     // bytes biased towards the format's own alphabet
     let byte = prop_oneof![
-        Just(b':'), Just(b' '), Just(b'\n'), Just(b'0'), Just(b'-'), Just(b'.'),
-        Just(b'e'), Just(b'n'), Just(b'+'), Just(b'\t'), any::<u8>()
+        Just(b':'),
+        Just(b' '),
+        Just(b'\n'),
+        Just(b'0'),
+        Just(b'-'),
+        Just(b'.'),
+        Just(b'e'),
+        Just(b'n'),
+        Just(b'+'),
+        Just(b'\t'),
+        any::<u8>()
     ];
     prop_oneof![
         (any::<usize>(), byte.clone()).prop_map(|(p, b)| Mutation::Flip(p, b)),
@@ -165,7 +183,15 @@ proptest! {
 
 #[test]
 fn seed_text_is_valid() {
-    let d = parse(&seed_text(), &LibsvmOptions { n_features: None, labels: LabelMode::Raw }, None).unwrap();
+    let d = parse(
+        &seed_text(),
+        &LibsvmOptions {
+            n_features: None,
+            labels: LabelMode::Raw,
+        },
+        None,
+    )
+    .unwrap();
     assert_eq!(d.n_rows(), 45);
     assert!(parse_idx(&small_idx(), MAGIC_IMAGES, None).is_ok());
 }

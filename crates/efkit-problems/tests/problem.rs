@@ -39,7 +39,11 @@ fn mushrooms_twenty_workers_in_file_order() {
 
 #[test]
 fn every_split_covers_all_rows_once() {
-    for split in [SplitKind::Contiguous, SplitKind::Shuffled, SplitKind::LabelSorted] {
+    for split in [
+        SplitKind::Contiguous,
+        SplitKind::Shuffled,
+        SplitKind::LabelSorted,
+    ] {
         let data = datasets::load("phishing").unwrap();
         let p = Problem::from_dataset(&data, 7, ProblemKind::Logistic, split, 5, None).unwrap();
         let mut all: Vec<usize> = (0..7).flat_map(|i| p.shard(i).rows.clone()).collect();
@@ -55,11 +59,25 @@ fn every_split_covers_all_rows_once() {
 
 #[test]
 fn builder_errors() {
-    let e = Problem::build(&ProblemConfig::new("mushrooms", 8_125, ProblemKind::Logistic)).unwrap_err();
-    assert!(matches!(e, ProblemError::TooManyWorkers { rows: 8_124, workers: 8_125 }));
+    let e = Problem::build(&ProblemConfig::new(
+        "mushrooms",
+        8_125,
+        ProblemKind::Logistic,
+    ))
+    .unwrap_err();
+    assert!(matches!(
+        e,
+        ProblemError::TooManyWorkers {
+            rows: 8_124,
+            workers: 8_125
+        }
+    ));
     let mut cfg = ProblemConfig::new("mushrooms", 4, ProblemKind::LeastSquares);
     cfg.lambda = Some(0.1);
-    assert!(matches!(Problem::build(&cfg), Err(ProblemError::InvalidParam { .. })));
+    assert!(matches!(
+        Problem::build(&cfg),
+        Err(ProblemError::InvalidParam { .. })
+    ));
     cfg.kind = ProblemKind::Logistic;
     cfg.lambda = Some(-1.0);
     assert!(Problem::build(&cfg).is_err());
@@ -67,7 +85,10 @@ fn builder_errors() {
         Problem::build(&ProblemConfig::new("covtype", 4, ProblemKind::Logistic)),
         Err(ProblemError::UnknownDataset { .. })
     ));
-    assert_eq!("least-squares".parse::<ProblemKind>().unwrap(), ProblemKind::LeastSquares);
+    assert_eq!(
+        "least-squares".parse::<ProblemKind>().unwrap(),
+        ProblemKind::LeastSquares
+    );
     assert!("svm".parse::<ProblemKind>().is_err());
 }
 
@@ -90,7 +111,11 @@ fn gradients_on_real_data_match_finite_differences() {
             let fm = o.loss(&xp);
             xp[k] = x[k];
             let fd = (fp - fm) / (2.0 * h);
-            assert!((fd - g[k]).abs() <= 1e-7 * (1.0 + g[k].abs()), "{kind} coord {k}: {} vs {fd}", g[k]);
+            assert!(
+                (fd - g[k]).abs() <= 1e-7 * (1.0 + g[k].abs()),
+                "{kind} coord {k}: {} vs {fd}",
+                g[k]
+            );
         }
     }
 }
@@ -149,7 +174,12 @@ fn minibatch_of_all_rows_equals_full_gradient_on_real_shards() {
 
 #[test]
 fn into_oracles_equals_oracles() {
-    let p = Problem::build(&ProblemConfig::new("mushrooms", 3, ProblemKind::LeastSquares)).unwrap();
+    let p = Problem::build(&ProblemConfig::new(
+        "mushrooms",
+        3,
+        ProblemKind::LeastSquares,
+    ))
+    .unwrap();
     let x = random_x(p.dim(), 1.0, 4);
     let mut a = p.oracles();
     let mut b = p.into_oracles();

@@ -16,10 +16,16 @@ fn lanczos_matches_dense_on_mushrooms_and_phishing() {
         let a = d.x();
         let dense = gram_extreme(&[a], Extreme::Largest, EigenMethod::Dense, "t").unwrap();
         let it = gram_extreme(&[a], Extreme::Largest, EigenMethod::Iterative, "t").unwrap();
-        assert!(rel(it, dense) <= 1e-10, "{name}: lanczos {it} vs dense {dense}");
+        assert!(
+            rel(it, dense) <= 1e-10,
+            "{name}: lanczos {it} vs dense {dense}"
+        );
         let dmin = gram_extreme(&[a], Extreme::Smallest, EigenMethod::Dense, "t").unwrap();
         let imin = gram_extreme(&[a], Extreme::Smallest, EigenMethod::Iterative, "t").unwrap();
-        assert!((dmin - imin).abs() <= 1e-10 * dense, "{name}: lmin {imin} vs dense {dmin}");
+        assert!(
+            (dmin - imin).abs() <= 1e-10 * dense,
+            "{name}: lmin {imin} vs dense {dmin}"
+        );
         // whole problem with n = 20 workers: every constant agrees
         let p = Problem::build(&ProblemConfig::new(name, 20, ProblemKind::Logistic)).unwrap();
         let sd = p.smoothness_with(EigenMethod::Dense).unwrap();
@@ -35,7 +41,10 @@ fn lanczos_matches_dense_on_mushrooms_and_phishing() {
         assert!((quadratic_mean(&sd.l_i) - sd.l_tilde).abs() <= 1e-15 * sd.l_tilde);
         // weighted mean of the per-worker bounds dominates the global one
         assert!(sd.l <= sd.l_i.iter().cloned().fold(0.0, f64::max) * (1.0 + 1e-12));
-        println!("{name}: L = {:.10}, Ltilde = {:.10}, lambda_max = {dense:.10}", sd.l, sd.l_tilde);
+        println!(
+            "{name}: L = {:.10}, Ltilde = {:.10}, lambda_max = {dense:.10}",
+            sd.l, sd.l_tilde
+        );
     }
 }
 
@@ -52,7 +61,12 @@ fn phishing_rows_have_unit_norm_so_lambda_max_is_bounded_by_n() {
 
 #[test]
 fn least_squares_constants_follow_the_code_convention() {
-    let p = Problem::build(&ProblemConfig::new("mushrooms", 20, ProblemKind::LeastSquares)).unwrap();
+    let p = Problem::build(&ProblemConfig::new(
+        "mushrooms",
+        20,
+        ProblemKind::LeastSquares,
+    ))
+    .unwrap();
     let s = p.smoothness().unwrap();
     let d = datasets::load("mushrooms").unwrap();
     let lmax = gram_extreme(&[d.x()], Extreme::Largest, EigenMethod::Dense, "t").unwrap();

@@ -206,8 +206,8 @@ impl Cluster {
         loss /= n;
         self.grad.iter_mut().for_each(|v| *v /= n);
         match self.parts.server_step {
-            ServerStep::Prox { reg } => {
-                // gradient mapping G = (x - prox_{gamma r}(x - gamma grad f(x))) / gamma
+            ServerStep::Prox { reg } if reg != efkit_core::method::Regularizer::Zero => {
+                // gradient mapping (for r = 0 it is the gradient itself, computed exactly below) G = (x - prox_{gamma r}(x - gamma grad f(x))) / gamma
                 let gamma = self.parts.gamma;
                 for ((t, x), g) in self.tmp.iter_mut().zip(x).zip(&self.grad) {
                     *t = x - gamma * g;

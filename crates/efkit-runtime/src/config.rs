@@ -201,7 +201,7 @@ fn suggest(msg: &str) -> Option<String> {
     let end = rest.find('`')?;
     let bad = &rest[..end];
     let expected = &rest[end..];
-    let cands: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let cands: Vec<&str> = expected.split('`').skip(2).step_by(2).collect();
     cands
         .into_iter()
         .map(|c| (edit_distance(bad, c), c))

@@ -316,7 +316,7 @@ impl Dithering {
                 format!("levels = {s} is outside 1..={NATURAL_DITHERING_MAX_LEVELS}"),
             ));
         }
-        if !(p >= 1.0) {
+        if p.is_nan() || p < 1.0 {
             return Err(ParamError::invalid("norm", format!("norm p = {p} must be >= 1 (or inf)")));
         }
         check_dim(d)?;
@@ -800,7 +800,7 @@ mod tests {
         for (q, v) in e.value.values.iter().zip(&x) {
             assert!(allowed.contains(&q.abs()), "{q}");
             assert!(*q == 0.0 || q.signum() == v.signum());
-            assert_eq!(q.to_bits() == (-0.0f64).to_bits(), false);
+            assert_ne!(q.to_bits(), (-0.0f64).to_bits());
         }
         let c = dith("qsgd", 50, 4, None, None);
         let e = encode_one(&c, &x, &mut rng, 0).unwrap();

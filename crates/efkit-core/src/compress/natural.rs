@@ -124,7 +124,7 @@ pub fn check_range(x: &[f64]) -> Result<(), CompressError> {
     if m <= NATURAL_MAX {
         return Ok(());
     }
-    let index = x.iter().position(|v| !(v.abs() <= NATURAL_MAX)).unwrap_or(0);
+    let index = x.iter().position(|v| v.is_nan() || v.abs() > NATURAL_MAX).unwrap_or(0);
     Err(CompressError::Shape(format!(
         "value {:e} for coordinate {index} overflows natural compression (|x| <= 2^127 required)",
         x[index]
@@ -313,7 +313,7 @@ mod tests {
         for _ in 0..n {
             let q = natural_round(-v, &mut rng);
             assert!(q == 0.0 || q == -NATURAL_MIN);
-            assert_eq!(q.to_bits() == (-0.0f64).to_bits(), false, "zero is +0");
+            assert_ne!(q.to_bits(), (-0.0f64).to_bits(), "zero is +0");
             ups += (q != 0.0) as u32;
         }
         let frac = ups as f64 / n as f64;

@@ -171,7 +171,10 @@ impl Compressor for RandK {
             out.reset_sparse(self.d);
             // Check the length before regenerating the indices (cheap rejection).
             if (self.k as u64) * self.fmt.bits() as u64 > r.remaining() {
-                return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(self.k).unwrap_or(u32::MAX) });
+                return Err(DecodeError::Truncated {
+                    at: r.position(),
+                    needed: u32::try_from(self.k).unwrap_or(u32::MAX),
+                });
             }
             let mut rng = rng_from_key(ctx.shared_key);
             DECODE_BITMAP.with(|b| sample_indices(&mut rng, self.d, self.k, &mut b.borrow_mut(), &mut out.indices));

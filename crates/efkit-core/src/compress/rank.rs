@@ -66,9 +66,9 @@
 //! 32 (rows + cols) r, which equals the wire size for f32.
 //!
 //! Cost: O(d m) for the Gram matrix plus O(m^3) per Jacobi sweep when m <= 128;
-//! otherwise O(d (r + 8)) per subspace iteration plus O((rows + cols) (r + 8)^2
-//! + (r + 8)^3) (about 0.3 s for a 1000 x 1000 view with r = 4). All
-//! work buffers live in the reused scratch and output (allocation-free in the
+//! otherwise O(d (r + 8)) per subspace iteration plus
+//! O((rows + cols) (r + 8)^2 + (r + 8)^3), about 0.3 s for a 1000 x 1000 view
+//! with r = 4. All work buffers live in the reused scratch and output (allocation-free in the
 //! steady state); the decoder's only allocation is its output, O(d).
 
 use super::dither::{max_abs, scale_for};
@@ -112,7 +112,7 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
     }
     let rows = match spec.rows {
         Some(rows) => {
-            if rows == 0 || rows > d || d % rows != 0 {
+            if rows == 0 || rows > d || (d / rows) * rows != d {
                 return Err(ParamError::invalid(
                     "rows",
                     format!("rows = {rows} must divide d = {d} (a divisor in 1..={d})"),

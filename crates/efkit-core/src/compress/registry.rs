@@ -133,7 +133,9 @@ pub(crate) fn only_keys(spec: &CompressorSpec, allowed: &[&str]) -> Result<(), P
 pub(crate) fn resolve_k(spec: &CompressorSpec, d: usize) -> Result<usize, ParamError> {
     match (spec.k, spec.ratio) {
         (Some(_), Some(_)) => Err(ParamError::invalid("k", "give either `k` or `ratio`, not both")),
-        (None, None) => Err(ParamError::invalid("k", format!("`{}` needs `k` (1..={d}) or `ratio` (in (0, 1])", spec.name))),
+        (None, None) => {
+            Err(ParamError::invalid("k", format!("`{}` needs `k` (1..={d}) or `ratio` (in (0, 1])", spec.name)))
+        }
         (Some(k), None) => {
             if k == 0 || k > d {
                 Err(ParamError::invalid("k", format!("k = {k} is outside 1..={d} (d = {d})")))
@@ -175,7 +177,11 @@ pub fn build(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, Par
         "qsgd" | "natural-dithering" => super::dither::from_spec(spec, d),
         "scaled-sign" => super::sign::from_spec(spec, d),
         "rank-r" => super::rank::from_spec(spec, d),
-        _ => Err(ParamError::Unknown { what: "compressor", name: spec.name.clone(), allowed: CATALOGUE_NAMES.join(", ") }),
+        _ => Err(ParamError::Unknown {
+            what: "compressor",
+            name: spec.name.clone(),
+            allowed: CATALOGUE_NAMES.join(", "),
+        }),
     }
 }
 
@@ -184,7 +190,7 @@ fn near_square_rows(d: usize) -> usize {
     let mut best = 1;
     let mut r = 1;
     while r * r <= d {
-        if d % r == 0 {
+        if (d / r) * r == d {
             best = r;
         }
         r += 1;
@@ -276,15 +282,17 @@ fn fuzz_specs() -> Vec<(CompressorSpec, usize)> {
 /// Fuzzing entry point (fuzz/fuzz_targets/decode.rs and the conformance
 /// proptest share it): the first byte picks a compressor from a fixed list of
 /// small ones, the next byte the shared key, and the rest is decoded as one
-/// message. Returns `None` for empty input or a compressor that cannot be built.
-/// Must never panic.
+/// message. Returns `None` for empty input. Must never panic; it asserts that
+/// whatever decodes is a well-formed vector.
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) -> Option<Result<CompressedVec, DecodeError>> {
+    static COMPRESSORS: std::sync::OnceLock<Vec<(Box<dyn Compressor>, usize)>> = std::sync::OnceLock::new();
+    let all = COMPRESSORS.get_or_init(|| {
+        fuzz_specs().into_iter().filter_map(|(s, d)| build(&s, d).ok().map(|c| (c, d))).collect()
+    });
     let (&sel, rest) = data.split_first()?;
     let (&key, rest) = rest.split_first().unwrap_or((&0, &[]));
-    let specs = fuzz_specs();
-    let (spec, d) = &specs[sel as usize % specs.len()];
-    let c = build(spec, *d).ok()?;
+    let (c, d) = all.get(sel as usize % all.len().max(1))?;
     let res = decode_one(c.as_ref(), rest, key as u64);
     if let Ok(v) = &res {
         // Whatever decodes must be a well-formed vector of the right dimension.

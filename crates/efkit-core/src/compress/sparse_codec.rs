@@ -32,6 +32,11 @@
 //! be at most 31, a bitmap must hold exactly K ones; every loop is bounded by d
 //! or by the input length, and the only allocation is the output (at most d
 //! indices).
+//!
+//! The module also holds the helpers the sparse compressors share: rounding a
+//! value to the wire format with an overflow error instead of an infinity, the
+//! input prologue (length and finiteness), and writing/reading "index set then
+//! values" messages.
 
 use super::{check_finite, CompressedVec, ValueFormat};
 use crate::bits::{gamma_len, BitReader, BitWriter};
@@ -128,7 +133,7 @@ pub fn encoded_bits(indices: &[u32], d: usize) -> u64 {
 pub fn encode(w: &mut BitWriter, indices: &[u32], d: usize) -> Mode {
     debug_assert!(indices.len() <= d);
     debug_assert!(indices.windows(2).all(|p| p[0] < p[1]));
-    debug_assert!(indices.last().map_or(true, |&i| (i as usize) < d));
+    debug_assert!(indices.iter().all(|&i| (i as usize) < d));
     let (mode, _bits) = plan(indices, d);
     w.write_gamma(indices.len() as u64);
     match mode {
@@ -253,10 +258,7 @@ pub(crate) fn round_checked(fmt: ValueFormat, v: f64, index: usize) -> Result<f6
 /// The error for a value that does not fit the wire format.
 #[cold]
 pub(crate) fn overflow_error(fmt: ValueFormat, v: f64, index: usize) -> CompressError {
-    CompressError::Shape(format!(
-        "value {v:e} for coordinate {index} overflows the {}-bit wire format",
-        fmt.bits()
-    ))
+    CompressError::Shape(format!("value {v:e} for coordinate {index} overflows the {}-bit wire format", fmt.bits()))
 }
 
 /// Checks that `x` has length `d` and finite entries (shared compressor prologue).
@@ -387,11 +389,7 @@ mod tests {
             let s = random_set(&mut rng, d, k);
             let (mode, bits) = plan(&s, d);
             let head = gamma_len(k as u64) + 1;
-            let best = (0..=MAX_RICE_K)
-                .map(|kk| rice_body_bits(&s, kk))
-                .min()
-                .unwrap()
-                .min(d as u64);
+            let best = (0..=MAX_RICE_K).map(|kk| rice_body_bits(&s, kk)).min().unwrap().min(d as u64);
             assert_eq!(bits, head + best, "d={d} k={k} mode={mode:?}");
         }
     }

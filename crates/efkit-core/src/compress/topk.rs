@@ -189,7 +189,10 @@ impl Compressor for TopK {
     fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
         read_sparse(r, self.d, self.fmt, out)?;
         if out.indices.len() != self.k {
-            return Err(DecodeError::invalid("index count", format!("{} indices, top-k sends {}", out.indices.len(), self.k)));
+            return Err(DecodeError::invalid(
+                "index count",
+                format!("{} indices, top-k sends {}", out.indices.len(), self.k),
+            ));
         }
         Ok(())
     }

@@ -63,7 +63,11 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
     match spec.quantizer.as_deref() {
         None | Some("natural") => {}
         Some(q) => {
-            return Err(ParamError::Unknown { what: "top-k-quant quantizer", name: q.to_string(), allowed: "natural".into() })
+            return Err(ParamError::Unknown {
+                what: "top-k-quant quantizer",
+                name: q.to_string(),
+                allowed: "natural".into(),
+            })
         }
     }
     let k = resolve_k(spec, d)?;
@@ -128,7 +132,10 @@ impl Compressor for TopKQuant {
         out.reset_sparse(self.d);
         decode_indices(r, self.d, &mut out.indices)?;
         if out.indices.len() != self.k {
-            return Err(DecodeError::invalid("index count", format!("{} indices, top-k-quant sends {}", out.indices.len(), self.k)));
+            return Err(DecodeError::invalid(
+                "index count",
+                format!("{} indices, top-k-quant sends {}", out.indices.len(), self.k),
+            ));
         }
         if self.k as u64 * NATURAL_BITS > r.remaining() {
             return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(self.k).unwrap_or(u32::MAX) });
