@@ -699,7 +699,7 @@ impl Worker {
     /// Runs the worker's part of round `rc.round`: applies the downlink, computes
     /// its estimate with `oracle`, and leaves its uplink in `self.scratch.up`
     /// (decoded) and `self.scratch.wire` (encoded). Returns the local loss
-    /// reported by the oracle.
+    /// reported by the oracle (NaN when it only computed a gradient).
     pub fn step(&mut self, down: &Downlink, down_wire: &Wire, oracle: &mut dyn Oracle, parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<f64, CompressError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
@@ -729,20 +729,27 @@ impl Worker {
         let loss;
         match parts.estimator {
             Estimator::FullGradient => {
-                loss = oracle.loss_grad(&st.x, &mut sc.est);
+                oracle.grad(&st.x, &mut sc.est);
+                loss = f64::NAN;
                 st.samples += n_local.unwrap_or(1) as u64;
             }
             Estimator::Minibatch(b) => {
                 let b = b.resolve(n_local);
                 // A full batch is the full gradient, computed the same way (EF21-SGD with
                 // full batches reduces to EF21 bit for bit).
-                loss = if n_local == Some(b) { oracle.loss_grad(&st.x, &mut sc.est) } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
+                loss = if n_local == Some(b) {
+                    oracle.grad(&st.x, &mut sc.est);
+                    f64::NAN
+                } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
                 st.samples += b as u64;
             }
             Estimator::Momentum { eta, batch, init_batch } | Estimator::DoubleMomentum { eta, batch, init_batch } => {
                 if !st.initialized {
                     let b = init_batch.resolve(n_local);
-                    loss = if n_local == Some(b) { oracle.loss_grad(&st.x, &mut sc.est) } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
+                    loss = if n_local == Some(b) {
+                    oracle.grad(&st.x, &mut sc.est);
+                    f64::NAN
+                } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
                     st.samples += b as u64;
                     st.v = sc.est.clone();
                     if matches!(parts.estimator, Estimator::DoubleMomentum { .. }) {

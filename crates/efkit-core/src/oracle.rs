@@ -23,6 +23,12 @@ pub trait Oracle: Send {
     /// f_i(x) only.
     fn loss(&mut self, x: &[f64]) -> f64;
 
+    /// grad f_i(x) only. Must write exactly the gradient [`Oracle::loss_grad`]
+    /// writes (bit for bit); oracles override it when skipping the loss is cheaper.
+    fn grad(&mut self, x: &[f64], grad: &mut [f64]) {
+        self.loss_grad(x, grad);
+    }
+
     /// A stochastic gradient from a minibatch of `batch` samples drawn with `rng`
     /// (finite sums: uniformly without replacement, "tau-nice"). The drawn
     /// sample indices are left in `drawn` (empty for streaming oracles) so that

@@ -41,6 +41,8 @@ pub const DEFAULT_LAMBDA: f64 = 0.1;
 trait SampleLoss {
     fn value(z: f64, y: f64) -> f64;
     fn value_deriv(z: f64, y: f64) -> (f64, f64);
+    /// The derivative alone; bit-identical to `value_deriv(z, y).1`.
+    fn deriv(z: f64, y: f64) -> f64;
 }
 
 /// log(1 + exp(-y z)).
@@ -66,6 +68,14 @@ impl SampleLoss for Logistic {
         };
         (loss, -y * s)
     }
+
+    #[inline(always)]
+    fn deriv(z: f64, y: f64) -> f64 {
+        let m = y * z;
+        let e = (-m.abs()).exp();
+        let s = if m >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+        -y * s
+    }
 }
 
 /// (z - y)^2.
@@ -82,6 +92,11 @@ impl SampleLoss for Squared {
     fn value_deriv(z: f64, y: f64) -> (f64, f64) {
         let r = z - y;
         (r * r, 2.0 * r)
+    }
+
+    #[inline(always)]
+    fn deriv(z: f64, y: f64) -> f64 {
+        2.0 * (z - y)
     }
 }
 
@@ -184,6 +199,25 @@ impl Shard {
             unsafe { sparse_axpy_unchecked(dl, idx, val, grad) };
         }
         total
+    }
+
+    /// grad <- sum_j phi'(.) a_j over all rows (no loss: one exp per row less).
+    #[inline(always)]
+    fn sum_grad<L: SampleLoss>(&self, x: &[f64], grad: &mut [f64]) {
+        let d = self.a.n_cols();
+        assert!(x.len() == d && grad.len() == d);
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        let indptr = self.a.indptr();
+        let (indices, values) = (self.a.indices(), self.a.values());
+        for j in 0..self.a.n_rows() {
+            let (s, e) = (indptr[j], indptr[j + 1]);
+            let (idx, val) = (&indices[s..e], &values[s..e]);
+            // SAFETY: CSR column indices are < n_cols == x.len() == grad.len().
+            let z = unsafe { sparse_dot_unchecked(idx, val, x) };
+            let dl = L::deriv(z, self.y[j]);
+            // SAFETY: as above.
+            unsafe { sparse_axpy_unchecked(dl, idx, val, grad) };
+        }
     }
 
     #[inline(always)]
@@ -317,6 +351,15 @@ macro_rules! impl_oracle {
                 let total = self.shard.sum_loss_grad::<$loss>(x, 0..n, grad);
                 let data = finish_mean(total, n, grad);
                 data + nonconvex_reg($lambda(self), x, Some(grad))
+            }
+
+            #[track_caller]
+            fn grad(&mut self, x: &[f64], grad: &mut [f64]) {
+                self.shard.check(x, Some(grad));
+                let n = self.shard.a.n_rows();
+                self.shard.sum_grad::<$loss>(x, grad);
+                finish_mean(0.0, n, grad);
+                nonconvex_reg($lambda(self), x, Some(grad));
             }
 
             #[track_caller]

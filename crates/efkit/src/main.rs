@@ -7,6 +7,9 @@
 mod output;
 mod plot;
 mod repro;
+mod repro_bw;
+mod repro_safe;
+mod repro_sgdm;
 mod run;
 
 use std::path::PathBuf;

@@ -20,6 +20,24 @@ use crate::run::{run_config, RunOptions};
 pub enum ReproName {
     /// EF21 paper (NeurIPS 2021): EF21, EF14, EF21+ and GD on four LibSVM sets, ||grad f||^2 vs bits/n.
     Ef21,
+    /// EF21 B&W: EF21-PAGE vs EF21-SGD (batch 25%, 12.5%, 1.5%) on mushrooms, w8a, a9a.
+    BwPage,
+    /// EF21 B&W: EF21-PP (50%, 25%, 12.5%, 6.5% participation) vs EF21, n = 100.
+    BwPp,
+    /// EF21 B&W: EF21-BC (worker Top-2, server Top-2/4/8/16) vs EF21.
+    BwBc,
+    /// EF21 B&W: EF21-HB (eta 0.2, 0.4, 0.9) vs EF21.
+    BwHb,
+    /// EF21 B&W: EF21-Prox (l1) vs proximal gradient on a9a.
+    BwProx,
+    /// Figure 2: EF21-SGD's plateau under stochastic noise vs EF21-SGDM.
+    SgdmDivergence,
+    /// SGDM paper: MNIST multiclass logistic regression, B = 1 and 128.
+    SgdmMnist,
+    /// Safe-EF vs baselines on Neyman-Pearson classification (a9a, n = 16).
+    SafeEf,
+    /// Figure 3 analog: stochastic Safe-EF with n = 1..32 workers.
+    SafeEfScaling,
 }
 
 /// One curve of a figure.
@@ -98,6 +116,15 @@ pub fn cmd_repro(name: ReproName, out: Option<PathBuf>, force: bool, quick: bool
     std::fs::create_dir_all(&out)?;
     match name {
         ReproName::Ef21 => repro_ef21(&out, force, quick, quiet),
+        ReproName::BwPage => crate::repro_bw::bw_page(&out, force, quick, quiet),
+        ReproName::BwPp => crate::repro_bw::bw_pp(&out, force, quick, quiet),
+        ReproName::BwBc => crate::repro_bw::bw_bc(&out, force, quick, quiet),
+        ReproName::BwHb => crate::repro_bw::bw_hb(&out, force, quick, quiet),
+        ReproName::BwProx => crate::repro_bw::bw_prox(&out, force, quick, quiet),
+        ReproName::SgdmDivergence => crate::repro_sgdm::sgdm_divergence(&out, force, quick, quiet),
+        ReproName::SgdmMnist => crate::repro_sgdm::sgdm_mnist(&out, force, quick, quiet),
+        ReproName::SafeEf => crate::repro_safe::safe_ef(&out, force, quick, quiet),
+        ReproName::SafeEfScaling => crate::repro_safe::safe_ef_scaling(&out, force, quick, quiet),
     }
 }
 
