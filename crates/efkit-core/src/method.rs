@@ -30,6 +30,7 @@
 //! | `ef21-plus` | full gradient | EF21+ | plain | model | all |
 //! | `sgd` | minibatch | none (identity C) | plain | model | all |
 //! | `ef21-sgd` | minibatch | EF21 | plain | model | all |
+//! | `ef21-sgd-ideal` | minibatch | EF21-ideal (knows grad f_i; dense uplink) | plain | model | all |
 //! | `ef21-page` | PAGE | EF21 | plain | model | all |
 //! | `ef21-pp` | full gradient | EF21 | plain | model | sampled |
 //! | `ef21-bc` | full gradient | EF21 | plain | compressed estimate | all |
@@ -118,6 +119,13 @@ pub enum Feedback {
     Ef21,
     /// EF21+: keep the closer of g_i + C(h - g_i) and C(h); one flag bit says which.
     Ef21Plus,
+    /// EF21-SGD-ideal (Fatkhullin, Tyurin & Richtarik 2023; algorithms.md §7.1), an
+    /// analysis device: the worker knows its exact local gradient and sets
+    /// g_i = grad f_i(x) + C(h - grad f_i(x)), h the stochastic estimate. The uplink
+    /// carries g_i itself with the dense codec and the server averages (g = mean_i g_i):
+    /// in a real system this message is dense (d values), so the bits of this method
+    /// say nothing about communication efficiency; only its iterates are meaningful.
+    Ef21Ideal,
 }
 
 /// The server's update of the model from the aggregate g.
@@ -331,7 +339,7 @@ pub struct MethodSpec {
 /// The preset names.
 pub const METHOD_NAMES: &[&str] = &[
     "gd", "dcgd", "ef14", "ef21", "ef21-plus", "sgd", "ef21-sgd", "ef21-page", "ef21-pp", "ef21-bc", "ef21-hb",
-    "ef21-prox", "ef14-sgd", "ef21-sgdm", "ef21-sgd2m",
+    "ef21-prox", "ef14-sgd", "ef21-sgdm", "ef21-sgd2m", "ef21-sgd-ideal",
 ];
 
 impl MethodSpec {
@@ -400,6 +408,10 @@ impl MethodSpec {
                 p.estimator = Estimator::Minibatch(batch()?);
             }
             "ef21-sgd" => p.estimator = Estimator::Minibatch(batch()?),
+            "ef21-sgd-ideal" => {
+                p.feedback = Feedback::Ef21Ideal;
+                p.estimator = Estimator::Minibatch(batch()?);
+            }
             "ef14-sgd" => {
                 p.feedback = Feedback::Ef14;
                 p.estimator = Estimator::Minibatch(batch()?);
@@ -477,7 +489,7 @@ impl MethodSpec {
         };
         let n = self.name.as_str();
         unused("eta", self.eta.is_some(), matches!(n, "ef21-hb" | "ef21-sgdm" | "ef21-sgd2m"))?;
-        unused("batch", self.batch.is_some(), matches!(n, "sgd" | "ef21-sgd" | "ef14-sgd" | "ef21-page" | "ef21-sgdm" | "ef21-sgd2m"))?;
+        unused("batch", self.batch.is_some(), matches!(n, "sgd" | "ef21-sgd" | "ef14-sgd" | "ef21-page" | "ef21-sgdm" | "ef21-sgd2m" | "ef21-sgd-ideal"))?;
         unused("init_batch", self.init_batch.is_some(), matches!(n, "ef21-sgdm" | "ef21-sgd2m"))?;
         unused("p", self.p.is_some(), n == "ef21-page")?;
         unused("shared_coin", self.shared_coin.is_some(), n == "ef21-page")?;
@@ -600,13 +612,18 @@ pub fn decode_uplink(bytes: &[u8], parts: &Parts, codecs: &Codecs, round: u64, s
     if parts.feedback == Feedback::Ef21Plus && round > 0 {
         out.replace = r.read_bit()?;
     }
-    let c = if dense_init_round(parts, round) { &codecs.dense } else { &codecs.uplink };
+    let c = if dense_uplink(parts, round) { &codecs.dense } else { &codecs.uplink };
     c.decode(&mut r, &DecodeCtx { shared_key }, &mut out.vec)?;
     r.finish()
 }
 
 fn dense_init_round(parts: &Parts, round: u64) -> bool {
     round == 0 && parts.init == InitMode::Dense && matches!(parts.feedback, Feedback::Ef21 | Feedback::Ef21Plus)
+}
+
+/// Whether the uplink of `round` travels in the dense codec (dense init, EF21-SGD-ideal).
+fn dense_uplink(parts: &Parts, round: u64) -> bool {
+    dense_init_round(parts, round) || parts.feedback == Feedback::Ef21Ideal
 }
 
 /// The key of the shared-seed stream for (worker, round) uplinks.
@@ -836,6 +853,19 @@ impl Worker {
                     }
                     sc.up.vec.add_to(&mut st.g);
                 }
+                Feedback::Ef21Ideal => {
+                    // the exact local gradient: what makes this method "ideal"
+                    oracle.grad(&st.x, &mut sc.tmp2);
+                    for ((t, h), gf) in sc.tmp.iter_mut().zip(&sc.est).zip(&sc.tmp2) {
+                        *t = h - gf;
+                    }
+                    // C(h - grad f_i(x)), then g_i = grad f_i(x) + C(...) sent dense
+                    sc.alt_writer.clear();
+                    uplink.compress(&sc.tmp, &mut ctx, &mut sc.alt, &mut sc.alt_writer)?;
+                    sc.alt.add_to(&mut sc.tmp2);
+                    codecs.dense.compress(&sc.tmp2, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                    sc.up.vec.to_dense(&mut st.g);
+                }
                 Feedback::Ef21Plus => {
                     if !st.initialized {
                         uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
@@ -890,7 +920,7 @@ impl Worker {
         }
         finish_into(&mut w, &mut sc.wire.bytes);
         sc.alt_writer = w;
-        let used: &dyn Compressor = if dense_init_round(parts, rc.round) { codecs.dense.as_ref() } else { uplink };
+        let used: &dyn Compressor = if dense_uplink(parts, rc.round) { codecs.dense.as_ref() } else { uplink };
         sc.wire.paper_bits = used.paper_bits(&sc.up.vec) + u64::from(parts.feedback == Feedback::Ef21Plus && rc.round > 0);
         st.bits_up_wire += sc.wire.wire_bits();
         st.bits_up_paper += sc.wire.paper_bits;
@@ -1029,8 +1059,8 @@ impl Server {
         }
         let _ = received;
         match parts.feedback {
-            Feedback::None => {
-                // DCGD / GD / SGD: g^t = (1/n) sum_i c_i
+            Feedback::None | Feedback::Ef21Ideal => {
+                // DCGD / GD / SGD: g^t = (1/n) sum_i c_i; EF21-SGD-ideal: g^t = (1/n) sum_i g_i
                 for (g, a) in st.g.iter_mut().zip(&sc.acc) {
                     *g = a * inv_n;
                 }

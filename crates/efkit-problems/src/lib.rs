@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod constrained;
 pub mod csr;
 pub mod datasets;
 pub mod eigen;

@@ -88,6 +88,23 @@ pub struct Summary {
     pub message: Option<String>,
 }
 
+/// The full state of a cluster: what a checkpoint stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Server state.
+    pub server: efkit_core::method::ServerState,
+    /// Worker states by id.
+    pub workers: Vec<efkit_core::method::WorkerState>,
+    /// Total (worker, round) participations so far.
+    pub participations: u64,
+    /// Participants of the last round.
+    pub last_participants: usize,
+    /// f(x^0), for the blow-up rule.
+    pub initial_loss: f64,
+    /// Seconds elapsed when the state was taken.
+    pub elapsed: f64,
+}
+
 /// Server, workers and their oracles in one process.
 pub struct Cluster {
     /// The method parts.
@@ -248,20 +265,69 @@ impl Cluster {
         }
     }
 
+    /// The complete algorithm state (server, workers, counters) as plain values.
+    pub fn snapshot(&self, initial_loss: f64, elapsed: f64) -> ClusterState {
+        ClusterState {
+            server: self.server.state.clone(),
+            workers: self.workers.iter().map(|w| w.state.clone()).collect(),
+            participations: self.participations,
+            last_participants: self.last_participants,
+            initial_loss,
+            elapsed,
+        }
+    }
+
+    /// Restores a snapshot taken from a cluster built from the same config.
+    pub fn restore(&mut self, s: ClusterState) -> Result<(), String> {
+        let d = self.server.state.x.len();
+        if s.workers.len() != self.workers.len() {
+            return Err(format!("checkpoint has {} workers, the config has {}", s.workers.len(), self.workers.len()));
+        }
+        if s.server.x.len() != d || s.workers.iter().any(|w| w.x.len() != d || w.id >= self.workers.len()) {
+            return Err(format!("checkpoint dimensions do not match the config (d = {d})"));
+        }
+        self.server.state = s.server;
+        for (w, st) in self.workers.iter_mut().zip(s.workers) {
+            w.state = st;
+        }
+        self.participations = s.participations;
+        self.last_participants = s.last_participants;
+        Ok(())
+    }
+
     /// Runs until a stopping rule fires; `on_log` sees every logged round
     /// (round 0 included) and may interrupt.
-    pub fn run(&mut self, rules: &StopRules, mut on_log: impl FnMut(&RoundMetrics) -> Control) -> Summary {
+    pub fn run(&mut self, rules: &StopRules, on_log: impl FnMut(&RoundMetrics) -> Control) -> Summary {
+        self.run_with(rules, None, None, on_log, |_| Ok(()))
+    }
+
+    /// [`Cluster::run`] with resumption and checkpoints: `resume` gives the
+    /// initial loss and elapsed seconds of the interrupted run (its last logged
+    /// round is not logged again); every `checkpoint_every` rounds, after the
+    /// round's metrics are logged, `on_checkpoint` receives the full state. A
+    /// checkpoint is also taken when the run is interrupted.
+    pub fn run_with(
+        &mut self,
+        rules: &StopRules,
+        resume: Option<(f64, f64)>,
+        checkpoint_every: Option<u64>,
+        mut on_log: impl FnMut(&RoundMetrics) -> Control,
+        mut on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
+    ) -> Summary {
         let start = Instant::now();
+        let elapsed0 = resume.map_or(0.0, |r| r.1);
         let log_every = rules.log_every.max(1);
-        let mut m = self.metrics(0.0);
-        let initial_loss = m.loss;
+        let initial_loss = match resume {
+            Some((l, _)) => l,
+            None => self.metrics(0.0).loss,
+        };
         let check = |m: &RoundMetrics| -> Option<(Status, Option<String>)> {
             if !m.loss.is_finite() || !m.grad_norm_sq.is_finite() {
                 let what = if !m.loss.is_finite() { format!("loss = {}", m.loss) } else { format!("grad_norm_sq = {}", m.grad_norm_sq) };
-                return Some((Status::Diverged, Some(format!("round {}: {what}", m.round))));
+                return Some((Status::Diverged, Some(format!("diverged at round {}: {what}", m.round))));
             }
             if m.loss > rules.blowup * initial_loss.abs().max(1.0) {
-                return Some((Status::Diverged, Some(format!("round {}: loss = {:e} exceeds {} x the initial loss", m.round, m.loss, rules.blowup))));
+                return Some((Status::Diverged, Some(format!("diverged at round {}: loss = {:e} exceeds {} x max(1, |f(x^0)|)", m.round, m.loss, rules.blowup))));
             }
             if let Some(tol) = rules.tol {
                 if m.grad_norm_sq <= tol {
@@ -270,40 +336,53 @@ impl Cluster {
             }
             None
         };
-        if let Some((status, message)) = check(&m) {
-            let c = on_log(&m);
-            let _ = c;
-            return Summary { status, rounds: 0, last: Some(m), message };
+        let mut last = None;
+        if resume.is_none() {
+            let m = self.metrics(0.0);
+            let stop = check(&m);
+            let ctl = on_log(&m);
+            last = Some(m);
+            if let Some((status, message)) = stop {
+                return Summary { status, rounds: 0, last, message };
+            }
+            if ctl == Control::Interrupt {
+                let _ = on_checkpoint(&self.snapshot(initial_loss, elapsed0));
+                return Summary { status: Status::Interrupted, rounds: 0, last, message: None };
+            }
         }
-        if on_log(&m) == Control::Interrupt {
-            return Summary { status: Status::Interrupted, rounds: 0, last: Some(m), message: None };
-        }
-        let mut last = Some(m);
+        let mut checkpoint_err: Option<String> = None;
         loop {
             let r = self.server.state.round;
             if r >= rules.max_rounds {
-                return Summary { status: Status::MaxRounds, rounds: r, last, message: None };
+                return Summary { status: Status::MaxRounds, rounds: r, last, message: checkpoint_err };
             }
             if let Err(msg) = self.step() {
-                return Summary { status: Status::Diverged, rounds: self.round(), last, message: Some(msg) };
+                return Summary { status: Status::Diverged, rounds: self.round(), last, message: Some(format!("diverged: {msg}")) };
             }
             let r = self.server.state.round;
-            let elapsed = start.elapsed().as_secs_f64();
+            let elapsed = elapsed0 + start.elapsed().as_secs_f64();
             let time_up = rules.time_limit.is_some_and(|t| elapsed >= t);
+            let mut ctl = Control::Continue;
             if r % log_every == 0 || r >= rules.max_rounds || time_up {
-                m = self.metrics(elapsed);
+                let m = self.metrics(elapsed);
                 let stop = check(&m);
-                let ctl = on_log(&m);
+                ctl = on_log(&m);
                 last = Some(m);
                 if let Some((status, message)) = stop {
                     return Summary { status, rounds: r, last, message };
                 }
-                if ctl == Control::Interrupt {
-                    return Summary { status: Status::Interrupted, rounds: r, last, message: None };
+            }
+            let want_ckpt = checkpoint_every.is_some_and(|c| c > 0 && r % c == 0) || ctl == Control::Interrupt;
+            if want_ckpt {
+                if let Err(e) = on_checkpoint(&self.snapshot(initial_loss, elapsed)) {
+                    checkpoint_err = Some(format!("checkpoint at round {r} failed: {e}"));
                 }
             }
+            if ctl == Control::Interrupt {
+                return Summary { status: Status::Interrupted, rounds: r, last, message: checkpoint_err };
+            }
             if time_up {
-                return Summary { status: Status::TimeLimit, rounds: r, last, message: None };
+                return Summary { status: Status::TimeLimit, rounds: r, last, message: checkpoint_err };
             }
         }
     }

@@ -151,6 +151,9 @@ pub struct StopConfig {
     /// Divergence when the loss exceeds this factor times max(1, |f(x^0)|).
     #[serde(default = "default_blowup")]
     pub blowup: f64,
+    /// Write a checkpoint every this many rounds (`efkit resume DIR` continues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
 }
 
 fn default_rounds() -> u64 {
@@ -165,7 +168,7 @@ fn default_blowup() -> f64 {
 
 impl Default for StopConfig {
     fn default() -> Self {
-        StopConfig { max_rounds: default_rounds(), tol: None, time_limit: None, log_every: 1, blowup: default_blowup() }
+        StopConfig { max_rounds: default_rounds(), tol: None, time_limit: None, log_every: 1, blowup: default_blowup(), checkpoint_every: None }
     }
 }
 

@@ -14,8 +14,9 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod setup;
 
-pub use cluster::{Cluster, Control, RoundMetrics, Status, StopRules, Summary};
+pub use cluster::{Cluster, ClusterState, Control, RoundMetrics, Status, StopRules, Summary};

@@ -92,6 +92,9 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     if let Some(t) = cfg.stop.time_limit {
         positive("stop.time_limit", t)?;
     }
+    if cfg.stop.checkpoint_every == Some(0) {
+        return Err(bad("stop.checkpoint_every", "must be >= 1"));
+    }
     if cfg.stop.log_every == 0 {
         return Err(bad("stop.log_every", "must be >= 1"));
     }

@@ -62,6 +62,14 @@ enum Command {
         /// Worker threads (overrides the config; results do not depend on it).
         #[arg(long)]
         threads: Option<usize>,
+        /// Write a checkpoint every N rounds (then `efkit resume DIR` continues the run).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        checkpoint_every: Option<u64>,
+    },
+    /// Continue a run from its checkpoint.
+    Resume {
+        /// The run directory.
+        dir: PathBuf,
     },
     /// Reproduce a paper figure end to end.
     Repro {
@@ -169,7 +177,8 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { config, out, force, set, threads } => run::cmd_run(&config, out, force, &set, threads, cli.quiet),
+        Command::Run { config, out, force, set, threads, checkpoint_every } => run::cmd_run(&config, out, force, &set, threads, checkpoint_every, cli.quiet),
+        Command::Resume { dir } => run::cmd_resume(&dir, cli.quiet),
         Command::Repro { name, out, force, quick } => repro::cmd_repro(name, out, force, quick, cli.quiet),
         Command::Plot { dirs, x, y, out } => run::cmd_plot(&dirs, x, &y, &out),
         Command::Data { command } => match command {

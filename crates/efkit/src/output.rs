@@ -81,6 +81,24 @@ impl JsonLines {
         Ok(JsonLines { file })
     }
 
+    /// Rewrites the file atomically with `rows`, then opens it for appending.
+    pub fn create_atomic<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<Self> {
+        let mut buf = Vec::new();
+        for r in rows {
+            buf.extend_from_slice(serde_json::to_string(r)?.as_bytes());
+            buf.push(b'\n');
+        }
+        write_atomic(path, &buf)?;
+        let file = OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(JsonLines { file })
+    }
+
+    /// Flushes to disk.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file.sync_all()?;
+        Ok(())
+    }
+
     /// Appends one value as a line.
     pub fn push<T: serde::Serialize>(&mut self, v: &T) -> Result<()> {
         let mut line = serde_json::to_string(v)?;

@@ -139,7 +139,7 @@ pub fn logreg_config(dataset: &str, workers: usize, method: &str, compressor: Co
         server_compressor: None,
         step: StepConfig { rule: rule.into(), multiplier, value: None, mu: None },
         init: InitConfig { kind: "gaussian".into(), std: 1.0, path: None },
-        stop: StopConfig { max_rounds, tol, time_limit: None, log_every, blowup: 1e6 },
+        stop: StopConfig { max_rounds, tol, time_limit: None, log_every, blowup: 1e6, checkpoint_every: None },
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use efkit_runtime::config::Config;
+use efkit_runtime::checkpoint;
 use efkit_runtime::setup;
 use efkit_runtime::{Control, RoundMetrics, Status, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -83,8 +84,51 @@ pub fn run_config(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Summary
     let mut resolved = cfg.clone();
     resolved.step.value.get_or_insert(prepared.info.gamma);
     output::write_atomic(&out.join("config.toml"), resolved.to_toml().as_bytes())?;
+    let metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
+    drive(prepared, cfg, out, opts, metrics, Vec::new(), None)
+}
+
+/// `efkit resume DIR`: continues a run from its checkpoint.
+pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
+    install_signal_handler();
+    let cfg = load_config(&dir.join("config.toml"), &[])?;
+    let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
+    if !ck_path.exists() {
+        return Err(UserError(format!("{} has no checkpoint ({}); run with --checkpoint-every N to write one", dir.display(), ck_path.display())).into());
+    }
+    let ck = checkpoint::read(&ck_path).map_err(|e| UserError(e.to_string()))?;
+    let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
+    let round = ck.state.server.round;
+    let (initial_loss, elapsed) = (ck.state.initial_loss, ck.state.elapsed);
+    prepared.cluster.restore(ck.state).map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+    // keep the metrics up to the checkpoint's round; later lines are redone
+    let metrics_path = dir.join("metrics.jsonl");
+    let old = plot::read_metrics(&metrics_path).unwrap_or_default();
+    let mut rows: Vec<RoundMetrics> = Vec::new();
+    for v in old {
+        let m: RoundMetrics = serde_json::from_value(v).map_err(|e| UserError(format!("{}: {e}", metrics_path.display())))?;
+        if m.round <= round {
+            rows.push(m);
+        }
+    }
+    let mut metrics = JsonLines::create_atomic(&metrics_path, &rows)?;
+    metrics.sync()?;
+    let opts = RunOptions { quiet, force: true, label: None };
+    let summary = drive(prepared, &cfg, dir, &opts, metrics, rows, Some((initial_loss, elapsed)))?;
+    report(&cfg, &summary, dir);
+    Ok(exit_code(&summary))
+}
+
+fn drive(
+    prepared: setup::Prepared,
+    cfg: &Config,
+    out: &Path,
+    opts: &RunOptions,
+    mut metrics: JsonLines,
+    mut rows: Vec<RoundMetrics>,
+    resume: Option<(f64, f64)>,
+) -> Result<Summary> {
     let mut cluster = prepared.cluster;
-    let mut metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
     let pb = if opts.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::hidden()
     } else {
@@ -93,23 +137,29 @@ pub fn run_config(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Summary
         pb.set_prefix(opts.label.clone().unwrap_or_else(|| cfg.method.name.clone()));
         pb
     };
-    let mut rows: Vec<RoundMetrics> = Vec::new();
     let mut write_err: Option<anyhow::Error> = None;
     let rules = setup::stop_rules(cfg);
-    let summary = cluster.run(&rules, |m| {
-        if let Err(e) = metrics.push(m) {
-            write_err = Some(e);
-            return Control::Interrupt;
-        }
-        pb.set_position(m.round);
-        pb.set_message(format!("|grad|^2 = {:.3e}", m.grad_norm_sq));
-        rows.push(m.clone());
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            Control::Interrupt
-        } else {
-            Control::Continue
-        }
-    });
+    let ck_path = out.join(checkpoint::CHECKPOINT_FILE);
+    let summary = cluster.run_with(
+        &rules,
+        resume,
+        cfg.stop.checkpoint_every,
+        |m| {
+            if let Err(e) = metrics.push(m) {
+                write_err = Some(e);
+                return Control::Interrupt;
+            }
+            pb.set_position(m.round);
+            pb.set_message(format!("|grad|^2 = {:.3e}", m.grad_norm_sq));
+            rows.push(m.clone());
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                Control::Interrupt
+            } else {
+                Control::Continue
+            }
+        },
+        |state| checkpoint::write(&ck_path, &checkpoint::Checkpoint { state: state.clone() }).map_err(|e| e.to_string()),
+    );
     pb.finish_and_clear();
     if let Some(e) = write_err {
         return Err(e.context("writing metrics"));
@@ -148,23 +198,7 @@ pub fn run_config(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Summary
     Ok(summary)
 }
 
-/// Exit code for a finished run.
-pub fn exit_code(s: &Summary) -> u8 {
-    match s.status {
-        Status::Diverged => EXIT_DIVERGED,
-        Status::Interrupted => EXIT_INTERRUPTED,
-        _ => 0,
-    }
-}
-
-/// `efkit run`.
-pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String], threads: Option<usize>, quiet: bool) -> Result<u8> {
-    let mut cfg = load_config(config, sets)?;
-    if let Some(t) = threads {
-        cfg.threads = t;
-    }
-    let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
-    let summary = run_config(&cfg, &out, &RunOptions { quiet, force, label: None })?;
+fn report(cfg: &Config, summary: &Summary, out: &Path) {
     let last = summary.last.as_ref();
     eprintln!(
         "{}: status {:?} after {} rounds, ||grad f||^2 = {:.3e}, uplink {:.3e} bits/worker; results in {}",
@@ -178,6 +212,30 @@ pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String]
     if let Some(msg) = &summary.message {
         eprintln!("{msg}");
     }
+}
+
+/// Exit code for a finished run.
+pub fn exit_code(s: &Summary) -> u8 {
+    match s.status {
+        Status::Diverged => EXIT_DIVERGED,
+        Status::Interrupted => EXIT_INTERRUPTED,
+        _ => 0,
+    }
+}
+
+/// `efkit run`.
+#[allow(clippy::too_many_arguments)]
+pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String], threads: Option<usize>, checkpoint_every: Option<u64>, quiet: bool) -> Result<u8> {
+    let mut cfg = load_config(config, sets)?;
+    if let Some(t) = threads {
+        cfg.threads = t;
+    }
+    if checkpoint_every.is_some() {
+        cfg.stop.checkpoint_every = checkpoint_every;
+    }
+    let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
+    let summary = run_config(&cfg, &out, &RunOptions { quiet, force, label: None })?;
+    report(&cfg, &summary, &out);
     Ok(exit_code(&summary))
 }
 

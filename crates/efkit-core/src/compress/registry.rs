@@ -287,9 +287,8 @@ fn fuzz_specs() -> Vec<(CompressorSpec, usize)> {
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) -> Option<Result<CompressedVec, DecodeError>> {
     static COMPRESSORS: std::sync::OnceLock<Vec<(Box<dyn Compressor>, usize)>> = std::sync::OnceLock::new();
-    let all = COMPRESSORS.get_or_init(|| {
-        fuzz_specs().into_iter().filter_map(|(s, d)| build(&s, d).ok().map(|c| (c, d))).collect()
-    });
+    let all = COMPRESSORS
+        .get_or_init(|| fuzz_specs().into_iter().filter_map(|(s, d)| build(&s, d).ok().map(|c| (c, d))).collect());
     let (&sel, rest) = data.split_first()?;
     let (&key, rest) = rest.split_first().unwrap_or((&0, &[]));
     let (c, d) = all.get(sel as usize % all.len().max(1))?;

@@ -262,12 +262,31 @@ pub(crate) fn overflow_error(fmt: ValueFormat, v: f64, index: usize) -> Compress
 }
 
 /// Checks that `x` has length `d` and finite entries (shared compressor prologue).
+///
+/// Same result as [`check_finite`] (which builds the error), but the screen
+/// sums `v * 0.0` (NaN exactly for non-finite v) in eight independent lanes, so
+/// it runs at memory speed instead of one dependent addition per entry.
 #[inline]
 pub(crate) fn check_input(x: &[f64], d: usize) -> Result<(), CompressError> {
     if x.len() != d {
         return Err(CompressError::Shape(format!("input has length {}, compressor was built for d = {d}", x.len())));
     }
-    check_finite(x)
+    let mut acc = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i] * 0.0;
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for v in chunks.remainder() {
+        s += v * 0.0;
+    }
+    if s == 0.0 {
+        Ok(())
+    } else {
+        check_finite(x)
+    }
 }
 
 /// Writes a sparse message: the index set of `c` then its values in `fmt`.

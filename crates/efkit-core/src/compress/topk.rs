@@ -6,8 +6,11 @@
 //! <= (1 - K/d) ||x||^2: class B(K/d) (Stich, Cordonnier & Jaggi, "Sparsified SGD
 //! with memory", NeurIPS 2018, Lemma A.1; algorithms.md §3.2).
 //!
-//! Selection is O(d) and allocation-free in steady state: for finite x the bit
-//! pattern of |x| read as an unsigned integer is monotone in |x|, so one pass
+//! Selection is O(d) and allocation-free in steady state. For d >= 2^14 a
+//! strided sample first proposes a lower threshold and one pass collects the
+//! candidates above it (see `select_by_sample`; exact, with the method below as
+//! fallback when the sample overshoots). The general method: for finite x the
+//! bit pattern of |x| read as an unsigned integer is monotone in |x|, so one pass
 //! builds a histogram of the top bits of `|x|.to_bits()` (at most 2^16 buckets),
 //! a scan from the top finds the bucket holding the K-th largest magnitude, a
 //! second pass collects (in increasing index order) every index whose bucket is
@@ -53,6 +56,9 @@ fn mag(v: f64) -> u64 {
     v.to_bits() << 1
 }
 
+/// Dimensions from which the sampled threshold is tried first.
+const SAMPLE_MIN_D: usize = 1 << 14;
+
 /// Writes into `idx`, in increasing order, the indices of the `k` entries of
 /// `x` of largest magnitude, ties toward the lower index. `x` must be finite.
 /// `hist` and `cand` are scratch; nothing is allocated once they (and `idx`)
@@ -67,14 +73,119 @@ pub(crate) fn select_top_k(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut 
         idx.extend(0..d as u32);
         return;
     }
+    if d >= SAMPLE_MIN_D && select_by_sample(x, k, cand, idx) {
+        return;
+    }
+    select_by_histogram(x, k, hist, cand, idx);
+}
+
+/// Keeps, in order, the members of `idx` with magnitude > `t` and the first
+/// `ties` members with magnitude == `t`.
+#[inline]
+fn compact(x: &[f64], idx: &mut Vec<u32>, t: u64, mut ties: usize) {
+    let mut n = 0usize;
+    for r in 0..idx.len() {
+        let j = idx[r];
+        let m = mag(x[j as usize]);
+        let keep = if m > t {
+            true
+        } else if m == t && ties > 0 {
+            ties -= 1;
+            true
+        } else {
+            false
+        };
+        if keep {
+            idx[n] = j;
+            n += 1;
+        }
+    }
+    idx.truncate(n);
+}
+
+/// `need`-th largest of `cand` (1-based) and how many entries exceed it.
+#[inline]
+fn kth_largest(cand: &mut [u64], need: usize) -> (u64, usize) {
+    let (_, &mut t, _) = cand.select_nth_unstable_by(need - 1, |a, b| b.cmp(a));
+    let greater = cand.iter().filter(|&&m| m > t).count();
+    (t, greater)
+}
+
+/// Appends to `idx`, in order, every j with mag(x_j) >= t (x finite).
+///
+/// Chunks of 8 are screened with a float comparison |x_j| >= |t| (equivalent to
+/// the integer key order for finite values, and vectorisable), and only chunks
+/// with a hit are scanned one by one.
+#[inline]
+fn collect_at_least(x: &[f64], t: u64, idx: &mut Vec<u32>) {
+    idx.clear();
+    let tf = f64::from_bits(t >> 1);
+    let mut chunks = x.chunks_exact(8);
+    let mut base = 0u32;
+    for c in &mut chunks {
+        let mut hit = false;
+        for &v in c {
+            hit |= v.abs() >= tf;
+        }
+        if hit {
+            for (i, &v) in c.iter().enumerate() {
+                if mag(v) >= t {
+                    idx.push(base + i as u32);
+                }
+            }
+        }
+        base += 8;
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        if mag(v) >= t {
+            idx.push(base + i as u32);
+        }
+    }
+}
+
+/// Fast path: a strided sample of s = clamp(d/64, 1024, 16384) magnitudes gives
+/// a lower threshold t_lo (the r-th largest sample, r = mu + 4 sqrt(mu) + 4 with
+/// mu = s K/d the expected number of sampled top-K entries); one pass collects
+/// every index with |x_j| >= t_lo. If at least K were collected they contain
+/// the top K (every other entry is strictly smaller than all of them), and an
+/// exact selection among them finishes; otherwise returns false and the caller
+/// falls back to the histogram method. The result is exact either way; only
+/// the speed depends on the data (typically one pass over x).
+fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>) -> bool {
+    let d = x.len();
+    let s = (d / 64).clamp(1024, 16384).min(d);
+    let stride = d / s;
+    cand.clear();
+    cand.extend((0..s).map(|i| mag(x[i * stride])));
+    let mu = s as f64 * k as f64 / d as f64;
+    let r = ((mu + 4.0 * mu.sqrt() + 4.0).ceil() as usize).clamp(1, s);
+    let (_, &mut t_lo, _) = cand.select_nth_unstable_by(r - 1, |a, b| b.cmp(a));
+    collect_at_least(x, t_lo, idx);
+    if idx.len() < k {
+        idx.clear();
+        return false;
+    }
+    if idx.len() > k {
+        cand.clear();
+        cand.extend(idx.iter().map(|&j| mag(x[j as usize])));
+        let (t, greater) = kth_largest(cand, k);
+        compact(x, idx, t, k - greater);
+    }
+    debug_assert_eq!(idx.len(), k);
+    true
+}
+
+/// Histogram (radix) selection, O(d) for any input: see the module docs.
+fn select_by_histogram(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut Vec<u64>, idx: &mut Vec<u32>) {
+    idx.clear();
+    let d = x.len();
     let key_bits = key_bits_for(d);
     let shift = 64 - key_bits;
     let nb = 1usize << key_bits;
     hist.clear();
     hist.resize(nb, 0);
     let h = &mut hist[..nb];
-    // Pass 1: histogram of the top bits of |x_j|. Two interleaved streams over
-    // one table keep the loop short; repeated keys are the common case.
+    // Pass 1: histogram of the top bits of |x_j|.
     let mut chunks = x.chunks_exact(4);
     for c in &mut chunks {
         let k0 = (mag(c[0]) >> shift) as usize;
@@ -115,31 +226,13 @@ pub(crate) fn select_top_k(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut 
     if need == in_bucket {
         return;
     }
-    // Exact threshold T = need-th largest magnitude within the bucket.
+    // Exact threshold T = need-th largest magnitude within the bucket; entries
+    // of higher buckets exceed T.
     cand.clear();
     cand.extend(idx.iter().map(|&j| mag(x[j as usize])).filter(|&m| (m >> shift) == tb));
-    let (_, &mut t, _) = cand.select_nth_unstable_by(need - 1, |a, b| b.cmp(a));
-    let greater = cand.iter().filter(|&&m| m > t).count();
-    let mut ties = need - greater;
-    let mut n = 0usize;
-    for r in 0..idx.len() {
-        let j = idx[r];
-        let m = mag(x[j as usize]);
-        let keep = if m > t {
-            true
-        } else if m == t && ties > 0 {
-            ties -= 1;
-            true
-        } else {
-            false
-        };
-        if keep {
-            idx[n] = j;
-            n += 1;
-        }
-    }
-    idx.truncate(n);
-    debug_assert_eq!(n, k);
+    let (t, greater) = kth_largest(cand, need);
+    compact(x, idx, t, need - greater);
+    debug_assert_eq!(idx.len(), k);
 }
 
 impl Compressor for TopK {
@@ -239,14 +332,52 @@ mod tests {
     }
 
     #[test]
+    fn sampled_path_matches_naive() {
+        let mut rng = crate::rng::rng_from_key(4);
+        let (mut h, mut c, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for trial in 0..24 {
+            let d = rng.gen_range(SAMPLE_MIN_D..3 * SAMPLE_MIN_D);
+            let k = match trial % 4 {
+                0 => rng.gen_range(1..20),
+                1 => rng.gen_range(1..d),
+                2 => d / 100,
+                _ => d - rng.gen_range(1..20),
+            };
+            let x: Vec<f64> = match trial % 3 {
+                0 => (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+                1 => (0..d).map(|_| rng.gen_range(-2i32..=2) as f64 * 0.25).collect(),
+                _ => (0..d).map(|j| ((j * 7919) % 1000) as f64 - 500.0).collect(),
+            };
+            select_top_k(&x, k, &mut h, &mut c, &mut idx);
+            assert_eq!(idx, naive(&x, k), "trial {trial} d={d} k={k}");
+        }
+    }
+
+    #[test]
     fn large_input_matches_naive() {
         let mut rng = crate::rng::rng_from_key(2);
         let d = 200_000;
-        let x: Vec<f64> = (0..d).map(|_| rng.gen_range(-1.0f64..1.0).powi(3)).collect();
+        let stride = d / (d / 64).clamp(1024, 16384);
+        let inputs: Vec<Vec<f64>> = vec![
+            (0..d).map(|_| rng.gen_range(-1.0f64..1.0).powi(3)).collect(),
+            // the sample sees only small values: far too many candidates
+            (0..d).map(|j| if j % stride == 0 { 1e-9 } else { 1.0 + (j % 7) as f64 }).collect(),
+            // the sample sees only large values: too few candidates, fallback
+            (0..d).map(|j| if j % stride == 0 { 1e9 } else { (j % 13) as f64 }).collect(),
+            // increasing, all equal, mostly zero
+            (0..d).map(|j| j as f64).collect(),
+            vec![2.5; d],
+            (0..d).map(|j| if j % 9973 == 0 { -1.0 } else { 0.0 }).collect(),
+        ];
         let (mut h, mut c, mut idx) = (Vec::new(), Vec::new(), Vec::new());
-        for k in [1, 17, 2000, 100_000, 199_999] {
-            select_top_k(&x, k, &mut h, &mut c, &mut idx);
-            assert_eq!(idx, naive(&x, k));
+        for x in &inputs {
+            for k in [1, 17, 2000, 100_000, 199_999] {
+                select_top_k(x, k, &mut h, &mut c, &mut idx);
+                assert_eq!(idx, naive(x, k));
+                // the histogram path alone gives the same answer
+                select_by_histogram(x, k, &mut h, &mut c, &mut idx);
+                assert_eq!(idx, naive(x, k));
+            }
         }
     }
 }

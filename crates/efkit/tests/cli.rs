@@ -1,0 +1,288 @@
+//! End-to-end tests of the `efkit` binary: a run's outputs, exit codes, bad
+//! input (each gives a clear error and exit code 2), never losing results,
+//! divergence, interruption, and kill-and-resume equality.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_efkit"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("efkit-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const BASE: &str = r#"seed = 5
+[problem]
+kind = "logistic"
+dataset = "phishing"
+workers = 4
+[method]
+name = "ef21"
+[compressor]
+name = "top-k"
+k = 2
+[step]
+rule = "theory"
+multiplier = 4.0
+[init]
+kind = "gaussian"
+[stop]
+max_rounds = 30
+log_every = 5
+"#;
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn metrics_without_seconds(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn run_writes_config_metrics_summary_and_plots() {
+    let d = tmp("run");
+    let cfg = write(&d, "c.toml", BASE);
+    let out = d.join("out");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["config.toml", "metrics.jsonl", "summary.json", "grad_norm_vs_bits.svg", "grad_norm_vs_bits.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let rows = metrics_without_seconds(&out);
+    assert_eq!(rows.len(), 7); // rounds 0, 5, ..., 30
+    for k in ["round", "loss", "grad_norm_sq", "bits_up_wire", "bits_up_paper", "bits_down_wire"] {
+        assert!(rows[3].get(k).is_some(), "{k}");
+    }
+    // paper bits: init 32 d (d = 68) + 32 K per round for K = 2
+    assert_eq!(rows[6]["bits_up_paper"].as_f64().unwrap(), (32 * 68 + 29 * 64) as f64);
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "max_rounds");
+    assert_eq!(s["rounds"], 30);
+    // the resolved config runs again to the same metrics
+    let out2 = d.join("out2");
+    let o = run(&["run", out.join("config.toml").to_str().unwrap(), "--out", out2.to_str().unwrap(), "--quiet", "--threads", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(metrics_without_seconds(&out), metrics_without_seconds(&out2));
+}
+
+#[test]
+fn existing_run_is_never_overwritten_without_force() {
+    let d = tmp("force");
+    let cfg = write(&d, "c.toml", BASE);
+    let out = d.join("out");
+    assert!(run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"]).status.success());
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--set", "stop.max_rounds=3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    // a failing run (bad config) with --force leaves the old results alone too
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--force", "--set", "compressor.k=1000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--force", "--set", "stop.max_rounds=3"]);
+    assert!(o.status.success());
+}
+
+/// (what, config text or None for BASE, extra CLI args, expected stderr fragment)
+fn bad_cases(d: &Path) -> Vec<(&'static str, Option<String>, Vec<String>, &'static str)> {
+    let libsvm_bad = write(d, "bad.libsvm", "+1 1:0.5 2:1\n-1 3:abc\n");
+    let libsvm_zero = write(d, "zero.libsvm", "+1 0:0.5\n-1 1:1\n");
+    let libsvm_order = write(d, "order.libsvm", "+1 3:0.5 2:1\n-1 1:1\n");
+    let libsvm_label = write(d, "label.libsvm", "x 1:0.5\n");
+    let init_short = write(d, "x0.txt", "1 2 3");
+    let init_nan = write(d, "x0nan.txt", &"NaN ".repeat(68));
+    let ds = |p: &Path| BASE.replace("\"phishing\"", &format!("{:?}", p.to_str().unwrap()));
+    let s = |t: &str| Some(t.to_string());
+    let v = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        ("unknown top-level key", s(&format!("{BASE}\nfoo = 1\n")), v(&[]), "unknown field `foo`"),
+        ("typo in a key", s(&BASE.replace("workers", "workrs")), v(&[]), "did you mean `workers`"),
+        ("unknown method", s(&BASE.replace("\"ef21\"", "\"ef99\"")), v(&[]), "unknown method `ef99`"),
+        ("unknown compressor", s(&BASE.replace("\"top-k\"", "\"top-q\"")), v(&[]), "top-q"),
+        ("K > d", None, v(&["--set", "compressor.k=1000"]), "k"),
+        ("K = 0", None, v(&["--set", "compressor.k=0"]), "k"),
+        ("ratio out of range", None, v(&["--set", "compressor.ratio=1.5", "--set", "compressor.k=1"]), "ratio"),
+        ("negative multiplier", None, v(&["--set", "step.multiplier=-1.0"]), "step.multiplier"),
+        ("absolute step without value", None, v(&["--set", "step.rule=\"absolute\""]), "step.value"),
+        ("negative absolute step", None, v(&["--set", "step.rule=\"absolute\"", "--set", "step.value=-0.1"]), "step.value"),
+        ("unknown step rule", None, v(&["--set", "step.rule=\"magic\""]), "step.rule"),
+        ("n larger than rows", None, v(&["--set", "problem.workers=20000"]), "workers"),
+        ("zero workers", None, v(&["--set", "problem.workers=0"]), "workers"),
+        ("unknown dataset", s(&BASE.replace("\"phishing\"", "\"nope\"")), v(&[]), "nope"),
+        ("unknown problem kind", s(&BASE.replace("\"logistic\"", "\"svm\"")), v(&[]), "svm"),
+        ("unknown split", None, v(&["--set", "problem.split=\"random\""]), "random"),
+        ("negative lambda", None, v(&["--set", "problem.lambda=-1.0"]), "lambda"),
+        ("hb without eta", s(&BASE.replace("\"ef21\"", "\"ef21-hb\"")), v(&[]), "eta"),
+        ("hb eta = 1", s(&BASE.replace("name = \"ef21\"", "name = \"ef21-hb\"\neta = 1.0")), v(&[]), "eta"),
+        ("parameter not used by the method", s(&BASE.replace("name = \"ef21\"", "name = \"ef21\"\neta = 0.5")), v(&[]), "not used"),
+        ("sgd without batch", s(&BASE.replace("\"ef21\"", "\"ef21-sgd\"")), v(&[]), "batch"),
+        ("batch fraction > 1", s(&BASE.replace("name = \"ef21\"", "name = \"ef21-sgd\"\nbatch = 1.5")), v(&[]), "batch"),
+        ("pp participation 0", s(&BASE.replace("name = \"ef21\"", "name = \"ef21-pp\"\nparticipation = 0.0")), v(&[]), "participation"),
+        ("bc without server compressor", s(&BASE.replace("\"ef21\"", "\"ef21-bc\"")), v(&[]), "server_compressor"),
+        ("server compressor on a non-bc method", s(&format!("{BASE}[server_compressor]\nname = \"top-k\"\nk = 1\n")), v(&[]), "server_compressor"),
+        ("gd with a compressor", s(&BASE.replace("\"ef21\"", "\"gd\"")), v(&[]), "compressor"),
+        ("tol <= 0", None, v(&["--set", "stop.tol=0.0"]), "stop.tol"),
+        ("log_every 0", None, v(&["--set", "stop.log_every=0"]), "log_every"),
+        ("blowup <= 1", None, v(&["--set", "stop.blowup=0.5"]), "blowup"),
+        ("unknown init", None, v(&["--set", "init.kind=\"ones\""]), "init.kind"),
+        ("init file of wrong length", s(&BASE.replace("kind = \"gaussian\"", &format!("kind = \"file\"\npath = {:?}", init_short.to_str().unwrap()))), v(&[]), "d = 68"),
+        ("init file with NaN", s(&BASE.replace("kind = \"gaussian\"", &format!("kind = \"file\"\npath = {:?}", init_nan.to_str().unwrap()))), v(&[]), "not"),
+        ("malformed LibSVM value", s(&ds(&libsvm_bad)), v(&[]), "line 2"),
+        ("LibSVM index 0", s(&ds(&libsvm_zero)), v(&[]), "line 1"),
+        ("LibSVM indices not increasing", s(&ds(&libsvm_order)), v(&[]), "line 1"),
+        ("LibSVM bad label", s(&ds(&libsvm_label)), v(&[]), "line 1"),
+        ("TOML syntax error", s("seed = = 1"), v(&[]), "config"),
+        ("wrong type", s(&BASE.replace("workers = 4", "workers = \"four\"")), v(&[]), "workers"),
+        ("bad --set", None, v(&["--set", "novalue"]), "KEY=VALUE"),
+        ("unknown flag", None, v(&["--frobnicate"]), "frobnicate"),
+        ("checkpoint-every 0", None, v(&["--checkpoint-every", "0"]), "checkpoint-every"),
+        ("missing config file", s("__missing__"), v(&[]), "cannot read config"),
+    ]
+}
+
+#[test]
+fn bad_input_table_gives_clear_errors_and_exit_code_2() {
+    let d = tmp("bad");
+    let cases = bad_cases(&d);
+    assert!(cases.len() >= 30);
+    for (i, (what, text, args, expect)) in cases.into_iter().enumerate() {
+        let cfg = match text.as_deref() {
+            Some("__missing__") => d.join("does-not-exist.toml"),
+            Some(t) => write(&d, &format!("c{i}.toml"), t),
+            None => write(&d, &format!("c{i}.toml"), BASE),
+        };
+        let out = d.join(format!("out{i}"));
+        let mut a = vec!["run".to_string(), cfg.to_str().unwrap().to_string(), "--out".into(), out.to_str().unwrap().into(), "-q".into()];
+        a.extend(args);
+        let o = bin().args(&a).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: exit {:?}, stderr: {err}", o.status.code());
+        assert!(err.contains(expect), "{what}: expected `{expect}` in: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(!out.join("metrics.jsonl").exists(), "{what}: no work may start");
+    }
+    // other commands
+    for (args, expect) in [
+        (vec!["data", "inspect", "nope"], "nope"),
+        (vec!["compressors", "--dim", "0"], "dim"),
+        (vec!["resume", "/nonexistent-efkit-dir"], "cannot read config"),
+        (vec!["repro", "no-such-figure"], "no-such-figure"),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(expect), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn divergence_stops_with_exit_code_3_and_keeps_metrics() {
+    let d = tmp("div");
+    let cfg = write(&d, "c.toml", &BASE.replace("multiplier = 4.0", "multiplier = 1e9"));
+    let out = d.join("out");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--set", "stop.log_every=1", "--set", "stop.blowup=10.0"]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("diverged at round") && err.contains("loss"), "{err}");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "diverged");
+    assert!(!metrics_without_seconds(&out).is_empty());
+}
+
+fn long_config(method_block: &str, rounds: u64) -> String {
+    BASE.replace("name = \"ef21\"", method_block).replace("max_rounds = 30", &format!("max_rounds = {rounds}")).replace("log_every = 5", "log_every = 7")
+}
+
+fn wait_for(path: &Path, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGKILL at a random point, then `efkit resume`: metrics equal an
+/// uninterrupted run (ignoring seconds), for EF21, EF21-SGDM and EF21-PP.
+#[test]
+fn kill_and_resume_equals_uninterrupted_run() {
+    let methods = [
+        ("ef21", "name = \"ef21\""),
+        ("sgdm", "name = \"ef21-sgdm\"\neta = 0.3\nbatch = 8"),
+        ("pp", "name = \"ef21-pp\"\nparticipation = 0.5"),
+    ];
+    for (k, (tag, block)) in methods.iter().enumerate() {
+        let d = tmp(&format!("resume-{tag}"));
+        let cfg = write(&d, "c.toml", &long_config(block, 3000));
+        let full = d.join("full");
+        let o = run(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap(), "-q"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let part = d.join("part");
+        let mut child = bin().args(["run", cfg.to_str().unwrap(), "--out", part.to_str().unwrap(), "-q", "--checkpoint-every", "50"]).spawn().unwrap();
+        assert!(wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)), "no checkpoint appeared");
+        // a pseudo-random extra delay so the kill lands mid-run at different points
+        std::thread::sleep(Duration::from_millis(20 + 37 * k as u64));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let o = run(&["resume", part.to_str().unwrap(), "-q"]);
+        assert!(o.status.success(), "{tag}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(metrics_without_seconds(&full), metrics_without_seconds(&part), "{tag}");
+    }
+}
+
+#[test]
+fn corrupted_checkpoint_is_refused() {
+    let d = tmp("corrupt");
+    let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 60));
+    let out = d.join("out");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--checkpoint-every", "20"]);
+    assert!(o.status.success());
+    let ck = out.join("checkpoint.json");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x01;
+    std::fs::write(&ck, &bytes).unwrap();
+    let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum mismatch"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn sigint_finishes_the_round_and_exits_130() {
+    let d = tmp("sigint");
+    let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 1_000_000));
+    let out = d.join("out");
+    let child = bin().args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"]).spawn().unwrap();
+    assert!(wait_for(&out.join("metrics.jsonl"), Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id();
+    assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130));
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "interrupted");
+    assert!(out.join("checkpoint.json").exists());
+}
