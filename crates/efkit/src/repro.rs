@@ -153,7 +153,7 @@ fn repro_ef21(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     // as the authors' EF21+ script does (algorithms.md §6 note); GD multiplies 1/L.
     let table: [(&str, u64, [(&str, usize, f64); 4]); 4] = [
         ("phishing", 6000, [("ef21", 1, 16.0), ("ef14", 1, 16.0), ("ef21-plus", 1, 256.0), ("gd", 0, 1.0)]),
-        ("mushrooms", 6000, [("ef21", 2, 1024.0), ("ef14", 2, 64.0), ("ef21-plus", 1, 4096.0), ("gd", 0, 4.0)]),
+        ("mushrooms", 12000, [("ef21", 2, 1024.0), ("ef14", 2, 64.0), ("ef21-plus", 1, 4096.0), ("gd", 0, 4.0)]),
         ("a9a", 4000, [("ef21", 4, 64.0), ("ef14", 4, 64.0), ("ef21-plus", 1, 2048.0), ("gd", 0, 2.0)]),
         ("w8a", 4000, [("ef21", 1, 64.0), ("ef14", 1, 32.0), ("ef21-plus", 1, 2048.0), ("gd", 0, 4.0)]),
     ];
