@@ -286,3 +286,54 @@ fn sigint_finishes_the_round_and_exits_130() {
     assert_eq!(s["status"], "interrupted");
     assert!(out.join("checkpoint.json").exists());
 }
+
+#[test]
+fn data_compressors_and_plot_commands() {
+    let o = run(&["data", "list"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    for name in ["a9a", "w8a", "mushrooms", "phishing", "a9a.t", "w8a.t"] {
+        assert!(s.lines().any(|l| l.starts_with(name)), "{name} missing in: {s}");
+    }
+    let o = run(&["data", "inspect", "mushrooms"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("8124") && s.contains("112") && s.contains("170604"), "{s}");
+    let o = run(&["compressors", "--dim", "100"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("top-k") && s.contains("alpha=1.0000e-2"), "{s}");
+    assert!(s.contains("scaled-rand-k") && s.contains("omega=9.9000e1"), "{s}");
+    // plot two runs
+    let d = tmp("plot");
+    let cfg = write(&d, "c.toml", BASE);
+    let a = d.join("a");
+    let b = d.join("b");
+    assert!(run(&["run", cfg.to_str().unwrap(), "--out", a.to_str().unwrap(), "-q"]).status.success());
+    assert!(run(&["run", cfg.to_str().unwrap(), "--out", b.to_str().unwrap(), "-q", "--set", "method.name=\"ef14\""]).status.success());
+    let stem = d.join("overlay");
+    let o = run(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--x", "rounds", "--out", stem.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(d.join("overlay.svg")).unwrap();
+    let texts: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit('>').next()).map(|t| t.trim()).collect();
+    assert!(texts.contains(&"a") && texts.contains(&"b"), "legend labels a and b: {texts:?}");
+    assert!(std::fs::read(d.join("overlay.png")).unwrap().starts_with(b"\x89PNG"));
+}
+
+/// Every shipped example config runs (a few rounds).
+#[test]
+fn example_configs_run() {
+    let d = tmp("examples");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let out = d.join(p.file_stem().unwrap());
+            let o = run(&["run", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--set", "stop.max_rounds=3"]);
+            assert!(o.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&o.stderr));
+            n += 1;
+        }
+    }
+    assert!(n >= 3);
+}
