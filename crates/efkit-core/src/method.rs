@@ -1020,6 +1020,12 @@ impl Server {
     /// downlink.
     pub fn apply(&mut self, ups: &[Option<&Uplink>], parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<(), CompressError> {
         assert_eq!(ups.len(), self.n, "one uplink slot per worker");
+        self.apply_with(|i| ups[i], parts, codecs, rc)
+    }
+
+    /// [`Server::apply`] with the uplinks given by `up(i)` for worker i (no
+    /// slice of references has to be built each round).
+    pub fn apply_with<'a>(&mut self, up: impl Fn(usize) -> Option<&'a Uplink>, parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<(), CompressError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
         let d = st.x.len();
@@ -1032,8 +1038,8 @@ impl Server {
                 if st.g_i.len() != self.n {
                     st.g_i = vec![vec![0.0; d]; self.n];
                 }
-                for (gi, up) in st.g_i.iter_mut().zip(ups) {
-                    if let Some(up) = up {
+                for (i, gi) in st.g_i.iter_mut().enumerate() {
+                    if let Some(up) = up(i) {
                         if up.replace {
                             up.vec.to_dense(gi);
                         } else {
@@ -1051,9 +1057,11 @@ impl Server {
                 }
             }
             _ => {
-                for up in ups.iter().flatten() {
-                    up.vec.add_to(&mut sc.acc);
-                    received = true;
+                for i in 0..self.n {
+                    if let Some(up) = up(i) {
+                        up.vec.add_to(&mut sc.acc);
+                        received = true;
+                    }
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, ServerStep, Uplink, Worker};
+use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, ServerStep, Worker};
 use efkit_core::oracle::Oracle;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -193,11 +193,11 @@ impl Cluster {
                 })
         });
         res?;
-        let ups: Vec<Option<&Uplink>> = self.workers.iter().zip(&self.mask).map(|(w, &m)| m.then_some(&w.scratch.up)).collect();
         let k = self.mask.iter().filter(|&&m| m).count();
         self.participations += k as u64;
         self.last_participants = k;
-        self.server.apply(&ups, &self.parts, &self.codecs, rc).map_err(|e| format!("server, round {round}: {e}"))
+        let (workers, mask) = (&self.workers, &self.mask);
+        self.server.apply_with(|i| mask[i].then_some(&workers[i].scratch.up), &self.parts, &self.codecs, rc).map_err(|e| format!("server, round {round}: {e}"))
     }
 
     /// Evaluates f and ||grad f||^2 (or the gradient mapping) at the server's x.
