@@ -1,7 +1,8 @@
 //! Compressor throughput: compress+encode and decode at d = 1e5, 1e6, 1e7 for
-//! Top-K (K = d/100), Rand-K (K = d/100), scaled sign and QSGD (s = 4), each
-//! beside a plain `copy_from_slice` of the same f64 vector measured in the same
-//! run (the baseline the ratios in bench/runs/*-compressors.md refer to).
+//! Top-K (K = d/100), Rand-K (K = d/100), scaled sign, QSGD (s = 4) and natural
+//! dithering (s = 4, l2 norm), each beside a plain `copy_from_slice` of the same
+//! f64 vector measured in the same run (the baseline the ratios in
+//! bench/runs/*-compressors.md refer to).
 //!
 //! Run: `cargo bench -p efkit-core --bench compressors` (add `-- top-k` etc. to
 //! filter). Buffers (scratch, output, writer) are reused across iterations, as
@@ -25,7 +26,15 @@ fn specs(d: usize) -> Vec<(&'static str, CompressorSpec)> {
     let sign = CompressorSpec::named("scaled-sign");
     let mut qsgd = CompressorSpec::named("qsgd");
     qsgd.levels = Some(4);
-    vec![("top-k", topk), ("rand-k", randk), ("scaled-sign", sign), ("qsgd", qsgd)]
+    let mut natural_dithering = CompressorSpec::named("natural-dithering");
+    natural_dithering.levels = Some(4);
+    vec![
+        ("top-k", topk),
+        ("rand-k", randk),
+        ("scaled-sign", sign),
+        ("qsgd", qsgd),
+        ("natural-dithering", natural_dithering),
+    ]
 }
 
 fn bench(c: &mut Criterion) {

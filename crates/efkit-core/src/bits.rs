@@ -6,6 +6,14 @@
 //!
 //! Integer codes: fixed width, Elias gamma (for counts) and Golomb–Rice with
 //! parameter `k` (for index gaps; `q` unary ones then a zero, then `k` bits).
+//!
+//! Bulk paths for codecs that write or read one short code per coordinate
+//! (quantizers): [`BitWriter::write_u64_block`] and [`BitReader::read_u64_block`]
+//! move 64 bits at once, [`BitPacker`] collects codes in a 64-bit register and
+//! stores whole words, and [`BitWindow`] decodes from a 64-bit window refilled
+//! with one unaligned load (the classic "bit buffer" technique; see e.g.
+//! F. Giesen, "Reading bits in far too many ways", 2018). They produce and
+//! consume exactly the same bit stream as the one-code-at-a-time methods.
 
 use crate::error::DecodeError;
 
@@ -99,6 +107,41 @@ impl BitWriter {
         self.write_bits(v.to_bits(), 64);
     }
 
+    /// Writes the 64 bits of `v`, most significant first: the same bits as
+    /// `write_bits(v, 64)`, with one 8-byte store.
+    #[inline]
+    pub fn write_u64_block(&mut self, v: u64) {
+        // Invariant: fewer than 8 bits are pending in `acc` (masked to `nacc`).
+        let word = if self.nacc == 0 { v } else { (self.acc << (64 - self.nacc)) | (v >> self.nacc) };
+        self.buf.extend_from_slice(&word.to_be_bytes());
+        self.acc = v & ((1u64 << self.nacc) - 1);
+    }
+
+    /// Appends a whole 64-bit word; the writer must have no pending bits (the
+    /// state inside a [`BitPacker`]).
+    #[inline]
+    fn write_u64_block_aligned(&mut self, word: u64) {
+        debug_assert_eq!(self.nacc, 0);
+        self.buf.extend_from_slice(&word.to_be_bytes());
+    }
+
+    /// Reserves room for at least `n` more bits, so that the writes that follow
+    /// do not reallocate (the buffer keeps its capacity across [`clear`](Self::clear)).
+    pub fn reserve_bits(&mut self, n: u64) {
+        let bytes = usize::try_from(n.div_ceil(8)).unwrap_or(usize::MAX).saturating_add(16);
+        self.buf.reserve(bytes);
+    }
+
+    /// A [`BitPacker`] appending to this writer; its bits are in the writer once
+    /// the packer is dropped.
+    #[inline]
+    pub fn packer(&mut self) -> BitPacker<'_> {
+        let (acc, n) = (self.acc, self.nacc);
+        self.acc = 0;
+        self.nacc = 0;
+        BitPacker { w: self, acc, n }
+    }
+
     /// Pads to a byte boundary with zero bits and returns the bytes.
     pub fn finish(&mut self) -> &[u8] {
         if self.nacc > 0 {
@@ -111,6 +154,56 @@ impl BitWriter {
     /// The bytes of a finished writer (call [`BitWriter::finish`] first).
     pub fn bytes(&self) -> &[u8] {
         &self.buf
+    }
+}
+
+/// Appends codes to a [`BitWriter`] through a 64-bit register, storing whole
+/// 64-bit words: the bulk path for one short code per coordinate.
+///
+/// `put(code, len)` appends the same bits as `BitWriter::write_bits(code, len)`.
+/// The pending bits (fewer than 64) are moved into the writer when the packer
+/// is dropped, so the writer's [`BitWriter::bit_len`] is exact again after it.
+#[derive(Debug)]
+pub struct BitPacker<'w> {
+    w: &'w mut BitWriter,
+    /// Pending bits, right-aligned; only the low `n` bits are set.
+    acc: u64,
+    /// Number of pending bits, < 64.
+    n: u32,
+}
+
+impl BitPacker<'_> {
+    /// Appends the low `len` bits of `code` (len <= 64), most significant first.
+    /// `code` must have no bits set above `len`.
+    #[inline]
+    pub fn put(&mut self, code: u64, len: u32) {
+        debug_assert!(len <= 64 && (len == 64 || code >> len == 0), "put({code:#x}, {len})");
+        let total = self.n + len;
+        if total < 64 {
+            // len < 64 here.
+            self.acc = (self.acc << len) | code;
+            self.n = total;
+        } else {
+            let rem = total - 64; // <= 63
+            // acc << (64 - n), written as two shifts so that n = 0 is defined.
+            let word = ((self.acc << 1) << (63 - self.n)) | (code >> rem);
+            self.w.write_u64_block_aligned(word);
+            self.acc = code & ((1u64 << rem) - 1);
+            self.n = rem;
+        }
+    }
+
+    /// Appends 64 bits.
+    #[inline]
+    pub fn put_u64(&mut self, v: u64) {
+        self.put(v, 64);
+    }
+}
+
+impl Drop for BitPacker<'_> {
+    fn drop(&mut self) {
+        // The writer was left with no pending bits when the packer was made.
+        self.w.write_bits(self.acc, self.n);
     }
 }
 
@@ -210,6 +303,34 @@ impl<'a> BitReader<'a> {
         Ok(f64::from_bits(self.read_bits(64)?))
     }
 
+    /// Reads 64 bits: the same value and errors as `read_bits(64)`, with one
+    /// unaligned 8-byte load.
+    #[inline]
+    pub fn read_u64_block(&mut self) -> Result<u64, DecodeError> {
+        if self.remaining() < 64 {
+            return Err(DecodeError::Truncated { at: self.pos, needed: 64 });
+        }
+        let byte = (self.pos / 8) as usize;
+        let off = (self.pos % 8) as u32;
+        let hi = load_be(&self.data[byte..]);
+        // With off > 0 the 64 bits end inside byte + 8, which exists.
+        let v = if off == 0 { hi } else { (hi << off) | (self.data[byte + 8] as u64 >> (8 - off)) };
+        self.pos += 64;
+        Ok(v)
+    }
+
+    /// A [`BitWindow`] reading from the current position; the reader's position
+    /// is advanced past the consumed bits when the window is dropped.
+    #[inline]
+    pub fn window(&mut self) -> BitWindow<'_, 'a> {
+        let byte = (self.pos / 8) as usize;
+        let off = (self.pos % 8) as u32;
+        let mut win = BitWindow { r: self, byte, buf: 0, n: 0 };
+        win.refill();
+        win.consume(off);
+        win
+    }
+
     /// Checks that only zero padding (< 8 bits) remains.
     pub fn finish(&mut self) -> Result<(), DecodeError> {
         let rem = self.remaining();
@@ -221,6 +342,111 @@ impl<'a> BitReader<'a> {
             return Err(DecodeError::invalid("padding", "padding bits are not zero"));
         }
         Ok(())
+    }
+}
+
+/// The first 8 bytes of `b` as a big-endian word, zero-padded if `b` is shorter.
+#[inline]
+fn load_be(b: &[u8]) -> u64 {
+    match b.get(..8) {
+        Some(w) => u64::from_be_bytes(w.try_into().expect("8 bytes")),
+        None => {
+            let mut t = [0u8; 8];
+            t[..b.len()].copy_from_slice(b);
+            u64::from_be_bytes(t)
+        }
+    }
+}
+
+/// A 64-bit look-ahead window over a [`BitReader`] for decoding many short
+/// codes: [`refill`](Self::refill) makes at least 56 bits available with one
+/// load, [`peek`](Self::peek) shows them left-aligned, [`consume`](Self::consume)
+/// drops bits.
+///
+/// Past the end of the input the window reads zero bits instead of failing, so
+/// that decoding loops stay branch-light; a decoder must check
+/// [`overrun`](Self::overrun) (or call [`finish`](Self::finish)) before
+/// trusting what it decoded, and must bound its loops by the message size, not
+/// by the input. On drop the reader's position moves to the window's position
+/// (at most the end of the input).
+#[derive(Debug)]
+pub struct BitWindow<'r, 'a> {
+    r: &'r mut BitReader<'a>,
+    /// Next byte of the input to load.
+    byte: usize,
+    /// Left-aligned bits: the top `n` are the next bits of the stream; the bits
+    /// below are either the following stream bits or zero.
+    buf: u64,
+    /// Valid bits in `buf`, < 64.
+    n: u32,
+}
+
+impl BitWindow<'_, '_> {
+    /// Makes at least 56 bits available (zero bits past the end of the input).
+    #[inline]
+    pub fn refill(&mut self) {
+        let data = self.r.data;
+        let w = if self.byte + 8 <= data.len() {
+            u64::from_be_bytes(data[self.byte..self.byte + 8].try_into().expect("8 bytes"))
+        } else {
+            load_be(data.get(self.byte..).unwrap_or(&[]))
+        };
+        self.buf |= w >> self.n;
+        let k = (63 - self.n) >> 3;
+        self.byte += k as usize;
+        self.n += 8 * k;
+    }
+
+    /// The next bits of the stream, left-aligned; the top [`available`](Self::available)
+    /// of them are valid.
+    #[inline]
+    pub fn peek(&self) -> u64 {
+        self.buf
+    }
+
+    /// Number of valid bits in [`peek`](Self::peek) (56..=63 right after a refill).
+    #[inline]
+    pub fn available(&self) -> u32 {
+        self.n
+    }
+
+    /// Drops the next `len` bits (len <= [`available`](Self::available)).
+    #[inline]
+    pub fn consume(&mut self, len: u32) {
+        debug_assert!(len <= self.n, "consume({len}) with {} bits available", self.n);
+        self.buf <<= len;
+        self.n -= len;
+    }
+
+    /// Bit offset of the next unread bit in the input (may exceed its length
+    /// after reading past the end).
+    #[inline]
+    pub fn position(&self) -> u64 {
+        self.byte as u64 * 8 - self.n as u64
+    }
+
+    /// Whether more bits were consumed than the input holds.
+    #[inline]
+    pub fn overrun(&self) -> bool {
+        self.position() > self.r.data.len() as u64 * 8
+    }
+
+    /// Ends the window: [`DecodeError::Truncated`] if it read past the end of
+    /// the input, else the reader continues at the window's position.
+    pub fn finish(self) -> Result<(), DecodeError> {
+        let end = self.r.data.len() as u64 * 8;
+        let pos = self.position();
+        if pos > end {
+            return Err(DecodeError::Truncated { at: end, needed: u32::try_from(pos - end).unwrap_or(u32::MAX) });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BitWindow<'_, '_> {
+    fn drop(&mut self) {
+        let end = self.r.data.len() as u64 * 8;
+        self.r.pos = self.position().min(end);
     }
 }
 
@@ -270,6 +496,135 @@ mod tests {
         assert_eq!(r.read_f64().unwrap(), -2.25);
         assert_eq!(r.read_bits(64).unwrap(), u64::MAX);
         r.finish().unwrap();
+    }
+
+    /// Random (code, len) pairs, lengths 0..=64, codes masked to their length.
+    fn random_codes(seed: u64, n: usize) -> Vec<(u64, u32)> {
+        use rand::Rng as _;
+        let mut g = crate::rng::rng_from_key(seed);
+        (0..n)
+            .map(|_| {
+                let len = if g.gen_bool(0.1) { 64 } else { g.gen_range(0..=57) };
+                let v: u64 = g.gen();
+                (if len == 64 { v } else { v & ((1u64 << len) - 1) }, len)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bulk_writes_match_bit_writes() {
+        for seed in 0..20u64 {
+            let codes = random_codes(seed, 500);
+            let lead = (seed % 9) as u32; // misalign the start
+            let mut a = BitWriter::new();
+            let mut b = BitWriter::new();
+            a.write_bits(0x1ff, lead);
+            b.write_bits(0x1ff, lead);
+            b.reserve_bits(1 << 16);
+            {
+                let mut p = b.packer();
+                for (i, &(c, len)) in codes.iter().enumerate() {
+                    a.write_bits(c, len);
+                    if len == 64 && i % 2 == 0 {
+                        p.put_u64(c);
+                    } else {
+                        p.put(c, len);
+                    }
+                }
+            }
+            assert_eq!(a.bit_len(), b.bit_len(), "seed {seed}");
+            // 64-bit blocks at an arbitrary offset.
+            for &(c, _) in codes.iter().take(20) {
+                a.write_bits(c, 64);
+                b.write_u64_block(c);
+            }
+            a.write_bits(5, 3);
+            b.write_bits(5, 3);
+            assert_eq!(a.bit_len(), b.bit_len());
+            assert_eq!(a.finish(), b.finish(), "seed {seed}");
+        }
+        // A packer that writes nothing leaves the writer as it was.
+        let mut w = BitWriter::new();
+        w.write_bits(0b101, 3);
+        drop(w.packer());
+        assert_eq!(w.bit_len(), 3);
+        assert_eq!(w.finish(), &[0b1010_0000]);
+    }
+
+    #[test]
+    fn bulk_reads_match_bit_reads() {
+        for seed in 0..20u64 {
+            let codes = random_codes(seed + 100, 300);
+            let mut w = BitWriter::new();
+            for &(c, len) in &codes {
+                w.write_bits(c, len);
+            }
+            let bytes = w.finish().to_vec();
+            let total = bytes.len() as u64 * 8;
+            // Window decoding, starting at every offset of the first code.
+            let mut r = BitReader::new(&bytes);
+            {
+                let mut win = r.window();
+                for (i, &(c, len)) in codes.iter().enumerate() {
+                    win.refill();
+                    assert!(win.available() >= 56);
+                    if len <= 56 {
+                        let got = if len == 0 { 0 } else { win.peek() >> (64 - len) };
+                        assert_eq!(got, c, "seed {seed} code {i}");
+                        win.consume(len);
+                    } else {
+                        let hi = win.peek() >> 32;
+                        win.consume(32);
+                        win.refill();
+                        let lo = win.peek() >> (64 - (len - 32));
+                        win.consume(len - 32);
+                        assert_eq!((hi << (len - 32)) | lo, c, "seed {seed} code {i}");
+                    }
+                    assert!(!win.overrun());
+                }
+                assert!(total - win.position() < 8);
+                win.finish().unwrap();
+            }
+            r.finish().unwrap();
+            // 64-bit block reads at every bit offset.
+            for off in 0..(total.min(200)) {
+                let mut a = BitReader::new(&bytes);
+                let mut b = BitReader::new(&bytes);
+                a.read_bits((off % 64) as u32).unwrap();
+                a.read_bits((off - off % 64) as u32 / 2).unwrap();
+                a.read_bits((off - off % 64) as u32 / 2).unwrap();
+                b.read_bits((off % 64) as u32).unwrap();
+                b.read_bits((off - off % 64) as u32).unwrap();
+                assert_eq!(a.position(), b.position());
+                let x = a.read_bits(64);
+                let y = b.read_u64_block();
+                assert_eq!(x, y, "offset {off}");
+                assert_eq!(a.position(), b.position());
+            }
+        }
+        // Reading past the end: zero bits, then `overrun` and a Truncated finish.
+        let bytes = [0xFFu8, 0x80];
+        let mut r = BitReader::new(&bytes);
+        r.read_bits(3).unwrap();
+        {
+            let mut win = r.window();
+            assert_eq!(win.peek() >> 51, 0b1_1111_1000_0000);
+            win.consume(13);
+            assert!(!win.overrun());
+            win.refill();
+            assert_eq!(win.peek(), 0);
+            win.consume(1);
+            assert!(win.overrun());
+            assert!(matches!(win.finish(), Err(DecodeError::Truncated { at: 16, needed: 1 })));
+        }
+        assert_eq!(r.position(), 16, "position clamped to the end");
+        let mut r = BitReader::new(&bytes);
+        assert!(matches!(r.read_u64_block(), Err(DecodeError::Truncated { at: 0, needed: 64 })));
+        let mut r = BitReader::new(&[]);
+        let mut win = r.window();
+        win.refill();
+        assert_eq!(win.peek(), 0);
+        assert!(!win.overrun());
     }
 
     #[test]

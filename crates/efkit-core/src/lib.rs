@@ -16,6 +16,7 @@ pub mod error;
 pub mod method;
 pub mod oracle;
 pub mod rng;
+pub mod safe;
 pub mod theory;
 
 pub use error::{CompressError, DecodeError, ParamError};

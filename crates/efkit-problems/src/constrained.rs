@@ -595,6 +595,7 @@ pub enum NpClass {
 ///
 /// with o the objective class and c the other one; rows are split among
 /// `workers` by `split_kind` (then each shard is separated by class).
+#[allow(clippy::too_many_arguments)]
 pub fn neyman_pearson(
     data: &Dataset,
     workers: usize,

@@ -14,6 +14,10 @@
 //!   lambda sum x_k^2/(1+x_k^2) and for least squares (EF21, Richtarik,
 //!   Sokolov & Fatkhullin, NeurIPS 2021; algorithms.md §10.1);
 //! * [`problem`]: a [`problem::ProblemConfig`] -> one oracle per worker;
+//! * [`multiclass`]: multiclass logistic regression with the nonconvex
+//!   regularizer on MNIST (Fatkhullin, Tyurin & Richtarik 2023; algorithms.md §10.3);
+//! * [`noisy`]: streaming oracles on 1/2 ||x||^2 with controlled gradient noise
+//!   (Gaussian, and the asymmetric law of algorithms.md §7.1 that biases Top-1);
 //! * [`smoothness`](mod@smoothness): L, L_i, Ltilde and mu as the authors' code computes them
 //!   (algorithms.md §5.4), with [`eigen`] solvers that never form A^T A for
 //!   large d.
@@ -39,6 +43,8 @@ pub mod error;
 pub mod idx;
 pub mod io;
 pub mod libsvm;
+pub mod multiclass;
+pub mod noisy;
 pub mod oracles;
 pub mod problem;
 pub mod smoothness;

@@ -17,6 +17,12 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod driver;
+pub mod lean;
+#[cfg(feature = "mpi")]
+pub mod mpi_backend;
+pub mod safe;
 pub mod setup;
+pub mod setup_sgdm;
 
 pub use cluster::{Cluster, ClusterState, Control, RoundMetrics, Status, StopRules, Summary};

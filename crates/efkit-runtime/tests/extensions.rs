@@ -193,7 +193,8 @@ fn bc_downlink_bits_equal_the_encoded_downlink() {
 
 #[test]
 fn prox_l1_gives_a_sparse_iterate_and_a_decreasing_gradient_mapping() {
-    let run = |prox: &str| -> (Vec<f64>, Vec<f64>) {
+    let lambda = 0.01;
+    let run = |prox: &str| -> (Cluster, Vec<f64>) {
         let mut c = cluster(&config("mushrooms", 20, "ef21-prox", &format!("prox = {prox}"), "name = \"top-k\"\nk = 2", 64.0, ""));
         let mut gm = vec![c.evaluate().1];
         for r in 1..=600 {
@@ -202,18 +203,45 @@ fn prox_l1_gives_a_sparse_iterate_and_a_decreasing_gradient_mapping() {
                 gm.push(c.evaluate().1);
             }
         }
-        (c.server.state.x.clone(), gm)
+        (c, gm)
     };
-    let (x, gm) = run("{ kind = \"l1\", lambda = 0.01 }");
+    let (mut c, gm) = run(&format!("{{ kind = \"l1\", lambda = {lambda} }}"));
+    let x = c.server.state.x.clone();
     let d = x.len();
     let nnz = x.iter().filter(|v| **v != 0.0).count();
-    assert!(nnz * 4 <= d, "l1: {nnz} of {d} coordinates nonzero");
-    assert!(gm.last().unwrap() * 1e3 < gm[0], "gradient mapping {gm:?}");
-    // decreases from checkpoint to checkpoint (EF21's Lyapunov function does; the mapping here too)
-    assert!(gm.windows(2).all(|w| w[1] < w[0]), "gradient mapping {gm:?}");
+    assert!(nnz * 2 <= d, "l1: {nnz} of {d} coordinates nonzero");
+    // the mapping is not monotone round by round (EF21's Lyapunov function also holds the
+    // distortion of the g_i), but it must go down by orders of magnitude along the run
+    let (first, mid, last) = (gm[0], gm[gm.len() / 2], gm[gm.len() - 1]);
+    assert!(last * 1e3 < first && last < mid && mid < first, "gradient mapping {gm:?}");
+    // what a small mapping means, checked with gradients from the oracles: with
+    // G = (x - soft(x - gamma grad f, gamma lambda))/gamma and |G_k| <= e,
+    //   x_k = 0:                 |grad_k f| <= lambda + e,
+    //   |x_k| > gamma e:         grad_k f + lambda sign(x_k) = G_k, so |.| <= e,
+    //   0 < |x_k| <= gamma e:    |grad_k f| <= lambda + 3 e.
+    let e = last.sqrt() * (1.0 + 1e-9) + 1e-12;
+    let gamma = c.parts.gamma;
+    let mut g = vec![0.0; d];
+    let mut gi = vec![0.0; d];
+    for o in c.oracles.iter_mut() {
+        o.loss_grad(&x, &mut gi);
+        g.iter_mut().zip(&gi).for_each(|(a, b)| *a += b / 20.0);
+    }
+    let mut checked_support = 0;
+    for k in 0..d {
+        if x[k] == 0.0 {
+            assert!(g[k].abs() <= lambda + e, "coordinate {k}: x = 0 but |grad| = {}", g[k].abs());
+        } else if x[k].abs() > gamma * e {
+            assert!((g[k] + lambda * x[k].signum()).abs() <= e, "coordinate {k}: x = {}, grad = {}", x[k], g[k]);
+            checked_support += 1;
+        } else {
+            assert!(g[k].abs() <= lambda + 3.0 * e, "coordinate {k}: x = {}, grad = {}", x[k], g[k]);
+        }
+    }
+    assert!(checked_support > 0);
     // control: without the l1 term the iterate stays dense
-    let (x0, _) = run("{ kind = \"zero\" }");
-    assert!(x0.iter().filter(|v| **v != 0.0).count() > d * 9 / 10);
+    let (c0, _) = run("{ kind = \"zero\" }");
+    assert!(c0.server.state.x.iter().filter(|v| **v != 0.0).count() > d * 9 / 10);
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod repro_bw;
 mod repro_safe;
 mod repro_sgdm;
 mod run;
+mod run_mpi;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ enum Command {
         /// Write a checkpoint every N rounds (then `efkit resume DIR` continues the run).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         checkpoint_every: Option<u64>,
+        /// Backend: in-process (threads) or mpi (`mpirun -n P efkit run ...`; the default when started by an MPI launcher; needs a build with `--features mpi`).
+        #[arg(long, value_enum)]
+        backend: Option<run_mpi::Backend>,
     },
     /// Continue a run from its checkpoint.
     Resume {
@@ -177,7 +181,10 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { config, out, force, set, threads, checkpoint_every } => run::cmd_run(&config, out, force, &set, threads, checkpoint_every, cli.quiet),
+        Command::Run { config, out, force, set, threads, checkpoint_every, backend } => match run_mpi::choose_backend(backend)? {
+            run_mpi::Backend::Mpi => run_mpi::cmd_run_mpi(&config, out, force, &set, threads, checkpoint_every, cli.quiet),
+            run_mpi::Backend::InProcess => run::cmd_run(&config, out, force, &set, threads, checkpoint_every, cli.quiet),
+        },
         Command::Resume { dir } => run::cmd_resume(&dir, cli.quiet),
         Command::Repro { name, out, force, quick } => repro::cmd_repro(name, out, force, quick, cli.quiet),
         Command::Plot { dirs, x, y, out } => run::cmd_plot(&dirs, x, &y, &out),

@@ -85,7 +85,7 @@ fn first_reach_sum(rows: &[serde_json::Value], x_keys: &[&str], y_key: &str, tar
 }
 
 /// One panel per title, plotting the sum of `x_keys` on the x axis.
-fn panels_sum(results: &[CurveResult], titles: &[String], x_keys: &[&str], x_label: &str, y_label: &str) -> Vec<Panel> {
+fn panels_sum(results: &[CurveResult], titles: &[String], x_keys: &[&str], x_label: &str, y_label: &str, log_x: bool) -> Vec<Panel> {
     titles
         .iter()
         .enumerate()
@@ -93,7 +93,7 @@ fn panels_sum(results: &[CurveResult], titles: &[String], x_keys: &[&str], x_lab
             title: t.clone(),
             x_label: x_label.into(),
             y_label: y_label.into(),
-            log_x: false,
+            log_x,
             log_y: true,
             series: results.iter().filter(|r| r.panel == p).map(|r| series_sum(&r.rows, x_keys, "grad_norm_sq", &r.label)).collect(),
         })
@@ -168,9 +168,9 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     // the poster's Top-2 legends.
     let fracs = [0.25, 0.125, 0.015];
     let table: [(&str, f64, [f64; 3], [f64; 3]); 3] = [
-        ("mushrooms", 300.0, [2048.0, 2048.0, 128.0], [512.0, 1024.0, 1024.0]),
-        ("w8a", 300.0, [2048.0, 2048.0, 512.0], [64.0, 64.0, 64.0]),
-        ("a9a", 300.0, [128.0, 64.0, 512.0], [64.0, 64.0, 128.0]),
+        ("mushrooms", 2500.0, [2048.0, 2048.0, 128.0], [512.0, 1024.0, 1024.0]),
+        ("w8a", 2500.0, [2048.0, 2048.0, 512.0], [64.0, 64.0, 64.0]),
+        ("a9a", 2500.0, [128.0, 64.0, 512.0], [64.0, 64.0, 128.0]),
     ];
     let mut curves = Vec::new();
     let mut titles = Vec::new();
@@ -183,10 +183,10 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
             for (&frac, &mult) in fracs.iter().zip(mults.iter()) {
                 let cost = epochs_per_round(is_page, frac);
                 let rounds = (epochs / cost).ceil() as u64;
-                // about four evaluations of ||grad f||^2 per epoch
-                let log_every = ((0.25 / cost).floor() as u64).max(1);
+                // about one evaluation of ||grad f||^2 per epoch (as the authors' code)
+                let log_every = ((1.0 / cost).floor() as u64).max(1);
                 let method = if is_page { "ef21-page" } else { "ef21-sgd" };
-                let mut cfg = logreg_config(ds, 20, method, topk(2), "theory", mult, rounds, None, log_every);
+                let mut cfg = logreg_config(ds, 20, method, topk(2), "theory", mult, rounds, Some(TOL), log_every);
                 cfg.method.batch = Some(BatchSize::Fraction(frac));
                 let label = format!("{} {}% {}x", if is_page { "PAGE" } else { "SGD" }, frac * 100.0, mult);
                 curves.push(Curve { panel: p, label, config: cfg });
@@ -195,11 +195,11 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     }
     let results = run_curves(curves, out, force, quiet)?;
     let y = "||grad f(x)||^2";
-    let ep = panels(&results, &titles, "epochs", "epochs", "grad_norm_sq", y, false);
-    let bits = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, 32 bits per value)", "grad_norm_sq", y, false);
+    let ep = panels(&results, &titles, "epochs", "epochs (log)", "grad_norm_sq", y, true);
+    let bits = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, 32 bits per value, log)", "grad_norm_sq", y, true);
     let fig = plot::render(&by_row(vec![ep, bits]), 2, &out.join("page_vs_sgd"))?;
     let mut t = format!(
-        "| dataset | curve | status | rounds | epochs run | final ||grad f||^2 | min ||grad f||^2 | epochs to {TOL:e} | bits/n to {TOL:e} (paper) |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| dataset | curve | status | rounds | epochs run | final \\|\\|grad f\\|\\|^2 | min \\|\\|grad f\\|\\|^2 | epochs to {TOL:e} | bits/n to {TOL:e} (paper) |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     let (mut page_reached, mut sgd_reached, mut page_n, mut sgd_n) = (0, 0, 0, 0);
     let mut sgd_min = f64::INFINITY;
@@ -242,8 +242,8 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
          floor(0.25 N_i), floor(0.125 N_i), floor(0.015 N_i) samples per worker (uniform without replacement), Top-2, n = 20 workers, \
          contiguous split, logistic regression with the nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I), step = the poster's multiplier \
          x EF21's theoretical step. PAGE: p = mean_i tau_i/(tau_i + N_i), one coin shared by all workers (the authors' code).\n\n\
-         Budget: {budget} epochs per run (mushrooms / w8a / a9a; rounds = epochs / expected epochs per round); ||grad f||^2 evaluated \
-         about four times per epoch. Bits: client -> server, 32 bits per sent value (the papers' convention; the dense g_i^0 counts d values).\n\n\
+         Budget: at most {budget} epochs per run (mushrooms / w8a / a9a; rounds = epochs / expected epochs per round), stopping at \
+         ||grad f||^2 <= {TOL:e}; ||grad f||^2 evaluated about once per epoch (as the authors' code). Bits: client -> server, 32 bits per sent value (the papers' convention; the dense g_i^0 counts d values).\n\n\
          Figure (rows: datasets; left: vs epochs, right: vs #bits/n):\n{}\n\n{finding}\n\n{t}",
         quick_note(quick),
         figure_list(std::slice::from_ref(&fig), out),
@@ -258,10 +258,11 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
 pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     let fracs = [0.5, 0.25, 0.125, 0.065];
     // (dataset, rounds, EF21 multiplier, PP multipliers): the poster's Top-2 legends.
+    // EF21 gets `rounds`, EF21-PP with fraction f gets rounds / f (theory: T ~ 1/(p alpha eps^2)).
     let table: [(&str, u64, f64, [f64; 4]); 3] = [
-        ("mushrooms", 4000, 1024.0, [512.0, 256.0, 128.0, 64.0]),
-        ("w8a", 4000, 64.0, [64.0, 32.0, 16.0, 8.0]),
-        ("a9a", 4000, 128.0, [64.0, 32.0, 16.0, 8.0]),
+        ("mushrooms", 20000, 1024.0, [512.0, 256.0, 128.0, 64.0]),
+        ("w8a", 20000, 64.0, [64.0, 32.0, 16.0, 8.0]),
+        ("a9a", 20000, 128.0, [64.0, 32.0, 16.0, 8.0]),
     ];
     let mut curves = Vec::new();
     let mut titles = Vec::new();
@@ -270,24 +271,26 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         titles.push(format!("{ds}, n = 100, Top-2"));
         let rounds = if quick { 40 } else { *rounds };
         budgets.push(rounds);
-        let log_every = if quick { 5 } else { 10 };
-        curves.push(Curve { panel: p, label: format!("EF21 {ef21}x"), config: logreg_config(ds, 100, "ef21", topk(2), "theory", *ef21, rounds, Some(TOL), log_every) });
+        // about 1000 evaluations per run at most
+        let log_every = |r: u64| if quick { 5 } else { (r / 1000).max(10) };
+        curves.push(Curve { panel: p, label: format!("EF21 {ef21}x"), config: logreg_config(ds, 100, "ef21", topk(2), "theory", *ef21, rounds, Some(TOL), log_every(rounds)) });
         for (&f, &mult) in fracs.iter().zip(pp.iter()) {
-            let mut cfg = logreg_config(ds, 100, "ef21-pp", topk(2), "theory", mult, rounds, Some(TOL), log_every);
+            let r = (rounds as f64 / f).ceil() as u64;
+            let mut cfg = logreg_config(ds, 100, "ef21-pp", topk(2), "theory", mult, r, Some(TOL), log_every(r));
             cfg.method.participation = Some(f);
             curves.push(Curve { panel: p, label: format!("PP {}% {mult}x", f * 100.0), config: cfg });
         }
     }
     let results = run_curves(curves, out, force, quiet)?;
     let y = "||grad f(x)||^2";
-    let rounds_p = panels(&results, &titles, "round", "communication rounds", "grad_norm_sq", y, false);
+    let rounds_p = panels(&results, &titles, "round", "communication rounds (log)", "grad_norm_sq", y, true);
     let avg_p = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, averaged over all clients, 32 bits/value)", "grad_norm_sq", y, false);
-    let part_p = panels(&results, &titles, "bits_up_wire_per_participant", "#bits per participating client (C->S, wire)", "grad_norm_sq", y, false);
+    let part_p = panels(&results, &titles, "bits_up_wire_per_participant", "#bits per participating client (C->S, wire, log)", "grad_norm_sq", y, true);
     let fig = plot::render(&by_row(vec![rounds_p, avg_p, part_p]), 3, &out.join("pp_vs_ef21"))?;
     let wire_avg = panels(&results, &titles, "bits_up_wire", "#bits/n (C->S, averaged over all clients, wire)", "grad_norm_sq", y, false);
     let fig2 = plot::render(&wire_avg, 3, &out.join("pp_vs_ef21_wire_avg"))?;
     let mut t = format!(
-        "| dataset | curve | status | rounds run | rounds to {TOL:e} | bits/n to {TOL:e} (avg over clients, paper) | (avg, wire) | bits per participant to {TOL:e} (wire) | final ||grad f||^2 |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| dataset | curve | status | rounds run | rounds to {TOL:e} | bits/n to {TOL:e} (avg over clients, paper) | (avg, wire) | bits per participant to {TOL:e} (wire) | final \\|\\|grad f\\|\\|^2 |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut notes = Vec::new();
     for (p, title) in titles.iter().enumerate() {
@@ -331,7 +334,8 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
          floor(0.125 n), floor(0.065 n) clients per round (uniform without replacement, tau-nice) vs EF21, n = 100 workers, Top-2, \
          contiguous split, logistic regression with the nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I), step = the poster's \
          multiplier x EF21's theoretical step. The server averages with 1/n (stale g_i of absent clients are kept).\n\n\
-         Budget: at most {budget} rounds (mushrooms / w8a / a9a), stopping at ||grad f||^2 <= {TOL:e}; logged every 10 rounds.\n\n\
+         Budget: EF21 at most {budget} rounds (mushrooms / w8a / a9a), EF21-PP with fraction f at most that divided by f, \
+         stopping at ||grad f||^2 <= {TOL:e}; logged every max(10, budget/1000) rounds.\n\n\
          x axes: rounds; bits averaged over all n clients (`bits_up_paper`: 32 bits per value, as the authors' code counts, \
          and `bits_up_wire` in the second figure); bits per participating client (`bits_up_wire_per_participant`: the bits \
          a client sends in a round it takes part in, accumulated over rounds).\n\n\
@@ -350,9 +354,9 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     let server_k = [2usize, 4, 8, 16];
     // (dataset, rounds, EF21 multiplier, BC multipliers): the poster's legends.
     let table: [(&str, u64, f64, [f64; 4]); 3] = [
-        ("mushrooms", 4000, 1024.0, [128.0, 256.0, 1024.0, 1024.0]),
-        ("w8a", 4000, 64.0, [32.0, 64.0, 64.0, 64.0]),
-        ("a9a", 4000, 64.0, [32.0, 64.0, 64.0, 64.0]),
+        ("mushrooms", 20000, 1024.0, [128.0, 256.0, 1024.0, 1024.0]),
+        ("w8a", 20000, 64.0, [32.0, 64.0, 64.0, 64.0]),
+        ("a9a", 20000, 64.0, [32.0, 64.0, 64.0, 64.0]),
     ];
     let mut curves = Vec::new();
     let mut titles = Vec::new();
@@ -361,7 +365,7 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         titles.push(format!("{ds}, n = 20, worker Top-2"));
         let rounds = if quick { 40 } else { *rounds };
         budgets.push(rounds);
-        let log_every = if quick { 5 } else { 5 };
+        let log_every = if quick { 5 } else { 10 };
         curves.push(Curve { panel: p, label: format!("EF21 {ef21}x"), config: logreg_config(ds, 20, "ef21", topk(2), "theory", *ef21, rounds, Some(TOL), log_every) });
         for (&k, &mult) in server_k.iter().zip(bc.iter()) {
             let mut cfg = logreg_config(ds, 20, "ef21-bc", topk(2), "theory", mult, rounds, Some(TOL), log_every);
@@ -371,12 +375,12 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     }
     let results = run_curves(curves, out, force, quiet)?;
     let y = "||grad f(x)||^2";
-    let up = panels_sum(&results, &titles, &["bits_up_paper"], "#bits/n, C->S (32 bits/value)", y);
-    let both_paper = panels_sum(&results, &titles, &["bits_up_paper", "bits_down_paper"], "#bits/n, C->S + S->C (papers': model broadcast free)", y);
-    let both_wire = panels_sum(&results, &titles, &["bits_up_wire", "bits_down_wire"], "#bits/n, C->S + S->C (wire: f64 model counted)", y);
+    let up = panels_sum(&results, &titles, &["bits_up_paper"], "#bits/n, C->S (32 bits/value)", y, false);
+    let both_paper = panels_sum(&results, &titles, &["bits_up_paper", "bits_down_paper"], "#bits/n, C->S + S->C (papers': model broadcast free)", y, false);
+    let both_wire = panels_sum(&results, &titles, &["bits_up_wire", "bits_down_wire"], "#bits/n, C->S + S->C (wire: f64 model counted, log)", y, true);
     let fig = plot::render(&by_row(vec![up, both_paper, both_wire]), 3, &out.join("bc_vs_ef21"))?;
     let mut t = format!(
-        "| dataset | curve | status | rounds to {TOL:e} | uplink bits/n (paper) | up+down (paper, model free) | up+down (wire) | final ||grad f||^2 |\n|---|---|---|---|---|---|---|---|\n"
+        "| dataset | curve | status | rounds to {TOL:e} | uplink bits/n (paper) | up+down (paper, model free) | up+down (wire) | final \\|\\|grad f\\|\\|^2 |\n|---|---|---|---|---|---|---|---|\n"
     );
     let mut notes = Vec::new();
     for (p, title) in titles.iter().enumerate() {
@@ -416,12 +420,13 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
          Top-2/4/8/16 (config key `[server_compressor]`) vs EF21 with Top-2, n = 20, contiguous split, logistic regression with the \
          nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I), step = the poster's multiplier x EF21's theoretical step (alpha of the \
          worker compressor only, as the authors' code). EF21-BC's first broadcast is the dense estimate g^0 (the authors' code).\n\n\
-         Budget: at most {budget} rounds (mushrooms / w8a / a9a), stopping at ||grad f||^2 <= {TOL:e}; logged every 5 rounds.\n\n\
+         Budget: at most {budget} rounds (mushrooms / w8a / a9a), stopping at ||grad f||^2 <= {TOL:e}; logged every {} rounds.\n\n\
          x axes (columns): uplink bits per client (32 bits per value); uplink + downlink in the papers' convention (the dense model \
          broadcast of EF21 is not counted, EF21-BC's compressed broadcast counts 32 bits per value); uplink + downlink as written \
          on the wire (EF21's downlink is the dense f64 model, 64 d bits per round; Top-K messages carry values and indices).\n\n\
          Figure (rows: datasets):\n{}\n\n{finding}\n\n{t}",
         quick_note(quick),
+        if quick { 5 } else { 10 },
         figure_list(std::slice::from_ref(&fig), out),
     );
     finish(out, &readme, &format!("{t}\n{finding}"), &[fig], quiet)
@@ -430,33 +435,46 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
 // ---------------------------------------------------------------------------
 // bw-hb
 
-/// EF21-HB with eta in {0.2, 0.4, 0.9} vs EF21.
+/// EF21-HB with eta in {0.2, 0.4, 0.9} vs EF21, at equal gamma and at equal
+/// effective step gamma/(1 - eta).
 pub fn bw_hb(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     let etas = [0.2, 0.4, 0.9];
-    // (dataset, rounds, multiplier): EF21's tuned Top-2 multipliers of the B&W poster (BC experiment);
-    // every curve of a panel uses the same step gamma.
-    let table: [(&str, u64, f64); 3] = [("mushrooms", 4000, 1024.0), ("w8a", 4000, 64.0), ("a9a", 4000, 64.0)];
+    // (dataset, rounds, multiplier): EF21's tuned Top-2 multipliers of the B&W poster (BC experiment).
+    let table: [(&str, u64, f64); 3] = [("mushrooms", 20000, 1024.0), ("w8a", 20000, 64.0), ("a9a", 20000, 64.0)];
+    let log_every = if quick { 5 } else { 10 };
     let mut curves = Vec::new();
     let mut titles = Vec::new();
     let mut budgets = Vec::new();
+    // panels 2p: equal gamma; 2p + 1: equal gamma / (1 - eta)
     for (p, &(ds, rounds, mult)) in table.iter().enumerate() {
-        titles.push(format!("{ds}, n = 20, Top-2, {mult}x"));
+        titles.push(format!("{ds}, Top-2: same gamma ({mult}x)"));
+        titles.push(format!("{ds}, Top-2: same gamma/(1-eta) ({mult}x)"));
         let rounds = if quick { 40 } else { rounds };
         budgets.push(rounds);
-        curves.push(Curve { panel: p, label: "EF21".into(), config: logreg_config(ds, 20, "ef21", topk(2), "theory", mult, rounds, Some(TOL), 5) });
-        for &eta in &etas {
-            let mut cfg = logreg_config(ds, 20, "ef21-hb", topk(2), "theory", mult, rounds, Some(TOL), 5);
-            cfg.method.eta = Some(eta);
-            curves.push(Curve { panel: p, label: format!("EF21-HB eta={eta}"), config: cfg });
+        curves.push(Curve { panel: 2 * p, label: format!("EF21 {mult}x"), config: logreg_config(ds, 20, "ef21", topk(2), "theory", mult, rounds, Some(TOL), log_every) });
+        for panel in [2 * p, 2 * p + 1] {
+            for &eta in &etas {
+                // rounded to 1e-9 so that e.g. 0.1 * 1024 is written as 102.4
+                let m = if panel == 2 * p { mult } else { (mult * (1.0 - eta) * 1e9).round() / 1e9 };
+                let mut cfg = logreg_config(ds, 20, "ef21-hb", topk(2), "theory", m, rounds, Some(TOL), log_every);
+                cfg.method.eta = Some(eta);
+                curves.push(Curve { panel, label: format!("HB eta={eta} {m}x"), config: cfg });
+            }
         }
     }
-    let results = run_curves(curves, out, force, quiet)?;
+    // EF21 runs once per dataset and is shown in both panels
+    let mut results = Vec::new();
+    for r in run_curves(curves, out, force, quiet)? {
+        let copy = (r.label.starts_with("EF21")).then(|| CurveResult { panel: r.panel + 1, label: r.label.clone(), rows: r.rows.clone(), status: r.status });
+        results.push(r);
+        results.extend(copy);
+    }
+    results.sort_by_key(|r| r.panel);
     let y = "||grad f(x)||^2";
     let rp = panels(&results, &titles, "round", "communication rounds", "grad_norm_sq", y, false);
-    let bp = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, 32 bits/value)", "grad_norm_sq", y, false);
-    let fig = plot::render(&by_row(vec![rp, bp]), 2, &out.join("hb_vs_ef21"))?;
+    let fig = plot::render(&rp, 2, &out.join("hb_vs_ef21"))?;
     let mut t = format!(
-        "| dataset | curve | status | rounds to {TOL:e} | bits/n to {TOL:e} (paper) | final ||grad f||^2 | min ||grad f||^2 |\n|---|---|---|---|---|---|---|\n"
+        "| panel | curve | status | rounds to {TOL:e} | bits/n to {TOL:e} (paper) | final \\|\\|grad f\\|\\|^2 | min \\|\\|grad f\\|\\|^2 |\n|---|---|---|---|---|---|---|\n"
     );
     let mut notes = Vec::new();
     for (p, title) in titles.iter().enumerate() {
@@ -484,15 +502,17 @@ pub fn bw_hb(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
             .collect();
         notes.push(format!("- {title}: {}.", rel.join("; ")));
     }
-    let finding = format!("Measured (rounds to {TOL:e}, same step gamma for all curves of a dataset):\n{}", notes.join("\n"));
+    let finding = format!("Measured (rounds to {TOL:e}; every round sends the same Top-2 message, so bits are proportional to rounds):\n{}", notes.join("\n"));
     let budget = budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" / ");
     let readme = format!(
         "# efkit repro bw-hb{}\n\nEF21-HB (algorithms.md §6.5: v^{{t+1}} = eta v^t + g^{{t+1}}, x^{{t+1}} = x^t - gamma v^t, v^0 = g^0) with \
          eta in {{0.2, 0.4, 0.9}} (the values named in the B&W text) vs EF21, Top-2, n = 20, contiguous split, logistic regression with the \
-         nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I). The HB experiment's tuned multipliers are not known (appendix not read); \
-         all curves of a dataset use EF21's tuned Top-2 multiplier of the B&W poster, so the comparison is at equal gamma.\n\n\
-         Budget: at most {budget} rounds (mushrooms / w8a / a9a), stopping at ||grad f||^2 <= {TOL:e}; logged every 5 rounds.\n\n\
-         Figure (rows: datasets; left: vs rounds, right: vs #bits/n):\n{}\n\n{finding}\n\n{t}",
+         nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I). The HB experiment's tuned multipliers are not known (appendix not read). \
+         Two comparisons per dataset: (left) every curve at EF21's tuned Top-2 multiplier of the B&W poster (equal gamma; heavy ball then \
+         moves up to 1/(1 - eta) times farther per round); (right) gamma scaled by (1 - eta), so that the effective step gamma/(1 - eta) \
+         equals EF21's gamma.\n\n\
+         Budget: at most {budget} rounds (mushrooms / w8a / a9a), stopping at ||grad f||^2 <= {TOL:e}; logged every {log_every} rounds.\n\n\
+         Figure (rows: datasets; left: equal gamma, right: equal gamma/(1 - eta); x = rounds):\n{}\n\n{finding}\n\n{t}",
         quick_note(quick),
         figure_list(std::slice::from_ref(&fig), out),
     );
@@ -514,7 +534,7 @@ fn final_nnz(cfg: &Config) -> Result<(usize, usize)> {
 
 /// EF21-Prox with an l1 regularizer on a9a vs proximal gradient descent.
 pub fn bw_prox(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
-    let lambda_l1 = 0.003;
+    let lambda_l1 = 0.01;
     let rounds = if quick { 40 } else { 6000 };
     let reg = Regularizer::L1 { lambda: lambda_l1 };
     let mut curves = Vec::new();
@@ -547,7 +567,7 @@ pub fn bw_prox(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     all.extend(rounds_p);
     let fig = plot::render(&all, 2, &out.join("prox_vs_proxgd"))?;
     let mut t = format!(
-        "| curve | status | rounds | rounds to {TOL:e} | bits/n to {TOL:e} (paper) | (wire) | final ||G||^2 | Phi(x) final | nonzeros of x (final) |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| curve | status | rounds | rounds to {TOL:e} | bits/n to {TOL:e} (paper) | (wire) | final \\|\\|G\\|\\|^2 | Phi(x) final | nonzeros of x (final) |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut reached = Vec::new();
     let mut decreasing = 0;

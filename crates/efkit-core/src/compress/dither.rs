@@ -74,13 +74,14 @@
 //! Paper bits (documented rule, no paper counts these exactly): 32 for the norm
 //! plus w + 1 per coordinate, `32 + d (ceil(log2(s + 1)) + 1)`.
 
-use rand::Rng as _;
+use rand::RngCore as _;
 
 use super::registry::{only_keys, value_format, CompressorSpec};
 use super::sparse_codec::check_input;
-use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
+use super::{check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{gamma_len, width_for, BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
+use crate::rng::Rng;
 
 /// Largest `levels` accepted by `qsgd`.
 pub const QSGD_MAX_LEVELS: u32 = 1 << 20;
@@ -90,6 +91,16 @@ pub const NATURAL_DITHERING_MAX_LEVELS: u32 = 64;
 
 /// Sign flag in the packed level scratch.
 const NEG: u32 = 1 << 31;
+
+/// Coordinates quantized together (8 words of randomness, one byte each).
+const BLOCK: usize = 64;
+
+/// Sign bit of an f64.
+const SIGN: u64 = 1 << 63;
+
+/// Largest s whose signed levels are packed one byte per coordinate
+/// (`k | neg << 7`) in the scratch; larger s use one u32 per coordinate.
+const BYTE_LEVELS_MAX: u32 = 127;
 
 /// 2^e for e in the normal f64 range.
 #[inline]
@@ -211,13 +222,118 @@ fn norm_overflow(fmt: ValueFormat, n: f64) -> CompressError {
 
 /// The transmitted norm: round_up(max(computed norm, max|x_j|)), which makes
 /// every |x_j| / N <= 1. Errors if it overflows the format.
-fn transmitted_norm(fmt: ValueFormat, x: &[f64], p: f64, m: f64) -> Result<f64, CompressError> {
-    let n = lp_norm(x, p, m).max(m);
+fn transmitted_norm(fmt: ValueFormat, norm: f64, m: f64) -> Result<f64, CompressError> {
+    let n = norm.max(m);
     let nr = round_up(fmt, n);
     if nr.is_finite() {
         Ok(nr)
     } else {
         Err(norm_overflow(fmt, n))
+    }
+}
+
+/// One-pass summary of a vector (see [`stats`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stats {
+    /// max |x_j| (meaningful only if `sum` is finite).
+    pub max: f64,
+    /// sum x_j^2 (`SQUARES`) or sum |x_j|; not finite iff some entry is not
+    /// finite or the sum overflowed.
+    pub sum: f64,
+    /// Number of entries that are not ±0.
+    pub nnz: usize,
+}
+
+/// max |x_j|, sum x_j^2 (`SQUARES = true`) or sum |x_j|, and the number of
+/// nonzero entries, in one pass with eight independent lanes (vectorised; the
+/// sums are eight partial sums added at the end). On x86-64 CPUs with AVX2 the
+/// same code runs compiled for AVX2 (the same IEEE operations in the same
+/// order, so the same result).
+///
+/// This doubles as the finiteness screen: `sum` is finite iff every entry is
+/// finite and the sum did not overflow (callers locate a bad entry with
+/// [`check_finite`] only when it is not).
+pub(crate) fn stats<const SQUARES: bool>(x: &[f64]) -> Stats {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { stats_avx2::<SQUARES>(x) };
+        }
+    }
+    stats_any::<SQUARES>(x)
+}
+
+/// [`stats_any`] compiled with AVX2 enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stats_avx2<const SQUARES: bool>(x: &[f64]) -> Stats {
+    stats_any::<SQUARES>(x)
+}
+
+/// The body of [`stats`].
+#[inline(always)]
+fn stats_any<const SQUARES: bool>(x: &[f64]) -> Stats {
+    let mut mx = [0.0f64; 8];
+    let mut sm = [0.0f64; 8];
+    let mut nz = [0u64; 8];
+    let mut chunks = x.chunks_exact(8);
+    // (A NaN entry may be skipped by the max; it makes the sum NaN.)
+    let mut step = |i: usize, v: f64| {
+        let a = v.abs();
+        mx[i] = if a > mx[i] { a } else { mx[i] };
+        sm[i] += if SQUARES { v * v } else { a };
+        nz[i] += (v != 0.0) as u64;
+    };
+    for c in &mut chunks {
+        for (i, &v) in c.iter().enumerate() {
+            step(i, v);
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        step(i, v);
+    }
+    Stats {
+        max: mx.iter().fold(0.0f64, |m, &v| m.max(v)),
+        sum: sm.iter().sum(),
+        nnz: nz.iter().sum::<u64>() as usize,
+    }
+}
+
+/// Makes `out` a dense vector of dimension `d` whose values the caller
+/// overwrites entirely (unlike [`CompressedVec::reset_dense`] it does not
+/// zero values that are about to be written).
+#[inline]
+pub(crate) fn prepare_dense(out: &mut CompressedVec, d: usize) {
+    out.dim = d;
+    out.dense = true;
+    out.indices.clear();
+    out.values.resize(d, 0.0);
+}
+
+/// Whether a uniform random real U in [0, 1), whose binary digits are read 64
+/// at a time from `rng`, is below `p` (0 <= p < 1). Exact: P(true) = p (the
+/// digits are compared with those of p until they differ; p has a finite
+/// binary expansion, so this ends, and continues past the first word with
+/// probability 2^-64).
+#[cold]
+#[inline(never)]
+fn uniform_below(mut p: f64, rng: &mut Rng) -> bool {
+    loop {
+        if p == 0.0 {
+            return false;
+        }
+        let t = p * pow2(64);
+        let hi = t as u64; // floor(t) < 2^64, exactly representable
+        let r = rng.next_u64();
+        if r != hi {
+            return r < hi;
+        }
+        p = t - hi as f64; // exact: the fraction bits of t
     }
 }
 
@@ -324,61 +440,541 @@ impl Dithering {
         Ok(Dithering { kind: Kind::Natural { p }, d, s, fmt, width: width_for(s as u64), omega })
     }
 
-    /// The magnitude of level `k` (1..=s) for the transmitted norm `n`.
+    /// Level tables for the byte-packed path (s <= 127): the code and length
+    /// of every signed level byte `k | neg << 7` in the given layout.
+    fn code_table(&self, gamma: bool) -> [(u32, u32); 256] {
+        let mut t = [(0u32, 0u32); 256];
+        for (b, e) in t.iter_mut().enumerate() {
+            let k = b as u32 & 0x7F;
+            if k <= self.s {
+                let (c, l) = self.code(k, (b >> 7) as u64 & (k > 0) as u64, gamma);
+                *e = (c as u32, l);
+            }
+        }
+        t
+    }
+
+    /// The wire code of level `k` with sign bit `neg` (0 if k = 0) in the fixed
+    /// (`gamma = false`) or Elias gamma layout, as (bits, length): at most
+    /// 22 bits (fixed) or 42 bits (gamma) for s <= 2^20.
     #[inline]
-    fn magnitude(&self, unit: f64, n: f64, k: u32) -> f64 {
-        match self.kind {
-            Kind::Qsgd => unit * k as f64,
-            Kind::Natural { .. } => n * pow2(k as i32 - self.s as i32),
+    fn code(&self, k: u32, neg: u64, gamma: bool) -> (u64, u32) {
+        let nz = k > 0;
+        if gamma {
+            // Elias gamma of k + 1 (nb - 1 zeros, then k + 1 in nb bits).
+            let x = k as u64 + 1;
+            let len = 2 * (64 - x.leading_zeros()) - 1;
+            if nz {
+                ((x << 1) | neg, len + 1)
+            } else {
+                (x, len)
+            }
+        } else if nz {
+            (((k as u64) << 1) | neg, self.width + 1)
+        } else {
+            (0, self.width)
         }
     }
 
-    /// Level index of |v| = a (random rounding) for the transmitted norm `n`.
-    #[inline]
-    fn level(&self, a: f64, n: f64, rng: &mut crate::rng::Rng) -> u32 {
-        if a == 0.0 {
-            return 0;
+    /// Randomised rounding of every coordinate (module docs): writes the
+    /// decoded values into `values`, the levels into `bytes` (`PACKED`,
+    /// s <= 127: per block of [`BLOCK`] coordinates, 8 words of level bytes,
+    /// first coordinate in the top byte, then one word of sign bits, bit i for
+    /// coordinate i; zero padding in the last block) or `words` (`k | NEG`),
+    /// and returns (number of nonzero levels, sum of the Elias gamma lengths of
+    /// all levels). The sign is that of x_j and is meaningless for level 0.
+    ///
+    /// `lvl(|x_j|)` returns `l << 8 | h`: the lower level l and the first 8
+    /// binary digits h of the probability q of the upper level (q = (h +
+    /// rest)/256); `rest(|x_j|)` returns the remaining fraction in [0, 1) and is
+    /// only called on a tie. `mag(k)` is the magnitude of level k (+0 for
+    /// k = 0).
+    ///
+    /// Randomness: [`BLOCK`] bytes per block of coordinates from
+    /// `fill_bytes`, byte b_j for coordinate j; the level is l + 1 iff
+    /// h + b + (rest + U) >= 256 with U uniform on [0, 1), so it is decided by
+    /// h + b alone unless h + b = 255 (probability 2^-8), when U is drawn bit
+    /// by bit after the block's bytes ([`uniform_below`], ties in coordinate
+    /// order). Hence P(l + 1) = q exactly. The pass over a block has no
+    /// data-dependent branch (it vectorises); ties are fixed up after it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn quantize<const PACKED: bool, L, R, M>(
+        x: &[f64],
+        values: &mut [f64],
+        rng: &mut Rng,
+        lvl: L,
+        rest: R,
+        mag: M,
+        bytes: &mut Vec<u64>,
+        words: &mut Vec<u32>,
+    ) -> (u64, u64)
+    where
+        L: Fn(f64) -> u32,
+        R: Fn(f64) -> f64,
+        M: Fn(u32) -> f64,
+    {
+        /// The decoded value: ±mag(k) with the sign of x, +0 for k = 0
+        /// (-0 + 0 = +0); bit-identical to the decoder's mag(k) | sign, as
+        /// mag(k) >= 0.
+        #[inline(always)]
+        fn value<M: Fn(u32) -> f64>(mag: &M, k: u32, v: f64) -> f64 {
+            f64::from_bits(mag(k).to_bits() | (v.to_bits() & SIGN)) + 0.0
         }
+        /// One block; adds to the tallies `t` = (nnz, glen).
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        fn block<const PACKED: bool, L, R, M>(
+            xs: &[f64; BLOCK],
+            os: &mut [f64; BLOCK],
+            cnt: usize,
+            rng: &mut Rng,
+            (lvl, rest, mag): (&L, &R, &M),
+            bytes: &mut Vec<u64>,
+            words: &mut Vec<u32>,
+            t: &mut (u64, u64),
+        ) where
+            L: Fn(f64) -> u32,
+            R: Fn(f64) -> f64,
+            M: Fn(u32) -> f64,
+        {
+            let mut rb = [0u8; BLOCK];
+            rng.fill_bytes(&mut rb);
+            // sum = l 256 + h + b: level l + (carry), tie iff the low byte is 255.
+            let mut kk = [0u32; BLOCK];
+            for i in 0..BLOCK {
+                let v = xs[i];
+                let sum = lvl(v.abs()) + rb[i] as u32;
+                os[i] = value(mag, sum >> 8, v);
+                kk[i] = sum;
+            }
+            let mut ties = 0u64;
+            for (i, &sum) in kk.iter().enumerate() {
+                ties |= (((sum & 0xFF) == 0xFF) as u64) << i;
+            }
+            for k in kk.iter_mut() {
+                *k >>= 8;
+            }
+            // Ties: the carry is decided by rest + U >= 1 (coordinate order).
+            while ties != 0 {
+                let i = ties.trailing_zeros() as usize;
+                ties &= ties - 1;
+                if uniform_below(rest(xs[i].abs()), rng) {
+                    kk[i] += 1;
+                    os[i] = value(mag, kk[i], xs[i]);
+                }
+            }
+            // Sign bits of x (bit i for coordinate i; meaningless for level 0).
+            let mut signs = 0u64;
+            for (i, v) in xs.iter().enumerate() {
+                signs |= (v.to_bits() >> 63) << i;
+            }
+            // Tallies; padding coordinates have level 0 and are not counted.
+            // gamma_len(k) = 1 + 2 floor(log2(k + 1)).
+            t.1 += cnt as u64;
+            if PACKED {
+                let mut lb = [0u8; BLOCK];
+                for (b, &k) in lb.iter_mut().zip(&kk) {
+                    *b = k as u8;
+                }
+                let mut wds = [0u64; BLOCK / 8 + 1];
+                for (wd, c) in wds.iter_mut().zip(lb.chunks_exact(8)) {
+                    *wd = u64::from_be_bytes(c.try_into().expect("8"));
+                }
+                for &wd in &wds[..BLOCK / 8] {
+                    let (n1, lg) = byte_level_tally(wd);
+                    t.0 += n1;
+                    t.1 += 2 * lg;
+                }
+                wds[BLOCK / 8] = signs;
+                bytes.extend_from_slice(&wds);
+            } else {
+                for (i, &k) in kk[..cnt].iter().enumerate() {
+                    t.0 += (k != 0) as u64;
+                    t.1 += 2 * log2_floor_plus1(k) as u64;
+                    words.push(k | (((signs >> i) as u32) << 31));
+                }
+            }
+        }
+        let f = (&lvl, &rest, &mag);
+        let mut t = (0u64, 0u64);
+        let mut xc = x.chunks_exact(BLOCK);
+        let mut oc = values.chunks_exact_mut(BLOCK);
+        for (xs, os) in (&mut xc).zip(&mut oc) {
+            let (xs, os) = (xs.try_into().expect("block"), os.try_into().expect("block"));
+            block::<PACKED, _, _, _>(xs, os, BLOCK, rng, f, bytes, words, &mut t);
+        }
+        let (xr, or) = (xc.remainder(), oc.into_remainder());
+        if !xr.is_empty() {
+            // Zero padding: h = 0 and rest = 0, so level 0 whatever the bits.
+            let mut xs = [0.0f64; BLOCK];
+            let mut os = [0.0f64; BLOCK];
+            xs[..xr.len()].copy_from_slice(xr);
+            block::<PACKED, _, _, _>(&xs, &mut os, xr.len(), rng, f, bytes, words, &mut t);
+            or.copy_from_slice(&os[..xr.len()]);
+        }
+        t
+    }
+
+    /// Quantizes with the kind's level rule (see [`Self::quantize`]) into the
+    /// level scratch; returns (nonzero levels, sum of gamma lengths).
+    ///
+    /// On x86-64 CPUs with AVX2 the same code is run compiled for AVX2 (wider
+    /// vectors; the same IEEE operations, so the result is bit-identical).
+    fn quantize_kind(
+        &self,
+        x: &[f64],
+        n: f64,
+        values: &mut [f64],
+        rng: &mut Rng,
+        bytes: &mut Vec<u64>,
+        words: &mut Vec<u32>,
+    ) -> (u64, u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { self.quantize_kind_avx2(x, n, values, rng, bytes, words) };
+            }
+        }
+        self.quantize_kind_any(x, n, values, rng, bytes, words)
+    }
+
+    /// [`Self::quantize_kind_any`] compiled with AVX2 enabled.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_kind_avx2(
+        &self,
+        x: &[f64],
+        n: f64,
+        values: &mut [f64],
+        rng: &mut Rng,
+        bytes: &mut Vec<u64>,
+        words: &mut Vec<u32>,
+    ) -> (u64, u64) {
+        self.quantize_kind_any(x, n, values, rng, bytes, words)
+    }
+
+    /// The body of [`Self::quantize_kind`] (inlined into each build).
+    #[inline(always)]
+    fn quantize_kind_any(
+        &self,
+        x: &[f64],
+        n: f64,
+        values: &mut [f64],
+        rng: &mut Rng,
+        bytes: &mut Vec<u64>,
+        words: &mut Vec<u32>,
+    ) -> (u64, u64) {
         let s = self.s;
-        match self.kind {
-            Kind::Qsgd => {
-                let y = (a / n) * s as f64; // a <= n, so y <= s
-                let l = y.floor();
-                let frac = y - l;
-                let l = l as u32;
-                let k = if frac > 0.0 && rng.gen::<f64>() < frac { l + 1 } else { l };
-                k.min(s)
+        bytes.clear();
+        words.clear();
+        let packed = s <= BYTE_LEVELS_MAX;
+        if packed {
+            bytes.reserve(self.d.div_ceil(BLOCK) * (BLOCK / 8 + 1));
+        } else {
+            words.reserve(self.d);
+        }
+        // For tiny N, 1/N would overflow: scale |x_j| and N by 2^1000 first
+        // (exact, as |x_j| <= N).
+        let tiny = n < pow2(-990);
+        match (self.kind, tiny) {
+            (Kind::Qsgd, false) => self.quantize_qsgd::<false>(x, n, values, rng, bytes, words),
+            (Kind::Qsgd, true) => self.quantize_qsgd::<true>(x, n, values, rng, bytes, words),
+            (Kind::Natural { .. }, false) => self.quantize_natural::<false>(x, n, values, rng, bytes, words),
+            (Kind::Natural { .. }, true) => self.quantize_natural::<true>(x, n, values, rng, bytes, words),
+        }
+    }
+
+    /// QSGD levels: z = 256 y with y = min(s, |x_j| s/N); the lower level is
+    /// floor(y), then the binary digits of frac(y) (256 s/N is an exact
+    /// scaling of s/N).
+    #[inline(always)]
+    fn quantize_qsgd<const TINY: bool>(
+        &self,
+        x: &[f64],
+        n: f64,
+        values: &mut [f64],
+        rng: &mut Rng,
+        bytes: &mut Vec<u64>,
+        words: &mut Vec<u32>,
+    ) -> (u64, u64) {
+        let s = self.s;
+        let sf = s as f64;
+        let unit = n / sf;
+        let pre = if TINY { pow2(1000) } else { 1.0 };
+        let c256 = (sf / (n * pre)) * 256.0;
+        let ztop = sf * 256.0;
+        let z = move |a: f64| {
+            let z = if TINY { (a * pre) * c256 } else { a * c256 };
+            if z < ztop {
+                z
+            } else {
+                ztop
             }
-            Kind::Natural { .. } => {
-                let u = a / n; // in (0, 1]
-                let smallest = pow2(1 - s as i32);
-                if u < smallest {
-                    let p = u * pow2(s as i32 - 1); // exact
-                    return (rng.gen::<f64>() < p) as u32;
+        };
+        // floor(z) by truncation.
+        // SAFETY: 0 <= z <= 256 s <= 2^28 and z is not NaN (|x_j| <= N is
+        // finite, so |x_j| 256 s/N is finite, and the clamp keeps it below
+        // 256 s), so it is in range for i32.
+        let lvl = move |a: f64| unsafe { z(a).to_int_unchecked::<i32>() } as u32;
+        let rest = move |a: f64| {
+            let z = z(a);
+            z - floor_u32(z) as f64
+        };
+        let mag = move |k: u32| qsgd_magnitude(unit, k);
+        if s <= BYTE_LEVELS_MAX {
+            Self::quantize::<true, _, _, _>(x, values, rng, lvl, rest, mag, bytes, words)
+        } else {
+            Self::quantize::<false, _, _, _>(x, values, rng, lvl, rest, mag, bytes, words)
+        }
+    }
+
+    /// Natural-dithering levels for u = min(1, |x_j|/N): below delta =
+    /// 2^(1-s), level 0 or 1 with P(1) = u/delta = u 2^(s-1); in [2^e, 2^(e+1)),
+    /// level s + e or s + e + 1 with P(upper) = u/2^e - 1, the mantissa of u.
+    #[inline(always)]
+    fn quantize_natural<const TINY: bool>(
+        &self,
+        x: &[f64],
+        n: f64,
+        values: &mut [f64],
+        rng: &mut Rng,
+        bytes: &mut Vec<u64>,
+        words: &mut Vec<u32>,
+    ) -> (u64, u64) {
+        let s = self.s;
+        let pre = if TINY { pow2(1000) } else { 1.0 };
+        let inv = 1.0 / (n * pre);
+        let delta = pow2(1 - s as i32);
+        let up256 = pow2(s as i32 + 7); // 256 / delta
+        let u = move |a: f64| {
+            let u = if TINY { (a * pre) * inv } else { a * inv };
+            if u < 1.0 {
+                u
+            } else {
+                1.0
+            }
+        };
+        let lvl = move |a: f64| {
+            let u = u(a);
+            let b = u.to_bits();
+            let e = (b >> 52) as i32 - 1023;
+            let big = (((s as i32 + e).max(0) as u32) << 8) | ((b >> 44) & 0xFF) as u32;
+            let small = floor_u32(u * up256);
+            if u < delta {
+                small
+            } else {
+                big
+            }
+        };
+        let rest = move |a: f64| {
+            let u = u(a);
+            if u < delta {
+                let z = u * up256;
+                z - floor_u32(z) as f64
+            } else {
+                (u.to_bits() & ((1u64 << 44) - 1)) as f64 * pow2(-44)
+            }
+        };
+        let mag = move |k: u32| natural_magnitude(n, s, k);
+        // s <= 64: always packed.
+        Self::quantize::<true, _, _, _>(x, values, rng, lvl, rest, mag, bytes, words)
+    }
+
+    /// Writes the level codes from the scratch filled by [`Self::quantize_kind`].
+    fn write_levels(&self, w: &mut BitWriter, gamma: bool, bytes: &[u64], words: &[u32]) {
+        let mut pk = w.packer();
+        if self.s <= BYTE_LEVELS_MAX {
+            let tab = self.code_table(gamma);
+            // Eight zero levels at once.
+            let (z8, z8len) = if gamma { (0xFF, 8) } else { (0, 8 * self.width) };
+            let mut left = self.d;
+            for blk in bytes.chunks_exact(BLOCK / 8 + 1) {
+                let signs = blk[BLOCK / 8];
+                for (wi, &b) in blk[..BLOCK / 8].iter().enumerate() {
+                    if left >= 8 && b == 0 {
+                        pk.put(z8, z8len);
+                        left -= 8;
+                        continue;
+                    }
+                    for i in 0..left.min(8) {
+                        let sign = (signs >> (8 * wi + i)) & 1;
+                        let (c, l) = tab[(((b >> (56 - 8 * i)) & 0xFF) | (sign << 7)) as usize];
+                        pk.put(c as u64, l);
+                    }
+                    left -= left.min(8);
+                    if left == 0 {
+                        return;
+                    }
                 }
-                // u >= 2^-63 is normal: 2^e keeps its exponent bits.
-                let lo = f64::from_bits(u.to_bits() & 0x7FF0_0000_0000_0000);
-                let e = ((u.to_bits() >> 52) & 0x7FF) as i32 - 1023; // in [1 - s, 0]
-                let k = (s as i32 + e) as u32; // level of 2^e
-                if lo == u {
-                    return k;
-                }
-                let p = u / lo - 1.0;
-                if rng.gen::<f64>() < p {
-                    (k + 1).min(s)
-                } else {
-                    k
-                }
+            }
+        } else {
+            for &l in words {
+                let (c, len) = self.code(l & !NEG, (l >> 31) as u64, gamma);
+                pk.put(c, len);
             }
         }
     }
 
-    /// Exact bits of the two body layouts (without the mode bit).
-    #[inline]
-    fn body_bits(&self, k: u32, fixed: &mut u64, gamma: &mut u64) {
-        let sign = (k > 0) as u64;
-        *fixed += self.width as u64 + sign;
-        *gamma += gamma_len(k as u64) + sign;
+    /// Decodes the fixed-width layout into `values`; returns (nonzero levels,
+    /// sum of their gamma lengths).
+    #[inline(always)]
+    fn decode_fixed<M: Fn(u32) -> f64>(&self, r: &mut BitReader<'_>, values: &mut [f64], mag: M) -> Result<(u64, u64), DecodeError> {
+        let (s, width) = (self.s, self.width);
+        let end = r.position() + r.remaining();
+        let per = (56 / (width + 1)) as usize; // codes per refill (>= 2)
+        let (mut nnz, mut glen) = (0u64, 0u64);
+        let mut win = r.window();
+        for chunk in values.chunks_mut(per) {
+            win.refill();
+            for o in chunk {
+                let b = win.peek();
+                let k = (b >> (64 - width)) as u32;
+                if k > s {
+                    return Err(bad_level(win.position(), width as u64, end, k, s));
+                }
+                let nz = (k != 0) as u32;
+                let neg = (b >> (63 - width)) & nz as u64;
+                win.consume(width + nz);
+                *o = f64::from_bits(mag(k).to_bits() | (neg << 63));
+                nnz += nz as u64;
+                glen += gamma_len(k as u64);
+            }
+        }
+        win.finish()?;
+        Ok((nnz, glen))
+    }
+
+    /// Decodes the Elias gamma layout into `values` (runs of level 0, one bit
+    /// each, are taken many at a time); returns (nonzero levels, sum of their
+    /// gamma lengths).
+    #[inline(always)]
+    fn decode_gamma<M: Fn(u32) -> f64>(&self, r: &mut BitReader<'_>, values: &mut [f64], mag: M) -> Result<(u64, u64), DecodeError> {
+        let s = self.s;
+        let d = values.len();
+        let end = r.position() + r.remaining();
+        // Largest number of leading zeros of a valid code: floor(log2(s + 1)).
+        let zmax = 31 - (s + 1).leading_zeros();
+        let (mut nnz, mut glen) = (0u64, 0u64);
+        let mut win = r.window();
+        let mut j = 0usize;
+        while j < d {
+            win.refill();
+            let b = win.peek();
+            let ones = (b.leading_ones().min(win.available()) as usize).min(d - j);
+            if ones > 0 {
+                values[j..j + ones].fill(0.0);
+                win.consume(ones as u32);
+                glen += ones as u64;
+                j += ones;
+                continue;
+            }
+            let z = b.leading_zeros();
+            if z > zmax {
+                return Err(bad_level(win.position(), z.min(63) as u64 + 1, end, u32::MAX, s));
+            }
+            let len = 2 * z + 1;
+            let k = (b >> (64 - len)) as u32 - 1; // >= 1: the code starts with a zero
+            if k > s {
+                return Err(bad_level(win.position(), len as u64, end, k, s));
+            }
+            let neg = (b >> (63 - len)) & 1;
+            win.consume(len + 1);
+            values[j] = f64::from_bits(mag(k).to_bits() | (neg << 63));
+            nnz += 1;
+            glen += len as u64;
+            j += 1;
+        }
+        win.finish()?;
+        Ok((nnz, glen))
+    }
+}
+
+/// floor(z) for 0 <= z < 2^31, without a float-to-integer conversion (so that
+/// the quantizer loops vectorise): z + 2^52 rounds z to an integer n held in
+/// the low mantissa bits, and n - 1 is taken when n > z. Exact.
+#[inline(always)]
+fn floor_u32(z: f64) -> u32 {
+    const MAGIC: f64 = 4_503_599_627_370_496.0; // 2^52
+    let f = z + MAGIC;
+    let n = f - MAGIC; // exact
+    (f.to_bits() as u32).wrapping_sub((n > z) as u32)
+}
+
+/// The low 7 bits of every byte.
+const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+
+/// For a word of 8 level bytes `k | sign << 7` (k <= 127): the number of
+/// nonzero levels and the sum of floor(log2(k + 1)), i.e. the number of
+/// (byte, j >= 1) with k >= 2^j - 1 (SWAR: byte-wise k + 128 - t sets the
+/// byte's top bit iff k >= t).
+#[inline(always)]
+fn byte_level_tally(w: u64) -> (u64, u64) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let k = w & LOW7;
+    if k == 0 {
+        return (0, 0);
+    }
+    // Number of bytes with the top bit set.
+    let count = |t: u64| (((k + (128 - t) * ONES) >> 7) & ONES).wrapping_mul(ONES) >> 56;
+    let nz = count(1);
+    let mut lg = nz;
+    let mut t = 3;
+    while t <= 127 {
+        let c = count(t);
+        if c == 0 {
+            break;
+        }
+        lg += c;
+        t = 2 * t + 1;
+    }
+    (nz, lg)
+}
+
+/// floor(log2(k + 1)) for k < 2^31, from the exponent of k + 1 as an f64
+/// (vectorises, unlike a leading-zero count).
+#[inline(always)]
+fn log2_floor_plus1(k: u32) -> u32 {
+    (((k as i32 + 1) as f64).to_bits() >> 52) as u32 - 1023
+}
+
+/// Magnitude of QSGD level `k` (0..=s) for `unit` = N/s; the one expression
+/// used by encoder and decoder (k < 2^31, so the i32 conversion is exact).
+#[inline(always)]
+fn qsgd_magnitude(unit: f64, k: u32) -> f64 {
+    unit * (k as i32) as f64
+}
+
+/// Magnitude of natural-dithering level `k` (0..=s, s <= 64) for the
+/// transmitted norm `n`: 0 for k = 0, else n 2^(k - s); the one expression used
+/// by encoder and decoder.
+#[inline(always)]
+fn natural_magnitude(n: f64, s: u32, k: u32) -> f64 {
+    let m = n * pow2(k as i32 - s as i32);
+    if k == 0 {
+        0.0
+    } else {
+        m
+    }
+}
+
+/// The error for a level code of `len` bits at bit `pos` that is above s
+/// (`k`; `u32::MAX` for a gamma code too long for any level), or that runs past
+/// the end of the input at bit `end`.
+#[cold]
+#[inline(never)]
+fn bad_level(pos: u64, len: u64, end: u64, k: u32, s: u32) -> DecodeError {
+    if pos + len > end {
+        DecodeError::Truncated { at: end.max(pos), needed: u32::try_from(pos + len - end.max(pos)).unwrap_or(u32::MAX) }
+    } else if k == u32::MAX {
+        DecodeError::invalid("level", format!("level code longer than any level up to s = {s}"))
+    } else {
+        DecodeError::invalid("level", format!("level {k} exceeds s = {s}"))
     }
 }
 
@@ -457,57 +1053,55 @@ impl Compressor for Dithering {
         out: &mut CompressedVec,
         w: &mut BitWriter,
     ) -> Result<(), CompressError> {
-        check_input(x, self.d)?;
-        let m = max_abs(x);
-        if m == 0.0 {
-            out.reset_dense(self.d);
-            self.fmt.write(w, 0.0);
-            return Ok(());
+        if x.len() != self.d {
+            return check_input(x, self.d);
         }
         let p = match self.kind {
             Kind::Qsgd => 2.0,
             Kind::Natural { p } => p,
         };
-        let n = transmitted_norm(self.fmt, x, p, m)?;
+        // One pass: max|x_j|, the l2 (or l1) sum, and the finiteness screen.
+        let t0 = std::time::Instant::now();
+        let st = if p == 2.0 { stats::<true>(x) } else { stats::<false>(x) };
+        let t1 = t0.elapsed();
+        if !st.sum.is_finite() {
+            check_finite(x)?; // else the sum overflowed: lp_norm rescales below
+        }
+        let m = st.max;
+        if m == 0.0 {
+            prepare_dense(out, self.d);
+            out.values.fill(0.0);
+            self.fmt.write(w, 0.0);
+            return Ok(());
+        }
+        let safe = (pow2(-480)..=pow2(480)).contains(&m);
+        let norm = if p.is_infinite() {
+            m
+        } else if safe && p == 2.0 {
+            st.sum.sqrt()
+        } else if safe && p == 1.0 {
+            st.sum
+        } else {
+            lp_norm(x, p, m)
+        };
+        let n = transmitted_norm(self.fmt, norm, m)?;
         let unit = n / self.s as f64;
         if !(unit * self.s as f64).is_finite() {
             return Err(norm_overflow(self.fmt, n));
         }
-        out.reset_dense(self.d);
-        let levels = &mut ctx.scratch.u32s;
-        levels.clear();
-        levels.resize(self.d, 0);
-        let (mut fixed, mut gamma) = (0u64, 0u64);
-        for ((lv, o), &v) in levels.iter_mut().zip(out.values.iter_mut()).zip(x) {
-            let k = self.level(v.abs(), n, ctx.rng);
-            self.body_bits(k, &mut fixed, &mut gamma);
-            if k > 0 {
-                let mag = self.magnitude(unit, n, k);
-                if v < 0.0 {
-                    *o = -mag;
-                    *lv = k | NEG;
-                } else {
-                    *o = mag;
-                    *lv = k;
-                }
-            }
-        }
-        self.fmt.write(w, n);
+        prepare_dense(out, self.d);
+        let sc = &mut *ctx.scratch;
+        let t2 = t0.elapsed();
+        let (nnz, glen) = self.quantize_kind(x, n, &mut out.values, ctx.rng, &mut sc.u64s, &mut sc.u32s);
+        let t3 = t0.elapsed();
+        let fixed = self.d as u64 * self.width as u64 + nnz;
+        let gamma = glen + nnz;
         let use_gamma = gamma < fixed;
+        w.reserve_bits(self.fmt.bits() as u64 + 1 + gamma.min(fixed));
+        self.fmt.write(w, n);
         w.write_bit(use_gamma);
-        for &lv in levels.iter() {
-            let k = lv & !NEG;
-            if use_gamma {
-                w.write_gamma(k as u64);
-                if k > 0 {
-                    w.write_bit(lv & NEG != 0);
-                }
-            } else if k > 0 {
-                w.write_bits(((k as u64) << 1) | (lv >> 31) as u64, self.width + 1);
-            } else {
-                w.write_bits(0, self.width);
-            }
-        }
+        self.write_levels(w, use_gamma, &sc.u64s, &sc.u32s);
+        if std::env::var("EFKIT_TIMING").is_ok() { eprintln!("stats {:?} prep {:?} quant {:?} write {:?}", t1, t2 - t1, t3 - t2, t0.elapsed() - t3); }
         Ok(())
     }
 
@@ -520,8 +1114,9 @@ impl Compressor for Dithering {
             out.reset_dense(self.d);
             return Ok(());
         }
-        let unit = n / self.s as f64;
-        if !(unit * self.s as f64).is_finite() {
+        let s = self.s;
+        let unit = n / s as f64;
+        if !(unit * s as f64).is_finite() {
             return Err(DecodeError::invalid("norm", "norm too large for the level values"));
         }
         // Every coordinate takes at least one bit: refuse before allocating.
@@ -529,24 +1124,33 @@ impl Compressor for Dithering {
             return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(self.d + 1).unwrap_or(u32::MAX) });
         }
         let use_gamma = r.read_bit()?;
-        out.reset_dense(self.d);
-        let (mut fixed, mut gamma) = (0u64, 0u64);
-        for o in out.values.iter_mut() {
-            let k = if use_gamma { r.read_gamma()? } else { r.read_bits(self.width)? };
-            if k > self.s as u64 {
-                return Err(DecodeError::invalid("level", format!("level {k} exceeds s = {}", self.s)));
+        prepare_dense(out, self.d);
+        let values = &mut out.values[..];
+        // The same magnitude expressions as the encoder's (quantize_kind).
+        let res = match (self.kind, use_gamma) {
+            (Kind::Qsgd, false) => self.decode_fixed(r, values, |k| qsgd_magnitude(unit, k)),
+            (Kind::Qsgd, true) => self.decode_gamma(r, values, |k| qsgd_magnitude(unit, k)),
+            (Kind::Natural { .. }, g) => {
+                let mag = |k: u32| natural_magnitude(n, s, k);
+                if g {
+                    self.decode_gamma(r, values, mag)
+                } else {
+                    self.decode_fixed(r, values, mag)
+                }
             }
-            let k = k as u32;
-            self.body_bits(k, &mut fixed, &mut gamma);
-            if k > 0 {
-                let mag = self.magnitude(unit, n, k);
-                *o = if r.read_bit()? { -mag } else { mag };
+        };
+        let res = res.and_then(|(nnz, glen)| {
+            let fixed = self.d as u64 * self.width as u64 + nnz;
+            let gamma = glen + nnz;
+            if use_gamma != (gamma < fixed) {
+                return Err(DecodeError::invalid("mode", "the encoder would have chosen the other level layout"));
             }
+            Ok(())
+        });
+        if res.is_err() {
+            out.reset_dense(self.d);
         }
-        if use_gamma != (gamma < fixed) {
-            return Err(DecodeError::invalid("mode", "the encoder would have chosen the other level layout"));
-        }
-        Ok(())
+        res
     }
 
     /// 32 for the norm plus ceil(log2(s + 1)) + 1 per coordinate.
@@ -558,6 +1162,7 @@ impl Compressor for Dithering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::Rng as _;
     use crate::compress::{decode_one, encode_one};
     use crate::rng::rng_from_key;
 

@@ -59,10 +59,10 @@
 //!
 //! Paper bits: 32 + d (scale plus one bit per coordinate).
 
-use super::dither::{max_abs, round_down, round_up, scale_for};
+use super::dither::{prepare_dense, round_down, round_up, scale_for, stats, Stats};
 use super::registry::{only_keys, value_format, CompressorSpec};
 use super::sparse_codec::{self, check_input};
-use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
+use super::{check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
 
@@ -79,13 +79,18 @@ impl ScaledSign {
         ScaledSign { d, fmt }
     }
 
-    /// The transmitted scale for x (not all zero): the format neighbour of
-    /// ||x||_1/d with the smaller error (module docs).
-    fn scale(&self, x: &[f64], nnz: usize) -> Result<f64, CompressError> {
-        let m = max_abs(x);
+    /// The transmitted scale for x (not all zero, finite) with one-pass
+    /// statistics `st` (l1 sum): the format neighbour of ||x||_1/d with the
+    /// smaller error (module docs).
+    fn scale(&self, x: &[f64], st: &Stats) -> Result<f64, CompressError> {
+        let m = st.max;
         // Work in a power-of-two scaled domain so that nothing overflows.
-        let c = if (2f64.powi(-480)..=2f64.powi(480)).contains(&m) { 1.0 } else { scale_for(m) };
-        let l1c: f64 = x.iter().map(|v| (v * c).abs()).sum();
+        let (c, l1c) = if (2f64.powi(-480)..=2f64.powi(480)).contains(&m) {
+            (1.0, st.sum)
+        } else {
+            let c = scale_for(m);
+            (c, l1_scaled(x, c))
+        };
         let s = (l1c / self.d as f64) / c;
         let up = round_up(self.fmt, s);
         if !up.is_finite() {
@@ -95,6 +100,7 @@ impl ScaledSign {
             )));
         }
         let dn = round_down(self.fmt, s);
+        let nnz = st.nnz;
         // E(sigma) - ||x||^2 = sigma (sigma n - 2 l), in the scaled domain.
         let excess = |sigma: f64| {
             let sc = sigma * c;
@@ -102,6 +108,50 @@ impl ScaledSign {
         };
         Ok(if excess(dn) < excess(up) { dn } else { up })
     }
+}
+
+/// sum_j |c x_j| in eight lanes (the rare rescaled path of the scale).
+fn l1_scaled(x: &[f64], c: f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for ch in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += (v * c).abs();
+        }
+    }
+    acc.iter().sum::<f64>() + chunks.remainder().iter().map(|v| (v * c).abs()).sum::<f64>()
+}
+
+/// Sign bit of an f64.
+const SIGN: u64 = 1 << 63;
+
+/// Writes ±sigma (by the sign of each entry) for a block of up to 64 entries
+/// without zeros and returns their sign bits, first entry in the top bit of
+/// the low `xs.len()` bits.
+#[inline(always)]
+fn signs_dense(xs: &[f64], os: &mut [f64], sbits: u64) -> u64 {
+    let mut word = 0u64;
+    for (o, &v) in os.iter_mut().zip(xs) {
+        let b = v.to_bits();
+        word = (word << 1) | (b >> 63);
+        *o = f64::from_bits(sbits | (b & SIGN));
+    }
+    word
+}
+
+/// Writes ±sigma or +0 for a block of up to 64 entries and returns the sign
+/// bits of the nonzero entries (in order, right-aligned) and their count.
+#[inline(always)]
+fn signs_sparse(xs: &[f64], os: &mut [f64], sbits: u64) -> (u64, u32) {
+    let (mut word, mut cnt) = (0u64, 0u32);
+    for (o, &v) in os.iter_mut().zip(xs) {
+        let b = v.to_bits();
+        let nz = (v != 0.0) as u64;
+        word = (word << nz) | ((b >> 63) & nz);
+        cnt += nz as u32;
+        *o = f64::from_bits((sbits | (b & SIGN)) & nz.wrapping_neg());
+    }
+    (word, cnt)
 }
 
 /// Builds `scaled-sign` (parameter: `values`, the format of the scale).
@@ -144,43 +194,56 @@ impl Compressor for ScaledSign {
         out: &mut CompressedVec,
         w: &mut BitWriter,
     ) -> Result<(), CompressError> {
-        check_input(x, self.d)?;
-        let nnz = x.iter().filter(|v| **v != 0.0).count();
-        let sigma = if nnz == 0 { 0.0 } else { self.scale(x, nnz)? };
-        out.reset_dense(self.d);
+        if x.len() != self.d {
+            return check_input(x, self.d);
+        }
+        // One pass: nonzero count, max|x_j|, ||x||_1 and the finiteness screen.
+        let st = stats::<false>(x);
+        if !st.sum.is_finite() {
+            check_finite(x)?; // else the l1 sum overflowed: `scale` rescales
+        }
+        let sigma = if st.nnz == 0 { 0.0 } else { self.scale(x, &st)? };
+        prepare_dense(out, self.d);
         self.fmt.write(w, sigma);
         if sigma == 0.0 {
+            out.values.fill(0.0);
             return Ok(());
         }
-        for (o, &v) in out.values.iter_mut().zip(x) {
-            if v > 0.0 {
-                *o = sigma;
-            } else if v < 0.0 {
-                *o = -sigma;
+        let sbits = sigma.to_bits();
+        w.reserve_bits(st.nnz as u64 + 64);
+        if st.nnz == self.d {
+            // No zeros: flag 0 and the empty zero set (gamma(0)), then d signs.
+            w.write_bit(false);
+            sparse_codec::encode(w, &[], self.d);
+            let mut pk = w.packer();
+            let mut xc = x.chunks_exact(64);
+            let mut oc = out.values.chunks_exact_mut(64);
+            for (xs, os) in (&mut xc).zip(&mut oc) {
+                pk.put_u64(signs_dense(xs, os, sbits));
             }
+            let xr = xc.remainder();
+            pk.put(signs_dense(xr, oc.into_remainder(), sbits), xr.len() as u32);
+            return Ok(());
         }
         // Index set: the zero coordinates, or the nonzero ones if shorter.
         let zeros = &mut ctx.scratch.u32s;
         zeros.clear();
         zeros.extend(x.iter().enumerate().filter(|(_, v)| **v == 0.0).map(|(j, _)| j as u32));
-        let mut list_nonzeros = false;
-        if !zeros.is_empty() {
-            let nonzeros = &mut out.indices; // temporary; emptied below
-            nonzeros.clear();
-            nonzeros.extend(x.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, _)| j as u32));
-            list_nonzeros = sparse_codec::encoded_bits(nonzeros, self.d) < sparse_codec::encoded_bits(zeros, self.d);
-        }
+        let nonzeros = &mut out.indices; // temporary; emptied below
+        nonzeros.clear();
+        nonzeros.extend(x.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, _)| j as u32));
+        let list_nonzeros = sparse_codec::encoded_bits(nonzeros, self.d) < sparse_codec::encoded_bits(zeros, self.d);
         w.write_bit(list_nonzeros);
         if list_nonzeros {
-            sparse_codec::encode(w, &out.indices, self.d);
+            sparse_codec::encode(w, nonzeros, self.d);
         } else {
             sparse_codec::encode(w, zeros, self.d);
         }
         out.indices.clear();
-        for &v in x {
-            if v != 0.0 {
-                w.write_bit(v < 0.0);
-            }
+        let mut pk = w.packer();
+        for (xs, os) in x.chunks(64).zip(out.values.chunks_mut(64)) {
+            let (word, cnt) = signs_sparse(xs, os, sbits);
+            pk.put(word, cnt);
         }
         Ok(())
     }
@@ -190,12 +253,13 @@ impl Compressor for ScaledSign {
         if sigma.is_sign_negative() {
             return Err(DecodeError::invalid("scale", "negative scale"));
         }
-        out.reset_dense(self.d);
         if sigma == 0.0 {
+            out.reset_dense(self.d);
             return Ok(());
         }
         let list_nonzeros = r.read_bit()?;
         // The set goes into out.indices temporarily (no allocation in steady state).
+        prepare_dense(out, self.d);
         let res = self.decode_signs(r, sigma, list_nonzeros, out);
         out.indices.clear();
         if res.is_err() {
@@ -211,7 +275,8 @@ impl Compressor for ScaledSign {
 }
 
 impl ScaledSign {
-    /// Reads the index set and the signs into `out` (dense, zeroed).
+    /// Reads the index set and the signs into `out.values` (length d; every
+    /// entry is written), using `out.indices` for the set.
     fn decode_signs(
         &self,
         r: &mut BitReader<'_>,
@@ -228,14 +293,43 @@ impl ScaledSign {
         if nnz as u64 > r.remaining() {
             return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(nnz).unwrap_or(u32::MAX) });
         }
-        let mut next = out.indices.iter().copied().peekable();
-        for (j, o) in out.values.iter_mut().enumerate() {
-            let is_listed = next.peek() == Some(&(j as u32));
-            if is_listed {
-                next.next();
+        let sbits = sigma.to_bits();
+        if nnz == self.d {
+            // Every coordinate carries a sign: 64 at a time.
+            let mut oc = out.values.chunks_exact_mut(64);
+            for os in &mut oc {
+                let word = r.read_u64_block()?;
+                for (i, o) in os.iter_mut().enumerate() {
+                    *o = f64::from_bits(sbits | ((word << i) & SIGN));
+                }
             }
-            if is_listed == list_nonzeros {
-                *o = if r.read_bit()? { -sigma } else { sigma };
+            let os = oc.into_remainder();
+            let word = r.read_bits(os.len() as u32)? << ((64 - os.len() as u32) & 63);
+            for (i, o) in os.iter_mut().enumerate() {
+                *o = f64::from_bits(sbits | ((word << i) & SIGN));
+            }
+            return Ok(());
+        }
+        // Blocks of 64 coordinates: the nonzero mask from the listed set, then
+        // that many sign bits.
+        let list = &out.indices[..];
+        let mut next = 0usize;
+        for (b, os) in out.values.chunks_mut(64).enumerate() {
+            let base = (b * 64) as u32;
+            let len = os.len() as u32;
+            let mut listed_mask = 0u64;
+            while next < list.len() && list[next] < base + len {
+                listed_mask |= 1u64 << (63 - (list[next] - base));
+                next += 1;
+            }
+            let valid = if len == 64 { u64::MAX } else { !(u64::MAX >> len) };
+            let nz = if list_nonzeros { listed_mask } else { !listed_mask & valid };
+            let cnt = nz.count_ones();
+            let mut bits = if cnt == 64 { r.read_u64_block()? } else { r.read_bits(cnt)? << ((64 - cnt) & 63) };
+            for (i, o) in os.iter_mut().enumerate() {
+                let z = (nz >> (63 - i)) & 1;
+                *o = f64::from_bits((sbits | (bits & SIGN)) & z.wrapping_neg());
+                bits <<= z;
             }
         }
         Ok(())

@@ -1,0 +1,380 @@
+//! The round loop and the metric reductions, independent of the transport.
+//!
+//! Every backend runs the same protocol (`efkit_core::method`): round t
+//! broadcasts the downlink carrying x^t, the participating workers answer with
+//! their uplinks, and the server applies them in worker-id order to reach
+//! x^{t+1}. What a backend must provide to be driven is [`Rounds`]: run one
+//! round, evaluate the metrics at the server's x^t, and give the full state
+//! for a checkpoint. [`drive`] then applies the stopping rules exactly as
+//! [`Cluster::run_with`] does (same checks, same order, same logged rounds,
+//! same checkpoints), so any backend that produces the same rounds and the
+//! same metrics produces the same `metrics.jsonl` and [`Summary`].
+//!
+//! The metrics at x are (algorithms.md §6, B&W eq. (7) for the objective)
+//!
+//! ```text
+//! f(x)          = (1/n) sum_i f_i(x)                         (+ r(x) for EF21-Prox)
+//! ||grad f||^2  = ||(1/n) sum_i grad f_i(x)||^2               (or ||G_gamma(x)||^2,
+//! G_gamma(x)    = (x - prox_{gamma r}(x - gamma grad f(x))) / gamma   for EF21-Prox)
+//! ```
+//!
+//! with the sums taken in worker-id order ([`reduce_eval`]), so the floating
+//! point result does not depend on where the f_i were computed.
+
+use efkit_core::method::{Parts, Regularizer, ServerStep, WorkerState};
+
+use crate::cluster::{Cluster, ClusterState, Control, RoundMetrics, Status, StopRules, Summary};
+
+/// A round driver: one round at a time, the metrics at the current model, and
+/// the full state for checkpoints.
+pub trait Rounds {
+    /// The next round number t (the number of server updates so far).
+    fn round(&self) -> u64;
+    /// Runs round t; an error (a non-finite value met by a compressor, a
+    /// message that does not decode) is returned as a message naming the
+    /// party and the round.
+    fn step(&mut self) -> Result<(), String>;
+    /// Evaluates the metrics at the server's x^t.
+    fn metrics(&mut self, seconds: f64) -> RoundMetrics;
+    /// The complete algorithm state, as [`Cluster::snapshot`].
+    fn snapshot(&mut self, initial_loss: f64, elapsed: f64) -> ClusterState;
+}
+
+impl Rounds for Cluster {
+    fn round(&self) -> u64 {
+        Cluster::round(self)
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        Cluster::step(self)
+    }
+
+    fn metrics(&mut self, seconds: f64) -> RoundMetrics {
+        Cluster::metrics(self, seconds)
+    }
+
+    fn snapshot(&mut self, initial_loss: f64, elapsed: f64) -> ClusterState {
+        Cluster::snapshot(self, initial_loss, elapsed)
+    }
+}
+
+/// Runs `r` until a stopping rule fires, with the semantics of
+/// [`Cluster::run_with`] (same checks in the same order, same messages, same
+/// logged rounds, same checkpoints): `resume` gives the initial loss and the
+/// elapsed seconds of an interrupted run, every `checkpoint_every` rounds (and
+/// on interruption) `on_checkpoint` receives the full state, and `on_log` sees
+/// every logged round and may interrupt.
+pub fn drive<R: Rounds + ?Sized>(
+    r: &mut R,
+    rules: &StopRules,
+    resume: Option<(f64, f64)>,
+    checkpoint_every: Option<u64>,
+    mut on_log: impl FnMut(&RoundMetrics) -> Control,
+    mut on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
+) -> Summary {
+    let start = std::time::Instant::now();
+    let elapsed0 = resume.map_or(0.0, |r| r.1);
+    let log_every = rules.log_every.max(1);
+    let initial_loss = match resume {
+        Some((l, _)) => l,
+        None => r.metrics(0.0).loss,
+    };
+    let check = |m: &RoundMetrics| -> Option<(Status, Option<String>)> {
+        if !m.loss.is_finite() || !m.grad_norm_sq.is_finite() {
+            let what = if !m.loss.is_finite() { format!("loss = {}", m.loss) } else { format!("grad_norm_sq = {}", m.grad_norm_sq) };
+            return Some((Status::Diverged, Some(format!("diverged at round {}: {what}", m.round))));
+        }
+        if m.loss > rules.blowup * initial_loss.abs().max(1.0) {
+            return Some((Status::Diverged, Some(format!("diverged at round {}: loss = {:e} exceeds {} x max(1, |f(x^0)|)", m.round, m.loss, rules.blowup))));
+        }
+        if let Some(tol) = rules.tol {
+            if m.grad_norm_sq <= tol {
+                return Some((Status::Converged, None));
+            }
+        }
+        None
+    };
+    let mut last = None;
+    if resume.is_none() {
+        let m = r.metrics(0.0);
+        let stop = check(&m);
+        let ctl = on_log(&m);
+        last = Some(m);
+        if let Some((status, message)) = stop {
+            return Summary { status, rounds: 0, last, message };
+        }
+        if ctl == Control::Interrupt {
+            let _ = on_checkpoint(&r.snapshot(initial_loss, elapsed0));
+            return Summary { status: Status::Interrupted, rounds: 0, last, message: None };
+        }
+    }
+    let mut checkpoint_err: Option<String> = None;
+    loop {
+        let t = r.round();
+        if t >= rules.max_rounds {
+            return Summary { status: Status::MaxRounds, rounds: t, last, message: checkpoint_err };
+        }
+        if let Err(msg) = r.step() {
+            return Summary { status: Status::Diverged, rounds: r.round(), last, message: Some(format!("diverged: {msg}")) };
+        }
+        let t = r.round();
+        let elapsed = elapsed0 + start.elapsed().as_secs_f64();
+        let time_up = rules.time_limit.is_some_and(|limit| elapsed >= limit);
+        let mut ctl = Control::Continue;
+        if t % log_every == 0 || t >= rules.max_rounds || time_up {
+            let m = r.metrics(elapsed);
+            let stop = check(&m);
+            ctl = on_log(&m);
+            last = Some(m);
+            if let Some((status, message)) = stop {
+                return Summary { status, rounds: t, last, message };
+            }
+        }
+        let want_ckpt = checkpoint_every.is_some_and(|c| c > 0 && t % c == 0) || ctl == Control::Interrupt;
+        if want_ckpt {
+            if let Err(e) = on_checkpoint(&r.snapshot(initial_loss, elapsed)) {
+                checkpoint_err = Some(format!("checkpoint at round {t} failed: {e}"));
+            }
+        }
+        if ctl == Control::Interrupt {
+            return Summary { status: Status::Interrupted, rounds: t, last, message: checkpoint_err };
+        }
+        if time_up {
+            return Summary { status: Status::TimeLimit, rounds: t, last, message: checkpoint_err };
+        }
+    }
+}
+
+/// Reduces the per-worker losses f_i(x) and gradients grad f_i(x), given in
+/// worker-id order, to (f(x), ||grad f(x)||^2) — or, for EF21-Prox with r != 0,
+/// to (f(x) + r(x), ||G_gamma(x)||^2) — exactly as [`Cluster::evaluate`]
+/// (same operations in the same order, so bit-identical). `grad` and `tmp`
+/// are d-sized scratch.
+pub fn reduce_eval<'a>(
+    parts: &Parts,
+    x: &[f64],
+    losses: &[f64],
+    grads: impl IntoIterator<Item = &'a [f64]>,
+    grad: &mut [f64],
+    tmp: &mut [f64],
+) -> (f64, f64) {
+    let n = losses.len() as f64;
+    grad.iter_mut().for_each(|v| *v = 0.0);
+    let mut loss = 0.0;
+    for (g, l) in grads.into_iter().zip(losses) {
+        for (a, b) in grad.iter_mut().zip(g) {
+            *a += b;
+        }
+        loss += l;
+    }
+    loss /= n;
+    grad.iter_mut().for_each(|v| *v /= n);
+    match parts.server_step {
+        ServerStep::Prox { reg } if reg != Regularizer::Zero => {
+            let gamma = parts.gamma;
+            for ((t, xv), g) in tmp.iter_mut().zip(x).zip(grad.iter()) {
+                *t = xv - gamma * g;
+            }
+            reg.prox(tmp, gamma);
+            let gm: f64 = x.iter().zip(tmp.iter()).map(|(a, b)| ((a - b) / gamma).powi(2)).sum();
+            (loss + reg.value(x), gm)
+        }
+        _ => (loss, grad.iter().map(|v| v * v).sum()),
+    }
+}
+
+/// The cumulative counters of one worker that enter the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    /// Uplink bits as written.
+    pub bits_up_wire: u64,
+    /// Uplink bits in the papers' convention.
+    pub bits_up_paper: u64,
+    /// Downlink bits received, as written.
+    pub bits_down_wire: u64,
+    /// Downlink bits received, papers' convention.
+    pub bits_down_paper: u64,
+    /// Sample gradients computed.
+    pub samples: u64,
+}
+
+impl WorkerCounters {
+    /// Number of u64 words in [`WorkerCounters::to_words`].
+    pub const WORDS: usize = 5;
+
+    /// The counters of a worker's state.
+    pub fn of(s: &WorkerState) -> Self {
+        WorkerCounters {
+            bits_up_wire: s.bits_up_wire,
+            bits_up_paper: s.bits_up_paper,
+            bits_down_wire: s.bits_down_wire,
+            bits_down_paper: s.bits_down_paper,
+            samples: s.samples,
+        }
+    }
+
+    /// As words (for a transport).
+    pub fn to_words(self) -> [u64; Self::WORDS] {
+        [self.bits_up_wire, self.bits_up_paper, self.bits_down_wire, self.bits_down_paper, self.samples]
+    }
+
+    /// From words written by [`WorkerCounters::to_words`].
+    pub fn from_words(w: &[u64]) -> Self {
+        WorkerCounters { bits_up_wire: w[0], bits_up_paper: w[1], bits_down_wire: w[2], bits_down_paper: w[3], samples: w[4] }
+    }
+}
+
+/// What [`round_metrics`] needs besides the evaluation and the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct RunTotals {
+    /// The server's round t.
+    pub round: u64,
+    /// Number of (worker, round) participations so far.
+    pub participations: u64,
+    /// Workers that took part in the last round.
+    pub last_participants: usize,
+    /// Total number of samples N (0 for streaming oracles).
+    pub total_samples: u64,
+}
+
+/// Assembles the metrics of a logged round from the evaluation `(loss,
+/// grad_norm_sq)` and every worker's counters in worker-id order, exactly as
+/// [`Cluster::metrics`] does.
+pub fn round_metrics(eval: (f64, f64), counters: &[WorkerCounters], t: RunTotals, seconds: f64) -> RoundMetrics {
+    let n = counters.len() as f64;
+    let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>() as f64;
+    let up_wire = sum(|c| c.bits_up_wire);
+    let samples = sum(|c| c.samples);
+    let per_part = if t.participations > 0 { up_wire / t.participations as f64 * t.round as f64 } else { 0.0 };
+    RoundMetrics {
+        round: t.round,
+        loss: eval.0,
+        grad_norm_sq: eval.1,
+        bits_up_wire: up_wire / n,
+        bits_up_paper: sum(|c| c.bits_up_paper) / n,
+        bits_down_wire: sum(|c| c.bits_down_wire) / n,
+        bits_down_paper: sum(|c| c.bits_down_paper) / n,
+        bits_up_wire_per_participant: per_part,
+        epochs: if t.total_samples > 0 { samples / t.total_samples as f64 } else { 0.0 },
+        participants: t.last_participants,
+        seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_with_hints, Config};
+    use crate::setup::prepare;
+
+    fn config(method: &str, extra: &str, step: &str, rounds: u64, tol: Option<f64>) -> Config {
+        let tol = tol.map(|t| format!("tol = {t:e}\n")).unwrap_or_default();
+        let s = format!(
+            "seed = 5\nthreads = 2\n[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 6\n[method]\nname = \"{method}\"\n{extra}\n[compressor]\nname = \"top-k\"\nk = 2\n[step]\n{step}\n[init]\nkind = \"gaussian\"\n[stop]\nmax_rounds = {rounds}\nlog_every = 3\n{tol}"
+        );
+        parse_with_hints(&s).unwrap()
+    }
+
+    type Logged = (Vec<RoundMetrics>, Summary, Vec<ClusterState>);
+
+    fn logged(cfg: &Config, via_drive: bool, interrupt_at: Option<u64>) -> Logged {
+        let mut c = prepare(cfg).unwrap().cluster;
+        let rules = crate::setup::stop_rules(cfg);
+        let mut rows = Vec::new();
+        let mut ckpts = Vec::new();
+        let on_log = |m: &RoundMetrics| {
+            let mut m = m.clone();
+            m.seconds = 0.0;
+            let stop = interrupt_at == Some(m.round);
+            rows.push(m);
+            if stop {
+                Control::Interrupt
+            } else {
+                Control::Continue
+            }
+        };
+        let on_ckpt = |s: &ClusterState| {
+            let mut s = s.clone();
+            s.elapsed = 0.0;
+            ckpts.push(s);
+            Ok(())
+        };
+        let every = cfg.stop.checkpoint_every;
+        let mut s = if via_drive { drive(&mut c, &rules, None, every, on_log, on_ckpt) } else { c.run_with(&rules, None, every, on_log, on_ckpt) };
+        if let Some(m) = s.last.as_mut() {
+            m.seconds = 0.0;
+        }
+        (rows, s, ckpts)
+    }
+
+    /// `drive` is `Cluster::run_with`: same logged rows, summary and
+    /// checkpoints for every way a run ends (max rounds, convergence,
+    /// blow-up, interruption).
+    #[test]
+    fn drive_matches_cluster_run() {
+        let mut with_ckpt = config("ef21", "", "rule = \"theory\"\nmultiplier = 4.0", 10, None);
+        with_ckpt.stop.checkpoint_every = Some(4);
+        let cases = [
+            (with_ckpt.clone(), None),
+            (with_ckpt, Some(6)),
+            (config("ef21-pp", "participation = 0.5", "rule = \"theory\"", 8, None), None),
+            (config("ef21-prox", "prox = { kind = \"l1\", lambda = 0.01 }", "rule = \"theory\"", 7, None), None),
+            (config("gd", "", "rule = \"theory\"", 200, Some(1e-2)), None),
+            (config("ef21", "", "rule = \"absolute\"\nvalue = 1e9", 50, None), None),
+        ];
+        let mut statuses = Vec::new();
+        for (cfg, interrupt) in cases {
+            let mut cfg = cfg;
+            if cfg.method.name == "gd" {
+                cfg.compressor = efkit_core::compress::CompressorSpec::named("identity");
+            }
+            let a = logged(&cfg, true, interrupt);
+            let b = logged(&cfg, false, interrupt);
+            assert_eq!(a, b, "{}", cfg.method.name);
+            if cfg.stop.checkpoint_every.is_some() {
+                assert!(!a.2.is_empty());
+            }
+            statuses.push(a.1.status);
+        }
+        // the cases really exercise the different exits
+        for s in [Status::MaxRounds, Status::Converged, Status::Diverged, Status::Interrupted] {
+            assert!(statuses.contains(&s), "{s:?} not reached: {statuses:?}");
+        }
+    }
+
+    /// The reductions reproduce `Cluster::metrics` bit for bit from per-worker values.
+    #[test]
+    fn reductions_match_cluster_metrics() {
+        for cfg in [
+            config("ef21", "", "rule = \"theory\"", 3, None),
+            config("ef21-prox", "prox = { kind = \"l1\", lambda = 0.05 }", "rule = \"theory\"", 3, None),
+        ] {
+            let mut c = prepare(&cfg).unwrap().cluster;
+            for _ in 0..3 {
+                c.step().unwrap();
+            }
+            let want = c.metrics(1.5);
+            let x = c.server.state.x.clone();
+            let d = x.len();
+            let mut losses = Vec::new();
+            let mut grads = Vec::new();
+            for o in c.oracles.iter_mut() {
+                let mut g = vec![0.0; d];
+                losses.push(o.loss_grad(&x, &mut g));
+                grads.push(g);
+            }
+            let (mut grad, mut tmp) = (vec![0.0; d], vec![0.0; d]);
+            let eval = reduce_eval(&c.parts, &x, &losses, grads.iter().map(|g| g.as_slice()), &mut grad, &mut tmp);
+            let counters: Vec<WorkerCounters> = c.workers.iter().map(|w| WorkerCounters::of(&w.state)).collect();
+            let snap = c.snapshot(0.0, 0.0);
+            let totals = RunTotals { round: c.round(), participations: snap.participations, last_participants: snap.last_participants, total_samples: c.total_samples };
+            let got = round_metrics(eval, &counters, totals, 1.5);
+            assert_eq!(got, want, "{}", cfg.method.name);
+            assert_eq!(got.loss.to_bits(), want.loss.to_bits());
+            assert_eq!(got.grad_norm_sq.to_bits(), want.grad_norm_sq.to_bits());
+            for cw in &counters {
+                assert_eq!(WorkerCounters::from_words(&cw.to_words()), *cw);
+            }
+        }
+    }
+}
