@@ -1,8 +1,6 @@
 //! The in-process cluster: n workers on a thread pool, one server.
 
-use std::time::Instant;
-
-use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, ServerStep, Worker};
+use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, Worker};
 use efkit_core::oracle::Oracle;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -130,6 +128,7 @@ pub struct Cluster {
     tmp: Vec<f64>,
     participations: u64,
     last_participants: usize,
+    counters: Vec<crate::driver::WorkerCounters>,
 }
 
 impl Cluster {
@@ -156,6 +155,7 @@ impl Cluster {
             tmp: vec![0.0; d],
             participations: 0,
             last_participants: 0,
+            counters: Vec::with_capacity(n),
         }
     }
 
@@ -211,58 +211,21 @@ impl Cluster {
                 *l = o.loss_grad(x, g);
             })
         });
-        let n = self.eval_grads.len() as f64;
-        self.grad.iter_mut().for_each(|v| *v = 0.0);
-        let mut loss = 0.0;
-        for (g, l) in self.eval_grads.iter().zip(&self.eval_losses) {
-            for (a, b) in self.grad.iter_mut().zip(g) {
-                *a += b;
-            }
-            loss += l;
-        }
-        loss /= n;
-        self.grad.iter_mut().for_each(|v| *v /= n);
-        match self.parts.server_step {
-            ServerStep::Prox { reg } if reg != efkit_core::method::Regularizer::Zero => {
-                // gradient mapping (for r = 0 it is the gradient itself, computed exactly below) G = (x - prox_{gamma r}(x - gamma grad f(x))) / gamma
-                let gamma = self.parts.gamma;
-                for ((t, x), g) in self.tmp.iter_mut().zip(x).zip(&self.grad) {
-                    *t = x - gamma * g;
-                }
-                reg.prox(&mut self.tmp, gamma);
-                let gm: f64 = x.iter().zip(&self.tmp).map(|(a, b)| ((a - b) / gamma).powi(2)).sum();
-                (loss + reg.value(x), gm)
-            }
-            _ => (loss, self.grad.iter().map(|v| v * v).sum()),
-        }
+        crate::driver::reduce_eval(&self.parts, x, &self.eval_losses, self.eval_grads.iter().map(|g| g.as_slice()), &mut self.grad, &mut self.tmp)
     }
 
     /// Metrics at the current state (evaluates f and its gradient).
     pub fn metrics(&mut self, seconds: f64) -> RoundMetrics {
-        let (loss, grad_norm_sq) = self.evaluate();
-        let n = self.n() as f64;
-        let sum = |f: fn(&Worker) -> u64| self.workers.iter().map(f).sum::<u64>() as f64;
-        let up_wire = sum(|w| w.state.bits_up_wire);
-        let samples = sum(|w| w.state.samples);
-        let per_part = if self.participations > 0 {
-            // total uplink bits / participations * rounds: bits a participating client sends per round, accumulated
-            up_wire / self.participations as f64 * self.server.state.round as f64
-        } else {
-            0.0
-        };
-        RoundMetrics {
+        let eval = self.evaluate();
+        self.counters.clear();
+        self.counters.extend(self.workers.iter().map(|w| crate::driver::WorkerCounters::of(&w.state)));
+        let totals = crate::driver::RunTotals {
             round: self.server.state.round,
-            loss,
-            grad_norm_sq,
-            bits_up_wire: up_wire / n,
-            bits_up_paper: sum(|w| w.state.bits_up_paper) / n,
-            bits_down_wire: sum(|w| w.state.bits_down_wire) / n,
-            bits_down_paper: sum(|w| w.state.bits_down_paper) / n,
-            bits_up_wire_per_participant: per_part,
-            epochs: if self.total_samples > 0 { samples / self.total_samples as f64 } else { 0.0 },
-            participants: self.last_participants,
-            seconds,
-        }
+            participations: self.participations,
+            last_participants: self.last_participants,
+            total_samples: self.total_samples,
+        };
+        crate::driver::round_metrics(eval, &self.counters, totals, seconds)
     }
 
     /// The complete algorithm state (server, workers, counters) as plain values.
@@ -311,79 +274,9 @@ impl Cluster {
         rules: &StopRules,
         resume: Option<(f64, f64)>,
         checkpoint_every: Option<u64>,
-        mut on_log: impl FnMut(&RoundMetrics) -> Control,
-        mut on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
+        on_log: impl FnMut(&RoundMetrics) -> Control,
+        on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
     ) -> Summary {
-        let start = Instant::now();
-        let elapsed0 = resume.map_or(0.0, |r| r.1);
-        let log_every = rules.log_every.max(1);
-        let initial_loss = match resume {
-            Some((l, _)) => l,
-            None => self.metrics(0.0).loss,
-        };
-        let check = |m: &RoundMetrics| -> Option<(Status, Option<String>)> {
-            if !m.loss.is_finite() || !m.grad_norm_sq.is_finite() {
-                let what = if !m.loss.is_finite() { format!("loss = {}", m.loss) } else { format!("grad_norm_sq = {}", m.grad_norm_sq) };
-                return Some((Status::Diverged, Some(format!("diverged at round {}: {what}", m.round))));
-            }
-            if m.loss > rules.blowup * initial_loss.abs().max(1.0) {
-                return Some((Status::Diverged, Some(format!("diverged at round {}: loss = {:e} exceeds {} x max(1, |f(x^0)|)", m.round, m.loss, rules.blowup))));
-            }
-            if let Some(tol) = rules.tol {
-                if m.grad_norm_sq <= tol {
-                    return Some((Status::Converged, None));
-                }
-            }
-            None
-        };
-        let mut last = None;
-        if resume.is_none() {
-            let m = self.metrics(0.0);
-            let stop = check(&m);
-            let ctl = on_log(&m);
-            last = Some(m);
-            if let Some((status, message)) = stop {
-                return Summary { status, rounds: 0, last, message };
-            }
-            if ctl == Control::Interrupt {
-                let _ = on_checkpoint(&self.snapshot(initial_loss, elapsed0));
-                return Summary { status: Status::Interrupted, rounds: 0, last, message: None };
-            }
-        }
-        let mut checkpoint_err: Option<String> = None;
-        loop {
-            let r = self.server.state.round;
-            if r >= rules.max_rounds {
-                return Summary { status: Status::MaxRounds, rounds: r, last, message: checkpoint_err };
-            }
-            if let Err(msg) = self.step() {
-                return Summary { status: Status::Diverged, rounds: self.round(), last, message: Some(format!("diverged: {msg}")) };
-            }
-            let r = self.server.state.round;
-            let elapsed = elapsed0 + start.elapsed().as_secs_f64();
-            let time_up = rules.time_limit.is_some_and(|t| elapsed >= t);
-            let mut ctl = Control::Continue;
-            if r % log_every == 0 || r >= rules.max_rounds || time_up {
-                let m = self.metrics(elapsed);
-                let stop = check(&m);
-                ctl = on_log(&m);
-                last = Some(m);
-                if let Some((status, message)) = stop {
-                    return Summary { status, rounds: r, last, message };
-                }
-            }
-            let want_ckpt = checkpoint_every.is_some_and(|c| c > 0 && r % c == 0) || ctl == Control::Interrupt;
-            if want_ckpt {
-                if let Err(e) = on_checkpoint(&self.snapshot(initial_loss, elapsed)) {
-                    checkpoint_err = Some(format!("checkpoint at round {r} failed: {e}"));
-                }
-            }
-            if ctl == Control::Interrupt {
-                return Summary { status: Status::Interrupted, rounds: r, last, message: checkpoint_err };
-            }
-            if time_up {
-                return Summary { status: Status::TimeLimit, rounds: r, last, message: checkpoint_err };
-            }
-        }
+        crate::driver::drive(self, rules, resume, checkpoint_every, on_log, on_checkpoint)
     }
 }

@@ -75,9 +75,12 @@ pub fn drive<R: Rounds + ?Sized>(
     let start = std::time::Instant::now();
     let elapsed0 = resume.map_or(0.0, |r| r.1);
     let log_every = rules.log_every.max(1);
-    let initial_loss = match resume {
-        Some((l, _)) => l,
-        None => r.metrics(0.0).loss,
+    // round 0 is evaluated once: its loss is the reference of the blow-up rule
+    let first = if resume.is_none() { Some(r.metrics(0.0)) } else { None };
+    let initial_loss = match (resume, &first) {
+        (Some((l, _)), _) => l,
+        (None, Some(m)) => m.loss,
+        (None, None) => unreachable!(),
     };
     let check = |m: &RoundMetrics| -> Option<(Status, Option<String>)> {
         if !m.loss.is_finite() || !m.grad_norm_sq.is_finite() {
@@ -95,8 +98,7 @@ pub fn drive<R: Rounds + ?Sized>(
         None
     };
     let mut last = None;
-    if resume.is_none() {
-        let m = r.metrics(0.0);
+    if let Some(m) = first {
         let stop = check(&m);
         let ctl = on_log(&m);
         last = Some(m);

@@ -35,6 +35,9 @@
 //! duality with dual variables read off the smoothed derivatives (each loss is
 //! a maximum of affine functions of its prediction).
 
+// The dense linear algebra of the reference solver indexes several arrays by one loop variable.
+#![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
+
 use std::time::Instant;
 
 use efkit_core::compress::{build, CompressorClass, CompressorSpec};
@@ -994,7 +997,7 @@ impl<'a> Smoothed<'a> {
             rhs[i] = s;
         }
         let (mut lo, mut hi) = (0.0f64, norm(&rhs) / r);
-        let mut nu = hi.min(1.0).max(1e-300);
+        let mut nu = hi.clamp(1e-300, 1.0);
         let mut chol = vec![0.0; d * d];
         let mut y = vec![0.0; d];
         for _ in 0..200 {

@@ -172,7 +172,7 @@ fn bc_downlink_bits_equal_the_encoded_downlink() {
             0 => assert_eq!(bits, (2 + 64 * d as u64).div_ceil(8) * 8),
             1 => assert!(bits >= 32 * d as u64 && bits < 33 * d as u64, "{bits}"),
             _ => {
-                assert!(bits >= 2 + 4 * 32 && bits <= 4 * (32 + 32) + 64, "round {t}: {bits}");
+                assert!((2 + 4 * 32..=4 * (32 + 32) + 64).contains(&bits), "round {t}: {bits}");
                 assert_eq!(wire.paper_bits, 4 * 32);
             }
         }

@@ -260,10 +260,10 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
             let rows: Vec<&SafeMetrics> = rows.iter().filter(|m| m.gb_per_worker > 0.0).collect();
             let x: Vec<f64> = rows.iter().map(|m| m.gb_per_worker).collect();
             s_sub.push(Series { label: lab.clone(), x: x.clone(), y: rows.iter().map(|m| m.suboptimality.map_or(f64::NAN, f64::abs)).collect(), band: None });
-            s_viol.push(Series { label: lab, x, y: rows.iter().map(|m| m.violation).collect(), band: None });
+            s_viol.push(Series { label: lab, x, y: rows.iter().map(|m| m.constraint).collect(), band: None });
         }
         sub_panels.push(Panel { title: format!("NP a9a hinge, n = 16, {cname}"), x_label: "GB / worker (uplink, wire)".into(), y_label: "|f(xbar) - f*|".into(), log_x: true, log_y: true, series: s_sub });
-        viol_panels.push(Panel { title: format!("NP a9a hinge, n = 16, {cname}"), x_label: "GB / worker (uplink, wire)".into(), y_label: "max(g(xbar), 0)".into(), log_x: true, log_y: false, series: s_viol });
+        viol_panels.push(Panel { title: format!("NP a9a hinge, n = 16, {cname}"), x_label: "GB / worker (uplink, wire)".into(), y_label: "g(xbar) (violation = max(g, 0))".into(), log_x: true, log_y: false, series: s_viol });
     }
     let mut panels = sub_panels;
     panels.extend(viol_panels);
@@ -306,7 +306,7 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
                 _ => None,
             };
             if let Some(x) = rt {
-                if best_ratio.map_or(true, |(y, _, _)| x > y) {
+                if !matches!(best_ratio, Some((y, _, _)) if x <= y) {
                     best_ratio = Some((x, cname, t));
                 }
             }
@@ -318,7 +318,7 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
         None => "Safe-EF and parallel SGD reached no common target accuracy in this budget; no ratio can be measured.".into(),
     };
     let readme = format!(
-        "# efkit repro safe-ef{}\n\n{}\n\nReference: f* = {:.10} (feasible point, g = {:.2e}), certified lower bound {:.10} (gap {:.2e}), multiplier lambda = {:.4}, ||x*|| = {:.4}, mu = {:e}, {:.1} s.\n\nSetup: Neyman-Pearson on a9a (minimize the mean hinge loss of the -1 class subject to the mean hinge loss of the +1 class <= 0.5, in the ball of radius 10), n = 16 workers (shuffled split), x^0 = 0, exact subgradients, {rounds} rounds, threshold c = 0 for the switching methods, step = multiplier x the theory step (R = ||x*||, T = {rounds}); multipliers tuned on the first {tune_rounds} rounds (table below). Output xbar = average of the model over the productive rounds (all rounds for primal-dual). GB/worker = uplink wire bits / 8e9 (the dense f64 model broadcast is in the up+down column).\n\nFigure: `{}` / `{}` (top: |f(xbar) - f*|, bottom: violation max(g(xbar), 0) on a linear axis).\n\n## Final state\n\n{}\n## Gigabytes per worker to reach an accuracy max(|f - f*|, violation)\n\n{}\n## Tuning\n\n{}",
+        "# efkit repro safe-ef{}\n\n{}\n\nReference: f* = {:.10} (feasible point, g = {:.2e}), certified lower bound {:.10} (gap {:.2e}), multiplier lambda = {:.4}, ||x*|| = {:.4}, mu = {:e}, {:.1} s.\n\nSetup: Neyman-Pearson on a9a (minimize the mean hinge loss of the -1 class subject to the mean hinge loss of the +1 class <= 0.5, in the ball of radius 10), n = 16 workers (shuffled split), x^0 = 0, exact subgradients, {rounds} rounds, threshold c = 0 for the switching methods, step = multiplier x the theory step (R = ||x*||, T = {rounds}); multipliers tuned on the first {tune_rounds} rounds (table below). Output xbar = average of the model over the productive rounds (all rounds for primal-dual). GB/worker = uplink wire bits / 8e9 (the dense f64 model broadcast is in the up+down column).\n\nFigure: `{}` / `{}` (top: |f(xbar) - f*|, bottom: the constraint g(xbar) on a linear axis; the violation is its positive part).\n\n## Final state\n\n{}\n## Gigabytes per worker to reach an accuracy max(|f - f*|, violation)\n\n{}\n## Tuning\n\n{}",
         if quick { " (quick smoke run, NOT the full budget)" } else { "" },
         finding,
         rf.f_star, rf.g_star, rf.lower_bound, rf.gap(), rf.lambda, r, rf.mu, rf.seconds,
@@ -357,7 +357,7 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
             c.method.batch = Some(batch);
             c.method.step = Some(gamma);
             c.method.threshold = Some(0.0);
-            c.stop.log_every = (rounds / 60).max(1);
+            c.stop.log_every = (rounds / 300).max(1);
             jobs.push((n, seed, c));
         }
     }
@@ -406,6 +406,12 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
     table.push_str(&"---|".repeat(workers.len()));
     table.push('\n');
     let mut findings = Vec::new();
+    let _ = write!(table, "| final accuracy | ");
+    for runs in &by_n {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r.last().and_then(|m| m.accuracy)).collect();
+        let _ = write!(table, "{} | ", fmt_opt(med(&mut v)));
+    }
+    table.push('\n');
     for &t in &targets {
         let _ = write!(table, "| {t:e} | ");
         let mut gbs = Vec::new();
@@ -419,7 +425,8 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
         // monotone decrease with n, and the gains shrink
         let pairs: Vec<(usize, f64)> = gbs.iter().enumerate().filter_map(|(k, g)| g.map(|g| (workers[k], g))).collect();
         if pairs.len() >= 3 {
-            let decreasing = pairs.windows(2).all(|w| w[1].1 <= w[0].1);
+            // equal up to the index-coding noise of the wire size counts as not increasing
+            let decreasing = pairs.windows(2).all(|w| w[1].1 <= w[0].1 * 1.001);
             let gains: Vec<f64> = pairs.windows(2).map(|w| w[0].1 / w[1].1).collect();
             let first = gains.first().copied().unwrap_or(f64::NAN);
             let last = gains.last().copied().unwrap_or(f64::NAN);

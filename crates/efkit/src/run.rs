@@ -164,30 +164,50 @@ fn drive(
     if let Some(e) = write_err {
         return Err(e.context("writing metrics"));
     }
-    let json = serde_json::json!({
+    let label = opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, prepared.info.compressor));
+    write_outputs(cfg, out, &summary, &prepared.info, &rows, &label, None, "")?;
+    Ok(summary)
+}
+
+/// Writes `summary.json` (with `extra` merged in) and the plot of a finished run.
+#[allow(clippy::too_many_arguments)]
+pub fn write_outputs(
+    cfg: &Config,
+    out: &Path,
+    summary: &Summary,
+    info: &setup::SetupInfo,
+    rows: &[RoundMetrics],
+    label: &str,
+    extra: Option<(&str, serde_json::Value)>,
+    title_suffix: &str,
+) -> Result<()> {
+    let last = summary.last.as_ref();
+    let mut json = serde_json::json!({
         "status": summary.status,
         "rounds": summary.rounds,
-        "loss": summary.last.as_ref().map(|m| m.loss),
-        "grad_norm_sq": summary.last.as_ref().map(|m| m.grad_norm_sq),
-        "bits_up_wire": summary.last.as_ref().map(|m| m.bits_up_wire),
-        "bits_up_paper": summary.last.as_ref().map(|m| m.bits_up_paper),
-        "bits_down_wire": summary.last.as_ref().map(|m| m.bits_down_wire),
-        "bits_down_paper": summary.last.as_ref().map(|m| m.bits_down_paper),
-        "epochs": summary.last.as_ref().map(|m| m.epochs),
-        "seconds": summary.last.as_ref().map(|m| m.seconds),
+        "loss": last.map(|m| m.loss),
+        "grad_norm_sq": last.map(|m| m.grad_norm_sq),
+        "bits_up_wire": last.map(|m| m.bits_up_wire),
+        "bits_up_paper": last.map(|m| m.bits_up_paper),
+        "bits_down_wire": last.map(|m| m.bits_down_wire),
+        "bits_down_paper": last.map(|m| m.bits_down_paper),
+        "epochs": last.map(|m| m.epochs),
+        "seconds": last.map(|m| m.seconds),
         "message": summary.message,
-        "setup": prepared.info,
+        "setup": info,
     });
+    if let Some((k, v)) = extra {
+        json[k] = v;
+    }
     output::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-    let label = opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, prepared.info.compressor));
     let series = plot::Series {
-        label,
+        label: label.to_string(),
         x: rows.iter().map(|m| m.bits_up_wire).collect(),
         y: rows.iter().map(|m| m.grad_norm_sq).collect(),
         band: None,
     };
     let panel = plot::Panel {
-        title: format!("{} on {} (n = {})", cfg.method.name, cfg.problem.dataset, cfg.problem.workers),
+        title: format!("{} on {} (n = {}{title_suffix})", cfg.method.name, cfg.problem.dataset, cfg.problem.workers),
         x_label: "#bits/n (uplink, wire)".into(),
         y_label: "||grad f(x)||^2".into(),
         log_x: false,
@@ -195,7 +215,7 @@ fn drive(
         series: vec![series],
     };
     plot::render(&[panel], 1, &out.join("grad_norm_vs_bits")).context("rendering the plot")?;
-    Ok(summary)
+    Ok(())
 }
 
 fn report(cfg: &Config, summary: &Summary, out: &Path) {

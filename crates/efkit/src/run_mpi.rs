@@ -90,7 +90,7 @@ mod with_mpi {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::Ordering;
 
-    use anyhow::{Context, Result};
+    use anyhow::Result;
     use efkit_runtime::checkpoint;
     use efkit_runtime::config::Config;
     use efkit_runtime::mpi_backend::{MpiCluster, MpiError, MpiRuntime, Outcome, SetupFailure};
@@ -99,7 +99,6 @@ mod with_mpi {
     use indicatif::{ProgressBar, ProgressStyle};
 
     use crate::output::{self, JsonLines};
-    use crate::plot;
     use crate::run::{self, load_config, INTERRUPTED};
     use crate::UserError;
 
@@ -251,37 +250,9 @@ mod with_mpi {
             return Err(e.context("writing metrics"));
         }
         let info = cluster.info().expect("rank 0 keeps the setup info").clone();
-        let json = serde_json::json!({
-            "status": summary.status,
-            "rounds": summary.rounds,
-            "loss": summary.last.as_ref().map(|m| m.loss),
-            "grad_norm_sq": summary.last.as_ref().map(|m| m.grad_norm_sq),
-            "bits_up_wire": summary.last.as_ref().map(|m| m.bits_up_wire),
-            "bits_up_paper": summary.last.as_ref().map(|m| m.bits_up_paper),
-            "bits_down_wire": summary.last.as_ref().map(|m| m.bits_down_wire),
-            "bits_down_paper": summary.last.as_ref().map(|m| m.bits_down_paper),
-            "epochs": summary.last.as_ref().map(|m| m.epochs),
-            "seconds": summary.last.as_ref().map(|m| m.seconds),
-            "message": summary.message,
-            "setup": info,
-            "mpi": { "ranks": ranks, "traffic": cluster.traffic() },
-        });
-        output::write_atomic(&side.out.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-        let series = plot::Series {
-            label: opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, info.compressor)),
-            x: rows.iter().map(|m| m.bits_up_wire).collect(),
-            y: rows.iter().map(|m| m.grad_norm_sq).collect(),
-            band: None,
-        };
-        let panel = plot::Panel {
-            title: format!("{} on {} (n = {}, MPI P = {ranks})", cfg.method.name, cfg.problem.dataset, cfg.problem.workers),
-            x_label: "#bits/n (uplink, wire)".into(),
-            y_label: "||grad f(x)||^2".into(),
-            log_x: false,
-            log_y: true,
-            series: vec![series],
-        };
-        plot::render(&[panel], 1, &side.out.join("grad_norm_vs_bits")).context("rendering the plot")?;
+        let label = opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, info.compressor));
+        let mpi = serde_json::json!({ "ranks": ranks, "traffic": cluster.traffic() });
+        run::write_outputs(&cfg, &side.out, &summary, &info, &rows, &label, Some(("mpi", mpi)), &format!(", MPI P = {ranks}"))?;
         let last = summary.last.as_ref();
         eprintln!(
             "{}: status {:?} after {} rounds on P = {ranks} MPI ranks, ||grad f||^2 = {:.3e}, uplink {:.3e} bits/worker; results in {}",

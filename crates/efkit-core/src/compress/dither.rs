@@ -479,7 +479,7 @@ impl Dithering {
     /// Randomised rounding of every coordinate (module docs): writes the
     /// decoded values into `values`, the levels into `bytes` (`PACKED`,
     /// s <= 127: per block of [`BLOCK`] coordinates, 8 words of level bytes,
-    /// first coordinate in the top byte, then one word of sign bits, bit i for
+    /// first coordinate in the low byte, then one word of sign bits, bit i for
     /// coordinate i; zero padding in the last block) or `words` (`k | NEG`),
     /// and returns (number of nonzero levels, sum of the Elias gamma lengths of
     /// all levels). The sign is that of x_j and is meaningless for level 0.
@@ -552,16 +552,30 @@ impl Dithering {
             for (i, &sum) in kk.iter().enumerate() {
                 ties |= (((sum & 0xFF) == 0xFF) as u64) << i;
             }
-            for k in kk.iter_mut() {
-                *k >>= 8;
+            // Levels: bytes (PACKED, k <= 127) or words.
+            let mut lb = [0u8; BLOCK];
+            if PACKED {
+                for (b, &sum) in lb.iter_mut().zip(&kk) {
+                    *b = (sum >> 8) as u8;
+                }
+            } else {
+                for k in kk.iter_mut() {
+                    *k >>= 8;
+                }
             }
             // Ties: the carry is decided by rest + U >= 1 (coordinate order).
             while ties != 0 {
                 let i = ties.trailing_zeros() as usize;
                 ties &= ties - 1;
                 if uniform_below(rest(xs[i].abs()), rng) {
-                    kk[i] += 1;
-                    os[i] = value(mag, kk[i], xs[i]);
+                    let k = if PACKED {
+                        lb[i] += 1;
+                        lb[i] as u32
+                    } else {
+                        kk[i] += 1;
+                        kk[i]
+                    };
+                    os[i] = value(mag, k, xs[i]);
                 }
             }
             // Sign bits of x (bit i for coordinate i; meaningless for level 0).
@@ -573,18 +587,16 @@ impl Dithering {
             // gamma_len(k) = 1 + 2 floor(log2(k + 1)).
             t.1 += cnt as u64;
             if PACKED {
-                let mut lb = [0u8; BLOCK];
-                for (b, &k) in lb.iter_mut().zip(&kk) {
-                    *b = k as u8;
-                }
                 let mut wds = [0u64; BLOCK / 8 + 1];
                 for (wd, c) in wds.iter_mut().zip(lb.chunks_exact(8)) {
-                    *wd = u64::from_be_bytes(c.try_into().expect("8"));
+                    *wd = u64::from_le_bytes(c.try_into().expect("8"));
                 }
-                for &wd in &wds[..BLOCK / 8] {
-                    let (n1, lg) = byte_level_tally(wd);
-                    t.0 += n1;
-                    t.1 += 2 * lg;
+                if wds[..BLOCK / 8].iter().any(|&wd| wd != 0) {
+                    for &wd in &wds[..BLOCK / 8] {
+                        let (n1, lg) = byte_level_tally(wd);
+                        t.0 += n1;
+                        t.1 += 2 * lg;
+                    }
                 }
                 wds[BLOCK / 8] = signs;
                 bytes.extend_from_slice(&wds);
@@ -679,9 +691,9 @@ impl Dithering {
         } else {
             words.reserve(self.d);
         }
-        // For tiny N, 1/N would overflow: scale |x_j| and N by 2^1000 first
-        // (exact, as |x_j| <= N).
-        let tiny = n < pow2(-990);
+        // For tiny N, 1/N (times up to 2^63) would overflow: scale |x_j| and N
+        // by 2^1000 first (exact, as |x_j| <= N).
+        let tiny = n < pow2(-900);
         match (self.kind, tiny) {
             (Kind::Qsgd, false) => self.quantize_qsgd::<false>(x, n, values, rng, bytes, words),
             (Kind::Qsgd, true) => self.quantize_qsgd::<true>(x, n, values, rng, bytes, words),
@@ -734,9 +746,12 @@ impl Dithering {
         }
     }
 
-    /// Natural-dithering levels for u = min(1, |x_j|/N): below delta =
-    /// 2^(1-s), level 0 or 1 with P(1) = u/delta = u 2^(s-1); in [2^e, 2^(e+1)),
-    /// level s + e or s + e + 1 with P(upper) = u/2^e - 1, the mantissa of u.
+    /// Natural-dithering levels for u = min(1, |x_j|/N), through
+    /// w = u 2^(s-1) = u/delta (delta = 2^(1-s), the smallest level). For
+    /// w < 1 (u < delta): level 0 or 1 with P(1) = u/delta = w. For w in
+    /// [2^e, 2^(e+1)), e in 0..s-1 (u in [2^(e+1-s), 2^(e+2-s))): level e + 1
+    /// or e + 2 with P(upper) = w/2^e - 1, the mantissa of w; `l << 8 | h` is
+    /// then read off the bits of w (exponent and top 8 mantissa bits).
     #[inline(always)]
     fn quantize_natural<const TINY: bool>(
         &self,
@@ -749,39 +764,57 @@ impl Dithering {
     ) -> (u64, u64) {
         let s = self.s;
         let pre = if TINY { pow2(1000) } else { 1.0 };
-        let inv = 1.0 / (n * pre);
-        let delta = pow2(1 - s as i32);
-        let up256 = pow2(s as i32 + 7); // 256 / delta
-        let u = move |a: f64| {
-            let u = if TINY { (a * pre) * inv } else { a * inv };
-            if u < 1.0 {
-                u
+        // 2^(s-1)/N: the rounded 1/N scaled exactly (N >= 2^-900 unless TINY,
+        // so this stays finite).
+        let inv2 = (1.0 / (n * pre)) * pow2(s as i32 - 1);
+        let wtop = pow2(s as i32 - 1);
+        let w = move |a: f64| {
+            let w = if TINY { (a * pre) * inv2 } else { a * inv2 };
+            if w < wtop {
+                w
             } else {
-                1.0
+                wtop
             }
         };
         let lvl = move |a: f64| {
-            let u = u(a);
-            let b = u.to_bits();
-            let e = (b >> 52) as i32 - 1023;
-            let big = (((s as i32 + e).max(0) as u32) << 8) | ((b >> 44) & 0xFF) as u32;
-            let small = floor_u32(u * up256);
-            if u < delta {
+            let w = w(a);
+            // (biased exponent << 8 | top mantissa byte) - 1022 << 8
+            let big = ((w.to_bits() >> 44) as u32).wrapping_sub(1022 << 8);
+            let below = w < 1.0;
+            let ws = if below { w } else { 0.0 };
+            // SAFETY: 0 <= 256 ws < 256 (w >= 0 is not NaN, as |x_j| <= N).
+            let small = unsafe { (ws * 256.0).to_int_unchecked::<i32>() } as u32;
+            if below {
                 small
             } else {
                 big
             }
         };
         let rest = move |a: f64| {
-            let u = u(a);
-            if u < delta {
-                let z = u * up256;
+            let w = w(a);
+            if w < 1.0 {
+                let z = w * 256.0;
                 z - floor_u32(z) as f64
             } else {
-                (u.to_bits() & ((1u64 << 44) - 1)) as f64 * pow2(-44)
+                (w.to_bits() & ((1u64 << 44) - 1)) as f64 * pow2(-44)
             }
         };
-        let mag = move |k: u32| natural_magnitude(n, s, k);
+        // n 2^(k-s) by adding k - s to the exponent of n: exact and equal to
+        // natural_magnitude (the decoder's expression) while the result is
+        // normal, i.e. for N >= 2^-900 (not TINY).
+        let nb = n.to_bits().wrapping_sub((s as u64) << 52);
+        let mag = move |k: u32| {
+            if TINY {
+                natural_magnitude(n, s, k)
+            } else {
+                let m = f64::from_bits(nb.wrapping_add((k as u64) << 52));
+                if k == 0 {
+                    0.0
+                } else {
+                    m
+                }
+            }
+        };
         // s <= 64: always packed.
         Self::quantize::<true, _, _, _>(x, values, rng, lvl, rest, mag, bytes, words)
     }
@@ -795,6 +828,14 @@ impl Dithering {
             let (z8, z8len) = if gamma { (0xFF, 8) } else { (0, 8 * self.width) };
             let mut left = self.d;
             for blk in bytes.chunks_exact(BLOCK / 8 + 1) {
+                if left >= BLOCK && blk[..BLOCK / 8].iter().all(|&b| b == 0) {
+                    // A whole block of zero levels.
+                    for _ in 0..z8len as usize * BLOCK / 8 / 64 {
+                        pk.put_u64(if gamma { u64::MAX } else { 0 });
+                    }
+                    left -= BLOCK;
+                    continue;
+                }
                 let signs = blk[BLOCK / 8];
                 for (wi, &b) in blk[..BLOCK / 8].iter().enumerate() {
                     if left >= 8 && b == 0 {
@@ -804,7 +845,7 @@ impl Dithering {
                     }
                     for i in 0..left.min(8) {
                         let sign = (signs >> (8 * wi + i)) & 1;
-                        let (c, l) = tab[(((b >> (56 - 8 * i)) & 0xFF) | (sign << 7)) as usize];
+                        let (c, l) = tab[(((b >> (8 * i)) & 0xFF) | (sign << 7)) as usize];
                         pk.put(c as u64, l);
                     }
                     left -= left.min(8);
@@ -1061,9 +1102,7 @@ impl Compressor for Dithering {
             Kind::Natural { p } => p,
         };
         // One pass: max|x_j|, the l2 (or l1) sum, and the finiteness screen.
-        let t0 = std::time::Instant::now();
         let st = if p == 2.0 { stats::<true>(x) } else { stats::<false>(x) };
-        let t1 = t0.elapsed();
         if !st.sum.is_finite() {
             check_finite(x)?; // else the sum overflowed: lp_norm rescales below
         }
@@ -1091,9 +1130,7 @@ impl Compressor for Dithering {
         }
         prepare_dense(out, self.d);
         let sc = &mut *ctx.scratch;
-        let t2 = t0.elapsed();
         let (nnz, glen) = self.quantize_kind(x, n, &mut out.values, ctx.rng, &mut sc.u64s, &mut sc.u32s);
-        let t3 = t0.elapsed();
         let fixed = self.d as u64 * self.width as u64 + nnz;
         let gamma = glen + nnz;
         let use_gamma = gamma < fixed;
@@ -1101,7 +1138,6 @@ impl Compressor for Dithering {
         self.fmt.write(w, n);
         w.write_bit(use_gamma);
         self.write_levels(w, use_gamma, &sc.u64s, &sc.u32s);
-        if std::env::var("EFKIT_TIMING").is_ok() { eprintln!("stats {:?} prep {:?} quant {:?} write {:?}", t1, t2 - t1, t3 - t2, t0.elapsed() - t3); }
         Ok(())
     }
 

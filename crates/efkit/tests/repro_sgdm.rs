@@ -1,0 +1,61 @@
+//! End-to-end smoke tests of `efkit repro sgdm-divergence` and
+//! `efkit repro sgdm-mnist` in their `--quick` forms (the full budgets are
+//! minutes long; their numbers are recorded in docs/sgdm.md).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("efkit-repro-sgdm-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn efkit(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_efkit")).args(args).output().expect("runs")
+}
+
+#[test]
+fn divergence_quick_writes_figure_table_and_data() {
+    let out = tmp("div");
+    let o = efkit(&["repro", "sgdm-divergence", "--quick", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["README.md", "sgdm_divergence.png", "sgdm_divergence.svg", "sgdm_divergence_log.png", "curves.csv", "plateaus.csv"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("quick smoke run"));
+    assert!(readme.contains("| EF21-SGD-ideal | 1 |"));
+    // quick: 11 curves (3 methods x 2 gammas at n = 1, EF21-SGD at n = 50, 500 and n = 50
+    // with the second gamma, ideal and SGDM at n = 50) x 3 seeds, plus the header
+    let plateaus = std::fs::read_to_string(out.join("plateaus.csv")).unwrap();
+    assert_eq!(plateaus.lines().count(), 1 + 11 * 3);
+    // every plateau is a finite positive number, and the ideal method sits near sigma^2/4
+    for line in plateaus.lines().skip(1) {
+        let v: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{line}");
+        if line.starts_with("ef21-sgd-ideal,") {
+            assert!((v - 0.0625).abs() < 0.02, "{line}");
+        }
+    }
+    // an existing reproduction is not overwritten without --force (exit code 2)
+    let again = efkit(&["repro", "sgdm-divergence", "--quick", "--quiet", "--out", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// About a minute in the test profile: run with `cargo test -- --ignored`.
+#[test]
+#[ignore]
+fn mnist_quick_runs_every_method() {
+    let out = tmp("mnist");
+    let o = efkit(&["repro", "sgdm-mnist", "--quick", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    for m in ["EF14-SGD", "EF21-SGD", "EF21-SGD2M", "EF21-SGDM"] {
+        assert!(readme.contains(&format!("| contiguous | 128 | {m} |")), "{m}");
+    }
+    assert!(out.join("sgdm_mnist.png").is_file());
+    assert!(out.join("curves/contiguous-B128-ef21-sgdm.jsonl").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}
