@@ -101,6 +101,7 @@ fn check_parts(parts: &Parts) -> Result<(), LeanError> {
 /// `log_every` rounds (and at rounds 0 and `rounds`).
 ///
 /// Allocates its state once; the round loop does not allocate.
+#[allow(clippy::too_many_arguments)]
 pub fn run_shared(parts: &Parts, codecs: &Codecs, oracle: &mut dyn Oracle, n: usize, x0: &[f64], seed: u64, rounds: u64, log_every: u64) -> Result<LeanRun, LeanError> {
     check_parts(parts)?;
     assert!(n >= 1, "need at least one worker");

@@ -335,12 +335,13 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
          contiguous split, logistic regression with the nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I), step = the poster's \
          multiplier x EF21's theoretical step. The server averages with 1/n (stale g_i of absent clients are kept).\n\n\
          Budget: EF21 at most {budget} rounds (mushrooms / w8a / a9a), EF21-PP with fraction f at most that divided by f, \
-         stopping at ||grad f||^2 <= {TOL:e}; logged every max(10, budget/1000) rounds.\n\n\
+         stopping at ||grad f||^2 <= {TOL:e}; logged every {} rounds.\n\n\
          x axes: rounds; bits averaged over all n clients (`bits_up_paper`: 32 bits per value, as the authors' code counts, \
          and `bits_up_wire` in the second figure); bits per participating client (`bits_up_wire_per_participant`: the bits \
          a client sends in a round it takes part in, accumulated over rounds).\n\n\
          Figures (rows: datasets; columns: rounds, average bits/n, bits per participant):\n{}\n\n{finding}\n\n{t}",
         quick_note(quick),
+        if quick { "5" } else { "max(10, rounds/1000)" },
         figure_list(&[fig.clone(), fig2.clone()], out),
     );
     finish(out, &readme, &format!("{t}\n{finding}"), &[fig, fig2], quiet)

@@ -645,6 +645,7 @@ pub fn sgdm_mnist(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<
     output::write_atomic(&out.join("tuning.csv"), tuning_csv.as_bytes())?;
     let secs = start.elapsed().as_secs_f64();
     let splits: Vec<String> = p.splits.iter().map(|s| s.to_string()).collect();
+    let jgrid = format!("{:?}", p.first_grid);
     let readme = format!(
         "# efkit repro sgdm-mnist{quick_note}\n\n\
 MNIST experiment of Fatkhullin, Tyurin & Richtarik, \"Momentum Provably Improves Error Feedback!\" (NeurIPS 2023; algorithms.md §10.3).\n\n\
@@ -675,7 +676,6 @@ Figure: `{svg}` / `{png}`; curves: `curves/<split>-B<b>-<method>.jsonl`; all tun
         rounds14 = p.rounds("ef14-sgd", 7_840),
         rounds21 = p.rounds("ef21-sgd", 7_840),
         logs = p.log_points,
-        jgrid = format!("{:?}", p.first_grid),
         ext = p.max_extend,
         ts = p.tune_seed,
         rs = p.report_seed,
