@@ -246,6 +246,9 @@ pub fn exit_code(s: &Summary) -> u8 {
 /// `efkit run`.
 #[allow(clippy::too_many_arguments)]
 pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String], threads: Option<usize>, checkpoint_every: Option<u64>, quiet: bool) -> Result<u8> {
+    if let Some(doc) = safe_method_doc(config, sets)? {
+        return cmd_run_safe(doc, config, out, force, threads, checkpoint_every);
+    }
     let mut cfg = load_config(config, sets)?;
     if let Some(t) = threads {
         cfg.threads = t;
@@ -257,6 +260,40 @@ pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String]
     let summary = run_config(&cfg, &out, &RunOptions { quiet, force, label: None })?;
     report(&cfg, &summary, &out);
     Ok(exit_code(&summary))
+}
+
+/// The config document (with overrides) when its method is a Safe-EF-family
+/// method (constrained problems have their own config schema).
+fn safe_method_doc(path: &Path, sets: &[String]) -> Result<Option<toml::Table>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
+    let Ok(mut doc) = toml::from_str::<toml::Table>(&text) else { return Ok(None) };
+    apply_overrides(&mut doc, sets)?;
+    let name = doc.get("method").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("");
+    Ok(efkit_core::safe::SAFE_METHOD_NAMES.contains(&name).then_some(doc))
+}
+
+/// `efkit run` for a Safe-EF-family config (see docs/safe-ef.md).
+fn cmd_run_safe(doc: toml::Table, path: &Path, out: Option<PathBuf>, force: bool, threads: Option<usize>, checkpoint_every: Option<u64>) -> Result<u8> {
+    if checkpoint_every.is_some() {
+        return Err(UserError("--checkpoint-every is not supported for Safe-EF runs yet".into()).into());
+    }
+    let text = toml::to_string(&doc)?;
+    let mut cfg = efkit_runtime::safe::SafeConfig::from_toml(&text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    if let Some(t) = threads {
+        cfg.threads = t;
+    }
+    let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
+    install_signal_handler();
+    let (summary, _) = crate::repro_safe::run_safe(&cfg, &out, force)?;
+    eprintln!("{}: status {:?} after {} rounds; results in {}", cfg.method.name, summary.status, summary.rounds, out.display());
+    if let Some(m) = &summary.message {
+        eprintln!("{m}");
+    }
+    Ok(match summary.status {
+        Status::Diverged => EXIT_DIVERGED,
+        Status::Interrupted => EXIT_INTERRUPTED,
+        _ => 0,
+    })
 }
 
 /// `efkit plot`.

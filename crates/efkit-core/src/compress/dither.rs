@@ -53,6 +53,36 @@
 //! bound then holds only for norms in f16's normal range. A norm above the
 //! format's largest finite value is refused with [`CompressError::Shape`].)
 //!
+//! # Random rounding, exactly, and the passes over x
+//!
+//! The encoder computes y_j = min(s, |x_j| (s/N)) (QSGD; s/N is computed once,
+//! one rounding more than (|x_j|/N) s, and the clamp keeps every level <= s)
+//! or w_j = min(2^(s-1), |x_j| (2^(s-1)/N)) = u_j/delta (natural dithering).
+//! The lower level l_j and the probability q_j of the upper one follow: the
+//! fraction of y_j; w_j itself below 1 (levels 0 and 1); the mantissa
+//! fraction of w_j in [2^e, 2^(e+1)) (levels e + 1 and e + 2).
+//!
+//! The upper level is taken with probability q_j *exactly* (not up to 2^-53,
+//! as a comparison with one 53-bit uniform would give). With h the first 8
+//! binary digits of q_j and r the rest (q_j = (h + r)/256), one random byte b
+//! per coordinate decides whenever h + b != 255: upper iff h + b >= 256. On
+//! h + b = 255 (probability 2^-8) the upper level is taken iff a further
+//! uniform U is below r, and U is compared with r 64 bits at a time until
+//! they differ. So P(upper) = h/256 + r/256 = q_j, with 8 random bits per
+//! coordinate plus, on average, at most 2^-8 · 64 more. The bytes of a block
+//! of 256 coordinates are drawn at once from the sender's stream
+//! (`fill_bytes`), the extra words after them in coordinate order; the
+//! stream is used in the same way for the same input, so compression stays
+//! deterministic given the stream.
+//!
+//! Two passes over x: one for the norm (eight-lane partial sums, also the
+//! finiteness screen and max|x_j|) and one that rounds, writes the decoded
+//! values and stores one level byte per coordinate (or one u32 when s > 127);
+//! the codes are then written from that scratch, 64 bits at a time. The hot
+//! loops have no data-dependent branch except the rare tie; on x86-64 CPUs
+//! with AVX2 they run compiled for AVX2 (detected at run time; the same IEEE
+//! operations, so the output is the same bit for bit).
+//!
 //! # Wire format
 //!
 //! ```text
@@ -92,8 +122,14 @@ pub const NATURAL_DITHERING_MAX_LEVELS: u32 = 64;
 /// Sign flag in the packed level scratch.
 const NEG: u32 = 1 << 31;
 
-/// Coordinates quantized together (8 words of randomness, one byte each).
-const BLOCK: usize = 64;
+/// Coordinates quantized together (one random byte each, drawn at once).
+const BLOCK: usize = 256;
+
+/// 64-bit masks per block.
+const MASKS: usize = BLOCK / 64;
+
+/// Scratch words per block in the byte-packed layout: level bytes, then signs.
+const BLOCK_WORDS: usize = BLOCK / 8 + MASKS;
 
 /// Sign bit of an f64.
 const SIGN: u64 = 1 << 63;
@@ -478,9 +514,10 @@ impl Dithering {
 
     /// Randomised rounding of every coordinate (module docs): writes the
     /// decoded values into `values`, the levels into `bytes` (`PACKED`,
-    /// s <= 127: per block of [`BLOCK`] coordinates, 8 words of level bytes,
-    /// first coordinate in the low byte, then one word of sign bits, bit i for
-    /// coordinate i; zero padding in the last block) or `words` (`k | NEG`),
+    /// s <= 127: per block of [`BLOCK`] coordinates, [`BLOCK`]/8 words of level
+    /// bytes, first coordinate in the low byte, then [`MASKS`] words of sign
+    /// bits, bit i % 64 of word i / 64 for coordinate i; zero padding in the
+    /// last block) or `words` (`k | NEG`),
     /// and returns (number of nonzero levels, sum of the Elias gamma lengths of
     /// all levels). The sign is that of x_j and is meaningless for level 0.
     ///
@@ -548,9 +585,11 @@ impl Dithering {
                 os[i] = value(mag, sum >> 8, v);
                 kk[i] = sum;
             }
-            let mut ties = 0u64;
-            for (i, &sum) in kk.iter().enumerate() {
-                ties |= (((sum & 0xFF) == 0xFF) as u64) << i;
+            let mut ties = [0u64; MASKS];
+            for (m, c) in ties.iter_mut().zip(kk.chunks_exact(64)) {
+                for (i, &sum) in c.iter().enumerate() {
+                    *m |= (((sum & 0xFF) == 0xFF) as u64) << i;
+                }
             }
             // Levels: bytes (PACKED, k <= 127) or words.
             let mut lb = [0u8; BLOCK];
@@ -564,30 +603,36 @@ impl Dithering {
                 }
             }
             // Ties: the carry is decided by rest + U >= 1 (coordinate order).
-            while ties != 0 {
-                let i = ties.trailing_zeros() as usize;
-                ties &= ties - 1;
-                if uniform_below(rest(xs[i].abs()), rng) {
-                    let k = if PACKED {
-                        lb[i] += 1;
-                        lb[i] as u32
-                    } else {
-                        kk[i] += 1;
-                        kk[i]
-                    };
-                    os[i] = value(mag, k, xs[i]);
+            for (mi, &m) in ties.iter().enumerate() {
+                let mut m = m;
+                while m != 0 {
+                    let i = 64 * mi + m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    if uniform_below(rest(xs[i].abs()), rng) {
+                        let k = if PACKED {
+                            lb[i] += 1;
+                            lb[i] as u32
+                        } else {
+                            kk[i] += 1;
+                            kk[i]
+                        };
+                        os[i] = value(mag, k, xs[i]);
+                    }
                 }
             }
-            // Sign bits of x (bit i for coordinate i; meaningless for level 0).
-            let mut signs = 0u64;
-            for (i, v) in xs.iter().enumerate() {
-                signs |= (v.to_bits() >> 63) << i;
+            // Sign bits of x (bit i of word i / 64 for coordinate i;
+            // meaningless for level 0).
+            let mut signs = [0u64; MASKS];
+            for (m, c) in signs.iter_mut().zip(xs.chunks_exact(64)) {
+                for (i, v) in c.iter().enumerate() {
+                    *m |= (v.to_bits() >> 63) << i;
+                }
             }
             // Tallies; padding coordinates have level 0 and are not counted.
             // gamma_len(k) = 1 + 2 floor(log2(k + 1)).
             t.1 += cnt as u64;
             if PACKED {
-                let mut wds = [0u64; BLOCK / 8 + 1];
+                let mut wds = [0u64; BLOCK_WORDS];
                 for (wd, c) in wds.iter_mut().zip(lb.chunks_exact(8)) {
                     *wd = u64::from_le_bytes(c.try_into().expect("8"));
                 }
@@ -598,14 +643,18 @@ impl Dithering {
                         t.1 += 2 * lg;
                     }
                 }
-                wds[BLOCK / 8] = signs;
+                wds[BLOCK / 8..].copy_from_slice(&signs);
                 bytes.extend_from_slice(&wds);
             } else {
-                for (i, &k) in kk[..cnt].iter().enumerate() {
-                    t.0 += (k != 0) as u64;
-                    t.1 += 2 * log2_floor_plus1(k) as u64;
-                    words.push(k | (((signs >> i) as u32) << 31));
+                let (mut n1, mut lg) = (0u32, 0u32);
+                for (i, k) in kk.iter_mut().enumerate() {
+                    n1 += (*k != 0) as u32;
+                    lg += log2_floor_plus1(*k);
+                    *k |= (((signs[i / 64] >> (i % 64)) as u32) & 1) << 31;
                 }
+                t.0 += n1 as u64;
+                t.1 += 2 * lg as u64;
+                words.extend_from_slice(&kk[..cnt]);
             }
         }
         let f = (&lvl, &rest, &mag);
@@ -687,7 +736,7 @@ impl Dithering {
         words.clear();
         let packed = s <= BYTE_LEVELS_MAX;
         if packed {
-            bytes.reserve(self.d.div_ceil(BLOCK) * (BLOCK / 8 + 1));
+            bytes.reserve(self.d.div_ceil(BLOCK) * BLOCK_WORDS);
         } else {
             words.reserve(self.d);
         }
@@ -827,8 +876,9 @@ impl Dithering {
             // Eight zero levels at once.
             let (z8, z8len) = if gamma { (0xFF, 8) } else { (0, 8 * self.width) };
             let mut left = self.d;
-            for blk in bytes.chunks_exact(BLOCK / 8 + 1) {
-                if left >= BLOCK && blk[..BLOCK / 8].iter().all(|&b| b == 0) {
+            for blk in bytes.chunks_exact(BLOCK_WORDS) {
+                let (lv, signs) = blk.split_at(BLOCK / 8);
+                if left >= BLOCK && lv.iter().all(|&b| b == 0) {
                     // A whole block of zero levels.
                     for _ in 0..z8len as usize * BLOCK / 8 / 64 {
                         pk.put_u64(if gamma { u64::MAX } else { 0 });
@@ -836,15 +886,15 @@ impl Dithering {
                     left -= BLOCK;
                     continue;
                 }
-                let signs = blk[BLOCK / 8];
-                for (wi, &b) in blk[..BLOCK / 8].iter().enumerate() {
+                for (wi, &b) in lv.iter().enumerate() {
                     if left >= 8 && b == 0 {
                         pk.put(z8, z8len);
                         left -= 8;
                         continue;
                     }
+                    let sw = signs[wi / 8] >> (8 * (wi % 8));
                     for i in 0..left.min(8) {
-                        let sign = (signs >> (8 * wi + i)) & 1;
+                        let sign = (sw >> i) & 1;
                         let (c, l) = tab[(((b >> (8 * i)) & 0xFF) | (sign << 7)) as usize];
                         pk.put(c as u64, l);
                     }
@@ -902,34 +952,38 @@ impl Dithering {
         // Largest number of leading zeros of a valid code: floor(log2(s + 1)).
         let zmax = 31 - (s + 1).leading_zeros();
         let (mut nnz, mut glen) = (0u64, 0u64);
+        // Longest valid code: 2 zmax + 1 bits and a sign bit.
+        let maxlen = 2 * zmax + 2;
         let mut win = r.window();
         let mut j = 0usize;
         while j < d {
             win.refill();
-            let b = win.peek();
-            let ones = (b.leading_ones().min(win.available()) as usize).min(d - j);
-            if ones > 0 {
-                values[j..j + ones].fill(0.0);
-                win.consume(ones as u32);
-                glen += ones as u64;
-                j += ones;
-                continue;
+            while j < d && win.available() >= maxlen {
+                let b = win.peek();
+                let ones = (b.leading_ones().min(win.available()) as usize).min(d - j);
+                if ones > 0 {
+                    values[j..j + ones].fill(0.0);
+                    win.consume(ones as u32);
+                    glen += ones as u64;
+                    j += ones;
+                    continue;
+                }
+                let z = b.leading_zeros();
+                if z > zmax {
+                    return Err(bad_level(win.position(), z.min(63) as u64 + 1, end, u32::MAX, s));
+                }
+                let len = 2 * z + 1;
+                let k = (b >> (64 - len)) as u32 - 1; // >= 1: the code starts with a zero
+                if k > s {
+                    return Err(bad_level(win.position(), len as u64, end, k, s));
+                }
+                let neg = (b >> (63 - len)) & 1;
+                win.consume(len + 1);
+                values[j] = f64::from_bits(mag(k).to_bits() | (neg << 63));
+                nnz += 1;
+                glen += len as u64;
+                j += 1;
             }
-            let z = b.leading_zeros();
-            if z > zmax {
-                return Err(bad_level(win.position(), z.min(63) as u64 + 1, end, u32::MAX, s));
-            }
-            let len = 2 * z + 1;
-            let k = (b >> (64 - len)) as u32 - 1; // >= 1: the code starts with a zero
-            if k > s {
-                return Err(bad_level(win.position(), len as u64, end, k, s));
-            }
-            let neg = (b >> (63 - len)) & 1;
-            win.consume(len + 1);
-            values[j] = f64::from_bits(mag(k).to_bits() | (neg << 63));
-            nnz += 1;
-            glen += len as u64;
-            j += 1;
         }
         win.finish()?;
         Ok((nnz, glen))
@@ -1557,6 +1611,153 @@ mod tests {
                     assert!(v.values.iter().all(|q| q.is_finite()));
                     assert_eq!(v.values.len(), d);
                 }
+            }
+        }
+    }
+
+    /// Every block boundary, both level stores (bytes for s <= 127, words
+    /// above) and both wire layouts round-trip bit for bit.
+    #[test]
+    fn block_boundaries_and_level_stores_round_trip() {
+        let mut seen = [false; 2];
+        let cases: &[(&str, u32, Option<f64>)] = &[
+            ("qsgd", 1, None),
+            ("qsgd", 4, None),
+            ("qsgd", 127, None),
+            ("qsgd", 128, None),
+            ("qsgd", 1000, None),
+            ("qsgd", QSGD_MAX_LEVELS, None),
+            ("natural-dithering", 1, None),
+            ("natural-dithering", 4, Some(1.0)),
+            ("natural-dithering", 64, Some(f64::INFINITY)),
+        ];
+        for &d in &[1usize, 7, 63, 64, 65, 255, 256, 257, 511, 513, 1000] {
+            for &(name, s, p) in cases {
+                let c = build(name, d, s, p, None);
+                let x = test_vec(d, d as u64 * 31 + s as u64);
+                let enc = roundtrip(c.as_ref(), &x, 11);
+                let mut r = BitReader::new(&enc.bytes);
+                if ValueFormat::F32.read(&mut r).unwrap() > 0.0 {
+                    seen[r.read_bit().unwrap() as usize] = true;
+                }
+                // A spike: nearly all levels 0 (the zero-block paths).
+                let mut y = vec![1e-3; d];
+                y[d / 3] = -50.0;
+                roundtrip(c.as_ref(), &y, 12);
+                // Equal magnitudes: nearly all levels nonzero.
+                let z: Vec<f64> = (0..d).map(|j| if j % 2 == 0 { 1.0 } else { -1.0 }).collect();
+                roundtrip(c.as_ref(), &z, 13);
+            }
+        }
+        assert!(seen[0] && seen[1], "both layouts exercised: {seen:?}");
+    }
+
+    /// The AVX2 build (where the CPU has it) and the portable build of the
+    /// rounding pass give the same values, levels, tallies and use of the
+    /// random stream.
+    #[test]
+    fn dispatched_and_portable_quantizers_agree() {
+        let d = 1000;
+        let x = test_vec(d, 5);
+        let m = max_abs(&x);
+        for (name, s, p) in [("qsgd", 4u32, None), ("qsgd", 300, None), ("natural-dithering", 6, Some(2.0))] {
+            let c = dith(name, d, s, p, None);
+            // A normal norm, and a tiny one (the pre-scaled path).
+            for (xs, n) in [(x.clone(), 1.5 * m), (x.iter().map(|v| v * 1e-310).collect::<Vec<_>>(), 1.5 * m * 1e-310)] {
+                let (mut r1, mut r2) = (rng_from_key(1), rng_from_key(1));
+                let (mut v1, mut v2) = (vec![0.0; d], vec![0.0; d]);
+                let (mut b1, mut w1, mut b2, mut w2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let t1 = c.quantize_kind(&xs, n, &mut v1, &mut r1, &mut b1, &mut w1);
+                let t2 = c.quantize_kind_any(&xs, n, &mut v2, &mut r2, &mut b2, &mut w2);
+                assert_eq!(t1, t2, "{name}");
+                assert!(v1.iter().zip(&v2).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+                assert!(v1.iter().any(|&v| v != 0.0), "{name}: some nonzero level");
+                assert_eq!((b1, w1), (b2, w2), "{name}");
+                assert_eq!(r1.next_u64(), r2.next_u64(), "{name}: same randomness used");
+            }
+        }
+    }
+
+    /// P(upper level) = q exactly, also when the first random byte ties
+    /// (h + b = 255): for q = (h + 1/2)/256 a tie decides half of the time,
+    /// so a wrong tie rule would move the count by d/512, about 13 standard
+    /// deviations here.
+    #[test]
+    fn upper_level_probability_is_exact_including_ties() {
+        let d = 1 << 18;
+        // QSGD on d equal entries: N = sqrt(d) = 512 exactly, y = s/512.
+        for s in [1u32, 3, 255, 511] {
+            let c = Dithering::qsgd(d, s, ValueFormat::F64).unwrap();
+            let e = encode_one(&c, &vec![1.0; d], &mut rng_from_key(s as u64), 0).unwrap();
+            assert_eq!(norm_of(&e.bytes, ValueFormat::F64), 512.0);
+            let q = s as f64 / 512.0 - (s / 512) as f64;
+            let up = e.value.values.iter().filter(|&&v| v > 0.0).count() as f64;
+            let sd = (d as f64 * q * (1.0 - q)).sqrt();
+            assert!((up - d as f64 * q).abs() <= 5.0 * sd, "qsgd s {s}: {up} vs {}", d as f64 * q);
+        }
+        // Natural dithering, l_inf norm, s = 2 (delta = 1/2): an anchor 1.0
+        // (N = 1) and d - 1 entries v, with P(upper) = q = 3/512 below delta
+        // (v = 3/1024, levels 0 and 1/2) and above it (v = 1/2 + 3/1024,
+        // levels 1/2 and 1).
+        for (v, lower, upper) in [(3.0 / 1024.0, 0.0, 0.5), (0.5 + 3.0 / 1024.0, 0.5, 1.0)] {
+            let c = Dithering::natural(d, 2, f64::INFINITY, ValueFormat::F32).unwrap();
+            let mut x = vec![v; d];
+            x[0] = 1.0;
+            let e = encode_one(&c, &x, &mut rng_from_key(9), 0).unwrap();
+            assert_eq!(norm_of(&e.bytes, ValueFormat::F32), 1.0);
+            let vals = &e.value.values[1..];
+            assert!(vals.iter().all(|&q| q == lower || q == upper));
+            let up = vals.iter().filter(|&&q| q == upper).count() as f64;
+            let (n, q) = ((d - 1) as f64, 3.0 / 512.0);
+            let sd = (n * q * (1.0 - q)).sqrt();
+            assert!((up - n * q).abs() <= 5.0 * sd, "natural v {v}: {up} vs {}", n * q);
+        }
+    }
+
+    /// The tie rule's comparison: zero never wins and draws nothing; a
+    /// comparison with p = 1/2 is decided by the top bit of the next word.
+    #[test]
+    fn uniform_below_compares_exactly() {
+        let mut a = rng_from_key(3);
+        let mut b = rng_from_key(3);
+        assert!(!uniform_below(0.0, &mut a));
+        assert_eq!(a.next_u64(), b.next_u64(), "no randomness drawn for p = 0");
+        for _ in 0..100 {
+            let top = b.clone().next_u64() >> 63;
+            assert_eq!(uniform_below(0.5, &mut b), top == 0);
+        }
+        let n = 20_000;
+        for p in [0.3, 0.999, 1e-3] {
+            let hits = (0..n).filter(|_| uniform_below(p, &mut a)).count() as f64;
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!((hits - n as f64 * p).abs() <= 5.0 * sd, "p {p}: {hits}");
+        }
+    }
+
+    /// Steady state: once the buffers have grown, compressing allocates
+    /// nothing (the buffers keep their addresses).
+    #[test]
+    fn steady_state_does_not_reallocate() {
+        use crate::compress::Scratch;
+        let d = 5000;
+        for (name, s) in [("qsgd", 4u32), ("qsgd", 1000), ("natural-dithering", 8)] {
+            let c = build(name, d, s, None, None);
+            let xs: Vec<Vec<f64>> = (0..3).map(|k| test_vec(d, 40 + k)).collect();
+            let mut rng = rng_from_key(1);
+            let mut scratch = Scratch::default();
+            let mut out = CompressedVec::default();
+            let mut w = BitWriter::new();
+            let mut ptrs = None;
+            for round in 0..9 {
+                w.clear();
+                let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
+                c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w).unwrap();
+                w.finish();
+                let p = (out.values.as_ptr(), scratch.u64s.as_ptr(), scratch.u32s.as_ptr(), w.bytes().as_ptr());
+                if round >= 3 {
+                    assert_eq!(Some(p), ptrs, "{name}: round {round}: a buffer was reallocated");
+                }
+                ptrs = Some(p);
             }
         }
     }

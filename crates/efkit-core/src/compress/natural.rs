@@ -170,7 +170,12 @@ pub fn write_natural(w: &mut BitWriter, v: f64) {
 /// negative zero are [`DecodeError::Invalid`].
 #[inline]
 pub fn read_natural(r: &mut BitReader) -> Result<f64, DecodeError> {
-    let c = r.read_bits(NATURAL_BITS)? as u32;
+    natural_value(r.read_bits(NATURAL_BITS)? as u32)
+}
+
+/// The value of a 9-bit natural code (see [`read_natural`]).
+#[inline]
+fn natural_value(c: u32) -> Result<f64, DecodeError> {
     let sign = c >> 8;
     let code = (c & 0xFF) as i32;
     match code {
@@ -240,10 +245,15 @@ impl Compressor for Natural {
         check_input(x, self.d)?;
         check_range(x)?;
         out.reset_dense(self.d);
+        w.reserve_bits(NATURAL_BITS as u64 * self.d as u64);
+        let mut pk = w.packer();
         for (o, &v) in out.values.iter_mut().zip(x) {
             let q = natural_round(v, ctx.rng);
             *o = q;
-            write_natural(w, q);
+            match natural_code(q) {
+                Some(c) => pk.put(c as u64, NATURAL_BITS),
+                None => unreachable!("natural_round of |v| <= 2^127 is +0 or ±2^e, e in [-126, 127]"),
+            }
         }
         Ok(())
     }
@@ -254,10 +264,17 @@ impl Compressor for Natural {
             return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(need).unwrap_or(u32::MAX) });
         }
         out.reset_dense(self.d);
-        for o in out.values.iter_mut() {
-            *o = read_natural(r)?;
+        // Six 9-bit codes per refill of the window (the length was checked).
+        let mut win = r.window();
+        for chunk in out.values.chunks_mut(6) {
+            win.refill();
+            for o in chunk {
+                let c = (win.peek() >> (64 - NATURAL_BITS)) as u32;
+                win.consume(NATURAL_BITS);
+                *o = natural_value(c)?;
+            }
         }
-        Ok(())
+        win.finish()
     }
 
     /// 9 bits per coordinate.
