@@ -915,7 +915,12 @@ impl Dithering {
     /// Decodes the fixed-width layout into `values`; returns (nonzero levels,
     /// sum of their gamma lengths).
     #[inline(always)]
-    fn decode_fixed<M: Fn(u32) -> f64>(&self, r: &mut BitReader<'_>, values: &mut [f64], mag: M) -> Result<(u64, u64), DecodeError> {
+    fn decode_fixed<M: Fn(u32) -> f64>(
+        &self,
+        r: &mut BitReader<'_>,
+        values: &mut [f64],
+        mag: M,
+    ) -> Result<(u64, u64), DecodeError> {
         let (s, width) = (self.s, self.width);
         let end = r.position() + r.remaining();
         let per = (56 / (width + 1)) as usize; // codes per refill (>= 2)
@@ -945,7 +950,12 @@ impl Dithering {
     /// each, are taken many at a time); returns (nonzero levels, sum of their
     /// gamma lengths).
     #[inline(always)]
-    fn decode_gamma<M: Fn(u32) -> f64>(&self, r: &mut BitReader<'_>, values: &mut [f64], mag: M) -> Result<(u64, u64), DecodeError> {
+    fn decode_gamma<M: Fn(u32) -> f64>(
+        &self,
+        r: &mut BitReader<'_>,
+        values: &mut [f64],
+        mag: M,
+    ) -> Result<(u64, u64), DecodeError> {
         let s = self.s;
         let d = values.len();
         let end = r.position() + r.remaining();
@@ -1663,7 +1673,8 @@ mod tests {
         for (name, s, p) in [("qsgd", 4u32, None), ("qsgd", 300, None), ("natural-dithering", 6, Some(2.0))] {
             let c = dith(name, d, s, p, None);
             // A normal norm, and a tiny one (the pre-scaled path).
-            for (xs, n) in [(x.clone(), 1.5 * m), (x.iter().map(|v| v * 1e-310).collect::<Vec<_>>(), 1.5 * m * 1e-310)] {
+            let tiny: Vec<f64> = x.iter().map(|v| v * 1e-310).collect();
+            for (xs, n) in [(x.clone(), 1.5 * m), (tiny, 1.5 * m * 1e-310)] {
                 let (mut r1, mut r2) = (rng_from_key(1), rng_from_key(1));
                 let (mut v1, mut v2) = (vec![0.0; d], vec![0.0; d]);
                 let (mut b1, mut w1, mut b2, mut w2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

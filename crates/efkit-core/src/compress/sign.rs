@@ -547,7 +547,9 @@ mod tests {
             for (q, v) in enc.value.values.iter().zip(&x) {
                 assert_eq!(*q, s.copysign(*v));
             }
-            for zeros in [vec![0usize], vec![d - 1], (0..d).filter(|j| j % 64 == 0 || j % 64 == 63).collect(), (0..d).filter(|j| j % 7 != 3).collect()] {
+            let edges: Vec<usize> = (0..d).filter(|j| j % 64 == 0 || j % 64 == 63).collect();
+            let most: Vec<usize> = (0..d).filter(|j| j % 7 != 3).collect();
+            for zeros in [vec![0usize], vec![d - 1], edges, most] {
                 let mut y = x.clone();
                 for &j in &zeros {
                     y[j] = if j % 2 == 0 { 0.0 } else { -0.0 };
