@@ -126,9 +126,12 @@ impl BitWriter {
     }
 
     /// Reserves room for at least `n` more bits, so that the writes that follow
-    /// do not reallocate (the buffer keeps its capacity across [`clear`](Self::clear)).
+    /// do not reallocate. The buffer keeps its capacity across
+    /// [`clear`](Self::clear), and 1/8 more is reserved so that later
+    /// messages of somewhat different sizes do not reallocate either.
     pub fn reserve_bits(&mut self, n: u64) {
-        let bytes = usize::try_from(n.div_ceil(8)).unwrap_or(usize::MAX).saturating_add(16);
+        let bytes = n.div_ceil(8);
+        let bytes = usize::try_from(bytes + bytes / 8).unwrap_or(usize::MAX).saturating_add(64);
         self.buf.reserve(bytes);
     }
 

@@ -67,13 +67,15 @@
 //! binary digits of q_j and r the rest (q_j = (h + r)/256), one random byte b
 //! per coordinate decides whenever h + b != 255: upper iff h + b >= 256. On
 //! h + b = 255 (probability 2^-8) the upper level is taken iff a further
-//! uniform U is below r, and U is compared with r 64 bits at a time until
-//! they differ. So P(upper) = h/256 + r/256 = q_j, with 8 random bits per
-//! coordinate plus, on average, at most 2^-8 · 64 more. The bytes of a block
-//! of 256 coordinates are drawn at once from the sender's stream
-//! (`fill_bytes`), the extra words after them in coordinate order; the
-//! stream is used in the same way for the same input, so compression stays
-//! deterministic given the stream.
+//! uniform U is below r: U's next 8 bits are a spare byte compared with the
+//! next 8 digits of r by the same rule, and on a second tie U is compared
+//! with the rest of r 64 bits at a time until they differ. So
+//! P(upper) = h/256 + r/256 = q_j, with about 8.03 random bits per
+//! coordinate. Per block of 256 coordinates, 256 + 8 bytes are drawn at once
+//! from the sender's stream (`fill_bytes`): one per coordinate and spare
+//! bytes for the block's first 8 ties in coordinate order (more ties, and
+//! second ties, draw 64-bit words after them). The stream is used in the same
+//! way for the same input, so compression is deterministic given the stream.
 //!
 //! Two passes over x: one for the norm (eight-lane partial sums, also the
 //! finiteness screen and max|x_j|) and one that rounds, writes the decoded
@@ -125,11 +127,13 @@ const NEG: u32 = 1 << 31;
 /// Coordinates quantized together (one random byte each, drawn at once).
 const BLOCK: usize = 256;
 
-/// 64-bit masks per block.
-const MASKS: usize = BLOCK / 64;
+/// Random bytes per block for ties (the first tie byte of up to this many
+/// tied coordinates; a tie has probability 2^-8, so 256 coordinates have
+/// about one, and more than 8 with probability below 10^-5).
+const SPARE: usize = 8;
 
-/// Scratch words per block in the byte-packed layout: level bytes, then signs.
-const BLOCK_WORDS: usize = BLOCK / 8 + MASKS;
+/// Scratch words per block in the byte-packed layout.
+const BLOCK_WORDS: usize = BLOCK / 8;
 
 /// Sign bit of an f64.
 const SIGN: u64 = 1 << 63;
@@ -276,12 +280,12 @@ pub(crate) struct Stats {
     /// sum x_j^2 (`SQUARES`) or sum |x_j|; not finite iff some entry is not
     /// finite or the sum overflowed.
     pub sum: f64,
-    /// Number of entries that are not ±0.
+    /// Number of entries that are not ±0 (0 unless counted).
     pub nnz: usize,
 }
 
-/// max |x_j|, sum x_j^2 (`SQUARES = true`) or sum |x_j|, and the number of
-/// nonzero entries, in one pass with eight independent lanes (vectorised; the
+/// max |x_j|, sum x_j^2 (`SQUARES = true`) or sum |x_j|, and (`COUNT`) the
+/// number of nonzero entries, in one pass with eight independent lanes (vectorised; the
 /// sums are eight partial sums added at the end). On x86-64 CPUs with AVX2 the
 /// same code runs compiled for AVX2 (the same IEEE operations in the same
 /// order, so the same result).
@@ -289,15 +293,15 @@ pub(crate) struct Stats {
 /// This doubles as the finiteness screen: `sum` is finite iff every entry is
 /// finite and the sum did not overflow (callers locate a bad entry with
 /// [`check_finite`] only when it is not).
-pub(crate) fn stats<const SQUARES: bool>(x: &[f64]) -> Stats {
+pub(crate) fn stats<const SQUARES: bool, const COUNT: bool>(x: &[f64]) -> Stats {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { stats_avx2::<SQUARES>(x) };
+            return unsafe { stats_avx2::<SQUARES, COUNT>(x) };
         }
     }
-    stats_any::<SQUARES>(x)
+    stats_any::<SQUARES, COUNT>(x)
 }
 
 /// [`stats_any`] compiled with AVX2 enabled.
@@ -307,13 +311,13 @@ pub(crate) fn stats<const SQUARES: bool>(x: &[f64]) -> Stats {
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn stats_avx2<const SQUARES: bool>(x: &[f64]) -> Stats {
-    stats_any::<SQUARES>(x)
+unsafe fn stats_avx2<const SQUARES: bool, const COUNT: bool>(x: &[f64]) -> Stats {
+    stats_any::<SQUARES, COUNT>(x)
 }
 
 /// The body of [`stats`].
 #[inline(always)]
-fn stats_any<const SQUARES: bool>(x: &[f64]) -> Stats {
+fn stats_any<const SQUARES: bool, const COUNT: bool>(x: &[f64]) -> Stats {
     let mut mx = [0.0f64; 8];
     let mut sm = [0.0f64; 8];
     let mut nz = [0u64; 8];
@@ -323,7 +327,9 @@ fn stats_any<const SQUARES: bool>(x: &[f64]) -> Stats {
         let a = v.abs();
         mx[i] = if a > mx[i] { a } else { mx[i] };
         sm[i] += if SQUARES { v * v } else { a };
-        nz[i] += (v != 0.0) as u64;
+        if COUNT {
+            nz[i] += (v != 0.0) as u64;
+        }
     };
     for c in &mut chunks {
         for (i, &v) in c.iter().enumerate() {
@@ -514,10 +520,10 @@ impl Dithering {
 
     /// Randomised rounding of every coordinate (module docs): writes the
     /// decoded values into `values`, the levels into `bytes` (`PACKED`,
-    /// s <= 127: per block of [`BLOCK`] coordinates, [`BLOCK`]/8 words of level
-    /// bytes, first coordinate in the low byte, then [`MASKS`] words of sign
-    /// bits, bit i % 64 of word i / 64 for coordinate i; zero padding in the
-    /// last block) or `words` (`k | NEG`),
+    /// s <= 127: one byte `k | sign << 7` per coordinate, 8 per word, first
+    /// coordinate in the low byte, zero padding to whole blocks, and only for
+    /// the blocks with a nonzero level, which are marked in a bitmap in
+    /// `words`, bit b % 32 of word b / 32 for block b) or `words` (`k | NEG`),
     /// and returns (number of nonzero levels, sum of the Elias gamma lengths of
     /// all levels). The sign is that of x_j and is meaningless for level 0.
     ///
@@ -527,13 +533,14 @@ impl Dithering {
     /// only called on a tie. `mag(k)` is the magnitude of level k (+0 for
     /// k = 0).
     ///
-    /// Randomness: [`BLOCK`] bytes per block of coordinates from
+    /// Randomness: [`BLOCK`] + [`SPARE`] bytes per block of coordinates from
     /// `fill_bytes`, byte b_j for coordinate j; the level is l + 1 iff
     /// h + b + (rest + U) >= 256 with U uniform on [0, 1), so it is decided by
-    /// h + b alone unless h + b = 255 (probability 2^-8), when U is drawn bit
-    /// by bit after the block's bytes ([`uniform_below`], ties in coordinate
-    /// order). Hence P(l + 1) = q exactly. The pass over a block has no
-    /// data-dependent branch (it vectorises); ties are fixed up after it.
+    /// h + b alone unless h + b = 255 (probability 2^-8); then U < rest
+    /// decides, compared first against a spare byte in the same way and on a
+    /// second tie by [`uniform_below`] (ties in coordinate order). Hence
+    /// P(l + 1) = q exactly. The pass over a block has no data-dependent
+    /// branch (it vectorises); ties are fixed up after it.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn quantize<const PACKED: bool, L, R, M>(
@@ -570,100 +577,136 @@ impl Dithering {
             bytes: &mut Vec<u64>,
             words: &mut Vec<u32>,
             t: &mut (u64, u64),
-        ) where
+        ) -> bool
+        where
             L: Fn(f64) -> u32,
             R: Fn(f64) -> f64,
             M: Fn(u32) -> f64,
         {
-            let mut rb = [0u8; BLOCK];
+            // A byte per coordinate, then SPARE bytes for the ties.
+            let mut rb = [0u8; BLOCK + SPARE];
             rng.fill_bytes(&mut rb);
-            // sum = l 256 + h + b: level l + (carry), tie iff the low byte is 255.
+            // sum = l 256 + h + b: level l + (carry), tie iff the low byte is
+            // 255. One pass writes the values, the signed level (a byte
+            // `k | sign << 7` when PACKED, else a word `k | NEG`) and a tie flag.
+            let mut lb = [0u8; BLOCK];
             let mut kk = [0u32; BLOCK];
+            let mut tb = [0u8; BLOCK];
             for i in 0..BLOCK {
                 let v = xs[i];
                 let sum = lvl(v.abs()) + rb[i] as u32;
-                os[i] = value(mag, sum >> 8, v);
-                kk[i] = sum;
-            }
-            let mut ties = [0u64; MASKS];
-            for (m, c) in ties.iter_mut().zip(kk.chunks_exact(64)) {
-                for (i, &sum) in c.iter().enumerate() {
-                    *m |= (((sum & 0xFF) == 0xFF) as u64) << i;
+                let k = sum >> 8;
+                os[i] = value(mag, k, v);
+                if PACKED {
+                    lb[i] = k as u8;
+                } else {
+                    kk[i] = k | (((v.to_bits() >> 63) as u32) << 31);
                 }
+                tb[i] = (sum as u8 == 0xFF) as u8;
             }
-            // Levels: bytes (PACKED, k <= 127) or words.
-            let mut lb = [0u8; BLOCK];
-            if PACKED {
-                for (b, &sum) in lb.iter_mut().zip(&kk) {
-                    *b = (sum >> 8) as u8;
-                }
-            } else {
-                for k in kk.iter_mut() {
-                    *k >>= 8;
-                }
-            }
-            // Ties: the carry is decided by rest + U >= 1 (coordinate order).
-            for (mi, &m) in ties.iter().enumerate() {
-                let mut m = m;
+            // Ties (coordinate order): the carry is decided by U < rest, by
+            // the same rule one byte further (a spare byte b2 against the
+            // next 8 digits h2 of rest: upper iff h2 + b2 >= 256), and on a
+            // second tie by uniform_below.
+            let mut spare = BLOCK;
+            for (wi, c) in tb.chunks_exact(8).enumerate() {
+                let mut m = u64::from_le_bytes(c.try_into().expect("8"));
                 while m != 0 {
-                    let i = 64 * mi + m.trailing_zeros() as usize;
+                    let i = 8 * wi + (m.trailing_zeros() / 8) as usize;
                     m &= m - 1;
-                    if uniform_below(rest(xs[i].abs()), rng) {
-                        let k = if PACKED {
-                            lb[i] += 1;
-                            lb[i] as u32
+                    let r = rest(xs[i].abs());
+                    let up = if spare < BLOCK + SPARE {
+                        let z2 = r * 256.0;
+                        let h2 = floor_u32(z2);
+                        let sum2 = h2 + rb[spare] as u32;
+                        spare += 1;
+                        if sum2 == 255 {
+                            uniform_below(z2 - h2 as f64, rng)
                         } else {
-                            kk[i] += 1;
-                            kk[i]
-                        };
-                        os[i] = value(mag, k, xs[i]);
-                    }
-                }
-            }
-            // Sign bits of x (bit i of word i / 64 for coordinate i;
-            // meaningless for level 0).
-            let mut signs = [0u64; MASKS];
-            for (m, c) in signs.iter_mut().zip(xs.chunks_exact(64)) {
-                for (i, v) in c.iter().enumerate() {
-                    *m |= (v.to_bits() >> 63) << i;
+                            sum2 >= 256
+                        }
+                    } else {
+                        uniform_below(r, rng)
+                    };
+                    let k = if PACKED {
+                        lb[i] += up as u8;
+                        (lb[i] & 0x7F) as u32
+                    } else {
+                        kk[i] += up as u32;
+                        kk[i] & !NEG
+                    };
+                    os[i] = value(mag, k, xs[i]);
                 }
             }
             // Tallies; padding coordinates have level 0 and are not counted.
             // gamma_len(k) = 1 + 2 floor(log2(k + 1)).
             t.1 += cnt as u64;
             if PACKED {
-                let mut wds = [0u64; BLOCK_WORDS];
+                let mut wds = [0u64; BLOCK / 8];
                 for (wd, c) in wds.iter_mut().zip(lb.chunks_exact(8)) {
                     *wd = u64::from_le_bytes(c.try_into().expect("8"));
                 }
-                if wds[..BLOCK / 8].iter().any(|&wd| wd != 0) {
-                    for &wd in &wds[..BLOCK / 8] {
-                        let (n1, lg) = byte_level_tally(wd);
+                // Only blocks with a nonzero level are stored, with the signs
+                // (added word by word when few words have a nonzero level).
+                let nzw = wds.iter().filter(|&&wd| wd != 0).count();
+                if nzw > BLOCK / 64 {
+                    for (b, v) in lb.iter_mut().zip(xs) {
+                        *b |= ((v.to_bits() >> 56) as u8) & 0x80;
+                    }
+                    for (wd, c) in wds.iter_mut().zip(lb.chunks_exact(8)) {
+                        let (n1, lg) = byte_level_tally(*wd);
                         t.0 += n1;
                         t.1 += 2 * lg;
+                        *wd = u64::from_le_bytes(c.try_into().expect("8"));
+                    }
+                } else if nzw > 0 {
+                    for (wd, c) in wds.iter_mut().zip(xs.chunks_exact(8)) {
+                        if *wd != 0 {
+                            let (n1, lg) = byte_level_tally(*wd);
+                            t.0 += n1;
+                            t.1 += 2 * lg;
+                            for (i, v) in c.iter().enumerate() {
+                                *wd |= (v.to_bits() >> 63) << (8 * i + 7);
+                            }
+                        }
                     }
                 }
-                wds[BLOCK / 8..].copy_from_slice(&signs);
-                bytes.extend_from_slice(&wds);
+                if nzw > 0 {
+                    bytes.extend_from_slice(&wds);
+                }
+                nzw > 0
             } else {
                 let (mut n1, mut lg) = (0u32, 0u32);
-                for (i, k) in kk.iter_mut().enumerate() {
-                    n1 += (*k != 0) as u32;
-                    lg += log2_floor_plus1(*k);
-                    *k |= (((signs[i / 64] >> (i % 64)) as u32) & 1) << 31;
+                for &l in &kk {
+                    let k = l & !NEG;
+                    n1 += (k != 0) as u32;
+                    lg += log2_floor_plus1(k);
                 }
                 t.0 += n1 as u64;
                 t.1 += 2 * lg as u64;
                 words.extend_from_slice(&kk[..cnt]);
+                true
             }
         }
         let f = (&lvl, &rest, &mag);
         let mut t = (0u64, 0u64);
         let mut xc = x.chunks_exact(BLOCK);
         let mut oc = values.chunks_exact_mut(BLOCK);
+        // PACKED: `words` holds a bitmap of the blocks stored in `bytes`.
+        let mark = |b: usize, nonzero: bool, words: &mut Vec<u32>| {
+            if PACKED {
+                if words.len() <= b / 32 {
+                    words.push(0);
+                }
+                words[b / 32] |= (nonzero as u32) << (b % 32);
+            }
+        };
+        let mut nb = 0;
         for (xs, os) in (&mut xc).zip(&mut oc) {
             let (xs, os) = (xs.try_into().expect("block"), os.try_into().expect("block"));
-            block::<PACKED, _, _, _>(xs, os, BLOCK, rng, f, bytes, words, &mut t);
+            let nonzero = block::<PACKED, _, _, _>(xs, os, BLOCK, rng, f, bytes, words, &mut t);
+            mark(nb, nonzero, words);
+            nb += 1;
         }
         let (xr, or) = (xc.remainder(), oc.into_remainder());
         if !xr.is_empty() {
@@ -671,7 +714,8 @@ impl Dithering {
             let mut xs = [0.0f64; BLOCK];
             let mut os = [0.0f64; BLOCK];
             xs[..xr.len()].copy_from_slice(xr);
-            block::<PACKED, _, _, _>(&xs, &mut os, xr.len(), rng, f, bytes, words, &mut t);
+            let nonzero = block::<PACKED, _, _, _>(&xs, &mut os, xr.len(), rng, f, bytes, words, &mut t);
+            mark(nb, nonzero, words);
             or.copy_from_slice(&os[..xr.len()]);
         }
         t
@@ -737,6 +781,7 @@ impl Dithering {
         let packed = s <= BYTE_LEVELS_MAX;
         if packed {
             bytes.reserve(self.d.div_ceil(BLOCK) * BLOCK_WORDS);
+            words.reserve(self.d.div_ceil(BLOCK).div_ceil(32));
         } else {
             words.reserve(self.d);
         }
@@ -848,20 +893,16 @@ impl Dithering {
                 (w.to_bits() & ((1u64 << 44) - 1)) as f64 * pow2(-44)
             }
         };
-        // n 2^(k-s) by adding k - s to the exponent of n: exact and equal to
-        // natural_magnitude (the decoder's expression) while the result is
-        // normal, i.e. for N >= 2^-900 (not TINY).
-        let nb = n.to_bits().wrapping_sub((s as u64) << 52);
+        // n 2^(k-s) as (2^(k-1023) 2^(1023-s)) n, where 2^(k-1023) is the f64
+        // with exponent field k (and +0 for k = 0): both products are exact
+        // for k >= 1 (powers of two, N >= 2^-900 unless TINY), so this equals
+        // natural_magnitude (the decoder's expression), and it is 0 for k = 0.
+        let c = pow2(1023 - s as i32);
         let mag = move |k: u32| {
             if TINY {
                 natural_magnitude(n, s, k)
             } else {
-                let m = f64::from_bits(nb.wrapping_add((k as u64) << 52));
-                if k == 0 {
-                    0.0
-                } else {
-                    m
-                }
+                (f64::from_bits((k as u64) << 52) * c) * n
             }
         };
         // s <= 64: always packed.
@@ -875,34 +916,52 @@ impl Dithering {
             let tab = self.code_table(gamma);
             // Eight zero levels at once.
             let (z8, z8len) = if gamma { (0xFF, 8) } else { (0, 8 * self.width) };
+            let mut stored = bytes.chunks_exact(BLOCK_WORDS);
             let mut left = self.d;
-            for blk in bytes.chunks_exact(BLOCK_WORDS) {
-                let (lv, signs) = blk.split_at(BLOCK / 8);
-                if left >= BLOCK && lv.iter().all(|&b| b == 0) {
-                    // A whole block of zero levels.
-                    for _ in 0..z8len as usize * BLOCK / 8 / 64 {
-                        pk.put_u64(if gamma { u64::MAX } else { 0 });
+            for b in 0..self.d.div_ceil(BLOCK) {
+                let n = left.min(BLOCK);
+                left -= n;
+                if (words[b / 32] >> (b % 32)) & 1 == 0 {
+                    // A block of zero levels: n ones (gamma) or n w zeros.
+                    let mut bits = n * z8len as usize / 8;
+                    while bits > 0 {
+                        let m = bits.min(64);
+                        pk.put(if gamma { u64::MAX >> (64 - m) } else { 0 }, m as u32);
+                        bits -= m;
                     }
-                    left -= BLOCK;
                     continue;
                 }
-                for (wi, &b) in lv.iter().enumerate() {
-                    if left >= 8 && b == 0 {
-                        pk.put(z8, z8len);
-                        left -= 8;
+                let blk = stored.next().expect("a stored block");
+                let mut n = n;
+                // Runs of zero words are written 64 bits at a time.
+                let mut zrun = 0usize;
+                for &w8 in blk {
+                    if n == 0 {
+                        break;
+                    }
+                    if n >= 8 && w8 & LOW7 == 0 {
+                        zrun += 1;
+                        n -= 8;
                         continue;
                     }
-                    let sw = signs[wi / 8] >> (8 * (wi % 8));
-                    for i in 0..left.min(8) {
-                        let sign = (sw >> i) & 1;
-                        let (c, l) = tab[(((b >> (8 * i)) & 0xFF) | (sign << 7)) as usize];
-                        pk.put(c as u64, l);
+                    put_zero_words(&mut pk, zrun, z8, z8len);
+                    zrun = 0;
+                    // At most 8 codes of at most 16 bits: gather them first.
+                    let (mut acc, mut len) = (0u128, 0u32);
+                    for i in 0..n.min(8) {
+                        let (c, l) = tab[((w8 >> (8 * i)) & 0xFF) as usize];
+                        acc = (acc << l) | c as u128;
+                        len += l;
                     }
-                    left -= left.min(8);
-                    if left == 0 {
-                        return;
+                    if len > 64 {
+                        pk.put((acc >> 64) as u64, len - 64);
+                        pk.put_u64(acc as u64);
+                    } else {
+                        pk.put(acc as u64, len);
                     }
+                    n -= n.min(8);
                 }
+                put_zero_words(&mut pk, zrun, z8, z8len);
             }
         } else {
             for &l in words {
@@ -1048,6 +1107,21 @@ fn log2_floor_plus1(k: u32) -> u32 {
     (((k as i32 + 1) as f64).to_bits() >> 52) as u32 - 1023
 }
 
+/// Writes `count` words of eight zero levels, each the code `z8` of
+/// `z8len` <= 64 bits (all ones or all zeros), in pieces of up to 64 bits.
+#[inline]
+fn put_zero_words(pk: &mut crate::bits::BitPacker<'_>, count: usize, z8: u64, z8len: u32) {
+    let mut bits = count * z8len as usize;
+    let all = if z8 == 0 { 0 } else { u64::MAX };
+    while bits >= 64 {
+        pk.put_u64(all);
+        bits -= 64;
+    }
+    if bits > 0 {
+        pk.put(all >> (64 - bits), bits as u32);
+    }
+}
+
 /// Magnitude of QSGD level `k` (0..=s) for `unit` = N/s; the one expression
 /// used by encoder and decoder (k < 2^31, so the i32 conversion is exact).
 #[inline(always)]
@@ -1166,7 +1240,7 @@ impl Compressor for Dithering {
             Kind::Natural { p } => p,
         };
         // One pass: max|x_j|, the l2 (or l1) sum, and the finiteness screen.
-        let st = if p == 2.0 { stats::<true>(x) } else { stats::<false>(x) };
+        let st = if p == 2.0 { stats::<true, false>(x) } else { stats::<false, false>(x) };
         if !st.sum.is_finite() {
             check_finite(x)?; // else the sum overflowed: lp_norm rescales below
         }
@@ -1723,6 +1797,27 @@ mod tests {
             let sd = (n * q * (1.0 - q)).sqrt();
             assert!((up - n * q).abs() <= 5.0 * sd, "natural v {v}: {up} vs {}", n * q);
         }
+    }
+
+    /// The one-pass statistics: dispatched and portable builds agree bit for
+    /// bit, and the values are the max, the sums and the nonzero count.
+    #[test]
+    fn stats_agree_and_are_right() {
+        let mut x = test_vec(1003, 21);
+        x[7] = -0.0;
+        for (sq, st, any) in [
+            (true, stats::<true, true>(&x), stats_any::<true, true>(&x)),
+            (false, stats::<false, true>(&x), stats_any::<false, true>(&x)),
+        ] {
+            assert_eq!((st.max.to_bits(), st.sum.to_bits(), st.nnz), (any.max.to_bits(), any.sum.to_bits(), any.nnz));
+            assert_eq!(st.max, max_abs(&x));
+            assert_eq!(st.nnz, x.iter().filter(|v| **v != 0.0).count());
+            let want: f64 = x.iter().map(|v| if sq { v * v } else { v.abs() }).sum();
+            assert!((st.sum - want).abs() <= 1e-12 * want, "{} vs {want}", st.sum);
+        }
+        assert_eq!(stats::<true, false>(&x).nnz, 0);
+        assert!(stats::<true, true>(&[1.0, f64::NAN]).sum.is_nan());
+        assert!(stats::<false, true>(&[f64::INFINITY, 1.0]).sum.is_infinite());
     }
 
     /// The tie rule's comparison: zero never wins and draws nothing; a

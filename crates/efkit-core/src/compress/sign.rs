@@ -206,7 +206,7 @@ impl Compressor for ScaledSign {
             return check_input(x, self.d);
         }
         // One pass: nonzero count, max|x_j|, ||x||_1 and the finiteness screen.
-        let st = stats::<false>(x);
+        let st = stats::<false, true>(x);
         if !st.sum.is_finite() {
             check_finite(x)?; // else the l1 sum overflowed: `scale` rescales
         }
@@ -218,9 +218,9 @@ impl Compressor for ScaledSign {
             return Ok(());
         }
         let sbits = sigma.to_bits();
-        w.reserve_bits(st.nnz as u64 + 64);
         if st.nnz == self.d {
             // No zeros: flag 0 and the empty zero set (gamma(0)), then d signs.
+            w.reserve_bits(self.d as u64 + 2);
             w.write_bit(false);
             sparse_codec::encode(w, &[], self.d);
             let mut pk = w.packer();
@@ -240,7 +240,10 @@ impl Compressor for ScaledSign {
         let nonzeros = &mut out.indices; // temporary; emptied below
         nonzeros.clear();
         nonzeros.extend(x.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, _)| j as u32));
-        let list_nonzeros = sparse_codec::encoded_bits(nonzeros, self.d) < sparse_codec::encoded_bits(zeros, self.d);
+        let nz_bits = sparse_codec::encoded_bits(nonzeros, self.d);
+        let z_bits = sparse_codec::encoded_bits(zeros, self.d);
+        let list_nonzeros = nz_bits < z_bits;
+        w.reserve_bits(1 + nz_bits.min(z_bits) + st.nnz as u64);
         w.write_bit(list_nonzeros);
         if list_nonzeros {
             sparse_codec::encode(w, nonzeros, self.d);
