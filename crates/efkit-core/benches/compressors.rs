@@ -41,7 +41,9 @@ fn bench(c: &mut Criterion) {
     for &d in &[100_000usize, 1_000_000, 10_000_000] {
         let mut rng = rng_from_key(42);
         // Gaussian-like data (sum of uniforms): no ties, realistic magnitudes.
-        let x: Vec<f64> = (0..d).map(|_| (0..4).map(|_| rng.gen_range(-1.0..1.0)).sum::<f64>()).collect();
+        let x: Vec<f64> = (0..d)
+            .map(|_| (0..4).map(|_| rng.gen_range(-1.0..1.0)).sum::<f64>())
+            .collect();
         let mut g = c.benchmark_group(format!("d={d}"));
         g.throughput(Throughput::Bytes(8 * d as u64));
         g.sample_size(10);
@@ -66,8 +68,13 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("compress+encode", label), |b| {
                 b.iter(|| {
                     w.clear();
-                    let mut ctx = CompressCtx { rng: &mut crng, shared_key: 1, scratch: &mut scratch };
-                    comp.compress(black_box(&x), &mut ctx, &mut out, &mut w).unwrap();
+                    let mut ctx = CompressCtx {
+                        rng: &mut crng,
+                        shared_key: 1,
+                        scratch: &mut scratch,
+                    };
+                    comp.compress(black_box(&x), &mut ctx, &mut out, &mut w)
+                        .unwrap();
                     black_box(w.finish().len());
                 })
             });
@@ -76,7 +83,8 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("decode", label), |b| {
                 b.iter(|| {
                     let mut r = BitReader::new(black_box(&bytes));
-                    comp.decode(&mut r, &DecodeCtx { shared_key: 1 }, &mut dec).unwrap();
+                    comp.decode(&mut r, &DecodeCtx { shared_key: 1 }, &mut dec)
+                        .unwrap();
                     black_box(dec.values.len());
                 })
             });

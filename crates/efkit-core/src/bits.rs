@@ -112,7 +112,11 @@ impl BitWriter {
     #[inline]
     pub fn write_u64_block(&mut self, v: u64) {
         // Invariant: fewer than 8 bits are pending in `acc` (masked to `nacc`).
-        let word = if self.nacc == 0 { v } else { (self.acc << (64 - self.nacc)) | (v >> self.nacc) };
+        let word = if self.nacc == 0 {
+            v
+        } else {
+            (self.acc << (64 - self.nacc)) | (v >> self.nacc)
+        };
         self.buf.extend_from_slice(&word.to_be_bytes());
         self.acc = v & ((1u64 << self.nacc) - 1);
     }
@@ -131,7 +135,9 @@ impl BitWriter {
     /// messages of somewhat different sizes do not reallocate either.
     pub fn reserve_bits(&mut self, n: u64) {
         let bytes = n.div_ceil(8);
-        let bytes = usize::try_from(bytes + bytes / 8).unwrap_or(usize::MAX).saturating_add(64);
+        let bytes = usize::try_from(bytes + bytes / 8)
+            .unwrap_or(usize::MAX)
+            .saturating_add(64);
         self.buf.reserve(bytes);
     }
 
@@ -180,7 +186,10 @@ impl BitPacker<'_> {
     /// `code` must have no bits set above `len`.
     #[inline]
     pub fn put(&mut self, code: u64, len: u32) {
-        debug_assert!(len <= 64 && (len == 64 || code >> len == 0), "put({code:#x}, {len})");
+        debug_assert!(
+            len <= 64 && (len == 64 || code >> len == 0),
+            "put({code:#x}, {len})"
+        );
         let total = self.n + len;
         if total < 64 {
             // len < 64 here.
@@ -188,7 +197,7 @@ impl BitPacker<'_> {
             self.n = total;
         } else {
             let rem = total - 64; // <= 63
-            // acc << (64 - n), written as two shifts so that n = 0 is defined.
+                                  // acc << (64 - n), written as two shifts so that n = 0 is defined.
             let word = ((self.acc << 1) << (63 - self.n)) | (code >> rem);
             self.w.write_u64_block_aligned(word);
             self.acc = code & ((1u64 << rem) - 1);
@@ -240,7 +249,10 @@ impl<'a> BitReader<'a> {
             return Ok(0);
         }
         if n as u64 > self.remaining() {
-            return Err(DecodeError::Truncated { at: self.pos, needed: n });
+            return Err(DecodeError::Truncated {
+                at: self.pos,
+                needed: n,
+            });
         }
         let mut v = 0u64;
         let mut left = n;
@@ -311,13 +323,20 @@ impl<'a> BitReader<'a> {
     #[inline]
     pub fn read_u64_block(&mut self) -> Result<u64, DecodeError> {
         if self.remaining() < 64 {
-            return Err(DecodeError::Truncated { at: self.pos, needed: 64 });
+            return Err(DecodeError::Truncated {
+                at: self.pos,
+                needed: 64,
+            });
         }
         let byte = (self.pos / 8) as usize;
         let off = (self.pos % 8) as u32;
         let hi = load_be(&self.data[byte..]);
         // With off > 0 the 64 bits end inside byte + 8, which exists.
-        let v = if off == 0 { hi } else { (hi << off) | (self.data[byte + 8] as u64 >> (8 - off)) };
+        let v = if off == 0 {
+            hi
+        } else {
+            (hi << off) | (self.data[byte + 8] as u64 >> (8 - off))
+        };
         self.pos += 64;
         Ok(v)
     }
@@ -328,7 +347,12 @@ impl<'a> BitReader<'a> {
     pub fn window(&mut self) -> BitWindow<'_, 'a> {
         let byte = (self.pos / 8) as usize;
         let off = (self.pos % 8) as u32;
-        let mut win = BitWindow { r: self, byte, buf: 0, n: 0 };
+        let mut win = BitWindow {
+            r: self,
+            byte,
+            buf: 0,
+            n: 0,
+        };
         win.refill();
         win.consume(off);
         win
@@ -416,7 +440,11 @@ impl BitWindow<'_, '_> {
     /// Drops the next `len` bits (len <= [`available`](Self::available)).
     #[inline]
     pub fn consume(&mut self, len: u32) {
-        debug_assert!(len <= self.n, "consume({len}) with {} bits available", self.n);
+        debug_assert!(
+            len <= self.n,
+            "consume({len}) with {} bits available",
+            self.n
+        );
         self.buf <<= len;
         self.n -= len;
     }
@@ -440,7 +468,10 @@ impl BitWindow<'_, '_> {
         let end = self.r.data.len() as u64 * 8;
         let pos = self.position();
         if pos > end {
-            return Err(DecodeError::Truncated { at: end, needed: u32::try_from(pos - end).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: end,
+                needed: u32::try_from(pos - end).unwrap_or(u32::MAX),
+            });
         }
         Ok(())
     }
@@ -507,9 +538,20 @@ mod tests {
         let mut g = crate::rng::rng_from_key(seed);
         (0..n)
             .map(|_| {
-                let len = if g.gen_bool(0.1) { 64 } else { g.gen_range(0..=57) };
+                let len = if g.gen_bool(0.1) {
+                    64
+                } else {
+                    g.gen_range(0..=57)
+                };
                 let v: u64 = g.gen();
-                (if len == 64 { v } else { v & ((1u64 << len) - 1) }, len)
+                (
+                    if len == 64 {
+                        v
+                    } else {
+                        v & ((1u64 << len) - 1)
+                    },
+                    len,
+                )
             })
             .collect()
     }
@@ -572,7 +614,11 @@ mod tests {
                     win.refill();
                     assert!(win.available() >= 56);
                     if len <= 56 {
-                        let got = if len == 0 { 0 } else { win.peek() >> (64 - len) };
+                        let got = if len == 0 {
+                            0
+                        } else {
+                            win.peek() >> (64 - len)
+                        };
                         assert_eq!(got, c, "seed {seed} code {i}");
                         win.consume(len);
                     } else {
@@ -618,11 +664,17 @@ mod tests {
             assert_eq!(win.peek(), 0);
             win.consume(1);
             assert!(win.overrun());
-            assert!(matches!(win.finish(), Err(DecodeError::Truncated { at: 16, needed: 1 })));
+            assert!(matches!(
+                win.finish(),
+                Err(DecodeError::Truncated { at: 16, needed: 1 })
+            ));
         }
         assert_eq!(r.position(), 16, "position clamped to the end");
         let mut r = BitReader::new(&bytes);
-        assert!(matches!(r.read_u64_block(), Err(DecodeError::Truncated { at: 0, needed: 64 })));
+        assert!(matches!(
+            r.read_u64_block(),
+            Err(DecodeError::Truncated { at: 0, needed: 64 })
+        ));
         let mut r = BitReader::new(&[]);
         let mut win = r.window();
         win.refill();

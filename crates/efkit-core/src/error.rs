@@ -31,7 +31,10 @@ pub enum DecodeError {
 impl DecodeError {
     /// Shorthand for [`DecodeError::Invalid`].
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        DecodeError::Invalid { field, reason: reason.into() }
+        DecodeError::Invalid {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -83,6 +86,9 @@ pub enum ParamError {
 impl ParamError {
     /// Shorthand for [`ParamError::Invalid`].
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ParamError::Invalid { key: key.into(), reason: reason.into() }
+        ParamError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -182,7 +182,9 @@ impl Regularizer {
         match *self {
             Regularizer::Zero => 0.0,
             Regularizer::L1 { lambda } => lambda * x.iter().map(|v| v.abs()).sum::<f64>(),
-            Regularizer::L2Squared { lambda } => 0.5 * lambda * x.iter().map(|v| v * v).sum::<f64>(),
+            Regularizer::L2Squared { lambda } => {
+                0.5 * lambda * x.iter().map(|v| v * v).sum::<f64>()
+            }
             Regularizer::Box { lo, hi } => {
                 if x.iter().all(|&v| v >= lo && v <= hi) {
                     0.0
@@ -229,12 +231,23 @@ impl Regularizer {
     /// Checks the parameters.
     pub fn validate(&self) -> Result<(), ParamError> {
         match *self {
-            Regularizer::L1 { lambda } | Regularizer::L2Squared { lambda } if !(lambda >= 0.0 && lambda.is_finite()) => {
-                Err(ParamError::invalid("prox.lambda", format!("must be finite and >= 0, got {lambda}")))
+            Regularizer::L1 { lambda } | Regularizer::L2Squared { lambda }
+                if !(lambda >= 0.0 && lambda.is_finite()) =>
+            {
+                Err(ParamError::invalid(
+                    "prox.lambda",
+                    format!("must be finite and >= 0, got {lambda}"),
+                ))
             }
-            Regularizer::Box { lo, hi } if !(lo <= hi) => Err(ParamError::invalid("prox.lo", format!("need lo <= hi, got {lo} > {hi}"))),
+            Regularizer::Box { lo, hi } if !(lo <= hi) => Err(ParamError::invalid(
+                "prox.lo",
+                format!("need lo <= hi, got {lo} > {hi}"),
+            )),
             Regularizer::Ball { radius } if !(radius > 0.0 && radius.is_finite()) => {
-                Err(ParamError::invalid("prox.radius", format!("must be finite and > 0, got {radius}")))
+                Err(ParamError::invalid(
+                    "prox.radius",
+                    format!("must be finite and > 0, got {radius}"),
+                ))
             }
             _ => Ok(()),
         }
@@ -338,8 +351,22 @@ pub struct MethodSpec {
 
 /// The preset names.
 pub const METHOD_NAMES: &[&str] = &[
-    "gd", "dcgd", "ef14", "ef21", "ef21-plus", "sgd", "ef21-sgd", "ef21-page", "ef21-pp", "ef21-bc", "ef21-hb",
-    "ef21-prox", "ef14-sgd", "ef21-sgdm", "ef21-sgd2m", "ef21-sgd-ideal",
+    "gd",
+    "dcgd",
+    "ef14",
+    "ef21",
+    "ef21-plus",
+    "sgd",
+    "ef21-sgd",
+    "ef21-page",
+    "ef21-pp",
+    "ef21-bc",
+    "ef21-hb",
+    "ef21-prox",
+    "ef14-sgd",
+    "ef21-sgdm",
+    "ef21-sgd2m",
+    "ef21-sgd-ideal",
 ];
 
 impl MethodSpec {
@@ -360,25 +387,44 @@ impl MethodSpec {
     }
 
     /// Resolves the preset into parts for `n` workers with local sizes `n_local`.
-    pub fn parts(&self, gamma: f64, n: usize, n_local: &[Option<usize>]) -> Result<Parts, ParamError> {
+    pub fn parts(
+        &self,
+        gamma: f64,
+        n: usize,
+        n_local: &[Option<usize>],
+    ) -> Result<Parts, ParamError> {
         if !(gamma > 0.0 && gamma.is_finite()) {
-            return Err(ParamError::invalid("step", format!("step size must be finite and > 0, got {gamma}")));
+            return Err(ParamError::invalid(
+                "step",
+                format!("step size must be finite and > 0, got {gamma}"),
+            ));
         }
         let batch = || -> Result<BatchSize, ParamError> {
-            let b = self.batch.ok_or_else(|| ParamError::invalid("method.batch", format!("`{}` needs a minibatch size", self.name)))?;
+            let b = self.batch.ok_or_else(|| {
+                ParamError::invalid(
+                    "method.batch",
+                    format!("`{}` needs a minibatch size", self.name),
+                )
+            })?;
             check_batch("method.batch", b)?;
             Ok(b)
         };
         let eta_in = |lo_open: bool, hi_closed: bool| -> Result<f64, ParamError> {
-            let eta = self.eta.ok_or_else(|| ParamError::invalid("method.eta", format!("`{}` needs eta", self.name)))?;
-            let ok = if lo_open { eta > 0.0 } else { eta >= 0.0 } && if hi_closed { eta <= 1.0 } else { eta < 1.0 };
+            let eta = self.eta.ok_or_else(|| {
+                ParamError::invalid("method.eta", format!("`{}` needs eta", self.name))
+            })?;
+            let ok = if lo_open { eta > 0.0 } else { eta >= 0.0 }
+                && if hi_closed { eta <= 1.0 } else { eta < 1.0 };
             if !ok {
                 let range = match (lo_open, hi_closed) {
                     (true, true) => "(0, 1]",
                     (false, false) => "[0, 1)",
                     _ => "[0, 1]",
                 };
-                return Err(ParamError::invalid("method.eta", format!("must be in {range}, got {eta}")));
+                return Err(ParamError::invalid(
+                    "method.eta",
+                    format!("must be in {range}, got {eta}"),
+                ));
             }
             Ok(eta)
         };
@@ -418,12 +464,20 @@ impl MethodSpec {
             }
             "ef21-page" => {
                 if !finite_sum {
-                    return Err(ParamError::invalid("method", "ef21-page needs a finite-sum problem"));
+                    return Err(ParamError::invalid(
+                        "method",
+                        "ef21-page needs a finite-sum problem",
+                    ));
                 }
                 let b = batch()?;
                 let prob = match self.p {
                     Some(q) if q > 0.0 && q <= 1.0 => q,
-                    Some(q) => return Err(ParamError::invalid("method.p", format!("must be in (0, 1], got {q}"))),
+                    Some(q) => {
+                        return Err(ParamError::invalid(
+                            "method.p",
+                            format!("must be in (0, 1], got {q}"),
+                        ))
+                    }
                     None => {
                         // authors' code: p = mean_i tau_i / (tau_i + N_i)
                         let s: f64 = n_local
@@ -437,12 +491,24 @@ impl MethodSpec {
                         s / n as f64
                     }
                 };
-                p.estimator = Estimator::Page { p: prob, batch: b, shared_coin: self.shared_coin.unwrap_or(true) };
+                p.estimator = Estimator::Page {
+                    p: prob,
+                    batch: b,
+                    shared_coin: self.shared_coin.unwrap_or(true),
+                };
             }
             "ef21-pp" => {
-                let f = self.participation.ok_or_else(|| ParamError::invalid("method.participation", "ef21-pp needs a participation fraction in (0, 1]"))?;
+                let f = self.participation.ok_or_else(|| {
+                    ParamError::invalid(
+                        "method.participation",
+                        "ef21-pp needs a participation fraction in (0, 1]",
+                    )
+                })?;
                 if !(f > 0.0 && f <= 1.0) {
-                    return Err(ParamError::invalid("method.participation", format!("must be in (0, 1], got {f}")));
+                    return Err(ParamError::invalid(
+                        "method.participation",
+                        format!("must be in (0, 1], got {f}"),
+                    ));
                 }
                 p.participation = if self.independent.unwrap_or(false) {
                     Participation::Independent { p: f }
@@ -452,9 +518,18 @@ impl MethodSpec {
                 };
             }
             "ef21-bc" => p.downlink = DownlinkMode::CompressedEstimate,
-            "ef21-hb" => p.server_step = ServerStep::HeavyBall { eta: eta_in(false, false)? },
+            "ef21-hb" => {
+                p.server_step = ServerStep::HeavyBall {
+                    eta: eta_in(false, false)?,
+                }
+            }
             "ef21-prox" => {
-                let reg = self.prox.ok_or_else(|| ParamError::invalid("method.prox", "ef21-prox needs a regularizer, e.g. { kind = \"l1\", lambda = 0.01 }"))?;
+                let reg = self.prox.ok_or_else(|| {
+                    ParamError::invalid(
+                        "method.prox",
+                        "ef21-prox needs a regularizer, e.g. { kind = \"l1\", lambda = 0.01 }",
+                    )
+                })?;
                 reg.validate()?;
                 p.server_step = ServerStep::Prox { reg };
             }
@@ -470,30 +545,70 @@ impl MethodSpec {
                     None => b,
                 };
                 p.estimator = if self.name == "ef21-sgdm" {
-                    Estimator::Momentum { eta, batch: b, init_batch }
+                    Estimator::Momentum {
+                        eta,
+                        batch: b,
+                        init_batch,
+                    }
                 } else {
-                    Estimator::DoubleMomentum { eta, batch: b, init_batch }
+                    Estimator::DoubleMomentum {
+                        eta,
+                        batch: b,
+                        init_batch,
+                    }
                 };
             }
             other => {
-                return Err(ParamError::Unknown { what: "method", name: other.to_string(), allowed: METHOD_NAMES.join(", ") });
+                return Err(ParamError::Unknown {
+                    what: "method",
+                    name: other.to_string(),
+                    allowed: METHOD_NAMES.join(", "),
+                });
             }
         }
         // Parameters given to a preset that does not use them are an error, not silently ignored.
         let unused = |key: &str, present: bool, used: bool| -> Result<(), ParamError> {
             if present && !used {
-                Err(ParamError::invalid(format!("method.{key}"), format!("not used by method `{}`", self.name)))
+                Err(ParamError::invalid(
+                    format!("method.{key}"),
+                    format!("not used by method `{}`", self.name),
+                ))
             } else {
                 Ok(())
             }
         };
         let n = self.name.as_str();
-        unused("eta", self.eta.is_some(), matches!(n, "ef21-hb" | "ef21-sgdm" | "ef21-sgd2m"))?;
-        unused("batch", self.batch.is_some(), matches!(n, "sgd" | "ef21-sgd" | "ef14-sgd" | "ef21-page" | "ef21-sgdm" | "ef21-sgd2m" | "ef21-sgd-ideal"))?;
-        unused("init_batch", self.init_batch.is_some(), matches!(n, "ef21-sgdm" | "ef21-sgd2m"))?;
+        unused(
+            "eta",
+            self.eta.is_some(),
+            matches!(n, "ef21-hb" | "ef21-sgdm" | "ef21-sgd2m"),
+        )?;
+        unused(
+            "batch",
+            self.batch.is_some(),
+            matches!(
+                n,
+                "sgd"
+                    | "ef21-sgd"
+                    | "ef14-sgd"
+                    | "ef21-page"
+                    | "ef21-sgdm"
+                    | "ef21-sgd2m"
+                    | "ef21-sgd-ideal"
+            ),
+        )?;
+        unused(
+            "init_batch",
+            self.init_batch.is_some(),
+            matches!(n, "ef21-sgdm" | "ef21-sgd2m"),
+        )?;
         unused("p", self.p.is_some(), n == "ef21-page")?;
         unused("shared_coin", self.shared_coin.is_some(), n == "ef21-page")?;
-        unused("participation", self.participation.is_some(), n == "ef21-pp")?;
+        unused(
+            "participation",
+            self.participation.is_some(),
+            n == "ef21-pp",
+        )?;
         unused("independent", self.independent.is_some(), n == "ef21-pp")?;
         unused("prox", self.prox.is_some(), n == "ef21-prox")?;
         Ok(p)
@@ -503,7 +618,10 @@ impl MethodSpec {
 fn check_batch(key: &str, b: BatchSize) -> Result<(), ParamError> {
     match b {
         BatchSize::Count(0) => Err(ParamError::invalid(key, "batch size must be >= 1")),
-        BatchSize::Fraction(f) if !(f > 0.0 && f <= 1.0) => Err(ParamError::invalid(key, format!("batch fraction must be in (0, 1], got {f}"))),
+        BatchSize::Fraction(f) if !(f > 0.0 && f <= 1.0) => Err(ParamError::invalid(
+            key,
+            format!("batch fraction must be in (0, 1], got {f}"),
+        )),
         _ => Ok(()),
     }
 }
@@ -570,7 +688,13 @@ pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
 }
 
 /// Decodes a downlink for dimension `d` (hostile input: errors, never panics).
-pub fn decode_downlink(bytes: &[u8], d: usize, codecs: &Codecs, shared_key: u64, out: &mut Downlink) -> Result<(), DecodeError> {
+pub fn decode_downlink(
+    bytes: &[u8],
+    d: usize,
+    codecs: &Codecs,
+    shared_key: u64,
+    out: &mut Downlink,
+) -> Result<(), DecodeError> {
     let mut r = BitReader::new(bytes);
     let tag = r.read_bits(2)?;
     match tag {
@@ -588,10 +712,21 @@ pub fn decode_downlink(bytes: &[u8], d: usize, codecs: &Codecs, shared_key: u64,
         TAG_ESTIMATE_DENSE | TAG_ESTIMATE_DELTA => {
             out.is_model = false;
             out.replace = tag == TAG_ESTIMATE_DENSE;
-            let c = if out.replace { &codecs.dense } else { codecs.downlink.as_ref().ok_or_else(|| DecodeError::invalid("downlink", "estimate message but no server compressor"))? };
+            let c = if out.replace {
+                &codecs.dense
+            } else {
+                codecs.downlink.as_ref().ok_or_else(|| {
+                    DecodeError::invalid("downlink", "estimate message but no server compressor")
+                })?
+            };
             c.decode(&mut r, &DecodeCtx { shared_key }, &mut out.vec)?;
         }
-        _ => return Err(DecodeError::invalid("downlink.tag", format!("unknown tag {tag}"))),
+        _ => {
+            return Err(DecodeError::invalid(
+                "downlink.tag",
+                format!("unknown tag {tag}"),
+            ))
+        }
     }
     r.finish()
 }
@@ -606,19 +741,32 @@ pub struct Uplink {
 }
 
 /// Decodes an uplink of `round` (hostile input: errors, never panics).
-pub fn decode_uplink(bytes: &[u8], parts: &Parts, codecs: &Codecs, round: u64, shared_key: u64, out: &mut Uplink) -> Result<(), DecodeError> {
+pub fn decode_uplink(
+    bytes: &[u8],
+    parts: &Parts,
+    codecs: &Codecs,
+    round: u64,
+    shared_key: u64,
+    out: &mut Uplink,
+) -> Result<(), DecodeError> {
     let mut r = BitReader::new(bytes);
     out.replace = false;
     if parts.feedback == Feedback::Ef21Plus && round > 0 {
         out.replace = r.read_bit()?;
     }
-    let c = if dense_uplink(parts, round) { &codecs.dense } else { &codecs.uplink };
+    let c = if dense_uplink(parts, round) {
+        &codecs.dense
+    } else {
+        &codecs.uplink
+    };
     c.decode(&mut r, &DecodeCtx { shared_key }, &mut out.vec)?;
     r.finish()
 }
 
 fn dense_init_round(parts: &Parts, round: u64) -> bool {
-    round == 0 && parts.init == InitMode::Dense && matches!(parts.feedback, Feedback::Ef21 | Feedback::Ef21Plus)
+    round == 0
+        && parts.init == InitMode::Dense
+        && matches!(parts.feedback, Feedback::Ef21 | Feedback::Ef21Plus)
 }
 
 /// Whether the uplink of `round` travels in the dense codec (dense init, EF21-SGD-ideal).
@@ -708,8 +856,18 @@ impl Worker {
     /// A fresh worker `id` for dimension `d` starting at `x0`.
     pub fn new(id: usize, x0: &[f64]) -> Self {
         let d = x0.len();
-        let state = WorkerState { id, x: x0.to_vec(), g: vec![0.0; d], ..Default::default() };
-        let scratch = WorkerScratch { est: vec![0.0; d], tmp: vec![0.0; d], tmp2: vec![0.0; d], ..Default::default() };
+        let state = WorkerState {
+            id,
+            x: x0.to_vec(),
+            g: vec![0.0; d],
+            ..Default::default()
+        };
+        let scratch = WorkerScratch {
+            est: vec![0.0; d],
+            tmp: vec![0.0; d],
+            tmp2: vec![0.0; d],
+            ..Default::default()
+        };
         Worker { state, scratch }
     }
 
@@ -717,7 +875,15 @@ impl Worker {
     /// its estimate with `oracle`, and leaves its uplink in `self.scratch.up`
     /// (decoded) and `self.scratch.wire` (encoded). Returns the local loss
     /// reported by the oracle (NaN when it only computed a gradient).
-    pub fn step(&mut self, down: &Downlink, down_wire: &Wire, oracle: &mut dyn Oracle, parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<f64, CompressError> {
+    pub fn step(
+        &mut self,
+        down: &Downlink,
+        down_wire: &Wire,
+        oracle: &mut dyn Oracle,
+        parts: &Parts,
+        codecs: &Codecs,
+        rc: RoundCtx,
+    ) -> Result<f64, CompressError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
         let d = st.x.len();
@@ -757,16 +923,35 @@ impl Worker {
                 loss = if n_local == Some(b) {
                     oracle.grad(&st.x, &mut sc.est);
                     f64::NAN
-                } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
+                } else {
+                    oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est)
+                };
                 st.samples += b as u64;
             }
-            Estimator::Momentum { eta, batch, init_batch } | Estimator::DoubleMomentum { eta, batch, init_batch } => {
+            Estimator::Momentum {
+                eta,
+                batch,
+                init_batch,
+            }
+            | Estimator::DoubleMomentum {
+                eta,
+                batch,
+                init_batch,
+            } => {
                 if !st.initialized {
                     let b = init_batch.resolve(n_local);
                     loss = if n_local == Some(b) {
-                    oracle.grad(&st.x, &mut sc.est);
-                    f64::NAN
-                } else { oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.est) };
+                        oracle.grad(&st.x, &mut sc.est);
+                        f64::NAN
+                    } else {
+                        oracle.stochastic_grad(
+                            &st.x,
+                            b,
+                            &mut rng_sample,
+                            &mut sc.drawn,
+                            &mut sc.est,
+                        )
+                    };
                     st.samples += b as u64;
                     st.v = sc.est.clone();
                     if matches!(parts.estimator, Estimator::DoubleMomentum { .. }) {
@@ -774,7 +959,13 @@ impl Worker {
                     }
                 } else {
                     let b = batch.resolve(n_local);
-                    loss = oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.tmp);
+                    loss = oracle.stochastic_grad(
+                        &st.x,
+                        b,
+                        &mut rng_sample,
+                        &mut sc.drawn,
+                        &mut sc.tmp,
+                    );
                     st.samples += b as u64;
                     for (v, gr) in st.v.iter_mut().zip(&sc.tmp) {
                         *v = (1.0 - eta) * *v + eta * gr;
@@ -789,7 +980,11 @@ impl Worker {
                     }
                 }
             }
-            Estimator::Page { p, batch, shared_coin } => {
+            Estimator::Page {
+                p,
+                batch,
+                shared_coin,
+            } => {
                 use rand::Rng as _;
                 let m = n_local.expect("PAGE needs a finite-sum oracle");
                 let full = if !st.initialized {
@@ -797,7 +992,8 @@ impl Worker {
                 } else if shared_coin {
                     stream(rc.seed, Purpose::SharedCoin, 0, rc.round).gen::<f64>() < p
                 } else {
-                    stream(rc.seed, Purpose::SharedCoin, st.id as u64 + 1, rc.round).gen::<f64>() < p
+                    stream(rc.seed, Purpose::SharedCoin, st.id as u64 + 1, rc.round).gen::<f64>()
+                        < p
                 };
                 if full {
                     loss = oracle.loss_grad(&st.x, &mut sc.est);
@@ -806,7 +1002,13 @@ impl Worker {
                     st.v.extend_from_slice(&sc.est);
                 } else {
                     let b = batch.resolve(Some(m));
-                    loss = oracle.stochastic_grad(&st.x, b, &mut rng_sample, &mut sc.drawn, &mut sc.tmp);
+                    loss = oracle.stochastic_grad(
+                        &st.x,
+                        b,
+                        &mut rng_sample,
+                        &mut sc.drawn,
+                        &mut sc.tmp,
+                    );
                     oracle.indexed_grad(&st.x_prev, &sc.drawn, &mut sc.tmp2);
                     st.samples += 2 * b as u64;
                     for ((v, a), b) in st.v.iter_mut().zip(&sc.tmp).zip(&sc.tmp2) {
@@ -821,17 +1023,29 @@ impl Worker {
         // 3. the feedback builds the message
         let mut rng_c = stream(rc.seed, Purpose::Compress, st.id as u64, rc.round);
         let shared_key = uplink_shared_key(rc.seed, st.id, rc.round);
-        let mut ctx = CompressCtx { rng: &mut rng_c, shared_key, scratch: &mut sc.comp };
+        let mut ctx = CompressCtx {
+            rng: &mut rng_c,
+            shared_key,
+            scratch: &mut sc.comp,
+        };
         sc.writer.clear();
         sc.up.replace = false;
-        let uplink: &dyn Compressor = if parts.force_identity { codecs.dense.as_ref() } else { codecs.uplink.as_ref() };
+        let uplink: &dyn Compressor = if parts.force_identity {
+            codecs.dense.as_ref()
+        } else {
+            codecs.uplink.as_ref()
+        };
         if dense_init_round(parts, rc.round) {
-            codecs.dense.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+            codecs
+                .dense
+                .compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
             st.g.iter_mut().for_each(|v| *v = 0.0);
             sc.up.vec.add_to(&mut st.g);
         } else {
             match parts.feedback {
-                Feedback::None => uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?,
+                Feedback::None => {
+                    uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?
+                }
                 Feedback::Ef14 => {
                     for ((t, e), h) in sc.tmp.iter_mut().zip(&st.g).zip(&sc.est) {
                         *t = e + parts.gamma * h;
@@ -863,7 +1077,9 @@ impl Worker {
                     sc.alt_writer.clear();
                     uplink.compress(&sc.tmp, &mut ctx, &mut sc.alt, &mut sc.alt_writer)?;
                     sc.alt.add_to(&mut sc.tmp2);
-                    codecs.dense.compress(&sc.tmp2, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                    codecs
+                        .dense
+                        .compress(&sc.tmp2, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                     sc.up.vec.to_dense(&mut st.g);
                 }
                 Feedback::Ef21Plus => {
@@ -879,7 +1095,12 @@ impl Worker {
                         uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                         sc.tmp2.copy_from_slice(&st.g);
                         sc.up.vec.add_to(&mut sc.tmp2);
-                        let dist_m: f64 = sc.tmp2.iter().zip(&sc.est).map(|(a, b)| (a - b) * (a - b)).sum();
+                        let dist_m: f64 = sc
+                            .tmp2
+                            .iter()
+                            .zip(&sc.est)
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum();
                         // plain candidate b = C(h)
                         sc.alt_writer.clear();
                         uplink.compress(&sc.est, &mut ctx, &mut sc.alt, &mut sc.alt_writer)?;
@@ -920,8 +1141,13 @@ impl Worker {
         }
         finish_into(&mut w, &mut sc.wire.bytes);
         sc.alt_writer = w;
-        let used: &dyn Compressor = if dense_uplink(parts, rc.round) { codecs.dense.as_ref() } else { uplink };
-        sc.wire.paper_bits = used.paper_bits(&sc.up.vec) + u64::from(parts.feedback == Feedback::Ef21Plus && rc.round > 0);
+        let used: &dyn Compressor = if dense_uplink(parts, rc.round) {
+            codecs.dense.as_ref()
+        } else {
+            uplink
+        };
+        sc.wire.paper_bits = used.paper_bits(&sc.up.vec)
+            + u64::from(parts.feedback == Feedback::Ef21Plus && rc.round > 0);
         st.bits_up_wire += sc.wire.wire_bits();
         st.bits_up_paper += sc.wire.paper_bits;
         Ok(loss)
@@ -975,8 +1201,20 @@ impl Server {
     /// A server for `n` workers starting at `x0`; the first downlink is x0.
     pub fn new(n: usize, x0: &[f64]) -> Self {
         let d = x0.len();
-        let state = ServerState { x: x0.to_vec(), g: vec![0.0; d], ..Default::default() };
-        let mut s = Server { state, scratch: ServerScratch { acc: vec![0.0; d], tmp: vec![0.0; d], ..Default::default() }, n };
+        let state = ServerState {
+            x: x0.to_vec(),
+            g: vec![0.0; d],
+            ..Default::default()
+        };
+        let mut s = Server {
+            state,
+            scratch: ServerScratch {
+                acc: vec![0.0; d],
+                tmp: vec![0.0; d],
+                ..Default::default()
+            },
+            n,
+        };
         s.prepare_model_downlink();
         s
     }
@@ -990,7 +1228,14 @@ impl Server {
     }
 
     /// Which workers take part in round `round` (round 0: everyone).
-    pub fn participants(&self, parts: &Parts, seed: u64, round: u64, out: &mut Vec<bool>, idx: &mut Vec<u32>) {
+    pub fn participants(
+        &self,
+        parts: &Parts,
+        seed: u64,
+        round: u64,
+        out: &mut Vec<bool>,
+        idx: &mut Vec<u32>,
+    ) {
         use rand::Rng as _;
         out.clear();
         out.resize(self.n, true);
@@ -1018,14 +1263,26 @@ impl Server {
     /// Applies the uplinks of round `rc.round` (`None` for workers that did not
     /// take part), in worker-id order, computes x^{t+1} and prepares the next
     /// downlink.
-    pub fn apply(&mut self, ups: &[Option<&Uplink>], parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<(), CompressError> {
+    pub fn apply(
+        &mut self,
+        ups: &[Option<&Uplink>],
+        parts: &Parts,
+        codecs: &Codecs,
+        rc: RoundCtx,
+    ) -> Result<(), CompressError> {
         assert_eq!(ups.len(), self.n, "one uplink slot per worker");
         self.apply_with(|i| ups[i], parts, codecs, rc)
     }
 
     /// [`Server::apply`] with the uplinks given by `up(i)` for worker i (no
     /// slice of references has to be built each round).
-    pub fn apply_with<'a>(&mut self, up: impl Fn(usize) -> Option<&'a Uplink>, parts: &Parts, codecs: &Codecs, rc: RoundCtx) -> Result<(), CompressError> {
+    pub fn apply_with<'a>(
+        &mut self,
+        up: impl Fn(usize) -> Option<&'a Uplink>,
+        parts: &Parts,
+        codecs: &Codecs,
+        rc: RoundCtx,
+    ) -> Result<(), CompressError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
         let d = st.x.len();
@@ -1093,16 +1350,25 @@ impl Server {
         let dir: &[f64] = if parts.downlink == DownlinkMode::CompressedEstimate {
             let mut rng = stream(rc.seed, Purpose::ServerCompress, 0, rc.round);
             let key = downlink_shared_key(rc.seed, rc.round);
-            let mut ctx = CompressCtx { rng: &mut rng, shared_key: key, scratch: &mut sc.comp };
+            let mut ctx = CompressCtx {
+                rng: &mut rng,
+                shared_key: key,
+                scratch: &mut sc.comp,
+            };
             sc.writer.clear();
             let down = &mut st.next_down;
             down.is_model = false;
-            let identity_cm = codecs.downlink.as_ref().is_some_and(|c| c.name() == "identity");
+            let identity_cm = codecs
+                .downlink
+                .as_ref()
+                .is_some_and(|c| c.name() == "identity");
             if rc.round == 0 || identity_cm {
                 // Dense broadcast of g = gtilde: the initial message (the authors' code), and
                 // every message when C_M is the identity (so EF21-BC reduces to EF21 exactly).
                 sc.writer.write_bits(TAG_ESTIMATE_DENSE, 2);
-                codecs.dense.compress(&st.g, &mut ctx, &mut down.vec, &mut sc.writer)?;
+                codecs
+                    .dense
+                    .compress(&st.g, &mut ctx, &mut down.vec, &mut sc.writer)?;
                 down.replace = true;
                 st.g_bc = vec![0.0; d];
                 down.vec.to_dense(&mut st.g_bc);
@@ -1112,7 +1378,10 @@ impl Server {
                 for ((t, a), b) in sc.tmp.iter_mut().zip(&st.g).zip(&st.g_bc) {
                     *t = a - b;
                 }
-                let cm = codecs.downlink.as_ref().expect("EF21-BC needs a server compressor (checked at setup)");
+                let cm = codecs
+                    .downlink
+                    .as_ref()
+                    .expect("EF21-BC needs a server compressor (checked at setup)");
                 cm.compress(&sc.tmp, &mut ctx, &mut down.vec, &mut sc.writer)?;
                 down.replace = false;
                 down.vec.add_to(&mut st.g_bc);

@@ -117,24 +117,38 @@ impl SafeParts {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<(), ParamError> {
         if !(self.gamma > 0.0 && self.gamma.is_finite()) {
-            return Err(ParamError::invalid("step", format!("step size must be finite and > 0, got {}", self.gamma)));
+            return Err(ParamError::invalid(
+                "step",
+                format!("step size must be finite and > 0, got {}", self.gamma),
+            ));
         }
         match self.rule {
             Rule::Switching { threshold } if !threshold.is_finite() => {
-                return Err(ParamError::invalid("method.threshold", format!("must be finite, got {threshold}")));
+                return Err(ParamError::invalid(
+                    "method.threshold",
+                    format!("must be finite, got {threshold}"),
+                ));
             }
             Rule::PrimalDual { dual_step, lambda0 } => {
                 if !(dual_step > 0.0 && dual_step.is_finite()) {
-                    return Err(ParamError::invalid("method.dual_step", format!("must be finite and > 0, got {dual_step}")));
+                    return Err(ParamError::invalid(
+                        "method.dual_step",
+                        format!("must be finite and > 0, got {dual_step}"),
+                    ));
                 }
                 if !(lambda0 >= 0.0 && lambda0.is_finite()) {
-                    return Err(ParamError::invalid("method.lambda0", format!("must be finite and >= 0, got {lambda0}")));
+                    return Err(ParamError::invalid(
+                        "method.lambda0",
+                        format!("must be finite and >= 0, got {lambda0}"),
+                    ));
                 }
             }
             _ => {}
         }
         if let Some(r) = self.radius {
-            Regularizer::Ball { radius: r }.validate().map_err(|_| ParamError::invalid("problem.radius", format!("must be finite and > 0, got {r}")))?;
+            Regularizer::Ball { radius: r }.validate().map_err(|_| {
+                ParamError::invalid("problem.radius", format!("must be finite and > 0, got {r}"))
+            })?;
         }
         Ok(())
     }
@@ -154,7 +168,13 @@ pub struct SafeCodecs {
 }
 
 /// The method names of [`SafeSpec`].
-pub const SAFE_METHOD_NAMES: &[&str] = &["safe-ef", "parallel-sgd", "compressed-sgd", "ef21-switching", "primal-dual"];
+pub const SAFE_METHOD_NAMES: &[&str] = &[
+    "safe-ef",
+    "parallel-sgd",
+    "compressed-sgd",
+    "ef21-switching",
+    "primal-dual",
+];
 
 /// A Safe-EF-family method as named in a config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,7 +234,11 @@ impl SafeSpec {
             "safe-ef" | "primal-dual" => Ok(SafeFeedback::Ef14),
             "parallel-sgd" | "compressed-sgd" => Ok(SafeFeedback::None),
             "ef21-switching" => Ok(SafeFeedback::Ef21),
-            other => Err(ParamError::Unknown { what: "method", name: other.into(), allowed: SAFE_METHOD_NAMES.join(", ") }),
+            other => Err(ParamError::Unknown {
+                what: "method",
+                name: other.into(),
+                allowed: SAFE_METHOD_NAMES.join(", "),
+            }),
         }
     }
 
@@ -230,22 +254,35 @@ impl SafeSpec {
 
     /// Resolves the spec with a step size and threshold given by `theory`
     /// (multiplied as the spec says) unless absolute values are given.
-    pub fn parts(&self, theory: Option<&SafeTheory>, radius: Option<f64>) -> Result<SafeParts, ParamError> {
+    pub fn parts(
+        &self,
+        theory: Option<&SafeTheory>,
+        radius: Option<f64>,
+    ) -> Result<SafeParts, ParamError> {
         let feedback = self.feedback()?;
         let pos = |key: &str, v: f64| -> Result<(), ParamError> {
             if v > 0.0 && v.is_finite() {
                 Ok(())
             } else {
-                Err(ParamError::invalid(key, format!("must be finite and > 0, got {v}")))
+                Err(ParamError::invalid(
+                    key,
+                    format!("must be finite and > 0, got {v}"),
+                ))
             }
         };
         pos("method.step_multiplier", self.step_multiplier)?;
         if !(self.threshold_multiplier >= 0.0 && self.threshold_multiplier.is_finite()) {
-            return Err(ParamError::invalid("method.threshold_multiplier", format!("must be finite and >= 0, got {}", self.threshold_multiplier)));
+            return Err(ParamError::invalid(
+                "method.threshold_multiplier",
+                format!("must be finite and >= 0, got {}", self.threshold_multiplier),
+            ));
         }
         if let Some(b) = self.batch {
             if b == 0 {
-                return Err(ParamError::invalid("method.batch", "batch size must be >= 1"));
+                return Err(ParamError::invalid(
+                    "method.batch",
+                    "batch size must be >= 1",
+                ));
             }
         }
         let gamma = match (self.step, theory) {
@@ -254,30 +291,58 @@ impl SafeSpec {
                 s
             }
             (None, Some(t)) => self.step_multiplier * t.gamma(),
-            (None, None) => return Err(ParamError::invalid("method.step", "no theory constants (M, R, T): give an absolute step")),
+            (None, None) => {
+                return Err(ParamError::invalid(
+                    "method.step",
+                    "no theory constants (M, R, T): give an absolute step",
+                ))
+            }
         };
         let rule = if self.is_primal_dual() {
             if self.threshold.is_some() {
-                return Err(ParamError::invalid("method.threshold", "not used by method `primal-dual`"));
+                return Err(ParamError::invalid(
+                    "method.threshold",
+                    "not used by method `primal-dual`",
+                ));
             }
             let m = self.dual_step_multiplier.unwrap_or(1.0);
             pos("method.dual_step_multiplier", m)?;
-            Rule::PrimalDual { dual_step: m * gamma, lambda0: self.lambda0.unwrap_or(0.0) }
+            Rule::PrimalDual {
+                dual_step: m * gamma,
+                lambda0: self.lambda0.unwrap_or(0.0),
+            }
         } else {
             if self.dual_step_multiplier.is_some() {
-                return Err(ParamError::invalid("method.dual_step_multiplier", format!("not used by method `{}`", self.name)));
+                return Err(ParamError::invalid(
+                    "method.dual_step_multiplier",
+                    format!("not used by method `{}`", self.name),
+                ));
             }
             if self.lambda0.is_some() {
-                return Err(ParamError::invalid("method.lambda0", format!("not used by method `{}`", self.name)));
+                return Err(ParamError::invalid(
+                    "method.lambda0",
+                    format!("not used by method `{}`", self.name),
+                ));
             }
             let threshold = match (self.threshold, theory) {
                 (Some(c), _) => c,
                 (None, Some(t)) => self.threshold_multiplier * t.threshold(gamma),
-                (None, None) => return Err(ParamError::invalid("method.threshold", "no theory constants (M, R, T): give an absolute threshold")),
+                (None, None) => {
+                    return Err(ParamError::invalid(
+                        "method.threshold",
+                        "no theory constants (M, R, T): give an absolute threshold",
+                    ))
+                }
             };
             Rule::Switching { threshold }
         };
-        let p = SafeParts { feedback, rule, gamma, scalar_format: self.scalar_values, radius };
+        let p = SafeParts {
+            feedback,
+            rule,
+            gamma,
+            scalar_format: self.scalar_values,
+            radius,
+        };
         p.validate()?;
         Ok(p)
     }
@@ -314,15 +379,29 @@ impl SafeTheory {
     pub fn validate(&self) -> Result<(), ParamError> {
         for (k, v) in [("theory.m", self.m), ("theory.r", self.r)] {
             if !(v > 0.0 && v.is_finite()) {
-                return Err(ParamError::invalid(k, format!("must be finite and > 0, got {v}")));
+                return Err(ParamError::invalid(
+                    k,
+                    format!("must be finite and > 0, got {v}"),
+                ));
             }
         }
         if self.rounds == 0 {
-            return Err(ParamError::invalid("stop.max_rounds", "the theory needs T >= 1 rounds"));
+            return Err(ParamError::invalid(
+                "stop.max_rounds",
+                "the theory needs T >= 1 rounds",
+            ));
         }
-        for (k, a) in [("compressor", self.alpha), ("server_compressor", self.alpha_server)] {
+        for (k, a) in [
+            ("compressor", self.alpha),
+            ("server_compressor", self.alpha_server),
+        ] {
             if !(a > 0.0 && a <= 1.0) {
-                return Err(ParamError::invalid(k, format!("the theory needs a contractive compressor with alpha in (0, 1], got {a}")));
+                return Err(ParamError::invalid(
+                    k,
+                    format!(
+                        "the theory needs a contractive compressor with alpha in (0, 1], got {a}"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -343,7 +422,8 @@ impl SafeTheory {
     /// The smallest threshold the analysis admits for `gamma`:
     /// c(gamma) = R^2/(2 gamma T) + gamma M^2 (1 + 2D)/2 (also the guaranteed accuracy).
     pub fn threshold(&self, gamma: f64) -> f64 {
-        self.r * self.r / (2.0 * gamma * self.rounds as f64) + gamma * self.m * self.m * (1.0 + 2.0 * self.d_factor()) / 2.0
+        self.r * self.r / (2.0 * gamma * self.rounds as f64)
+            + gamma * self.m * self.m * (1.0 + 2.0 * self.d_factor()) / 2.0
     }
 
     /// The guaranteed accuracy at the theory step: M R sqrt((1 + 2D)/T).
@@ -437,10 +517,27 @@ pub fn decode_flag(bytes: &[u8]) -> Result<bool, DecodeError> {
 
 /// Decodes a phase-2 uplink of worker `worker` in round `rc.round`: the
 /// scalar (primal-dual only) and the compressed vector.
-pub fn decode_vector_uplink(bytes: &[u8], parts: &SafeParts, codecs: &SafeCodecs, worker: usize, rc: RoundCtx, out: &mut CompressedVec) -> Result<Option<f64>, DecodeError> {
+pub fn decode_vector_uplink(
+    bytes: &[u8],
+    parts: &SafeParts,
+    codecs: &SafeCodecs,
+    worker: usize,
+    rc: RoundCtx,
+    out: &mut CompressedVec,
+) -> Result<Option<f64>, DecodeError> {
     let mut r = BitReader::new(bytes);
-    let s = if parts.primal_dual() { Some(parts.scalar_format.read(&mut r)?) } else { None };
-    codecs.uplink.decode(&mut r, &DecodeCtx { shared_key: uplink_shared_key(rc.seed, worker, rc.round) }, out)?;
+    let s = if parts.primal_dual() {
+        Some(parts.scalar_format.read(&mut r)?)
+    } else {
+        None
+    };
+    codecs.uplink.decode(
+        &mut r,
+        &DecodeCtx {
+            shared_key: uplink_shared_key(rc.seed, worker, rc.round),
+        },
+        out,
+    )?;
     r.finish()?;
     Ok(s)
 }
@@ -457,9 +554,20 @@ pub struct ModelMessage {
 }
 
 /// Decodes a model downlink of round `rc.round` for dimension `d`.
-pub fn decode_model(bytes: &[u8], d: usize, parts: &SafeParts, codecs: &SafeCodecs, rc: RoundCtx, out: &mut ModelMessage) -> Result<(), DecodeError> {
+pub fn decode_model(
+    bytes: &[u8],
+    d: usize,
+    parts: &SafeParts,
+    codecs: &SafeCodecs,
+    rc: RoundCtx,
+    out: &mut ModelMessage,
+) -> Result<(), DecodeError> {
     let mut r = BitReader::new(bytes);
-    out.lambda = if parts.primal_dual() { Some(parts.scalar_format.read(&mut r)?) } else { None };
+    out.lambda = if parts.primal_dual() {
+        Some(parts.scalar_format.read(&mut r)?)
+    } else {
+        None
+    };
     match &codecs.server {
         None => {
             out.dense = true;
@@ -474,7 +582,13 @@ pub fn decode_model(bytes: &[u8], d: usize, parts: &SafeParts, codecs: &SafeCode
         }
         Some(c0) => {
             out.dense = false;
-            c0.decode(&mut r, &DecodeCtx { shared_key: downlink_shared_key(rc.seed, rc.round) }, &mut out.vec)?;
+            c0.decode(
+                &mut r,
+                &DecodeCtx {
+                    shared_key: downlink_shared_key(rc.seed, rc.round),
+                },
+                &mut out.vec,
+            )?;
         }
     }
     r.finish()
@@ -488,8 +602,20 @@ impl SafeWorker {
             Rule::PrimalDual { lambda0, .. } => parts.scalar_format.round(lambda0),
             _ => 0.0,
         };
-        let state = SafeWorkerState { id, w: x0.to_vec(), e: vec![0.0; d], lambda, ..Default::default() };
-        SafeWorker { state, scratch: SafeWorkerScratch { tmp: vec![0.0; d], ..Default::default() } }
+        let state = SafeWorkerState {
+            id,
+            w: x0.to_vec(),
+            e: vec![0.0; d],
+            lambda,
+            ..Default::default()
+        };
+        SafeWorker {
+            state,
+            scratch: SafeWorkerScratch {
+                tmp: vec![0.0; d],
+                ..Default::default()
+            },
+        }
     }
 
     /// Phase 1 uplink: encodes the constraint value g_i(w^t) (or its estimate).
@@ -515,11 +641,22 @@ impl SafeWorker {
 
     /// Phase 2 uplink: builds the message from the subgradient `h` at w^t (for
     /// primal-dual: of f_i + lambda g_i, with the constraint value `scalar`).
-    pub fn send_vector(&mut self, h: &[f64], scalar: Option<f64>, parts: &SafeParts, codecs: &SafeCodecs, rc: RoundCtx) -> Result<(), CompressError> {
+    pub fn send_vector(
+        &mut self,
+        h: &[f64],
+        scalar: Option<f64>,
+        parts: &SafeParts,
+        codecs: &SafeCodecs,
+        rc: RoundCtx,
+    ) -> Result<(), CompressError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
         let mut rng = stream(rc.seed, Purpose::Compress, st.id as u64, rc.round);
-        let mut ctx = CompressCtx { rng: &mut rng, shared_key: uplink_shared_key(rc.seed, st.id, rc.round), scratch: &mut sc.comp };
+        let mut ctx = CompressCtx {
+            rng: &mut rng,
+            shared_key: uplink_shared_key(rc.seed, st.id, rc.round),
+            scratch: &mut sc.comp,
+        };
         sc.writer.clear();
         let mut paper = 0;
         if parts.primal_dual() {
@@ -559,7 +696,14 @@ impl SafeWorker {
     }
 
     /// End of the round: decodes the model downlink and updates w (and lambda).
-    pub fn receive_model(&mut self, wire: &Wire, parts: &SafeParts, codecs: &SafeCodecs, rc: RoundCtx, msg: &mut ModelMessage) -> Result<(), DecodeError> {
+    pub fn receive_model(
+        &mut self,
+        wire: &Wire,
+        parts: &SafeParts,
+        codecs: &SafeCodecs,
+        rc: RoundCtx,
+        msg: &mut ModelMessage,
+    ) -> Result<(), DecodeError> {
         decode_model(&wire.bytes, self.state.w.len(), parts, codecs, rc, msg)?;
         let st = &mut self.state;
         if let Some(l) = msg.lambda {
@@ -576,8 +720,17 @@ impl SafeWorker {
     }
 
     /// [`SafeWorker::receive_model`] with the worker's own message buffer.
-    pub fn receive_model_own(&mut self, wire: &Wire, parts: &SafeParts, codecs: &SafeCodecs, rc: RoundCtx) -> Result<(), DecodeError> {
-        let mut msg = ModelMessage { vec: std::mem::take(&mut self.scratch.down), ..Default::default() };
+    pub fn receive_model_own(
+        &mut self,
+        wire: &Wire,
+        parts: &SafeParts,
+        codecs: &SafeCodecs,
+        rc: RoundCtx,
+    ) -> Result<(), DecodeError> {
+        let mut msg = ModelMessage {
+            vec: std::mem::take(&mut self.scratch.down),
+            ..Default::default()
+        };
         let r = self.receive_model(wire, parts, codecs, rc, &mut msg);
         self.scratch.down = msg.vec;
         r
@@ -639,8 +792,23 @@ impl SafeServer {
             Rule::PrimalDual { lambda0, .. } => parts.scalar_format.round(lambda0),
             _ => 0.0,
         };
-        let state = SafeServerState { x: x0.to_vec(), w: x0.to_vec(), g: vec![0.0; d], lambda, avg_sum: vec![0.0; d], ..Default::default() };
-        SafeServer { state, scratch: SafeServerScratch { acc: vec![0.0; d], tmp: vec![0.0; d], ..Default::default() }, n }
+        let state = SafeServerState {
+            x: x0.to_vec(),
+            w: x0.to_vec(),
+            g: vec![0.0; d],
+            lambda,
+            avg_sum: vec![0.0; d],
+            ..Default::default()
+        };
+        SafeServer {
+            state,
+            scratch: SafeServerScratch {
+                acc: vec![0.0; d],
+                tmp: vec![0.0; d],
+                ..Default::default()
+            },
+            n,
+        }
     }
 
     /// Phase 1 (switching rules): decodes the constraint values (worker
@@ -678,7 +846,13 @@ impl SafeServer {
 
     /// Phase 2: decodes the uplinks (worker order), steps, projects onto X,
     /// and encodes the model downlink of the next round.
-    pub fn apply(&mut self, ups: &[&[u8]], parts: &SafeParts, codecs: &SafeCodecs, rc: RoundCtx) -> Result<(), SafeError> {
+    pub fn apply(
+        &mut self,
+        ups: &[&[u8]],
+        parts: &SafeParts,
+        codecs: &SafeCodecs,
+        rc: RoundCtx,
+    ) -> Result<(), SafeError> {
         assert_eq!(ups.len(), self.n, "one uplink per worker");
         let st = &mut self.state;
         let sc = &mut self.scratch;
@@ -734,7 +908,11 @@ impl SafeServer {
                     *t = x - w;
                 }
                 let mut rng = stream(rc.seed, Purpose::ServerCompress, 0, rc.round);
-                let mut ctx = CompressCtx { rng: &mut rng, shared_key: downlink_shared_key(rc.seed, rc.round), scratch: &mut sc.comp };
+                let mut ctx = CompressCtx {
+                    rng: &mut rng,
+                    shared_key: downlink_shared_key(rc.seed, rc.round),
+                    scratch: &mut sc.comp,
+                };
                 c0.compress(&sc.tmp, &mut ctx, &mut sc.vec, &mut sc.writer)?;
                 sc.vec.add_to(&mut st.w);
                 st.model_wire.paper_bits = c0.paper_bits(&sc.vec);
@@ -774,10 +952,23 @@ mod tests {
     use crate::compress::{build, CompressorSpec};
 
     fn codecs(d: usize, up: &str, k: Option<usize>, server: Option<usize>) -> SafeCodecs {
-        let spec = CompressorSpec { k, values: Some(ValueFormat::F64), ..CompressorSpec::named(up) };
+        let spec = CompressorSpec {
+            k,
+            values: Some(ValueFormat::F64),
+            ..CompressorSpec::named(up)
+        };
         SafeCodecs {
             uplink: build(&spec, d).unwrap(),
-            server: server.map(|k| build(&CompressorSpec { k: Some(k), ..CompressorSpec::named("top-k") }, d).unwrap()),
+            server: server.map(|k| {
+                build(
+                    &CompressorSpec {
+                        k: Some(k),
+                        ..CompressorSpec::named("top-k")
+                    },
+                    d,
+                )
+                .unwrap()
+            }),
         }
     }
 
@@ -786,7 +977,13 @@ mod tests {
         assert_eq!(ef14_error_factor(1.0), 0.0);
         // alpha = 1/2: q = 0.7071..., B = q/(1-q) = 2.41421...
         assert!((ef14_error_factor(0.5) - 2.414213562373095).abs() < 1e-12);
-        let t = SafeTheory { m: 2.0, r: 3.0, rounds: 100, alpha: 1.0, alpha_server: 1.0 };
+        let t = SafeTheory {
+            m: 2.0,
+            r: 3.0,
+            rounds: 100,
+            alpha: 1.0,
+            alpha_server: 1.0,
+        };
         assert_eq!(t.d_factor(), 0.0);
         assert!((t.gamma() - 0.15).abs() < 1e-15);
         // at the theory step the threshold is the accuracy M R / sqrt(T)
@@ -794,7 +991,11 @@ mod tests {
         assert!((t.epsilon() - 0.6).abs() < 1e-12);
         // any other step gives a larger threshold
         assert!(t.threshold(0.3) > 0.6 && t.threshold(0.05) > 0.6);
-        let c = SafeTheory { alpha: 0.5, alpha_server: 0.5, ..t };
+        let c = SafeTheory {
+            alpha: 0.5,
+            alpha_server: 0.5,
+            ..t
+        };
         let b = ef14_error_factor(0.5);
         assert!((c.d_factor() - (b + b * (1.0 + 0.5f64.sqrt()) * (1.0 + b))).abs() < 1e-12);
         assert!(SafeTheory { alpha: 0.0, ..t }.validate().is_err());
@@ -802,20 +1003,48 @@ mod tests {
 
     #[test]
     fn spec_resolution_and_errors() {
-        let t = SafeTheory { m: 1.0, r: 1.0, rounds: 100, alpha: 0.5, alpha_server: 1.0 };
+        let t = SafeTheory {
+            m: 1.0,
+            r: 1.0,
+            rounds: 100,
+            alpha: 0.5,
+            alpha_server: 1.0,
+        };
         let p = SafeSpec::named("safe-ef").parts(Some(&t), None).unwrap();
         assert_eq!(p.feedback, SafeFeedback::Ef14);
         assert_eq!(p.gamma, t.gamma());
-        assert_eq!(p.rule, Rule::Switching { threshold: t.threshold(t.gamma()) });
+        assert_eq!(
+            p.rule,
+            Rule::Switching {
+                threshold: t.threshold(t.gamma())
+            }
+        );
         let mut s = SafeSpec::named("primal-dual");
         s.threshold = Some(0.1);
-        assert!(s.parts(Some(&t), None).unwrap_err().to_string().contains("method.threshold"));
-        let e = SafeSpec::named("safe-ef2").parts(Some(&t), None).unwrap_err();
-        assert!(e.to_string().contains("safe-ef2") && e.to_string().contains("primal-dual"), "{e}");
+        assert!(s
+            .parts(Some(&t), None)
+            .unwrap_err()
+            .to_string()
+            .contains("method.threshold"));
+        let e = SafeSpec::named("safe-ef2")
+            .parts(Some(&t), None)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("safe-ef2") && e.to_string().contains("primal-dual"),
+            "{e}"
+        );
         let mut s = SafeSpec::named("safe-ef");
         s.step_multiplier = -1.0;
-        assert!(s.parts(Some(&t), None).unwrap_err().to_string().contains("method.step_multiplier"));
-        assert!(SafeSpec::named("safe-ef").parts(None, None).unwrap_err().to_string().contains("method.step"));
+        assert!(s
+            .parts(Some(&t), None)
+            .unwrap_err()
+            .to_string()
+            .contains("method.step_multiplier"));
+        assert!(SafeSpec::named("safe-ef")
+            .parts(None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("method.step"));
     }
 
     #[test]
@@ -833,13 +1062,19 @@ mod tests {
         w.send_vector(&h, Some(0.25), &parts, &cd, rc).unwrap();
         // 32 bits of scalar (f32) + the top-k message
         let mut v = CompressedVec::default();
-        let sv = decode_vector_uplink(&w.scratch.vector_wire.bytes, &parts, &cd, 0, rc, &mut v).unwrap();
+        let sv =
+            decode_vector_uplink(&w.scratch.vector_wire.bytes, &parts, &cd, 0, rc, &mut v).unwrap();
         assert_eq!(sv, Some(0.25));
         assert!(v.bit_eq(&w.scratch.vec));
-        assert_eq!(w.state.bits_up_wire, 8 * w.scratch.vector_wire.bytes.len() as u64);
-        s.apply(&[&w.scratch.vector_wire.bytes], &parts, &cd, rc).unwrap();
+        assert_eq!(
+            w.state.bits_up_wire,
+            8 * w.scratch.vector_wire.bytes.len() as u64
+        );
+        s.apply(&[&w.scratch.vector_wire.bytes], &parts, &cd, rc)
+            .unwrap();
         assert_eq!(s.state.lambda, ValueFormat::F32.round(0.1 * 0.25));
-        w.receive_model_own(&s.state.model_wire, &parts, &cd, rc).unwrap();
+        w.receive_model_own(&s.state.model_wire, &parts, &cd, rc)
+            .unwrap();
         assert_eq!(w.state.w, s.state.w);
         assert_eq!(w.state.lambda, s.state.lambda);
         assert!(s.state.x.iter().map(|v| v * v).sum::<f64>() <= 1.0 + 1e-12);

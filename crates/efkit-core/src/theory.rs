@@ -71,7 +71,10 @@ mod tests {
             assert!(close(theta(a), th, 1e-5), "theta({a})");
             assert!(close(beta(a), be, 1e-5), "beta({a})");
             assert!(close(sqrt_beta_over_theta(a), sbt, 1e-5), "sqrt(b/t)({a})");
-            assert!(close((2.0 * beta(a) / theta(a)).sqrt(), s2bt, 1e-5), "sqrt(2b/t)({a})");
+            assert!(
+                close((2.0 * beta(a) / theta(a)).sqrt(), s2bt, 1e-5),
+                "sqrt(2b/t)({a})"
+            );
             // identity of §12.2
             let id = (1.0 + (1.0 - a).sqrt()) / a - 1.0;
             assert!(close(sqrt_beta_over_theta(a), id, 1e-12));

@@ -23,8 +23,9 @@ use std::collections::BTreeSet;
 
 use efkit_core::bits::{BitReader, BitWriter};
 use efkit_core::compress::{
-    build, catalogue, decode_one, encode_one, example_spec, fuzz_decode, CompressCtx, CompressedVec, Compressor,
-    CompressorClass, CompressorSpec, DecodeCtx, Scratch, ValueFormat, CATALOGUE_NAMES,
+    build, catalogue, decode_one, encode_one, example_spec, fuzz_decode, CompressCtx,
+    CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx, Scratch, ValueFormat,
+    CATALOGUE_NAMES,
 };
 use efkit_core::rng::{rng_from_key, Rng};
 use efkit_core::{CompressError, ParamError};
@@ -43,7 +44,11 @@ fn spec(name: &str, f: impl FnOnce(&mut CompressorSpec)) -> CompressorSpec {
 
 /// Largest divisor of d that is at most sqrt(d).
 fn rows_for(d: usize) -> usize {
-    (1..=d).take_while(|r| r * r <= d).filter(|r| (d / r) * r == d).last().unwrap_or(1)
+    (1..=d)
+        .take_while(|r| r * r <= d)
+        .filter(|r| (d / r) * r == d)
+        .last()
+        .unwrap_or(1)
 }
 
 /// Sample specs covering every catalogue name (with value-format and
@@ -172,14 +177,29 @@ fn inputs(d: usize, seed: u64) -> Vec<(&'static str, Vec<f64>)> {
     vec![
         ("gaussian", g.clone()),
         ("all-equal", vec![0.75; d]),
-        ("equal-magnitude-signs", (0..d).map(|j| if j % 3 == 0 { -2.0 } else { 2.0 }).collect()),
+        (
+            "equal-magnitude-signs",
+            (0..d)
+                .map(|j| if j % 3 == 0 { -2.0 } else { 2.0 })
+                .collect(),
+        ),
         ("single-spike", spike),
         ("spike-noise", spike_noise),
         ("zeros", vec![0.0; d]),
-        ("signed-zeros", (0..d).map(|j| if j % 2 == 0 { -0.0 } else { 0.0 }).collect()),
+        (
+            "signed-zeros",
+            (0..d)
+                .map(|j| if j % 2 == 0 { -0.0 } else { 0.0 })
+                .collect(),
+        ),
         ("scale-1e30", g.iter().map(|v| v * 1e30).collect()),
         ("scale-1e-30", g.iter().map(|v| v * 1e-30).collect()),
-        ("wide-range", (0..d).map(|j| g[j] * 10f64.powi((j as i32 * 7) % 41 - 20)).collect()),
+        (
+            "wide-range",
+            (0..d)
+                .map(|j| g[j] * 10f64.powi((j as i32 * 7) % 41 - 20))
+                .collect(),
+        ),
         ("huge-spike-1e150", huge_spike),
     ]
 }
@@ -228,10 +248,19 @@ fn assert_well_formed(v: &CompressedVec, d: usize, what: &str) {
         assert!(v.indices.is_empty(), "{what}: dense with indices");
     } else {
         assert_eq!(v.values.len(), v.indices.len(), "{what}: sparse lengths");
-        assert!(v.indices.windows(2).all(|p| p[0] < p[1]), "{what}: indices not increasing");
-        assert!(v.indices.iter().all(|&i| (i as usize) < d), "{what}: index out of range");
+        assert!(
+            v.indices.windows(2).all(|p| p[0] < p[1]),
+            "{what}: indices not increasing"
+        );
+        assert!(
+            v.indices.iter().all(|&i| (i as usize) < d),
+            "{what}: index out of range"
+        );
     }
-    assert!(v.values.iter().all(|x| x.is_finite()), "{what}: non-finite value");
+    assert!(
+        v.values.iter().all(|x| x.is_finite()),
+        "{what}: non-finite value"
+    );
 }
 
 /// Reusable buffers for one compressor (no allocation per draw).
@@ -270,10 +299,20 @@ impl Harness {
 
     /// Compresses, checks the message (round trip, bit counts, well-formedness)
     /// and leaves the dense value in `self.dense`. `Err` only for allowed errors.
-    fn step(&mut self, x: &[f64], rng: &mut Rng, key: u64, input: &str) -> Result<(), CompressError> {
+    fn step(
+        &mut self,
+        x: &[f64],
+        rng: &mut Rng,
+        key: u64,
+        input: &str,
+    ) -> Result<(), CompressError> {
         self.w.clear();
         let res = {
-            let mut ctx = CompressCtx { rng, shared_key: key, scratch: &mut self.scratch };
+            let mut ctx = CompressCtx {
+                rng,
+                shared_key: key,
+                scratch: &mut self.scratch,
+            };
             self.c.compress(x, &mut ctx, &mut self.out, &mut self.w)
         };
         let what = self.what(input);
@@ -289,10 +328,17 @@ impl Harness {
         self.c
             .decode(&mut r, &DecodeCtx { shared_key: key }, &mut self.dec)
             .unwrap_or_else(|e| panic!("{what}: decoding a valid message failed: {e}"));
-        assert_eq!(r.position(), bits, "{what}: decoder must consume exactly the message");
+        assert_eq!(
+            r.position(),
+            bits,
+            "{what}: decoder must consume exactly the message"
+        );
         r.finish().unwrap();
         assert_eq!(self.dec.dense, self.out.dense, "{what}: form");
-        assert!(self.dec.bit_eq(&self.out), "{what}: round trip not bit-identical");
+        assert!(
+            self.dec.bit_eq(&self.out),
+            "{what}: round trip not bit-identical"
+        );
         self.out.to_dense(&mut self.dense);
         Ok(())
     }
@@ -309,13 +355,19 @@ fn check_deterministic_class(h: &Harness, x: &[f64], input: &str) {
         CompressorClass::Contractive { alpha } => (1.0 - alpha) * nx2,
         CompressorClass::Unbiased { omega } => {
             // a deterministic unbiased compressor is the identity
-            assert!(e <= delta + 1e-12 * nx2.sqrt(), "{what}: deterministic unbiased compressor moved x by {e}");
+            assert!(
+                e <= delta + 1e-12 * nx2.sqrt(),
+                "{what}: deterministic unbiased compressor moved x by {e}"
+            );
             omega * nx2
         }
         CompressorClass::Absolute { delta2 } => delta2,
     };
     let lim = bound.sqrt() * (1.0 + 1e-12) + delta;
-    assert!(e <= lim, "{what}: ||C(x)-x|| = {e:e} > sqrt(bound) + rounding = {lim:e}");
+    assert!(
+        e <= lim,
+        "{what}: ||C(x)-x|| = {e:e} > sqrt(bound) + rounding = {lim:e}"
+    );
 }
 
 /// Monte-Carlo check of the class of a random compressor on `x`.
@@ -326,7 +378,8 @@ fn check_random_class(h: &mut Harness, x: &[f64], n: usize, seed: u64, input: &s
     let mut sum = vec![0.0; d];
     let (mut e_sum, mut e_sq_sum, mut delta_sum) = (0.0, 0.0, 0.0);
     for i in 0..n {
-        h.step(x, &mut rng, seed.wrapping_add(i as u64), input).unwrap_or_else(|e| panic!("{what}: {e}"));
+        h.step(x, &mut rng, seed.wrapping_add(i as u64), input)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let c = &h.dense;
         let delta = rounding_slack(&h.spec, c, x);
         // Deflate by the rounding allowance: a lower bound on the exact error.
@@ -414,7 +467,10 @@ fn class_roundtrip_and_errors_for_every_spec() {
                 let mut rng = rng_from_key(99);
                 h.step(&x, &mut rng, 8, input).unwrap();
                 assert!(
-                    first.iter().zip(&h.dense).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    first
+                        .iter()
+                        .zip(&h.dense)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{what}: deterministic compressor gave two values"
                 );
             } else {
@@ -464,7 +520,11 @@ fn messages_are_self_delimiting() {
         let (mut o1, mut o2) = (CompressedVec::default(), CompressedVec::default());
         let mut w = BitWriter::new();
         w.write_bits(0b1, 1);
-        let mut ctx = CompressCtx { rng: &mut rng, shared_key: 11, scratch: &mut scratch };
+        let mut ctx = CompressCtx {
+            rng: &mut rng,
+            shared_key: 11,
+            scratch: &mut scratch,
+        };
         c.compress(x1, &mut ctx, &mut o1, &mut w).unwrap();
         ctx.shared_key = 12;
         c.compress(x2, &mut ctx, &mut o2, &mut w).unwrap();
@@ -472,9 +532,11 @@ fn messages_are_self_delimiting() {
         let mut r = BitReader::new(&bytes);
         assert_eq!(r.read_bits(1).unwrap(), 1);
         let mut dec = CompressedVec::default();
-        c.decode(&mut r, &DecodeCtx { shared_key: 11 }, &mut dec).unwrap();
+        c.decode(&mut r, &DecodeCtx { shared_key: 11 }, &mut dec)
+            .unwrap();
         assert!(dec.bit_eq(&o1), "{}: first message", c.describe());
-        c.decode(&mut r, &DecodeCtx { shared_key: 12 }, &mut dec).unwrap();
+        c.decode(&mut r, &DecodeCtx { shared_key: 12 }, &mut dec)
+            .unwrap();
         assert!(dec.bit_eq(&o2), "{}: second message", c.describe());
         r.finish().unwrap();
     }
@@ -487,7 +549,12 @@ fn non_finite_and_wrong_length_inputs() {
     let d = 40;
     for s in sample_specs(d) {
         let c = build(&s, d).unwrap();
-        for (idx, bad) in [(0usize, f64::NAN), (3, f64::INFINITY), (d - 1, f64::NEG_INFINITY), (17, -f64::NAN)] {
+        for (idx, bad) in [
+            (0usize, f64::NAN),
+            (3, f64::INFINITY),
+            (d - 1, f64::NEG_INFINITY),
+            (17, -f64::NAN),
+        ] {
             let mut x = vec![1.0; d];
             x[idx] = bad;
             if idx + 5 < d {
@@ -497,7 +564,11 @@ fn non_finite_and_wrong_length_inputs() {
             let mut scratch = Scratch::default();
             let mut out = CompressedVec::default();
             let mut w = BitWriter::new();
-            let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
+            let mut ctx = CompressCtx {
+                rng: &mut rng,
+                shared_key: 0,
+                scratch: &mut scratch,
+            };
             let first = x.iter().position(|v| !v.is_finite()).unwrap();
             match c.compress(&x, &mut ctx, &mut out, &mut w) {
                 Err(CompressError::NonFinite { index, value }) => {
@@ -514,9 +585,16 @@ fn non_finite_and_wrong_length_inputs() {
             let mut scratch = Scratch::default();
             let mut out = CompressedVec::default();
             let mut w = BitWriter::new();
-            let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
+            let mut ctx = CompressCtx {
+                rng: &mut rng,
+                shared_key: 0,
+                scratch: &mut scratch,
+            };
             assert!(
-                matches!(c.compress(&x, &mut ctx, &mut out, &mut w), Err(CompressError::Shape(_))),
+                matches!(
+                    c.compress(&x, &mut ctx, &mut out, &mut w),
+                    Err(CompressError::Shape(_))
+                ),
                 "{}: length {len}",
                 c.describe()
             );
@@ -557,7 +635,9 @@ fn wire_format_overflow_is_an_error() {
             (Err(CompressError::Shape(m)), true) => assert!(m.contains("overflow"), "{m}"),
             (Ok(e), false) => {
                 assert_eq!(e.value.to_vec()[5], 1e39);
-                assert!(decode_one(c.as_ref(), &e.bytes, 0).unwrap().bit_eq(&e.value));
+                assert!(decode_one(c.as_ref(), &e.bytes, 0)
+                    .unwrap()
+                    .bit_eq(&e.value));
             }
             (r, _) => panic!("{}: {:?}", c.describe(), r.map(|e| e.value)),
         }
@@ -566,14 +646,20 @@ fn wire_format_overflow_is_an_error() {
     let mut s = CompressorSpec::named("identity");
     s.values = Some(ValueFormat::F16);
     let c = build(&s, 3).unwrap();
-    assert!(matches!(encode_one(c.as_ref(), &[1.0, 7e4, 0.0], &mut rng_from_key(1), 0), Err(CompressError::Shape(_))));
+    assert!(matches!(
+        encode_one(c.as_ref(), &[1.0, 7e4, 0.0], &mut rng_from_key(1), 0),
+        Err(CompressError::Shape(_))
+    ));
     assert!(encode_one(c.as_ref(), &[1.0, 6e4, 0.0], &mut rng_from_key(1), 0).is_ok());
     // scaled rand-k overflows through the d/K factor
     let mut s = CompressorSpec::named("scaled-rand-k");
     s.k = Some(1);
     s.values = Some(ValueFormat::F16);
     let c = build(&s, 4).unwrap();
-    assert!(matches!(encode_one(c.as_ref(), &[2e4; 4], &mut rng_from_key(1), 0), Err(CompressError::Shape(_))));
+    assert!(matches!(
+        encode_one(c.as_ref(), &[2e4; 4], &mut rng_from_key(1), 0),
+        Err(CompressError::Shape(_))
+    ));
 }
 
 /// Class constants and paper bits as documented (algorithms.md §3.2-3.3).
@@ -587,9 +673,16 @@ fn class_constants_and_paper_bits() {
         let got = c.class();
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
         let ok = match (got, class) {
-            (CompressorClass::Contractive { alpha: a }, CompressorClass::Contractive { alpha: b }) => close(a, b),
-            (CompressorClass::Unbiased { omega: a }, CompressorClass::Unbiased { omega: b }) => close(a, b),
-            (CompressorClass::Absolute { delta2: a }, CompressorClass::Absolute { delta2: b }) => close(a, b),
+            (
+                CompressorClass::Contractive { alpha: a },
+                CompressorClass::Contractive { alpha: b },
+            ) => close(a, b),
+            (CompressorClass::Unbiased { omega: a }, CompressorClass::Unbiased { omega: b }) => {
+                close(a, b)
+            }
+            (CompressorClass::Absolute { delta2: a }, CompressorClass::Absolute { delta2: b }) => {
+                close(a, b)
+            }
             _ => false,
         };
         assert!(ok, "{}: class {got:?}, expected {class:?}", c.describe());
@@ -599,28 +692,84 @@ fn class_constants_and_paper_bits() {
             assert_eq!(e.wire_bits, 8 * e.bytes.len() as u64);
         }
     };
-    check(CompressorSpec::named("identity"), CompressorClass::Contractive { alpha: 1.0 }, Some(32 * d as u64));
-    check(spec("top-k", |s| s.k = Some(5)), CompressorClass::Contractive { alpha: 5.0 / df }, Some(160));
-    check(spec("top-k", |s| s.ratio = Some(0.1)), CompressorClass::Contractive { alpha: 4.0 / df }, Some(128));
-    check(spec("top-k", |s| s.ratio = Some(0.001)), CompressorClass::Contractive { alpha: 1.0 / df }, Some(32));
-    check(spec("rand-k", |s| s.k = Some(5)), CompressorClass::Contractive { alpha: 5.0 / df }, Some(160));
-    check(spec("scaled-rand-k", |s| s.k = Some(5)), CompressorClass::Unbiased { omega: df / 5.0 - 1.0 }, Some(160));
-    check(spec("bernoulli", |s| s.p = Some(0.25)), CompressorClass::Unbiased { omega: 3.0 }, None);
-    check(spec("bernoulli", |s| s.p = Some(1.0)), CompressorClass::Unbiased { omega: 0.0 }, Some(32 * d as u64));
-    check(spec("threshold", |s| s.lambda = Some(0.5)), CompressorClass::Absolute { delta2: df * 0.25 }, None);
     check(
-        spec("top-k-quant", |s| s.k = Some(8)),
-        CompressorClass::Contractive { alpha: 7.0 * 8.0 / (8.0 * df) },
-        Some(72),
+        CompressorSpec::named("identity"),
+        CompressorClass::Contractive { alpha: 1.0 },
+        Some(32 * d as u64),
     );
-    check(CompressorSpec::named("natural"), CompressorClass::Unbiased { omega: 0.125 }, Some(9 * d as u64));
     check(
-        spec("qsgd", |s| s.levels = Some(4)),
-        CompressorClass::Unbiased { omega: (df / 16.0).min(df.sqrt() / 4.0) },
+        spec("top-k", |s| s.k = Some(5)),
+        CompressorClass::Contractive { alpha: 5.0 / df },
+        Some(160),
+    );
+    check(
+        spec("top-k", |s| s.ratio = Some(0.1)),
+        CompressorClass::Contractive { alpha: 4.0 / df },
+        Some(128),
+    );
+    check(
+        spec("top-k", |s| s.ratio = Some(0.001)),
+        CompressorClass::Contractive { alpha: 1.0 / df },
+        Some(32),
+    );
+    check(
+        spec("rand-k", |s| s.k = Some(5)),
+        CompressorClass::Contractive { alpha: 5.0 / df },
+        Some(160),
+    );
+    check(
+        spec("scaled-rand-k", |s| s.k = Some(5)),
+        CompressorClass::Unbiased {
+            omega: df / 5.0 - 1.0,
+        },
+        Some(160),
+    );
+    check(
+        spec("bernoulli", |s| s.p = Some(0.25)),
+        CompressorClass::Unbiased { omega: 3.0 },
         None,
     );
-    check(spec("qsgd", |s| s.levels = Some(1)), CompressorClass::Unbiased { omega: df.min(df.sqrt()) }, None);
-    check(CompressorSpec::named("scaled-sign"), CompressorClass::Contractive { alpha: 1.0 / df }, None);
+    check(
+        spec("bernoulli", |s| s.p = Some(1.0)),
+        CompressorClass::Unbiased { omega: 0.0 },
+        Some(32 * d as u64),
+    );
+    check(
+        spec("threshold", |s| s.lambda = Some(0.5)),
+        CompressorClass::Absolute { delta2: df * 0.25 },
+        None,
+    );
+    check(
+        spec("top-k-quant", |s| s.k = Some(8)),
+        CompressorClass::Contractive {
+            alpha: 7.0 * 8.0 / (8.0 * df),
+        },
+        Some(72),
+    );
+    check(
+        CompressorSpec::named("natural"),
+        CompressorClass::Unbiased { omega: 0.125 },
+        Some(9 * d as u64),
+    );
+    check(
+        spec("qsgd", |s| s.levels = Some(4)),
+        CompressorClass::Unbiased {
+            omega: (df / 16.0).min(df.sqrt() / 4.0),
+        },
+        None,
+    );
+    check(
+        spec("qsgd", |s| s.levels = Some(1)),
+        CompressorClass::Unbiased {
+            omega: df.min(df.sqrt()),
+        },
+        None,
+    );
+    check(
+        CompressorSpec::named("scaled-sign"),
+        CompressorClass::Contractive { alpha: 1.0 / df },
+        None,
+    );
     // natural dithering, l2, s = 3: omega = 1/8 + (d^(1/2)/4) min(1, d^(1/2)/4)
     let t = df.sqrt() / 4.0;
     check(
@@ -628,7 +777,9 @@ fn class_constants_and_paper_bits() {
             s.levels = Some(3);
             s.norm = Some(2.0)
         }),
-        CompressorClass::Unbiased { omega: 0.125 + t * t.min(1.0) },
+        CompressorClass::Unbiased {
+            omega: 0.125 + t * t.min(1.0),
+        },
         None,
     );
     // Bernoulli paper bits: 32 d when sent, 0 otherwise
@@ -655,7 +806,9 @@ fn class_constants_and_paper_bits() {
         d,
     )
     .unwrap();
-    assert!(matches!(c.class(), CompressorClass::Contractive { alpha } if alpha > 0.0 && alpha <= 1.0));
+    assert!(
+        matches!(c.class(), CompressorClass::Contractive { alpha } if alpha > 0.0 && alpha <= 1.0)
+    );
 }
 
 /// Shared-seed Rand-K: indices are not sent, the receiver regenerates them from
@@ -707,15 +860,22 @@ fn top_k_steady_state_does_not_allocate() {
     let d = 100_000;
     let c = build(&spec("top-k", |s| s.ratio = Some(0.01)), d).unwrap();
     let mut rng = rng_from_key(1);
-    let xs: Vec<Vec<f64>> = (0..3).map(|_| (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
+    let xs: Vec<Vec<f64>> = (0..3)
+        .map(|_| (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect())
+        .collect();
     let mut scratch = Scratch::default();
     let mut out = CompressedVec::default();
     let mut w = BitWriter::new();
     let mut ptrs = None;
     for round in 0..9 {
         w.clear();
-        let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
-        c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w).unwrap();
+        let mut ctx = CompressCtx {
+            rng: &mut rng,
+            shared_key: 0,
+            scratch: &mut scratch,
+        };
+        c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w)
+            .unwrap();
         w.finish();
         let p = (
             out.indices.as_ptr(),
@@ -746,8 +906,12 @@ fn catalogue_lists_every_name() {
         for (n, desc, class) in &cat {
             assert!(!desc.is_empty(), "{n}");
             match *class {
-                CompressorClass::Contractive { alpha } => assert!(alpha > 0.0 && alpha <= 1.0, "{n}: {alpha}"),
-                CompressorClass::Unbiased { omega } => assert!(omega >= 0.0 && omega.is_finite(), "{n}: {omega}"),
+                CompressorClass::Contractive { alpha } => {
+                    assert!(alpha > 0.0 && alpha <= 1.0, "{n}: {alpha}")
+                }
+                CompressorClass::Unbiased { omega } => {
+                    assert!(omega >= 0.0 && omega.is_finite(), "{n}: {omega}")
+                }
                 CompressorClass::Absolute { delta2 } => assert!(delta2 >= 0.0, "{n}"),
             }
         }
@@ -801,7 +965,10 @@ fn parameters_are_validated() {
         ),
         (spec("threshold", |_| {}), "lambda"),
         (spec("threshold", |s| s.lambda = Some(-1.0)), "lambda"),
-        (spec("threshold", |s| s.lambda = Some(f64::INFINITY)), "lambda"),
+        (
+            spec("threshold", |s| s.lambda = Some(f64::INFINITY)),
+            "lambda",
+        ),
         (spec("threshold", |s| s.lambda = Some(f64::NAN)), "lambda"),
         (spec("identity", |s| s.k = Some(3)), "k"),
         (
@@ -823,7 +990,10 @@ fn parameters_are_validated() {
             Ok(c) => panic!("{s:?}: accepted as {}", c.describe()),
         }
     }
-    assert!(matches!(build(&CompressorSpec::named("top-q"), d), Err(ParamError::Unknown { .. })));
+    assert!(matches!(
+        build(&CompressorSpec::named("top-q"), d),
+        Err(ParamError::Unknown { .. })
+    ));
     assert!(matches!(
         build(
             &spec("top-k-quant", |s| {
@@ -836,14 +1006,30 @@ fn parameters_are_validated() {
     ));
     assert!(build(&spec("top-k", |s| s.k = Some(1)), 0).is_err());
     // ratio rounding: K = max(1, floor(ratio d))
-    assert_eq!(build(&spec("top-k", |s| s.ratio = Some(0.01)), d).unwrap().describe(), "top-k(k=1)");
-    assert_eq!(build(&spec("top-k", |s| s.ratio = Some(0.39)), d).unwrap().describe(), "top-k(k=3)");
-    assert_eq!(build(&spec("top-k", |s| s.ratio = Some(1.0)), d).unwrap().describe(), "top-k(k=10)");
+    assert_eq!(
+        build(&spec("top-k", |s| s.ratio = Some(0.01)), d)
+            .unwrap()
+            .describe(),
+        "top-k(k=1)"
+    );
+    assert_eq!(
+        build(&spec("top-k", |s| s.ratio = Some(0.39)), d)
+            .unwrap()
+            .describe(),
+        "top-k(k=3)"
+    );
+    assert_eq!(
+        build(&spec("top-k", |s| s.ratio = Some(1.0)), d)
+            .unwrap()
+            .describe(),
+        "top-k(k=10)"
+    );
 }
 
 #[test]
 fn specs_parse_from_toml_like_json() {
-    let s: CompressorSpec = serde_json::from_str(r#"{"name":"top-k","ratio":0.01,"values":"f16"}"#).unwrap();
+    let s: CompressorSpec =
+        serde_json::from_str(r#"{"name":"top-k","ratio":0.01,"values":"f16"}"#).unwrap();
     assert_eq!(s.ratio, Some(0.01));
     assert_eq!(s.values, Some(ValueFormat::F16));
     assert!(serde_json::from_str::<CompressorSpec>(r#"{"name":"top-k","kk":3}"#).is_err());
@@ -882,7 +1068,11 @@ fn truncated_and_bit_flipped_messages_never_panic() {
                 // extra trailing byte is an error
                 let mut t = b.clone();
                 t.push(0);
-                assert!(decode_one(c.as_ref(), &t, 21).is_err(), "{}: trailing byte accepted", c.describe());
+                assert!(
+                    decode_one(c.as_ref(), &t, 21).is_err(),
+                    "{}: trailing byte accepted",
+                    c.describe()
+                );
             }
         }
     }

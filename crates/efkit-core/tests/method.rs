@@ -2,9 +2,14 @@
 //! algorithms.md §12.1 and the invariants of §12.3.
 
 use efkit_core::bits::{BitReader, BitWriter};
-use efkit_core::compress::{build, CompressCtx, CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx, ValueFormat};
+use efkit_core::compress::{
+    build, CompressCtx, CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx,
+    ValueFormat,
+};
 use efkit_core::error::{CompressError, DecodeError};
-use efkit_core::method::{decode_uplink, Codecs, MethodSpec, Parts, RoundCtx, Server, Uplink, Worker};
+use efkit_core::method::{
+    decode_uplink, Codecs, MethodSpec, Parts, RoundCtx, Server, Uplink, Worker,
+};
 use efkit_core::oracle::Oracle;
 use efkit_core::rng::Rng;
 
@@ -32,7 +37,14 @@ impl Oracle for Quadratic {
         let mut g = vec![0.0; x.len()];
         self.loss_grad(x, &mut g)
     }
-    fn stochastic_grad(&mut self, x: &[f64], _b: usize, _rng: &mut Rng, drawn: &mut Vec<u32>, grad: &mut [f64]) -> f64 {
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        _b: usize,
+        _rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
         drawn.clear();
         drawn.push(0);
         self.loss_grad(x, grad)
@@ -62,7 +74,13 @@ impl Compressor for Half {
     fn is_deterministic(&self) -> bool {
         true
     }
-    fn compress(&self, x: &[f64], _ctx: &mut CompressCtx<'_>, out: &mut CompressedVec, w: &mut BitWriter) -> Result<(), CompressError> {
+    fn compress(
+        &self,
+        x: &[f64],
+        _ctx: &mut CompressCtx<'_>,
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+    ) -> Result<(), CompressError> {
         out.reset_dense(x.len());
         for (o, v) in out.values.iter_mut().zip(x) {
             *o = 0.5 * v;
@@ -70,7 +88,12 @@ impl Compressor for Half {
         }
         Ok(())
     }
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         out.reset_dense(self.0);
         for o in out.values.iter_mut() {
             *o = r.read_f64()?;
@@ -83,11 +106,19 @@ impl Compressor for Half {
 }
 
 fn spec(name: &str, k: Option<usize>) -> CompressorSpec {
-    CompressorSpec { k, values: Some(ValueFormat::F64), ..CompressorSpec::named(name) }
+    CompressorSpec {
+        k,
+        values: Some(ValueFormat::F64),
+        ..CompressorSpec::named(name)
+    }
 }
 
 fn codecs(uplink: Box<dyn Compressor>, d: usize) -> Codecs {
-    Codecs { uplink, dense: build(&spec("identity", None), d).unwrap(), downlink: None }
+    Codecs {
+        uplink,
+        dense: build(&spec("identity", None), d).unwrap(),
+        downlink: None,
+    }
 }
 
 struct Sim {
@@ -99,7 +130,13 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(method: &MethodSpec, gamma: f64, c: Box<dyn Compressor>, bs: &[Vec<f64>], x0: &[f64]) -> Self {
+    fn new(
+        method: &MethodSpec,
+        gamma: f64,
+        c: Box<dyn Compressor>,
+        bs: &[Vec<f64>],
+        x0: &[f64],
+    ) -> Self {
         let n = bs.len();
         let d = x0.len();
         let parts = method.parts(gamma, n, &vec![Some(1); n]).unwrap();
@@ -113,24 +150,41 @@ impl Sim {
     }
 
     fn round(&mut self) {
-        let rc = RoundCtx { seed: 7, round: self.server.state.round };
+        let rc = RoundCtx {
+            seed: 7,
+            round: self.server.state.round,
+        };
         let down = self.server.state.next_down.clone();
         let wire = self.server.state.next_wire.clone();
         for (w, o) in self.workers.iter_mut().zip(self.oracles.iter_mut()) {
-            w.step(&down, &wire, o, &self.parts, &self.codecs, rc).unwrap();
+            w.step(&down, &wire, o, &self.parts, &self.codecs, rc)
+                .unwrap();
             // what travels decodes to what the worker applied
             let mut dec = Uplink::default();
-            decode_uplink(&w.scratch.wire.bytes, &self.parts, &self.codecs, rc.round, efkit_core::method::uplink_shared_key(7, w.state.id, rc.round), &mut dec).unwrap();
+            decode_uplink(
+                &w.scratch.wire.bytes,
+                &self.parts,
+                &self.codecs,
+                rc.round,
+                efkit_core::method::uplink_shared_key(7, w.state.id, rc.round),
+                &mut dec,
+            )
+            .unwrap();
             assert!(dec.vec.bit_eq(&w.scratch.up.vec));
             assert_eq!(dec.replace, w.scratch.up.replace);
         }
         let ups: Vec<Option<&Uplink>> = self.workers.iter().map(|w| Some(&w.scratch.up)).collect();
-        self.server.apply(&ups, &self.parts, &self.codecs, rc).unwrap();
+        self.server
+            .apply(&ups, &self.parts, &self.codecs, rc)
+            .unwrap();
     }
 }
 
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
 }
 
 /// algorithms.md §12.1, EF21 with Top-1 and compressed init, by hand.
@@ -139,7 +193,13 @@ fn ef21_hand_worked_trajectory() {
     let mut m = MethodSpec::named("ef21");
     m.init = efkit_core::method::InitMode::Compressed;
     let bs = vec![vec![4.0, 0.0], vec![0.0, 3.0]];
-    let mut sim = Sim::new(&m, 0.1, build(&spec("top-k", Some(1)), 2).unwrap(), &bs, &[0.0, 0.0]);
+    let mut sim = Sim::new(
+        &m,
+        0.1,
+        build(&spec("top-k", Some(1)), 2).unwrap(),
+        &bs,
+        &[0.0, 0.0],
+    );
     // rows t = 0..5: x^t, g_1^t, g_2^t, g^t
     let table: [([f64; 2], [f64; 2], [f64; 2], [f64; 2]); 6] = [
         ([0.0, 0.0], [-4.0, 0.0], [0.0, -3.0], [-2.0, -1.5]),
@@ -147,29 +207,58 @@ fn ef21_hand_worked_trajectory() {
         ([0.38, 0.3], [-3.8, 0.3], [0.2, -2.7], [-1.8, -1.2]),
         ([0.56, 0.42], [-3.44, 0.3], [0.56, -2.7], [-1.44, -1.2]),
         ([0.704, 0.54], [-3.44, 0.54], [0.56, -2.46], [-1.44, -0.96]),
-        ([0.848, 0.636], [-3.152, 0.54], [0.848, -2.46], [-1.152, -0.96]),
+        (
+            [0.848, 0.636],
+            [-3.152, 0.54],
+            [0.848, -2.46],
+            [-1.152, -0.96],
+        ),
     ];
     for (t, (x, g1, g2, g)) in table.iter().enumerate() {
         // x^t is the model broadcast at the start of round t
-        assert!(close(&sim.server.state.x, x, 1e-12), "x^{t}: {:?}", sim.server.state.x);
+        assert!(
+            close(&sim.server.state.x, x, 1e-12),
+            "x^{t}: {:?}",
+            sim.server.state.x
+        );
         sim.round();
-        assert!(close(&sim.workers[0].state.g, g1, 1e-12), "g_1^{t}: {:?}", sim.workers[0].state.g);
-        assert!(close(&sim.workers[1].state.g, g2, 1e-12), "g_2^{t}: {:?}", sim.workers[1].state.g);
-        assert!(close(&sim.server.state.g, g, 1e-12), "g^{t}: {:?}", sim.server.state.g);
+        assert!(
+            close(&sim.workers[0].state.g, g1, 1e-12),
+            "g_1^{t}: {:?}",
+            sim.workers[0].state.g
+        );
+        assert!(
+            close(&sim.workers[1].state.g, g2, 1e-12),
+            "g_2^{t}: {:?}",
+            sim.workers[1].state.g
+        );
+        assert!(
+            close(&sim.server.state.g, g, 1e-12),
+            "g^{t}: {:?}",
+            sim.server.state.g
+        );
     }
 }
 
 fn random_problem(n: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
     use rand::Rng as _;
     let mut rng = efkit_core::rng::rng_from_key(seed);
-    (0..n).map(|_| (0..d).map(|_| rng.gen_range(-5.0..5.0)).collect()).collect()
+    (0..n)
+        .map(|_| (0..d).map(|_| rng.gen_range(-5.0..5.0)).collect())
+        .collect()
 }
 
 /// §12.3: the server's g equals the mean of the workers' g_i every round.
 #[test]
 fn server_g_is_mean_of_worker_g() {
     let bs = random_problem(5, 7, 1);
-    let mut sim = Sim::new(&MethodSpec::named("ef21"), 0.05, build(&spec("top-k", Some(2)), 7).unwrap(), &bs, &[0.0; 7]);
+    let mut sim = Sim::new(
+        &MethodSpec::named("ef21"),
+        0.05,
+        build(&spec("top-k", Some(2)), 7).unwrap(),
+        &bs,
+        &[0.0; 7],
+    );
     for _ in 0..60 {
         sim.round();
         let mut mean = vec![0.0; 7];
@@ -187,8 +276,20 @@ fn server_g_is_mean_of_worker_g() {
 fn ef21_with_identity_is_gd() {
     let bs = random_problem(4, 6, 2);
     let x0 = vec![1.0; 6];
-    let mut ef = Sim::new(&MethodSpec::named("ef21"), 0.3, build(&spec("identity", None), 6).unwrap(), &bs, &x0);
-    let mut gd = Sim::new(&MethodSpec::named("gd"), 0.3, build(&spec("identity", None), 6).unwrap(), &bs, &x0);
+    let mut ef = Sim::new(
+        &MethodSpec::named("ef21"),
+        0.3,
+        build(&spec("identity", None), 6).unwrap(),
+        &bs,
+        &x0,
+    );
+    let mut gd = Sim::new(
+        &MethodSpec::named("gd"),
+        0.3,
+        build(&spec("identity", None), 6).unwrap(),
+        &bs,
+        &x0,
+    );
     for _ in 0..40 {
         ef.round();
         gd.round();
@@ -206,11 +307,22 @@ fn ef14_equals_ef21_for_linear_compressor() {
     m21.init = efkit_core::method::InitMode::Compressed;
     let gamma = 0.2;
     let mut ef21 = Sim::new(&m21, gamma, Box::new(Half(5)), &bs, &x0);
-    let mut ef14 = Sim::new(&MethodSpec::named("ef14"), gamma, Box::new(Half(5)), &bs, &x0);
+    let mut ef14 = Sim::new(
+        &MethodSpec::named("ef14"),
+        gamma,
+        Box::new(Half(5)),
+        &bs,
+        &x0,
+    );
     for _ in 0..50 {
         ef21.round();
         ef14.round();
-        assert!(close(&ef21.server.state.x, &ef14.server.state.x, 1e-11), "{:?} vs {:?}", ef21.server.state.x, ef14.server.state.x);
+        assert!(
+            close(&ef21.server.state.x, &ef14.server.state.x, 1e-11),
+            "{:?} vs {:?}",
+            ef21.server.state.x,
+            ef14.server.state.x
+        );
     }
 }
 
@@ -219,7 +331,13 @@ fn ef14_equals_ef21_for_linear_compressor() {
 #[test]
 fn ef21_plus_server_tracks_workers() {
     let bs = random_problem(4, 9, 4);
-    let mut sim = Sim::new(&MethodSpec::named("ef21-plus"), 0.05, build(&spec("top-k", Some(1)), 9).unwrap(), &bs, &[0.0; 9]);
+    let mut sim = Sim::new(
+        &MethodSpec::named("ef21-plus"),
+        0.05,
+        build(&spec("top-k", Some(1)), 9).unwrap(),
+        &bs,
+        &[0.0; 9],
+    );
     for _ in 0..40 {
         sim.round();
         for (i, w) in sim.workers.iter().enumerate() {

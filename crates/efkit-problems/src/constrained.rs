@@ -109,7 +109,10 @@ pub struct SubgradientBounds {
 impl SubgradientBounds {
     /// max over the four bounds.
     pub fn max(&self) -> f64 {
-        self.objective.max(self.constraint).max(self.objective_stochastic).max(self.constraint_stochastic)
+        self.objective
+            .max(self.constraint)
+            .max(self.objective_stochastic)
+            .max(self.constraint_stochastic)
     }
 
     /// max of the exact (deterministic) bounds.
@@ -147,7 +150,11 @@ impl LossKind {
                 let m = y * z;
                 let e = (-m.abs()).exp();
                 let loss = (-m).max(0.0) + e.ln_1p();
-                let s = if m >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+                let s = if m >= 0.0 {
+                    e / (1.0 + e)
+                } else {
+                    1.0 / (1.0 + e)
+                };
                 (loss, -y * s)
             }
             LossKind::Absolute => {
@@ -186,7 +193,11 @@ impl LossKind {
                 let m = y * z;
                 let e = (-m.abs()).exp();
                 let loss = (-m).max(0.0) + e.ln_1p();
-                let s = if m >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+                let s = if m >= 0.0 {
+                    e / (1.0 + e)
+                } else {
+                    1.0 / (1.0 + e)
+                };
                 (loss, -y * s, y * y * s * (1.0 - s))
             }
             LossKind::Absolute => {
@@ -238,18 +249,36 @@ impl LinearBlock {
     /// A block of rows `a` with targets `y`, weight `weight` and loss `loss`.
     pub fn new(a: CsrMatrix, y: Vec<f64>, weight: f64, loss: LossKind) -> Result<Self> {
         if y.len() != a.n_rows() {
-            return Err(ProblemError::invalid("y", format!("{} targets for {} rows", y.len(), a.n_rows())));
+            return Err(ProblemError::invalid(
+                "y",
+                format!("{} targets for {} rows", y.len(), a.n_rows()),
+            ));
         }
         if !(weight.is_finite() && weight >= 0.0) {
-            return Err(ProblemError::invalid("weight", format!("must be finite and >= 0, got {weight}")));
+            return Err(ProblemError::invalid(
+                "weight",
+                format!("must be finite and >= 0, got {weight}"),
+            ));
         }
         if let Some(j) = y.iter().position(|v| !v.is_finite()) {
-            return Err(ProblemError::invalid("y", format!("target {j} is not finite")));
+            return Err(ProblemError::invalid(
+                "y",
+                format!("target {j} is not finite"),
+            ));
         }
-        let norms: Vec<f64> = (0..a.n_rows()).map(|j| a.row(j).1.iter().map(|v| v * v).sum::<f64>().sqrt()).collect();
+        let norms: Vec<f64> = (0..a.n_rows())
+            .map(|j| a.row(j).1.iter().map(|v| v * v).sum::<f64>().sqrt())
+            .collect();
         let max_row_norm = norms.iter().cloned().fold(0.0, f64::max);
         let sum_row_norm = norms.iter().sum();
-        Ok(LinearBlock { a, y, weight, loss, max_row_norm, sum_row_norm })
+        Ok(LinearBlock {
+            a,
+            y,
+            weight,
+            loss,
+            max_row_norm,
+            sum_row_norm,
+        })
     }
 
     /// The rows.
@@ -294,15 +323,31 @@ impl LinearBlock {
 
     /// w sum_{j in rows} phi_j scaled by `scale`; `grad` (overwritten) gets its subgradient.
     #[inline]
-    fn eval(&self, x: &[f64], rows: impl Iterator<Item = usize>, scale: f64, grad: Option<&mut [f64]>) -> f64 {
+    fn eval(
+        &self,
+        x: &[f64],
+        rows: impl Iterator<Item = usize>,
+        scale: f64,
+        grad: Option<&mut [f64]>,
+    ) -> f64 {
         let d = self.a.n_cols();
-        assert_eq!(x.len(), d, "oracle: x has length {}, the model dimension is {d}", x.len());
+        assert_eq!(
+            x.len(),
+            d,
+            "oracle: x has length {}, the model dimension is {d}",
+            x.len()
+        );
         let indptr = self.a.indptr();
         let (indices, values) = (self.a.indices(), self.a.values());
         let mut total = 0.0;
         match grad {
             Some(g) => {
-                assert_eq!(g.len(), d, "oracle: grad has length {}, the model dimension is {d}", g.len());
+                assert_eq!(
+                    g.len(),
+                    d,
+                    "oracle: grad has length {}, the model dimension is {d}",
+                    g.len()
+                );
                 g.iter_mut().for_each(|v| *v = 0.0);
                 for j in rows {
                     let (s, e) = (indptr[j], indptr[j + 1]);
@@ -362,7 +407,13 @@ impl ConstrainedProblem {
     ) -> Result<Self> {
         let d = objective.a.n_cols();
         if constraint.a.n_cols() != d {
-            return Err(ProblemError::invalid("constraint", format!("dimension {} differs from the objective's {d}", constraint.a.n_cols())));
+            return Err(ProblemError::invalid(
+                "constraint",
+                format!(
+                    "dimension {} differs from the objective's {d}",
+                    constraint.a.n_cols()
+                ),
+            ));
         }
         if shards.is_empty() {
             return Err(ProblemError::invalid("workers", "need at least one worker"));
@@ -372,30 +423,54 @@ impl ConstrainedProblem {
         }
         if let Some(k) = l1_budget {
             if !(k.is_finite() && k >= 0.0) {
-                return Err(ProblemError::invalid("l1_budget", format!("must be finite and >= 0, got {k}")));
+                return Err(ProblemError::invalid(
+                    "l1_budget",
+                    format!("must be finite and >= 0, got {k}"),
+                ));
             }
         }
         if let Some(r) = radius {
             if !(r.is_finite() && r > 0.0) {
-                return Err(ProblemError::invalid("radius", format!("must be finite and > 0, got {r}")));
+                return Err(ProblemError::invalid(
+                    "radius",
+                    format!("must be finite and > 0, got {r}"),
+                ));
             }
         }
-        for (block, pick, key) in [(&objective, 0usize, "objective rows"), (&constraint, 1, "constraint rows")] {
+        for (block, pick, key) in [
+            (&objective, 0usize, "objective rows"),
+            (&constraint, 1, "constraint rows"),
+        ] {
             let mut seen = vec![false; block.len()];
             for s in &shards {
                 let rows = if pick == 0 { &s.0 } else { &s.1 };
                 for &r in rows {
                     if r >= block.len() || seen[r] {
-                        return Err(ProblemError::invalid(key, format!("row {r} is out of range or assigned twice")));
+                        return Err(ProblemError::invalid(
+                            key,
+                            format!("row {r} is out of range or assigned twice"),
+                        ));
                     }
                     seen[r] = true;
                 }
             }
             if let Some(r) = seen.iter().position(|s| !s) {
-                return Err(ProblemError::invalid(key, format!("row {r} is assigned to no worker")));
+                return Err(ProblemError::invalid(
+                    key,
+                    format!("row {r} is assigned to no worker"),
+                ));
             }
         }
-        Ok(ConstrainedProblem { name: name.into(), d, objective, constraint, offset, l1_budget, radius, shards })
+        Ok(ConstrainedProblem {
+            name: name.into(),
+            d,
+            objective,
+            constraint,
+            offset,
+            l1_budget,
+            radius,
+            shards,
+        })
     }
 
     /// A short name (for logs).
@@ -465,12 +540,19 @@ impl ConstrainedProblem {
             let y = rows.iter().map(|&r| b.y[r]).collect();
             LinearBlock::new(a, y, b.weight * n, b.loss).expect("rows of a validated block")
         };
-        LinearConstrainedOracle::new(block(&self.objective, fo), block(&self.constraint, go), self.offset, self.l1_budget)
+        LinearConstrainedOracle::new(
+            block(&self.objective, fo),
+            block(&self.constraint, go),
+            self.offset,
+            self.l1_budget,
+        )
     }
 
     /// All oracles, worker 0 first.
     pub fn oracles(&self) -> Vec<Box<dyn ConstrainedOracle>> {
-        (0..self.n_workers()).map(|i| Box::new(self.oracle(i)) as Box<dyn ConstrainedOracle>).collect()
+        (0..self.n_workers())
+            .map(|i| Box::new(self.oracle(i)) as Box<dyn ConstrainedOracle>)
+            .collect()
     }
 }
 
@@ -491,7 +573,14 @@ impl LinearConstrainedOracle {
     pub fn new(obj: LinearBlock, con: LinearBlock, offset: f64, l1_budget: Option<f64>) -> Self {
         let d = obj.a.n_cols();
         assert_eq!(con.a.n_cols(), d, "blocks of different dimensions");
-        LinearConstrainedOracle { obj, con, offset, l1_budget, obj_batch: Vec::new(), con_batch: Vec::new() }
+        LinearConstrainedOracle {
+            obj,
+            con,
+            offset,
+            l1_budget,
+            obj_batch: Vec::new(),
+            con_batch: Vec::new(),
+        }
     }
 
     fn add_l1(&self, x: &[f64], grad: Option<&mut [f64]>) -> f64 {
@@ -535,13 +624,18 @@ impl ConstrainedOracle for LinearConstrainedOracle {
     }
 
     fn constraint(&mut self, x: &[f64], mut grad: Option<&mut [f64]>) -> f64 {
-        let v = self.con.eval(x, 0..self.con.len(), 1.0, grad.as_deref_mut());
+        let v = self
+            .con
+            .eval(x, 0..self.con.len(), 1.0, grad.as_deref_mut());
         v + self.offset + self.add_l1(x, grad)
     }
 
     fn draw_batch(&mut self, _x: &[f64], batch: usize, rng: &mut Rng) {
         assert!(batch >= 1, "oracle: batch size must be >= 1");
-        for (block, out) in [(&self.obj, &mut self.obj_batch), (&self.con, &mut self.con_batch)] {
+        for (block, out) in [
+            (&self.obj, &mut self.obj_batch),
+            (&self.con, &mut self.con_batch),
+        ] {
             let m = block.len();
             if m == 0 {
                 out.clear();
@@ -565,7 +659,11 @@ impl ConstrainedOracle for LinearConstrainedOracle {
     }
 
     fn bounds(&self) -> SubgradientBounds {
-        let l1 = if self.l1_budget.is_some() { (self.dim() as f64).sqrt() } else { 0.0 };
+        let l1 = if self.l1_budget.is_some() {
+            (self.dim() as f64).sqrt()
+        } else {
+            0.0
+        };
         SubgradientBounds {
             objective: self.obj.bound(),
             constraint: self.con.bound() + l1,
@@ -607,16 +705,32 @@ pub fn neyman_pearson(
     radius: Option<f64>,
 ) -> Result<ConstrainedProblem> {
     if loss == LossKind::Absolute {
-        return Err(ProblemError::invalid("loss", "Neyman-Pearson needs a classification loss: hinge or logistic"));
+        return Err(ProblemError::invalid(
+            "loss",
+            "Neyman-Pearson needs a classification loss: hinge or logistic",
+        ));
     }
     if !(tau.is_finite() && tau > 0.0) {
-        return Err(ProblemError::invalid("tau", format!("must be finite and > 0, got {tau}")));
+        return Err(ProblemError::invalid(
+            "tau",
+            format!("must be finite and > 0, got {tau}"),
+        ));
     }
     let y = data.y();
     if let Some(j) = y.iter().position(|&v| v != 1.0 && v != -1.0) {
-        return Err(ProblemError::invalid("dataset", format!("Neyman-Pearson needs labels -1/+1; row {j} has target {}", y[j])));
+        return Err(ProblemError::invalid(
+            "dataset",
+            format!(
+                "Neyman-Pearson needs labels -1/+1; row {j} has target {}",
+                y[j]
+            ),
+        ));
     }
-    let obj_label = if objective_class == NpClass::Negative { -1.0 } else { 1.0 };
+    let obj_label = if objective_class == NpClass::Negative {
+        -1.0
+    } else {
+        1.0
+    };
     let sp = split(y, workers, split_kind, split_seed)?;
     let mut obj_rows = Vec::new();
     let mut con_rows = Vec::new();
@@ -635,15 +749,30 @@ pub fn neyman_pearson(
         shards.push((fo, go));
     }
     if obj_rows.is_empty() || con_rows.is_empty() {
-        return Err(ProblemError::invalid("dataset", "Neyman-Pearson needs rows of both classes"));
+        return Err(ProblemError::invalid(
+            "dataset",
+            "Neyman-Pearson needs rows of both classes",
+        ));
     }
     let block = |rows: &[usize]| -> Result<LinearBlock> {
         let a = data.x().select_rows(rows);
         let yy = rows.iter().map(|&r| y[r]).collect();
         LinearBlock::new(a, yy, 1.0 / rows.len() as f64, loss)
     };
-    let name = format!("neyman-pearson({}, {}, tau = {tau})", data.name(), loss.name());
-    ConstrainedProblem::new(name, block(&obj_rows)?, block(&con_rows)?, -tau, None, radius, shards)
+    let name = format!(
+        "neyman-pearson({}, {}, tau = {tau})",
+        data.name(),
+        loss.name()
+    );
+    ConstrainedProblem::new(
+        name,
+        block(&obj_rows)?,
+        block(&con_rows)?,
+        -tau,
+        None,
+        radius,
+        shards,
+    )
 }
 
 /// Least absolute deviations (1/N) sum_j |a_j^T x - y_j| in X = {||x|| <= r}
@@ -671,9 +800,17 @@ pub fn l1_regression(
     let a = data.x().select_rows(&rows);
     let yy: Vec<f64> = rows.iter().map(|&r| data.y()[r]).collect();
     let obj = LinearBlock::new(a, yy, 1.0 / rows.len() as f64, LossKind::Absolute)?;
-    let con = LinearBlock::new(CsrMatrix::empty(data.n_features()), Vec::new(), 0.0, LossKind::Absolute)?;
+    let con = LinearBlock::new(
+        CsrMatrix::empty(data.n_features()),
+        Vec::new(),
+        0.0,
+        LossKind::Absolute,
+    )?;
     let (offset, name) = match l1_budget {
-        Some(k) => (0.0, format!("l1-regression({}, ||x||_1 <= {k})", data.name())),
+        Some(k) => (
+            0.0,
+            format!("l1-regression({}, ||x||_1 <= {k})", data.name()),
+        ),
         None => (-1.0, format!("l1-regression({})", data.name())),
     };
     ConstrainedProblem::new(name, obj, con, offset, l1_budget, radius, shards)
@@ -686,7 +823,10 @@ mod tests {
 
     fn toy() -> Dataset {
         // 6 rows, 3 features, labels alternating
-        let dense = [1.0, 0.0, 2.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 3.0, 2.0, 0.0, 1.0, 0.5, 0.5, 0.5];
+        let dense = [
+            1.0, 0.0, 2.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 3.0, 2.0, 0.0, 1.0, 0.5, 0.5,
+            0.5,
+        ];
         let x = CsrMatrix::from_dense(6, 3, &dense);
         Dataset::new("toy", x, vec![1.0, -1.0, 1.0, -1.0, 1.0, -1.0]).unwrap()
     }
@@ -694,12 +834,25 @@ mod tests {
     fn fd_check(o: &mut dyn ConstrainedOracle, x: &[f64], constraint: bool) {
         let d = x.len();
         let mut g = vec![0.0; d];
-        let v = if constraint { o.constraint(x, Some(&mut g)) } else { o.objective(x, Some(&mut g)) };
+        let v = if constraint {
+            o.constraint(x, Some(&mut g))
+        } else {
+            o.objective(x, Some(&mut g))
+        };
         for k in 0..d {
             let mut xp = x.to_vec();
             xp[k] += 1e-7;
-            let vp = if constraint { o.constraint(&xp, None) } else { o.objective(&xp, None) };
-            assert!(((vp - v) / 1e-7 - g[k]).abs() < 1e-5, "coordinate {k}: fd {} vs {}", (vp - v) / 1e-7, g[k]);
+            let vp = if constraint {
+                o.constraint(&xp, None)
+            } else {
+                o.objective(&xp, None)
+            };
+            assert!(
+                ((vp - v) / 1e-7 - g[k]).abs() < 1e-5,
+                "coordinate {k}: fd {} vs {}",
+                (vp - v) / 1e-7,
+                g[k]
+            );
         }
     }
 
@@ -708,18 +861,53 @@ mod tests {
         let data = toy();
         for loss in [LossKind::Hinge, LossKind::Logistic] {
             let x = [0.3, -0.2, 0.1];
-            let global = neyman_pearson(&data, 1, SplitKind::Contiguous, 0, loss, 0.5, NpClass::Negative, None).unwrap().evaluate(&x);
+            let global = neyman_pearson(
+                &data,
+                1,
+                SplitKind::Contiguous,
+                0,
+                loss,
+                0.5,
+                NpClass::Negative,
+                None,
+            )
+            .unwrap()
+            .evaluate(&x);
             for n in [1, 2, 3, 6] {
-                let p = neyman_pearson(&data, n, SplitKind::Shuffled, 7, loss, 0.5, NpClass::Negative, Some(5.0)).unwrap();
+                let p = neyman_pearson(
+                    &data,
+                    n,
+                    SplitKind::Shuffled,
+                    7,
+                    loss,
+                    0.5,
+                    NpClass::Negative,
+                    Some(5.0),
+                )
+                .unwrap();
                 let mut os = p.oracles();
                 let f: f64 = os.iter_mut().map(|o| o.objective(&x, None)).sum::<f64>() / n as f64;
                 let g: f64 = os.iter_mut().map(|o| o.constraint(&x, None)).sum::<f64>() / n as f64;
-                assert!((f - global.0).abs() < 1e-12 && (g - global.1).abs() < 1e-12, "n = {n}: {f} {g} vs {global:?}");
+                assert!(
+                    (f - global.0).abs() < 1e-12 && (g - global.1).abs() < 1e-12,
+                    "n = {n}: {f} {g} vs {global:?}"
+                );
             }
         }
         // by hand: negatives are rows 1, 3, 5 with margins -(a^T x)
         let x = [0.0; 3];
-        let (f, g) = neyman_pearson(&data, 2, SplitKind::Contiguous, 0, LossKind::Hinge, 0.25, NpClass::Negative, None).unwrap().evaluate(&x);
+        let (f, g) = neyman_pearson(
+            &data,
+            2,
+            SplitKind::Contiguous,
+            0,
+            LossKind::Hinge,
+            0.25,
+            NpClass::Negative,
+            None,
+        )
+        .unwrap()
+        .evaluate(&x);
         assert_eq!(f, 1.0);
         assert_eq!(g, 0.75);
     }
@@ -729,7 +917,17 @@ mod tests {
         let data = toy();
         let x = [0.37, -0.21, 0.13];
         for loss in [LossKind::Hinge, LossKind::Logistic] {
-            let p = neyman_pearson(&data, 2, SplitKind::Contiguous, 0, loss, 0.5, NpClass::Positive, None).unwrap();
+            let p = neyman_pearson(
+                &data,
+                2,
+                SplitKind::Contiguous,
+                0,
+                loss,
+                0.5,
+                NpClass::Positive,
+                None,
+            )
+            .unwrap();
             let mut o = p.oracle(0);
             fd_check(&mut o, &x, false);
             fd_check(&mut o, &x, true);
@@ -745,13 +943,26 @@ mod tests {
     #[test]
     fn full_batches_are_exact_and_batches_are_unbiased() {
         let data = toy();
-        let p = neyman_pearson(&data, 1, SplitKind::Contiguous, 0, LossKind::Hinge, 0.5, NpClass::Negative, None).unwrap();
+        let p = neyman_pearson(
+            &data,
+            1,
+            SplitKind::Contiguous,
+            0,
+            LossKind::Hinge,
+            0.5,
+            NpClass::Negative,
+            None,
+        )
+        .unwrap();
         let mut o = p.oracle(0);
         let x = [0.2, 0.4, -0.3];
         let mut rng = stream(1, Purpose::Sample, 0, 0);
         o.draw_batch(&x, 100, &mut rng);
         let (mut g1, mut g2) = (vec![0.0; 3], vec![0.0; 3]);
-        assert_eq!(o.batch_objective(&x, Some(&mut g1)), o.objective(&x, Some(&mut g2)));
+        assert_eq!(
+            o.batch_objective(&x, Some(&mut g1)),
+            o.objective(&x, Some(&mut g2))
+        );
         assert_eq!(g1, g2);
         // batch size 1: the average over all draws is the full value
         let mut sum = 0.0;
@@ -763,7 +974,11 @@ mod tests {
             counts += 1;
         }
         let full = o.constraint(&x, None);
-        assert!((sum / counts as f64 - full).abs() < 0.05 * full.abs().max(0.1), "{} vs {full}", sum / counts as f64);
+        assert!(
+            (sum / counts as f64 - full).abs() < 0.05 * full.abs().max(0.1),
+            "{} vs {full}",
+            sum / counts as f64
+        );
     }
 
     #[test]
@@ -773,7 +988,10 @@ mod tests {
                 for &y in &[-1.0, 1.0] {
                     let (v, _) = loss.value_deriv(z, y);
                     let (s, d1, d2) = loss.smoothed(z, y, 1e-2);
-                    assert!(s <= v + 1e-15 && v - s <= 0.5e-2 + 1e-15, "{loss:?} z={z} y={y}: {s} vs {v}");
+                    assert!(
+                        s <= v + 1e-15 && v - s <= 0.5e-2 + 1e-15,
+                        "{loss:?} z={z} y={y}: {s} vs {v}"
+                    );
                     assert!(d1.is_finite() && d2 >= 0.0);
                 }
             }
@@ -783,9 +1001,29 @@ mod tests {
     #[test]
     fn bad_parameters_name_the_key() {
         let data = toy();
-        let e = neyman_pearson(&data, 2, SplitKind::Contiguous, 0, LossKind::Hinge, -1.0, NpClass::Negative, None).unwrap_err();
+        let e = neyman_pearson(
+            &data,
+            2,
+            SplitKind::Contiguous,
+            0,
+            LossKind::Hinge,
+            -1.0,
+            NpClass::Negative,
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("tau"), "{e}");
-        let e = neyman_pearson(&data, 2, SplitKind::Contiguous, 0, LossKind::Absolute, 0.5, NpClass::Negative, None).unwrap_err();
+        let e = neyman_pearson(
+            &data,
+            2,
+            SplitKind::Contiguous,
+            0,
+            LossKind::Absolute,
+            0.5,
+            NpClass::Negative,
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("loss"), "{e}");
         let e = l1_regression(&data, 2, SplitKind::Contiguous, 0, Some(-1.0), None).unwrap_err();
         assert!(e.to_string().contains("radius"), "{e}");

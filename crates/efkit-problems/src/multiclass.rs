@@ -56,25 +56,46 @@ impl MulticlassLogistic {
     /// (finite, >= 0).
     pub fn new(a: CsrMatrix, labels: &[f64], classes: usize, lambda: f64) -> Result<Self> {
         if classes < 2 {
-            return Err(ProblemError::invalid("classes", format!("need at least 2 classes, got {classes}")));
+            return Err(ProblemError::invalid(
+                "classes",
+                format!("need at least 2 classes, got {classes}"),
+            ));
         }
         if !(lambda.is_finite() && lambda >= 0.0) {
-            return Err(ProblemError::invalid("lambda", format!("must be finite and >= 0, got {lambda}")));
+            return Err(ProblemError::invalid(
+                "lambda",
+                format!("must be finite and >= 0, got {lambda}"),
+            ));
         }
         if a.n_rows() == 0 {
-            return Err(ProblemError::invalid("shard", "a worker needs at least one row"));
+            return Err(ProblemError::invalid(
+                "shard",
+                "a worker needs at least one row",
+            ));
         }
         if labels.len() != a.n_rows() {
-            return Err(ProblemError::invalid("y", format!("{} labels for {} rows", labels.len(), a.n_rows())));
+            return Err(ProblemError::invalid(
+                "y",
+                format!("{} labels for {} rows", labels.len(), a.n_rows()),
+            ));
         }
         let mut y = Vec::with_capacity(labels.len());
         for (j, &l) in labels.iter().enumerate() {
             if !(l >= 0.0 && l < classes as f64 && l.fract() == 0.0) {
-                return Err(ProblemError::invalid("y", format!("label {j} is {l}, not a class in 0..{classes}")));
+                return Err(ProblemError::invalid(
+                    "y",
+                    format!("label {j} is {l}, not a class in 0..{classes}"),
+                ));
             }
             y.push(l as u32);
         }
-        Ok(MulticlassLogistic { a, y, classes, lambda, s: vec![0.0; classes] })
+        Ok(MulticlassLogistic {
+            a,
+            y,
+            classes,
+            lambda,
+            s: vec![0.0; classes],
+        })
     }
 
     /// Number of classes c.
@@ -111,15 +132,30 @@ impl MulticlassLogistic {
     #[track_caller]
     fn check(&self, x: &[f64], grad: Option<&[f64]>) {
         let d = self.a.n_cols() * self.classes;
-        assert_eq!(x.len(), d, "oracle: x has length {}, the model dimension is {d}", x.len());
+        assert_eq!(
+            x.len(),
+            d,
+            "oracle: x has length {}, the model dimension is {d}",
+            x.len()
+        );
         if let Some(g) = grad {
-            assert_eq!(g.len(), d, "oracle: grad has length {}, the model dimension is {d}", g.len());
+            assert_eq!(
+                g.len(),
+                d,
+                "oracle: grad has length {}, the model dimension is {d}",
+                g.len()
+            );
         }
     }
 
     /// Sum over `rows` of the per-sample losses; when `grad` is given it is
     /// overwritten with the sum of the per-sample gradients.
-    fn sum_rows(&mut self, x: &[f64], rows: impl Iterator<Item = usize>, mut grad: Option<&mut [f64]>) -> f64 {
+    fn sum_rows(
+        &mut self,
+        x: &[f64],
+        rows: impl Iterator<Item = usize>,
+        mut grad: Option<&mut [f64]>,
+    ) -> f64 {
         let c = self.classes;
         if let Some(g) = grad.as_deref_mut() {
             g.iter_mut().for_each(|v| *v = 0.0);
@@ -186,7 +222,13 @@ impl MulticlassLogistic {
         lambda * r
     }
 
-    fn mean_plus_reg(&mut self, x: &[f64], rows: impl Iterator<Item = usize>, count: usize, grad: &mut [f64]) -> f64 {
+    fn mean_plus_reg(
+        &mut self,
+        x: &[f64],
+        rows: impl Iterator<Item = usize>,
+        count: usize,
+        grad: &mut [f64],
+    ) -> f64 {
         let total = self.sum_rows(x, rows, Some(&mut *grad));
         let inv = 1.0 / count as f64;
         grad.iter_mut().for_each(|g| *g *= inv);
@@ -219,9 +261,19 @@ impl Oracle for MulticlassLogistic {
     }
 
     #[track_caller]
-    fn stochastic_grad(&mut self, x: &[f64], batch: usize, rng: &mut Rng, drawn: &mut Vec<u32>, grad: &mut [f64]) -> f64 {
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
         let n = self.a.n_rows();
-        assert!(batch >= 1 && batch <= n, "oracle: batch size {batch} must be in 1..={n} (local samples)");
+        assert!(
+            batch >= 1 && batch <= n,
+            "oracle: batch size {batch} must be in 1..={n} (local samples)"
+        );
         sample_without_replacement(n, batch, rng, drawn);
         self.indexed_grad(x, drawn, grad)
     }
@@ -241,7 +293,14 @@ impl Oracle for MulticlassLogistic {
 /// Splits a dataset with class labels 0..classes among `workers` workers
 /// (contiguous in file order with the remainder on the last worker, or
 /// shuffled / label-sorted, see [`crate::split`]) into one oracle per worker.
-pub fn oracles_from_dataset(data: &Dataset, classes: usize, workers: usize, split_kind: SplitKind, split_seed: u64, lambda: f64) -> Result<Vec<MulticlassLogistic>> {
+pub fn oracles_from_dataset(
+    data: &Dataset,
+    classes: usize,
+    workers: usize,
+    split_kind: SplitKind,
+    split_seed: u64,
+    lambda: f64,
+) -> Result<Vec<MulticlassLogistic>> {
     let sp = split(data.y(), workers, split_kind, split_seed)?;
     (0..workers)
         .map(|i| {
@@ -256,20 +315,39 @@ pub fn oracles_from_dataset(data: &Dataset, classes: usize, workers: usize, spli
 /// features, 10 classes: d = 7,840), optionally only its first `rows` images,
 /// split among `workers` workers (see [`crate::idx::mnist_dir`] for where the
 /// files are looked for).
-pub fn mnist_oracles(workers: usize, split_kind: SplitKind, split_seed: u64, lambda: f64, rows: Option<usize>) -> Result<Vec<MulticlassLogistic>> {
+pub fn mnist_oracles(
+    workers: usize,
+    split_kind: SplitKind,
+    split_seed: u64,
+    lambda: f64,
+    rows: Option<usize>,
+) -> Result<Vec<MulticlassLogistic>> {
     let mnist = load_mnist(MnistSplit::Train)?;
     let mut data = mnist.to_dataset("mnist");
     if let Some(r) = rows {
         if r == 0 || r > data.n_rows() {
-            return Err(ProblemError::invalid("rows", format!("must be in 1..={}, got {r}", data.n_rows())));
+            return Err(ProblemError::invalid(
+                "rows",
+                format!("must be in 1..={}, got {r}", data.n_rows()),
+            ));
         }
         let first: Vec<usize> = (0..r).collect();
         data = data.select_rows(&first);
     }
     if workers == 0 || workers > data.n_rows() {
-        return Err(ProblemError::TooManyWorkers { rows: data.n_rows(), workers });
+        return Err(ProblemError::TooManyWorkers {
+            rows: data.n_rows(),
+            workers,
+        });
     }
-    oracles_from_dataset(&data, MNIST_CLASSES, workers, split_kind, split_seed, lambda)
+    oracles_from_dataset(
+        &data,
+        MNIST_CLASSES,
+        workers,
+        split_kind,
+        split_seed,
+        lambda,
+    )
 }
 
 #[cfg(test)]
@@ -296,7 +374,9 @@ mod tests {
         let dense = o.a.to_dense();
         let mut total = 0.0;
         for j in 0..m {
-            let scores: Vec<f64> = (0..c).map(|y| (0..l).map(|k| dense[j * l + k] * x[o.index(y, k)]).sum()).collect();
+            let scores: Vec<f64> = (0..c)
+                .map(|y| (0..l).map(|k| dense[j * l + k] * x[o.index(y, k)]).sum())
+                .collect();
             let denom: f64 = scores.iter().map(|s| s.exp()).sum();
             total += -(scores[o.y[j] as usize].exp() / denom).ln();
         }
@@ -313,7 +393,11 @@ mod tests {
         let mut g = vec![0.0; d];
         let f = o.loss_grad(&x, &mut g);
         assert_eq!(f, o.loss(&x), "loss_grad and loss agree bit for bit");
-        assert!((f - naive_loss(&o, &x)).abs() < 1e-12, "{f} vs {}", naive_loss(&o, &x));
+        assert!(
+            (f - naive_loss(&o, &x)).abs() < 1e-12,
+            "{f} vs {}",
+            naive_loss(&o, &x)
+        );
         let h = 1e-6;
         let mut xp = x.clone();
         for k in 0..d {
@@ -323,7 +407,11 @@ mod tests {
             let fm = o.loss(&xp);
             xp[k] = x[k];
             let fd = (fp - fm) / (2.0 * h);
-            assert!((g[k] - fd).abs() <= 1e-7 * (1.0 + fd.abs()), "coord {k}: {} vs fd {fd}", g[k]);
+            assert!(
+                (g[k] - fd).abs() <= 1e-7 * (1.0 + fd.abs()),
+                "coord {k}: {} vs fd {fd}",
+                g[k]
+            );
         }
     }
 
@@ -338,7 +426,13 @@ mod tests {
         let f2 = o.indexed_grad(&x, &all, &mut g2);
         assert_eq!((f1, &g1), (f2, &g2));
         let mut drawn = Vec::new();
-        let f3 = o.stochastic_grad(&x, 25, &mut stream(1, Purpose::Sample, 0, 0), &mut drawn, &mut g3);
+        let f3 = o.stochastic_grad(
+            &x,
+            25,
+            &mut stream(1, Purpose::Sample, 0, 0),
+            &mut drawn,
+            &mut g3,
+        );
         assert_eq!((f1, &g1), (f3, &g3));
         // a minibatch of 3 is the mean of its single-sample gradients
         let idx = [2u32, 9, 17];
@@ -386,7 +480,9 @@ mod tests {
     fn mnist_shards() {
         let os = mnist_oracles(10, SplitKind::Contiguous, 0, 1e-3, Some(2_000)).unwrap();
         assert_eq!(os.len(), 10);
-        assert!(os.iter().all(|o| o.num_samples() == Some(200) && o.dim() == 7_840));
+        assert!(os
+            .iter()
+            .all(|o| o.num_samples() == Some(200) && o.dim() == 7_840));
         // the first training image is a 5 (idx.rs test) and features are in [0, 1]
         assert_eq!(os[0].labels()[0], 5);
         assert!(os[0].a().values().iter().all(|&v| v > 0.0 && v <= 1.0));

@@ -65,11 +65,18 @@ pub enum NoiseKind {
 
 impl NoiseKind {
     /// All kinds with their names.
-    pub const ALL: [(NoiseKind, &'static str); 2] = [(NoiseKind::Gaussian, "gaussian"), (NoiseKind::Asymmetric, "asymmetric")];
+    pub const ALL: [(NoiseKind, &'static str); 2] = [
+        (NoiseKind::Gaussian, "gaussian"),
+        (NoiseKind::Asymmetric, "asymmetric"),
+    ];
 
     /// The kebab-case name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -86,7 +93,12 @@ impl FromStr for NoiseKind {
             .iter()
             .find(|(_, n)| *n == s)
             .map(|(k, _)| *k)
-            .ok_or_else(|| ProblemError::invalid("noise", format!("unknown noise `{s}`; allowed: gaussian, asymmetric")))
+            .ok_or_else(|| {
+                ProblemError::invalid(
+                    "noise",
+                    format!("unknown noise `{s}`; allowed: gaussian, asymmetric"),
+                )
+            })
     }
 }
 
@@ -107,10 +119,16 @@ impl NoisyQuadratic {
             NoiseKind::Asymmetric => 2,
         };
         if d < min_d {
-            return Err(ProblemError::invalid("dim", format!("the {kind} noise needs d >= {min_d}, got {d}")));
+            return Err(ProblemError::invalid(
+                "dim",
+                format!("the {kind} noise needs d >= {min_d}, got {d}"),
+            ));
         }
         if !(sigma.is_finite() && sigma >= 0.0) {
-            return Err(ProblemError::invalid("sigma", format!("must be finite and >= 0, got {sigma}")));
+            return Err(ProblemError::invalid(
+                "sigma",
+                format!("must be finite and >= 0, got {sigma}"),
+            ));
         }
         Ok(NoisyQuadratic { d, kind, sigma })
     }
@@ -158,7 +176,11 @@ impl NoisyQuadratic {
                 let last = self.d - 1;
                 if u & 1 == 0 {
                     let s = if u & 2 == 0 { 3.0 } else { -3.0 };
-                    let j = if self.d == 2 { 0 } else { rng.gen_range(0..last) };
+                    let j = if self.d == 2 {
+                        0
+                    } else {
+                        rng.gen_range(0..last)
+                    };
                     acc[j] += s * self.sigma;
                     acc[last] += self.sigma;
                 } else {
@@ -170,7 +192,13 @@ impl NoisyQuadratic {
 
     #[track_caller]
     fn check(&self, x: &[f64], grad: &[f64]) {
-        assert!(x.len() == self.d && grad.len() == self.d, "oracle: x has length {}, grad {}, the model dimension is {}", x.len(), grad.len(), self.d);
+        assert!(
+            x.len() == self.d && grad.len() == self.d,
+            "oracle: x has length {}, grad {}, the model dimension is {}",
+            x.len(),
+            grad.len(),
+            self.d
+        );
     }
 }
 
@@ -197,14 +225,27 @@ impl Oracle for NoisyQuadratic {
     }
 
     fn loss(&mut self, x: &[f64]) -> f64 {
-        assert_eq!(x.len(), self.d, "oracle: x has length {}, the model dimension is {}", x.len(), self.d);
+        assert_eq!(
+            x.len(),
+            self.d,
+            "oracle: x has length {}, the model dimension is {}",
+            x.len(),
+            self.d
+        );
         0.5 * x.iter().map(|v| v * v).sum::<f64>()
     }
 
     /// x + (1/B) sum_b xi_b with B = `batch` fresh draws from `rng`; returns the
     /// sample loss 1/2 ||x||^2 + <mean xi, x> (whose gradient is the returned one).
     #[track_caller]
-    fn stochastic_grad(&mut self, x: &[f64], batch: usize, rng: &mut Rng, drawn: &mut Vec<u32>, grad: &mut [f64]) -> f64 {
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
         self.check(x, grad);
         assert!(batch >= 1, "oracle: batch size must be >= 1");
         drawn.clear();
@@ -278,7 +319,11 @@ mod tests {
         }
         // ||xi||^2 = sigma^2 chi^2_d: variance 2 d sigma^4
         let se2 = (2.0 * d as f64).sqrt() * sigma * sigma / (n as f64).sqrt();
-        assert!((second - o.noise_second_moment()).abs() < 5.0 * se2, "{second} vs {}", o.noise_second_moment());
+        assert!(
+            (second - o.noise_second_moment()).abs() < 5.0 * se2,
+            "{second} vs {}",
+            o.noise_second_moment()
+        );
         // symmetric noise: E[Top1(xi)] = 0 (each coordinate's term has sd <= sigma/sqrt(n))
         for t in &top {
             assert!(t.abs() < 5.0 * se, "top {top:?}");
@@ -298,13 +343,19 @@ mod tests {
             }
             // ||xi||^2 is 10 sigma^2 or sigma^2 with probability 1/2: sd 4.5 sigma^2
             let se2 = 4.5 * sigma * sigma / (n as f64).sqrt();
-            assert!((second - 5.5 * sigma * sigma).abs() < 5.0 * se2, "d = {d}: {second}");
+            assert!(
+                (second - 5.5 * sigma * sigma).abs() < 5.0 * se2,
+                "d = {d}: {second}"
+            );
             // E[Top1(xi)] = -(sigma/2) e_{d-1} != 0
             let expect = o.top1_noise_mean();
             for (k, (t, e)) in top.iter().zip(&expect).enumerate() {
                 assert!((t - e).abs() < 5.0 * se, "d = {d}, coord {k}: {t} vs {e}");
             }
-            assert!(top[d - 1] < -0.45 * sigma, "the Top-1 mean must be clearly nonzero: {top:?}");
+            assert!(
+                top[d - 1] < -0.45 * sigma,
+                "the Top-1 mean must be clearly nonzero: {top:?}"
+            );
         }
     }
 
@@ -343,7 +394,10 @@ mod tests {
         assert!(NoisyQuadratic::new(0, NoiseKind::Gaussian, 1.0).is_err());
         assert!(NoisyQuadratic::new(2, NoiseKind::Gaussian, -1.0).is_err());
         assert!(NoisyQuadratic::new(2, NoiseKind::Gaussian, f64::NAN).is_err());
-        assert_eq!("asymmetric".parse::<NoiseKind>().unwrap(), NoiseKind::Asymmetric);
+        assert_eq!(
+            "asymmetric".parse::<NoiseKind>().unwrap(),
+            NoiseKind::Asymmetric
+        );
         assert!("laplace".parse::<NoiseKind>().is_err());
     }
 }

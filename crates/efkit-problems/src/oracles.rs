@@ -73,7 +73,11 @@ impl SampleLoss for Logistic {
     fn deriv(z: f64, y: f64) -> f64 {
         let m = y * z;
         let e = (-m.abs()).exp();
-        let s = if m >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+        let s = if m >= 0.0 {
+            e / (1.0 + e)
+        } else {
+            1.0 / (1.0 + e)
+        };
         -y * s
     }
 }

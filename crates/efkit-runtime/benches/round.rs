@@ -42,7 +42,13 @@ fn cluster(threads: usize) -> Cluster {
 }
 
 /// The 20 gradients (`with_loss`: and losses) at `x`, sequentially or on `pool`.
-fn plain(oracles: &mut [Box<dyn Oracle>], grads: &mut [Vec<f64>], x: &[f64], pool: Option<&rayon::ThreadPool>, with_loss: bool) -> f64 {
+fn plain(
+    oracles: &mut [Box<dyn Oracle>],
+    grads: &mut [Vec<f64>],
+    x: &[f64],
+    pool: Option<&rayon::ThreadPool>,
+    with_loss: bool,
+) -> f64 {
     let one = |(o, g): (&mut Box<dyn Oracle>, &mut Vec<f64>)| {
         if with_loss {
             o.loss_grad(x, g)
@@ -53,21 +59,39 @@ fn plain(oracles: &mut [Box<dyn Oracle>], grads: &mut [Vec<f64>], x: &[f64], poo
     };
     match pool {
         None => oracles.iter_mut().zip(grads.iter_mut()).map(one).sum(),
-        Some(p) => p.install(|| oracles.par_iter_mut().zip(grads.par_iter_mut()).map(one).sum()),
+        Some(p) => p.install(|| {
+            oracles
+                .par_iter_mut()
+                .zip(grads.par_iter_mut())
+                .map(one)
+                .sum()
+        }),
     }
 }
 
 fn bench_round(cr: &mut Criterion) {
     let mut group = cr.benchmark_group("w8a_n20_top1");
-    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for threads in [1usize, 2] {
         let mut c = cluster(threads);
-        group.bench_function(format!("ef21_round/threads={threads}"), |b| b.iter(|| c.step().expect("round")));
+        group.bench_function(format!("ef21_round/threads={threads}"), |b| {
+            b.iter(|| c.step().expect("round"))
+        });
         let x = c.server.state.x.clone();
         let mut grads = vec![vec![0.0; x.len()]; c.n()];
-        let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool"));
+        let pool = (threads > 1).then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+        });
         for (name, with_loss) in [("plain_grad", false), ("plain_loss_grad", true)] {
-            group.bench_function(format!("{name}/threads={threads}"), |b| b.iter(|| plain(&mut c.oracles, &mut grads, &x, pool.as_ref(), with_loss)));
+            group.bench_function(format!("{name}/threads={threads}"), |b| {
+                b.iter(|| plain(&mut c.oracles, &mut grads, &x, pool.as_ref(), with_loss))
+            });
         }
     }
     group.finish();
@@ -78,8 +102,17 @@ fn paired(threads: usize, pairs: usize) {
     let mut c = cluster(threads);
     let d = c.server.state.x.len();
     let mut grads = vec![vec![0.0; d]; c.n()];
-    let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool"));
-    let mut times = [Vec::with_capacity(pairs), Vec::with_capacity(pairs), Vec::with_capacity(pairs)];
+    let pool = (threads > 1).then(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+    });
+    let mut times = [
+        Vec::with_capacity(pairs),
+        Vec::with_capacity(pairs),
+        Vec::with_capacity(pairs),
+    ];
     for _ in 0..pairs {
         let x = c.server.state.x.clone();
         let t = Instant::now();
@@ -87,7 +120,13 @@ fn paired(threads: usize, pairs: usize) {
         times[0].push(t.elapsed().as_secs_f64());
         for (k, with_loss) in [(1, false), (2, true)] {
             let t = Instant::now();
-            std::hint::black_box(plain(&mut c.oracles, &mut grads, &x, pool.as_ref(), with_loss));
+            std::hint::black_box(plain(
+                &mut c.oracles,
+                &mut grads,
+                &x,
+                pool.as_ref(),
+                with_loss,
+            ));
             times[k].push(t.elapsed().as_secs_f64());
         }
     }

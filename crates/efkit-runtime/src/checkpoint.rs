@@ -64,9 +64,19 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
 
 /// Writes `ck` to `path` atomically.
 pub fn write(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.display().to_string(), source };
-    let payload = serde_json::to_vec(ck).map_err(|e| CheckpointError::Corrupt { path: path.display().to_string(), reason: format!("cannot serialize: {e}") })?;
-    let header = format!("{MAGIC} {VERSION} fnv1a64={:016x} bytes={}\n", fnv1a64(&payload), payload.len());
+    let io = |source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let payload = serde_json::to_vec(ck).map_err(|e| CheckpointError::Corrupt {
+        path: path.display().to_string(),
+        reason: format!("cannot serialize: {e}"),
+    })?;
+    let header = format!(
+        "{MAGIC} {VERSION} fnv1a64={:016x} bytes={}\n",
+        fnv1a64(&payload),
+        payload.len()
+    );
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         let mut f = fs::File::create(&tmp).map_err(io)?;
@@ -80,10 +90,20 @@ pub fn write(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
 /// Reads and verifies a checkpoint.
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let p = path.display().to_string();
-    let bytes = fs::read(path).map_err(|source| CheckpointError::Io { path: p.clone(), source })?;
-    let corrupt = |reason: String| CheckpointError::Corrupt { path: p.clone(), reason };
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no header line".into()))?;
-    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("header is not text".into()))?;
+    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: p.clone(),
+        reason,
+    };
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("no header line".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("header is not text".into()))?;
     let parts: Vec<&str> = header.split(' ').collect();
     if parts.len() != 4 || parts[0] != MAGIC {
         return Err(corrupt("not an efkit checkpoint".into()));
@@ -91,11 +111,20 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     if parts[1] != VERSION.to_string() {
         return Err(corrupt(format!("unsupported version {}", parts[1])));
     }
-    let sum = parts[2].strip_prefix("fnv1a64=").and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or_else(|| corrupt("bad checksum field".into()))?;
-    let len: usize = parts[3].strip_prefix("bytes=").and_then(|l| l.parse().ok()).ok_or_else(|| corrupt("bad length field".into()))?;
+    let sum = parts[2]
+        .strip_prefix("fnv1a64=")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| corrupt("bad checksum field".into()))?;
+    let len: usize = parts[3]
+        .strip_prefix("bytes=")
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| corrupt("bad length field".into()))?;
     let payload = &bytes[nl + 1..];
     if payload.len() != len {
-        return Err(corrupt(format!("payload has {} bytes, header says {len}", payload.len())));
+        return Err(corrupt(format!(
+            "payload has {} bytes, header says {len}",
+            payload.len()
+        )));
     }
     if fnv1a64(payload) != sum {
         return Err(corrupt("checksum mismatch".into()));

@@ -133,11 +133,24 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster starting at `x0` with `threads` worker threads (0 = all cores).
-    pub fn new(parts: Parts, codecs: Codecs, oracles: Vec<Box<dyn Oracle>>, x0: &[f64], seed: u64, threads: usize) -> Self {
+    pub fn new(
+        parts: Parts,
+        codecs: Codecs,
+        oracles: Vec<Box<dyn Oracle>>,
+        x0: &[f64],
+        seed: u64,
+        threads: usize,
+    ) -> Self {
         let n = oracles.len();
         let d = x0.len();
-        let total_samples = oracles.iter().map(|o| o.num_samples().unwrap_or(0) as u64).sum();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        let total_samples = oracles
+            .iter()
+            .map(|o| o.num_samples().unwrap_or(0) as u64)
+            .sum();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
         Cluster {
             parts,
             codecs,
@@ -173,8 +186,12 @@ impl Cluster {
     /// returned as a message.
     pub fn step(&mut self) -> Result<(), String> {
         let round = self.server.state.round;
-        let rc = RoundCtx { seed: self.seed, round };
-        self.server.participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
+        let rc = RoundCtx {
+            seed: self.seed,
+            round,
+        };
+        self.server
+            .participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
         let down: &Downlink = &self.server.state.next_down;
         let wire = &self.server.state.next_wire;
         let parts = &self.parts;
@@ -189,7 +206,9 @@ impl Cluster {
                 .enumerate()
                 .filter(|(i, _)| mask[*i])
                 .try_for_each(|(i, (w, o))| {
-                    w.step(down, wire, o.as_mut(), parts, codecs, rc).map(|_| ()).map_err(|e| format!("worker {i}, round {round}: {e}"))
+                    w.step(down, wire, o.as_mut(), parts, codecs, rc)
+                        .map(|_| ())
+                        .map_err(|e| format!("worker {i}, round {round}: {e}"))
                 })
         });
         res?;
@@ -197,7 +216,14 @@ impl Cluster {
         self.participations += k as u64;
         self.last_participants = k;
         let (workers, mask) = (&self.workers, &self.mask);
-        self.server.apply_with(|i| mask[i].then_some(&workers[i].scratch.up), &self.parts, &self.codecs, rc).map_err(|e| format!("server, round {round}: {e}"))
+        self.server
+            .apply_with(
+                |i| mask[i].then_some(&workers[i].scratch.up),
+                &self.parts,
+                &self.codecs,
+                rc,
+            )
+            .map_err(|e| format!("server, round {round}: {e}"))
     }
 
     /// Evaluates f and ||grad f||^2 (or the gradient mapping) at the server's x.
@@ -207,18 +233,33 @@ impl Cluster {
         let losses = &mut self.eval_losses;
         let oracles = &mut self.oracles;
         self.pool.install(|| {
-            oracles.par_iter_mut().zip(grads.par_iter_mut()).zip(losses.par_iter_mut()).for_each(|((o, g), l)| {
-                *l = o.loss_grad(x, g);
-            })
+            oracles
+                .par_iter_mut()
+                .zip(grads.par_iter_mut())
+                .zip(losses.par_iter_mut())
+                .for_each(|((o, g), l)| {
+                    *l = o.loss_grad(x, g);
+                })
         });
-        crate::driver::reduce_eval(&self.parts, x, &self.eval_losses, self.eval_grads.iter().map(|g| g.as_slice()), &mut self.grad, &mut self.tmp)
+        crate::driver::reduce_eval(
+            &self.parts,
+            x,
+            &self.eval_losses,
+            self.eval_grads.iter().map(|g| g.as_slice()),
+            &mut self.grad,
+            &mut self.tmp,
+        )
     }
 
     /// Metrics at the current state (evaluates f and its gradient).
     pub fn metrics(&mut self, seconds: f64) -> RoundMetrics {
         let eval = self.evaluate();
         self.counters.clear();
-        self.counters.extend(self.workers.iter().map(|w| crate::driver::WorkerCounters::of(&w.state)));
+        self.counters.extend(
+            self.workers
+                .iter()
+                .map(|w| crate::driver::WorkerCounters::of(&w.state)),
+        );
         let totals = crate::driver::RunTotals {
             round: self.server.state.round,
             participations: self.participations,
@@ -244,10 +285,20 @@ impl Cluster {
     pub fn restore(&mut self, s: ClusterState) -> Result<(), String> {
         let d = self.server.state.x.len();
         if s.workers.len() != self.workers.len() {
-            return Err(format!("checkpoint has {} workers, the config has {}", s.workers.len(), self.workers.len()));
+            return Err(format!(
+                "checkpoint has {} workers, the config has {}",
+                s.workers.len(),
+                self.workers.len()
+            ));
         }
-        if s.server.x.len() != d || s.workers.iter().any(|w| w.x.len() != d || w.id >= self.workers.len()) {
-            return Err(format!("checkpoint dimensions do not match the config (d = {d})"));
+        if s.server.x.len() != d
+            || s.workers
+                .iter()
+                .any(|w| w.x.len() != d || w.id >= self.workers.len())
+        {
+            return Err(format!(
+                "checkpoint dimensions do not match the config (d = {d})"
+            ));
         }
         self.server.state = s.server;
         for (w, st) in self.workers.iter_mut().zip(s.workers) {
@@ -260,7 +311,11 @@ impl Cluster {
 
     /// Runs until a stopping rule fires; `on_log` sees every logged round
     /// (round 0 included) and may interrupt.
-    pub fn run(&mut self, rules: &StopRules, on_log: impl FnMut(&RoundMetrics) -> Control) -> Summary {
+    pub fn run(
+        &mut self,
+        rules: &StopRules,
+        on_log: impl FnMut(&RoundMetrics) -> Control,
+    ) -> Summary {
         self.run_with(rules, None, None, on_log, |_| Ok(()))
     }
 

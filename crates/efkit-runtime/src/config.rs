@@ -25,7 +25,7 @@
 
 use efkit_core::compress::CompressorSpec;
 use efkit_core::method::MethodSpec;
-pub use efkit_problems::{ProblemKind, split::SplitKind};
+pub use efkit_problems::{split::SplitKind, ProblemKind};
 use serde::{Deserialize, Serialize};
 
 /// A whole experiment.
@@ -108,7 +108,12 @@ fn one() -> f64 {
 
 impl Default for StepConfig {
     fn default() -> Self {
-        StepConfig { rule: "theory".into(), multiplier: 1.0, value: None, mu: None }
+        StepConfig {
+            rule: "theory".into(),
+            multiplier: 1.0,
+            value: None,
+            mu: None,
+        }
     }
 }
 
@@ -128,7 +133,11 @@ pub struct InitConfig {
 
 impl Default for InitConfig {
     fn default() -> Self {
-        InitConfig { kind: "zeros".into(), std: 1.0, path: None }
+        InitConfig {
+            kind: "zeros".into(),
+            std: 1.0,
+            path: None,
+        }
     }
 }
 
@@ -168,7 +177,14 @@ fn default_blowup() -> f64 {
 
 impl Default for StopConfig {
     fn default() -> Self {
-        StopConfig { max_rounds: default_rounds(), tol: None, time_limit: None, log_every: 1, blowup: default_blowup(), checkpoint_every: None }
+        StopConfig {
+            max_rounds: default_rounds(),
+            tol: None,
+            time_limit: None,
+            log_every: 1,
+            blowup: default_blowup(),
+            checkpoint_every: None,
+        }
     }
 }
 

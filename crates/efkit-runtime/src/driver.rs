@@ -76,7 +76,11 @@ pub fn drive<R: Rounds + ?Sized>(
     let elapsed0 = resume.map_or(0.0, |r| r.1);
     let log_every = rules.log_every.max(1);
     // round 0 is evaluated once: its loss is the reference of the blow-up rule
-    let first = if resume.is_none() { Some(r.metrics(0.0)) } else { None };
+    let first = if resume.is_none() {
+        Some(r.metrics(0.0))
+    } else {
+        None
+    };
     let initial_loss = match (resume, &first) {
         (Some((l, _)), _) => l,
         (None, Some(m)) => m.loss,
@@ -84,11 +88,24 @@ pub fn drive<R: Rounds + ?Sized>(
     };
     let check = |m: &RoundMetrics| -> Option<(Status, Option<String>)> {
         if !m.loss.is_finite() || !m.grad_norm_sq.is_finite() {
-            let what = if !m.loss.is_finite() { format!("loss = {}", m.loss) } else { format!("grad_norm_sq = {}", m.grad_norm_sq) };
-            return Some((Status::Diverged, Some(format!("diverged at round {}: {what}", m.round))));
+            let what = if !m.loss.is_finite() {
+                format!("loss = {}", m.loss)
+            } else {
+                format!("grad_norm_sq = {}", m.grad_norm_sq)
+            };
+            return Some((
+                Status::Diverged,
+                Some(format!("diverged at round {}: {what}", m.round)),
+            ));
         }
         if m.loss > rules.blowup * initial_loss.abs().max(1.0) {
-            return Some((Status::Diverged, Some(format!("diverged at round {}: loss = {:e} exceeds {} x max(1, |f(x^0)|)", m.round, m.loss, rules.blowup))));
+            return Some((
+                Status::Diverged,
+                Some(format!(
+                    "diverged at round {}: loss = {:e} exceeds {} x max(1, |f(x^0)|)",
+                    m.round, m.loss, rules.blowup
+                )),
+            ));
         }
         if let Some(tol) = rules.tol {
             if m.grad_norm_sq <= tol {
@@ -103,21 +120,41 @@ pub fn drive<R: Rounds + ?Sized>(
         let ctl = on_log(&m);
         last = Some(m);
         if let Some((status, message)) = stop {
-            return Summary { status, rounds: 0, last, message };
+            return Summary {
+                status,
+                rounds: 0,
+                last,
+                message,
+            };
         }
         if ctl == Control::Interrupt {
             let _ = on_checkpoint(&r.snapshot(initial_loss, elapsed0));
-            return Summary { status: Status::Interrupted, rounds: 0, last, message: None };
+            return Summary {
+                status: Status::Interrupted,
+                rounds: 0,
+                last,
+                message: None,
+            };
         }
     }
     let mut checkpoint_err: Option<String> = None;
     loop {
         let t = r.round();
         if t >= rules.max_rounds {
-            return Summary { status: Status::MaxRounds, rounds: t, last, message: checkpoint_err };
+            return Summary {
+                status: Status::MaxRounds,
+                rounds: t,
+                last,
+                message: checkpoint_err,
+            };
         }
         if let Err(msg) = r.step() {
-            return Summary { status: Status::Diverged, rounds: r.round(), last, message: Some(format!("diverged: {msg}")) };
+            return Summary {
+                status: Status::Diverged,
+                rounds: r.round(),
+                last,
+                message: Some(format!("diverged: {msg}")),
+            };
         }
         let t = r.round();
         let elapsed = elapsed0 + start.elapsed().as_secs_f64();
@@ -129,20 +166,36 @@ pub fn drive<R: Rounds + ?Sized>(
             ctl = on_log(&m);
             last = Some(m);
             if let Some((status, message)) = stop {
-                return Summary { status, rounds: t, last, message };
+                return Summary {
+                    status,
+                    rounds: t,
+                    last,
+                    message,
+                };
             }
         }
-        let want_ckpt = checkpoint_every.is_some_and(|c| c > 0 && t % c == 0) || ctl == Control::Interrupt;
+        let want_ckpt =
+            checkpoint_every.is_some_and(|c| c > 0 && t % c == 0) || ctl == Control::Interrupt;
         if want_ckpt {
             if let Err(e) = on_checkpoint(&r.snapshot(initial_loss, elapsed)) {
                 checkpoint_err = Some(format!("checkpoint at round {t} failed: {e}"));
             }
         }
         if ctl == Control::Interrupt {
-            return Summary { status: Status::Interrupted, rounds: t, last, message: checkpoint_err };
+            return Summary {
+                status: Status::Interrupted,
+                rounds: t,
+                last,
+                message: checkpoint_err,
+            };
         }
         if time_up {
-            return Summary { status: Status::TimeLimit, rounds: t, last, message: checkpoint_err };
+            return Summary {
+                status: Status::TimeLimit,
+                rounds: t,
+                last,
+                message: checkpoint_err,
+            };
         }
     }
 }
@@ -178,7 +231,11 @@ pub fn reduce_eval<'a>(
                 *t = xv - gamma * g;
             }
             reg.prox(tmp, gamma);
-            let gm: f64 = x.iter().zip(tmp.iter()).map(|(a, b)| ((a - b) / gamma).powi(2)).sum();
+            let gm: f64 = x
+                .iter()
+                .zip(tmp.iter())
+                .map(|(a, b)| ((a - b) / gamma).powi(2))
+                .sum();
             (loss + reg.value(x), gm)
         }
         _ => (loss, grad.iter().map(|v| v * v).sum()),
@@ -217,12 +274,24 @@ impl WorkerCounters {
 
     /// As words (for a transport).
     pub fn to_words(self) -> [u64; Self::WORDS] {
-        [self.bits_up_wire, self.bits_up_paper, self.bits_down_wire, self.bits_down_paper, self.samples]
+        [
+            self.bits_up_wire,
+            self.bits_up_paper,
+            self.bits_down_wire,
+            self.bits_down_paper,
+            self.samples,
+        ]
     }
 
     /// From words written by [`WorkerCounters::to_words`].
     pub fn from_words(w: &[u64]) -> Self {
-        WorkerCounters { bits_up_wire: w[0], bits_up_paper: w[1], bits_down_wire: w[2], bits_down_paper: w[3], samples: w[4] }
+        WorkerCounters {
+            bits_up_wire: w[0],
+            bits_up_paper: w[1],
+            bits_down_wire: w[2],
+            bits_down_paper: w[3],
+            samples: w[4],
+        }
     }
 }
 
@@ -242,12 +311,21 @@ pub struct RunTotals {
 /// Assembles the metrics of a logged round from the evaluation `(loss,
 /// grad_norm_sq)` and every worker's counters in worker-id order, exactly as
 /// [`Cluster::metrics`] does.
-pub fn round_metrics(eval: (f64, f64), counters: &[WorkerCounters], t: RunTotals, seconds: f64) -> RoundMetrics {
+pub fn round_metrics(
+    eval: (f64, f64),
+    counters: &[WorkerCounters],
+    t: RunTotals,
+    seconds: f64,
+) -> RoundMetrics {
     let n = counters.len() as f64;
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>() as f64;
     let up_wire = sum(|c| c.bits_up_wire);
     let samples = sum(|c| c.samples);
-    let per_part = if t.participations > 0 { up_wire / t.participations as f64 * t.round as f64 } else { 0.0 };
+    let per_part = if t.participations > 0 {
+        up_wire / t.participations as f64 * t.round as f64
+    } else {
+        0.0
+    };
     RoundMetrics {
         round: t.round,
         loss: eval.0,
@@ -257,7 +335,11 @@ pub fn round_metrics(eval: (f64, f64), counters: &[WorkerCounters], t: RunTotals
         bits_down_wire: sum(|c| c.bits_down_wire) / n,
         bits_down_paper: sum(|c| c.bits_down_paper) / n,
         bits_up_wire_per_participant: per_part,
-        epochs: if t.total_samples > 0 { samples / t.total_samples as f64 } else { 0.0 },
+        epochs: if t.total_samples > 0 {
+            samples / t.total_samples as f64
+        } else {
+            0.0
+        },
         participants: t.last_participants,
         seconds,
     }
@@ -302,7 +384,11 @@ mod tests {
             Ok(())
         };
         let every = cfg.stop.checkpoint_every;
-        let mut s = if via_drive { drive(&mut c, &rules, None, every, on_log, on_ckpt) } else { c.run_with(&rules, None, every, on_log, on_ckpt) };
+        let mut s = if via_drive {
+            drive(&mut c, &rules, None, every, on_log, on_ckpt)
+        } else {
+            c.run_with(&rules, None, every, on_log, on_ckpt)
+        };
         if let Some(m) = s.last.as_mut() {
             m.seconds = 0.0;
         }
@@ -319,10 +405,31 @@ mod tests {
         let cases = [
             (with_ckpt.clone(), None),
             (with_ckpt, Some(6)),
-            (config("ef21-pp", "participation = 0.5", "rule = \"theory\"", 8, None), None),
-            (config("ef21-prox", "prox = { kind = \"l1\", lambda = 0.01 }", "rule = \"theory\"", 7, None), None),
+            (
+                config(
+                    "ef21-pp",
+                    "participation = 0.5",
+                    "rule = \"theory\"",
+                    8,
+                    None,
+                ),
+                None,
+            ),
+            (
+                config(
+                    "ef21-prox",
+                    "prox = { kind = \"l1\", lambda = 0.01 }",
+                    "rule = \"theory\"",
+                    7,
+                    None,
+                ),
+                None,
+            ),
             (config("gd", "", "rule = \"theory\"", 200, Some(1e-2)), None),
-            (config("ef21", "", "rule = \"absolute\"\nvalue = 1e9", 50, None), None),
+            (
+                config("ef21", "", "rule = \"absolute\"\nvalue = 1e9", 50, None),
+                None,
+            ),
         ];
         let mut statuses = Vec::new();
         for (cfg, interrupt) in cases {
@@ -339,7 +446,12 @@ mod tests {
             statuses.push(a.1.status);
         }
         // the cases really exercise the different exits
-        for s in [Status::MaxRounds, Status::Converged, Status::Diverged, Status::Interrupted] {
+        for s in [
+            Status::MaxRounds,
+            Status::Converged,
+            Status::Diverged,
+            Status::Interrupted,
+        ] {
             assert!(statuses.contains(&s), "{s:?} not reached: {statuses:?}");
         }
     }
@@ -349,7 +461,13 @@ mod tests {
     fn reductions_match_cluster_metrics() {
         for cfg in [
             config("ef21", "", "rule = \"theory\"", 3, None),
-            config("ef21-prox", "prox = { kind = \"l1\", lambda = 0.05 }", "rule = \"theory\"", 3, None),
+            config(
+                "ef21-prox",
+                "prox = { kind = \"l1\", lambda = 0.05 }",
+                "rule = \"theory\"",
+                3,
+                None,
+            ),
         ] {
             let mut c = prepare(&cfg).unwrap().cluster;
             for _ in 0..3 {
@@ -366,10 +484,26 @@ mod tests {
                 grads.push(g);
             }
             let (mut grad, mut tmp) = (vec![0.0; d], vec![0.0; d]);
-            let eval = reduce_eval(&c.parts, &x, &losses, grads.iter().map(|g| g.as_slice()), &mut grad, &mut tmp);
-            let counters: Vec<WorkerCounters> = c.workers.iter().map(|w| WorkerCounters::of(&w.state)).collect();
+            let eval = reduce_eval(
+                &c.parts,
+                &x,
+                &losses,
+                grads.iter().map(|g| g.as_slice()),
+                &mut grad,
+                &mut tmp,
+            );
+            let counters: Vec<WorkerCounters> = c
+                .workers
+                .iter()
+                .map(|w| WorkerCounters::of(&w.state))
+                .collect();
             let snap = c.snapshot(0.0, 0.0);
-            let totals = RunTotals { round: c.round(), participations: snap.participations, last_participants: snap.last_participants, total_samples: c.total_samples };
+            let totals = RunTotals {
+                round: c.round(),
+                participations: snap.participations,
+                last_participants: snap.last_participants,
+                total_samples: c.total_samples,
+            };
             let got = round_metrics(eval, &counters, totals, 1.5);
             assert_eq!(got, want, "{}", cfg.method.name);
             assert_eq!(got.loss.to_bits(), want.loss.to_bits());

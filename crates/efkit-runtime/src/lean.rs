@@ -37,7 +37,10 @@
 
 use efkit_core::bits::BitWriter;
 use efkit_core::compress::{CompressCtx, CompressedVec, Scratch};
-use efkit_core::method::{uplink_shared_key, Codecs, DownlinkMode, Estimator, Feedback, InitMode, Parts, Participation, ServerStep};
+use efkit_core::method::{
+    uplink_shared_key, Codecs, DownlinkMode, Estimator, Feedback, InitMode, Participation, Parts,
+    ServerStep,
+};
 use efkit_core::oracle::Oracle;
 use efkit_core::rng::{rng_from_key, stream, Purpose};
 use thiserror::Error;
@@ -87,7 +90,10 @@ fn check_parts(parts: &Parts) -> Result<(), LeanError> {
     if !matches!(parts.feedback, Feedback::Ef21 | Feedback::Ef21Ideal) {
         return bad("feedback other than EF21 and EF21-ideal");
     }
-    if !matches!(parts.estimator, Estimator::Minibatch(_) | Estimator::Momentum { .. } | Estimator::DoubleMomentum { .. }) {
+    if !matches!(
+        parts.estimator,
+        Estimator::Minibatch(_) | Estimator::Momentum { .. } | Estimator::DoubleMomentum { .. }
+    ) {
         return bad("an estimator other than minibatch, momentum and double momentum");
     }
     if parts.force_identity {
@@ -102,21 +108,48 @@ fn check_parts(parts: &Parts) -> Result<(), LeanError> {
 ///
 /// Allocates its state once; the round loop does not allocate.
 #[allow(clippy::too_many_arguments)]
-pub fn run_shared(parts: &Parts, codecs: &Codecs, oracle: &mut dyn Oracle, n: usize, x0: &[f64], seed: u64, rounds: u64, log_every: u64) -> Result<LeanRun, LeanError> {
+pub fn run_shared(
+    parts: &Parts,
+    codecs: &Codecs,
+    oracle: &mut dyn Oracle,
+    n: usize,
+    x0: &[f64],
+    seed: u64,
+    rounds: u64,
+    log_every: u64,
+) -> Result<LeanRun, LeanError> {
     check_parts(parts)?;
     assert!(n >= 1, "need at least one worker");
     let d = x0.len();
-    assert_eq!(oracle.dim(), d, "x0 has length {d}, the oracle's dimension is {}", oracle.dim());
+    assert_eq!(
+        oracle.dim(),
+        d,
+        "x0 has length {d}, the oracle's dimension is {}",
+        oracle.dim()
+    );
     let log_every = log_every.max(1);
     let n_local = oracle.num_samples();
-    let momentum = matches!(parts.estimator, Estimator::Momentum { .. } | Estimator::DoubleMomentum { .. });
+    let momentum = matches!(
+        parts.estimator,
+        Estimator::Momentum { .. } | Estimator::DoubleMomentum { .. }
+    );
     let double = matches!(parts.estimator, Estimator::DoubleMomentum { .. });
     let mut x = x0.to_vec();
     let mut g = vec![0.0; d];
     let mut gi = vec![0.0; n * d];
-    let mut vi = if momentum { vec![0.0; n * d] } else { Vec::new() };
+    let mut vi = if momentum {
+        vec![0.0; n * d]
+    } else {
+        Vec::new()
+    };
     let mut ui = if double { vec![0.0; n * d] } else { Vec::new() };
-    let (mut est, mut tmp, mut tmp2, mut acc, mut grad) = (vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+    let (mut est, mut tmp, mut tmp2, mut acc, mut grad) = (
+        vec![0.0; d],
+        vec![0.0; d],
+        vec![0.0; d],
+        vec![0.0; d],
+        vec![0.0; d],
+    );
     let mut drawn = Vec::new();
     let (mut c, mut alt) = (CompressedVec::default(), CompressedVec::default());
     let mut writer = BitWriter::new();
@@ -125,7 +158,11 @@ pub fn run_shared(parts: &Parts, codecs: &Codecs, oracle: &mut dyn Oracle, n: us
     let deterministic = codecs.uplink.is_deterministic() && codecs.dense.is_deterministic();
     let mut dummy = rng_from_key(0);
     let inv_n = 1.0 / n as f64;
-    let mut out = LeanRun { rounds: Vec::new(), grad_norm_sq: Vec::new(), x: Vec::new() };
+    let mut out = LeanRun {
+        rounds: Vec::new(),
+        grad_norm_sq: Vec::new(),
+        x: Vec::new(),
+    };
     record(oracle, &x, &mut grad, &mut out, 0);
     for t in 0..rounds {
         acc.iter_mut().for_each(|a| *a = 0.0);
@@ -142,7 +179,16 @@ pub fn run_shared(parts: &Parts, codecs: &Codecs, oracle: &mut dyn Oracle, n: us
                         oracle.stochastic_grad(&x, b, &mut rng_sample, &mut drawn, &mut est);
                     }
                 }
-                Estimator::Momentum { eta, batch, init_batch } | Estimator::DoubleMomentum { eta, batch, init_batch } => {
+                Estimator::Momentum {
+                    eta,
+                    batch,
+                    init_batch,
+                }
+                | Estimator::DoubleMomentum {
+                    eta,
+                    batch,
+                    init_batch,
+                } => {
                     let vw = &mut vi[i * d..(i + 1) * d];
                     if t == 0 {
                         let b = init_batch.resolve(n_local);
@@ -182,12 +228,24 @@ pub fn run_shared(parts: &Parts, codecs: &Codecs, oracle: &mut dyn Oracle, n: us
                 keyed = stream(seed, Purpose::Compress, i as u64, t);
                 &mut keyed
             };
-            let shared_key = if deterministic { 0 } else { uplink_shared_key(seed, i, t) };
-            let mut ctx = CompressCtx { rng, shared_key, scratch: &mut scratch };
+            let shared_key = if deterministic {
+                0
+            } else {
+                uplink_shared_key(seed, i, t)
+            };
+            let mut ctx = CompressCtx {
+                rng,
+                shared_key,
+                scratch: &mut scratch,
+            };
             writer.clear();
             let res = match parts.feedback {
                 Feedback::Ef21 if t == 0 => {
-                    let r = if parts.init == InitMode::Dense { codecs.dense.compress(&est, &mut ctx, &mut c, &mut writer) } else { codecs.uplink.compress(&est, &mut ctx, &mut c, &mut writer) };
+                    let r = if parts.init == InitMode::Dense {
+                        codecs.dense.compress(&est, &mut ctx, &mut c, &mut writer)
+                    } else {
+                        codecs.uplink.compress(&est, &mut ctx, &mut c, &mut writer)
+                    };
                     gw.iter_mut().for_each(|v| *v = 0.0);
                     r.map(|_| c.add_to(gw))
                 }
@@ -195,22 +253,35 @@ pub fn run_shared(parts: &Parts, codecs: &Codecs, oracle: &mut dyn Oracle, n: us
                     for ((tk, h), gk) in tmp.iter_mut().zip(&est).zip(gw.iter()) {
                         *tk = h - gk;
                     }
-                    codecs.uplink.compress(&tmp, &mut ctx, &mut c, &mut writer).map(|_| c.add_to(gw))
+                    codecs
+                        .uplink
+                        .compress(&tmp, &mut ctx, &mut c, &mut writer)
+                        .map(|_| c.add_to(gw))
                 }
                 Feedback::Ef21Ideal => {
                     oracle.grad(&x, &mut tmp2);
                     for ((tk, h), gf) in tmp.iter_mut().zip(&est).zip(&tmp2) {
                         *tk = h - gf;
                     }
-                    codecs.uplink.compress(&tmp, &mut ctx, &mut alt, &mut writer).and_then(|_| {
-                        alt.add_to(&mut tmp2);
-                        writer.clear();
-                        codecs.dense.compress(&tmp2, &mut ctx, &mut c, &mut writer).map(|_| c.to_dense(gw))
-                    })
+                    codecs
+                        .uplink
+                        .compress(&tmp, &mut ctx, &mut alt, &mut writer)
+                        .and_then(|_| {
+                            alt.add_to(&mut tmp2);
+                            writer.clear();
+                            codecs
+                                .dense
+                                .compress(&tmp2, &mut ctx, &mut c, &mut writer)
+                                .map(|_| c.to_dense(gw))
+                        })
                 }
                 _ => unreachable!("checked by check_parts"),
             };
-            res.map_err(|source| LeanError::Compress { round: t, worker: i, source })?;
+            res.map_err(|source| LeanError::Compress {
+                round: t,
+                worker: i,
+                source,
+            })?;
             c.add_to(&mut acc);
         }
         // 3. the server

@@ -47,7 +47,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use efkit_core::method::{decode_downlink, decode_uplink, downlink_shared_key, uplink_shared_key, Codecs, Downlink, Parts, RoundCtx, Server, Uplink, Wire, Worker, WorkerState};
+use efkit_core::method::{
+    decode_downlink, decode_uplink, downlink_shared_key, uplink_shared_key, Codecs, Downlink,
+    Parts, RoundCtx, Server, Uplink, Wire, Worker, WorkerState,
+};
 use efkit_core::oracle::Oracle;
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
@@ -140,7 +143,10 @@ impl MpiError {
     pub fn exit_code(&self) -> u8 {
         match self {
             MpiError::Init => 1,
-            MpiError::Env { .. } | MpiError::TooFewWorkers { .. } | MpiError::RankSetup { .. } | MpiError::Mismatch { .. } => 2,
+            MpiError::Env { .. }
+            | MpiError::TooFewWorkers { .. }
+            | MpiError::RankSetup { .. }
+            | MpiError::Mismatch { .. } => 2,
             MpiError::RootSetup(f) => f.code,
             MpiError::RootFailed { code } => *code,
         }
@@ -185,26 +191,42 @@ impl Fault {
     pub fn parse(s: &str) -> Result<Fault, String> {
         let parts: Vec<&str> = s.trim().split(':').collect();
         if !(2..=3).contains(&parts.len()) {
-            return Err(format!("expected RANK:ROUND[:abort|exit|panic|hang], got `{s}`"));
+            return Err(format!(
+                "expected RANK:ROUND[:abort|exit|panic|hang], got `{s}`"
+            ));
         }
-        let rank = parts[0].parse().map_err(|_| format!("rank `{}` is not a number", parts[0]))?;
-        let round = parts[1].parse().map_err(|_| format!("round `{}` is not a number", parts[1]))?;
+        let rank = parts[0]
+            .parse()
+            .map_err(|_| format!("rank `{}` is not a number", parts[0]))?;
+        let round = parts[1]
+            .parse()
+            .map_err(|_| format!("round `{}` is not a number", parts[1]))?;
         let mode = match parts.get(2).copied().unwrap_or("abort") {
             "abort" => FaultMode::Abort,
             "exit" => FaultMode::Exit,
             "panic" => FaultMode::Panic,
             "hang" => FaultMode::Hang,
-            other => return Err(format!("unknown mode `{other}`; allowed: abort, exit, panic, hang")),
+            other => {
+                return Err(format!(
+                    "unknown mode `{other}`; allowed: abort, exit, panic, hang"
+                ))
+            }
         };
         Ok(Fault { rank, round, mode })
     }
 
     fn trigger(self) -> ! {
-        eprintln!("efkit: MPI rank {}: injected fault ({:?}) at the start of round {} ({FAULT_ENV})", self.rank, self.mode, self.round);
+        eprintln!(
+            "efkit: MPI rank {}: injected fault ({:?}) at the start of round {} ({FAULT_ENV})",
+            self.rank, self.mode, self.round
+        );
         match self.mode {
             FaultMode::Abort => std::process::abort(),
             FaultMode::Exit => std::process::exit(1),
-            FaultMode::Panic => panic!("injected fault on MPI rank {} at round {}", self.rank, self.round),
+            FaultMode::Panic => panic!(
+                "injected fault on MPI rank {} at round {}",
+                self.rank, self.round
+            ),
             FaultMode::Hang => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
@@ -256,15 +278,26 @@ impl MpiRuntime {
         let timeout = match std::env::var(TIMEOUT_ENV) {
             Ok(s) => match s.trim().parse::<f64>() {
                 Ok(t) if t >= 0.0 && t.is_finite() => t,
-                _ => return Err(MpiError::Env { var: TIMEOUT_ENV, reason: format!("expected seconds >= 0 (0 = no watchdog), got `{s}`") }),
+                _ => {
+                    return Err(MpiError::Env {
+                        var: TIMEOUT_ENV,
+                        reason: format!("expected seconds >= 0 (0 = no watchdog), got `{s}`"),
+                    })
+                }
             },
             Err(_) => DEFAULT_TIMEOUT_SECS,
         };
         let fault = match std::env::var(FAULT_ENV) {
-            Ok(s) if !s.trim().is_empty() => Some(Fault::parse(&s).map_err(|reason| MpiError::Env { var: FAULT_ENV, reason })?),
+            Ok(s) if !s.trim().is_empty() => {
+                Some(Fault::parse(&s).map_err(|reason| MpiError::Env {
+                    var: FAULT_ENV,
+                    reason,
+                })?)
+            }
             _ => None,
         };
-        let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple).ok_or(MpiError::Init)?;
+        let (universe, _level) =
+            mpi::initialize_with_threading(mpi::Threading::Multiple).ok_or(MpiError::Init)?;
         let world = universe.world();
         let rank = world.rank() as usize;
         let size = world.size() as usize;
@@ -303,7 +336,15 @@ impl MpiRuntime {
                 }
             })
             .expect("watchdog thread");
-        Ok(MpiRuntime { world, rank, size, local_size, watchdog, fault, _universe: universe })
+        Ok(MpiRuntime {
+            world,
+            rank,
+            size,
+            local_size,
+            watchdog,
+            fault,
+            _universe: universe,
+        })
     }
 
     /// This rank.
@@ -328,12 +369,18 @@ impl MpiRuntime {
 
     /// Sets the watchdog timeout (`None`: off).
     pub fn set_timeout(&self, t: Option<Duration>) {
-        self.watchdog.timeout_ms.store(t.map_or(0, |d| d.as_millis().max(1) as u64), Ordering::Relaxed);
+        self.watchdog.timeout_ms.store(
+            t.map_or(0, |d| d.as_millis().max(1) as u64),
+            Ordering::Relaxed,
+        );
     }
 
     /// Aborts the whole job with `code` after printing `why`.
     pub fn abort(&self, why: &str, code: i32) -> ! {
-        eprintln!("efkit: MPI rank {}: {why}; aborting the whole MPI job", self.rank);
+        eprintln!(
+            "efkit: MPI rank {}: {why}; aborting the whole MPI job",
+            self.rank
+        );
         self.world.abort(code)
     }
 
@@ -343,7 +390,11 @@ impl MpiRuntime {
         let root = self.world.process_at_rank(0);
         let mut buf = allocated(vec![0u8; bytes]);
         let send = allocated(vec![self.rank as u8; bytes]);
-        let mut recv = allocated(if self.is_root() { vec![0u8; bytes * self.size] } else { Vec::new() });
+        let mut recv = allocated(if self.is_root() {
+            vec![0u8; bytes * self.size]
+        } else {
+            Vec::new()
+        });
         let counts: Vec<Count> = vec![bytes as Count; self.size];
         let displs: Vec<Count> = (0..self.size).map(|r| (r * bytes) as Count).collect();
         let ack = allocated(vec![1u8; 4]);
@@ -351,7 +402,11 @@ impl MpiRuntime {
         let ack_counts: Vec<Count> = vec![4; self.size];
         let ack_displs: Vec<Count> = (0..self.size).map(|r| (4 * r) as Count).collect();
         let reps = reps.max(1);
-        let (mut tb, mut tg, mut tr) = (Vec::with_capacity(reps), Vec::with_capacity(reps), Vec::with_capacity(reps));
+        let (mut tb, mut tg, mut tr) = (
+            Vec::with_capacity(reps),
+            Vec::with_capacity(reps),
+            Vec::with_capacity(reps),
+        );
         for _ in 0..reps {
             // broadcast alone (OSU style: barrier, time on every rank, slowest rank counts)
             self.world.barrier();
@@ -362,7 +417,10 @@ impl MpiRuntime {
             self.world.barrier();
             let t0 = mpi::time();
             if self.is_root() {
-                root.gather_varcount_into_root(&send[..], &mut PartitionMut::new(&mut recv[..], &counts[..], &displs[..]));
+                root.gather_varcount_into_root(
+                    &send[..],
+                    &mut PartitionMut::new(&mut recv[..], &counts[..], &displs[..]),
+                );
             } else {
                 root.gather_varcount_into(&send[..]);
             }
@@ -373,7 +431,10 @@ impl MpiRuntime {
             let t0 = mpi::time();
             root.broadcast_into(&mut buf[..]);
             if self.is_root() {
-                root.gather_varcount_into_root(&ack[..], &mut PartitionMut::new(&mut acks[..], &ack_counts[..], &ack_displs[..]));
+                root.gather_varcount_into_root(
+                    &ack[..],
+                    &mut PartitionMut::new(&mut acks[..], &ack_counts[..], &ack_displs[..]),
+                );
             } else {
                 root.gather_varcount_into(&ack[..]);
             }
@@ -381,9 +442,21 @@ impl MpiRuntime {
         }
         let mut tb_max = vec![0.0; reps];
         let mut tg_max = vec![0.0; reps];
-        self.world.all_reduce_into(&tb[..], &mut tb_max[..], mpi::collective::SystemOperation::max());
-        self.world.all_reduce_into(&tg[..], &mut tg_max[..], mpi::collective::SystemOperation::max());
-        Latency { bcast: median(&mut tb_max), gatherv: median(&mut tg_max), round_trip: median(&mut tr) }
+        self.world.all_reduce_into(
+            &tb[..],
+            &mut tb_max[..],
+            mpi::collective::SystemOperation::max(),
+        );
+        self.world.all_reduce_into(
+            &tg[..],
+            &mut tg_max[..],
+            mpi::collective::SystemOperation::max(),
+        );
+        Latency {
+            bcast: median(&mut tb_max),
+            gatherv: median(&mut tg_max),
+            round_trip: median(&mut tr),
+        }
     }
 }
 
@@ -539,7 +612,10 @@ impl MpiCluster {
     /// the resolved config, build the same problem with that step, and keep
     /// only their block of workers. Any failure on any rank ends the setup on
     /// every rank with an error (rank 0's names the rank and the cause).
-    pub fn launch(rt: MpiRuntime, root_setup: impl FnOnce() -> Result<(Config, Prepared), SetupFailure>) -> Result<MpiCluster, MpiError> {
+    pub fn launch(
+        rt: MpiRuntime,
+        root_setup: impl FnOnce() -> Result<(Config, Prepared), SetupFailure>,
+    ) -> Result<MpiCluster, MpiError> {
         let root_p = rt.world.process_at_rank(0);
         // Phase A: rank 0 sets up and broadcasts the resolved config.
         let mut header = [0u64; 4];
@@ -549,7 +625,10 @@ impl MpiCluster {
             match root_setup() {
                 Ok((cfg, prepared)) => {
                     if prepared.info.n < rt.size {
-                        let e = MpiError::TooFewWorkers { n: prepared.info.n, ranks: rt.size };
+                        let e = MpiError::TooFewWorkers {
+                            n: prepared.info.n,
+                            ranks: rt.size,
+                        };
                         header[0] = u64::from(e.exit_code());
                         root_err = Some(e);
                     } else {
@@ -570,7 +649,9 @@ impl MpiCluster {
         header[2] = toml_bytes.len() as u64;
         root_p.broadcast_into(&mut header[..]);
         if header[0] != 0 {
-            return Err(root_err.unwrap_or(MpiError::RootFailed { code: header[0] as u8 }));
+            return Err(root_err.unwrap_or(MpiError::RootFailed {
+                code: header[0] as u8,
+            }));
         }
         toml_bytes.resize(header[2] as usize, 0);
         root_p.broadcast_into(&mut toml_bytes[..]);
@@ -579,7 +660,8 @@ impl MpiCluster {
         // Phase B: the other ranks build the same problem with rank 0's step.
         if !rt.is_root() {
             local = (|| {
-                let text = std::str::from_utf8(&toml_bytes).map_err(|e| format!("resolved config is not UTF-8: {e}"))?;
+                let text = std::str::from_utf8(&toml_bytes)
+                    .map_err(|e| format!("resolved config is not UTF-8: {e}"))?;
                 let mut cfg = crate::config::parse_with_hints(text)?;
                 cfg.step.rule = "absolute".into();
                 cfg.step.value = Some(gamma);
@@ -593,8 +675,29 @@ impl MpiCluster {
         let (record, message) = match &local {
             Ok((_, p)) => {
                 let c = &p.cluster;
-                let fp = fnv(c.server.state.x.iter().map(|v| v.to_bits()).chain(c.oracles.iter().map(|o| o.num_samples().map_or(u64::MAX, |m| m as u64))).chain([p.info.gamma.to_bits()]));
-                ([1, p.info.n as u64, p.info.d as u64, p.info.rows as u64, fp, 0], Vec::new())
+                let fp = fnv(c
+                    .server
+                    .state
+                    .x
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .chain(
+                        c.oracles
+                            .iter()
+                            .map(|o| o.num_samples().map_or(u64::MAX, |m| m as u64)),
+                    )
+                    .chain([p.info.gamma.to_bits()]));
+                (
+                    [
+                        1,
+                        p.info.n as u64,
+                        p.info.d as u64,
+                        p.info.rows as u64,
+                        fp,
+                        0,
+                    ],
+                    Vec::new(),
+                )
             }
             Err(m) => {
                 let m = m.clone().into_bytes();
@@ -608,19 +711,36 @@ impl MpiCluster {
             let mut all = vec![0u64; 6 * rt.size];
             root_p.gather_into_root(&record[..], &mut all[..]);
             let counts: Vec<Count> = (0..rt.size).map(|r| all[6 * r + 5] as Count).collect();
-            let displs: Vec<Count> = counts.iter().scan(0, |acc, &c| Some(std::mem::replace(acc, *acc + c))).collect();
+            let displs: Vec<Count> = counts
+                .iter()
+                .scan(0, |acc, &c| Some(std::mem::replace(acc, *acc + c)))
+                .collect();
             let mut msgs = allocated(vec![0u8; counts.iter().map(|&c| c as usize).sum()]);
-            root_p.gather_varcount_into_root(&message[..], &mut PartitionMut::new(&mut msgs[..], &counts[..], &displs[..]));
+            root_p.gather_varcount_into_root(
+                &message[..],
+                &mut PartitionMut::new(&mut msgs[..], &counts[..], &displs[..]),
+            );
             for r in 1..rt.size {
                 let rec = &all[6 * r..6 * r + 6];
                 if rec[0] != 1 {
                     let (a, b) = (displs[r] as usize, (displs[r] + counts[r]) as usize);
-                    failure = Some(MpiError::RankSetup { rank: r, message: String::from_utf8_lossy(&msgs[a..b]).into_owned() });
+                    failure = Some(MpiError::RankSetup {
+                        rank: r,
+                        message: String::from_utf8_lossy(&msgs[a..b]).into_owned(),
+                    });
                     break;
                 }
-                for (k, what) in [(1, "workers n"), (2, "dimension d"), (3, "rows"), (4, "x0, step size or shard sizes")] {
+                for (k, what) in [
+                    (1, "workers n"),
+                    (2, "dimension d"),
+                    (3, "rows"),
+                    (4, "x0, step size or shard sizes"),
+                ] {
                     if rec[k] != all[k] {
-                        failure = Some(MpiError::Mismatch { rank: r, what: format!("{what}: {} vs {}", rec[k], all[k]) });
+                        failure = Some(MpiError::Mismatch {
+                            rank: r,
+                            what: format!("{what}: {} vs {}", rec[k], all[k]),
+                        });
                         break;
                     }
                 }
@@ -637,7 +757,9 @@ impl MpiCluster {
         }
         root_p.broadcast_into(&mut verdict[..]);
         if verdict[0] != 0 {
-            return Err(failure.unwrap_or(MpiError::RootFailed { code: verdict[0] as u8 }));
+            return Err(failure.unwrap_or(MpiError::RootFailed {
+                code: verdict[0] as u8,
+            }));
         }
         let (_, prepared) = local.expect("checked above");
         Ok(Self::from_prepared(rt, prepared, threads))
@@ -645,7 +767,16 @@ impl MpiCluster {
 
     fn from_prepared(rt: MpiRuntime, prepared: Prepared, threads: usize) -> MpiCluster {
         let Prepared { cluster, info } = prepared;
-        let Cluster { parts, codecs, server, workers, oracles, seed, total_samples, .. } = cluster;
+        let Cluster {
+            parts,
+            codecs,
+            server,
+            workers,
+            oracles,
+            seed,
+            total_samples,
+            ..
+        } = cluster;
         let n = workers.len();
         let d = server.state.x.len();
         let starts = blocks(n, rt.size);
@@ -654,8 +785,15 @@ impl MpiCluster {
         let oracles: Vec<Box<dyn Oracle>> = oracles.into_iter().skip(lo).take(hi - lo).collect();
         let hosted = hi - lo;
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let threads = if threads > 0 { threads } else { (cores / rt.local_size).max(1) };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        let threads = if threads > 0 {
+            threads
+        } else {
+            (cores / rt.local_size).max(1)
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
         let root = rt.is_root();
         MpiCluster {
             parts,
@@ -679,14 +817,22 @@ impl MpiCluster {
             send: allocated(Vec::new()),
             all_lens: Vec::with_capacity(if root { n } else { 0 }),
             recv: allocated(Vec::new()),
-            ups: if root { vec![Uplink::default(); n] } else { Vec::new() },
+            ups: if root {
+                vec![Uplink::default(); n]
+            } else {
+                Vec::new()
+            },
             counts: vec![0; rt.size],
             displs: vec![0; rt.size],
             x_buf: vec![0.0; d],
             eval_losses: vec![0.0; hosted],
             eval_grads: vec![vec![0.0; d]; hosted],
             eval_send: allocated(Vec::with_capacity(hosted * (d + EVAL_EXTRA))),
-            eval_recv: if root { vec![0.0; n * (d + EVAL_EXTRA)] } else { Vec::new() },
+            eval_recv: if root {
+                vec![0.0; n * (d + EVAL_EXTRA)]
+            } else {
+                Vec::new()
+            },
             all_losses: vec![0.0; if root { n } else { 0 }],
             counters: vec![WorkerCounters::default(); if root { n } else { 0 }],
             grad: vec![0.0; d],
@@ -748,7 +894,14 @@ impl MpiCluster {
         self.rt.watchdog.arm(true);
         let outcome = if self.rt.is_root() {
             let snapshot = Rc::clone(&self.traffic_out);
-            let summary = drive(&mut RootRounds(self), rules, None, checkpoint_every, |m| on_log(m, &snapshot.get()), on_checkpoint);
+            let summary = drive(
+                &mut RootRounds(self),
+                rules,
+                None,
+                checkpoint_every,
+                |m| on_log(m, &snapshot.get()),
+                on_checkpoint,
+            );
             self.send_header([CMD_STOP, status_code(summary.status), 0, 0]);
             Outcome::Root(summary)
         } else {
@@ -763,7 +916,10 @@ impl MpiCluster {
                         let _ = self.gather_states();
                     }
                     CMD_STOP => break Outcome::Follower(status_of(h[1])),
-                    other => self.rt.abort(&format!("unknown command {other} from rank 0"), EXIT_ABORTED),
+                    other => self.rt.abort(
+                        &format!("unknown command {other} from rank 0"),
+                        EXIT_ABORTED,
+                    ),
                 }
             }
         };
@@ -780,16 +936,23 @@ impl MpiCluster {
         let out = if self.rt.is_root() {
             let mut lens = vec![0u64; self.rt.size];
             root_p.gather_into_root(&len[..], &mut lens[..]);
-            let counts: Vec<Count> = lens.iter().map(|&l| Count::try_from(l).expect("worker states fit one gather")).collect();
+            let counts: Vec<Count> = lens
+                .iter()
+                .map(|&l| Count::try_from(l).expect("worker states fit one gather"))
+                .collect();
             let mut displs = vec![0; self.rt.size];
             prefix(&counts, &mut displs);
             let mut all = allocated(vec![0u8; lens.iter().sum::<u64>() as usize]);
-            root_p.gather_varcount_into_root(&bytes[..], &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]));
+            root_p.gather_varcount_into_root(
+                &bytes[..],
+                &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]),
+            );
             self.traffic.eval_bytes += 8 * self.rt.size as u64 + all.len() as u64;
             let mut states = Vec::with_capacity(self.n);
             for r in 0..self.rt.size {
                 let chunk = &all[displs[r] as usize..(displs[r] + counts[r]) as usize];
-                let part: Vec<WorkerState> = serde_json::from_slice(chunk).expect("worker states from a rank parse");
+                let part: Vec<WorkerState> =
+                    serde_json::from_slice(chunk).expect("worker states from a rank parse");
                 states.extend(part);
             }
             assert_eq!(states.len(), self.n, "one state per worker");
@@ -824,13 +987,18 @@ impl MpiCluster {
         // 1. the downlink: exactly the encoded message
         if root {
             self.down_wire.bytes.clear();
-            self.down_wire.bytes.extend_from_slice(&self.server.state.next_wire.bytes);
+            self.down_wire
+                .bytes
+                .extend_from_slice(&self.server.state.next_wire.bytes);
         } else {
             self.down_wire.bytes.resize(len, 0);
         }
         self.down_wire.paper_bits = paper_bits;
         let t0 = Instant::now();
-        self.rt.world.process_at_rank(0).broadcast_into(&mut self.down_wire.bytes[..]);
+        self.rt
+            .world
+            .process_at_rank(0)
+            .broadcast_into(&mut self.down_wire.bytes[..]);
         self.rt.watchdog.beat();
         if root {
             self.traffic.bcast_seconds += t0.elapsed().as_secs_f64();
@@ -843,25 +1011,56 @@ impl MpiCluster {
             }
         }
         // 2. who takes part (a pure function of seed and round: no traffic)
-        self.server.participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
+        self.server
+            .participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
         // 3. decode and run the hosted participating workers
         let key = downlink_shared_key(self.seed, round.saturating_sub(1));
-        let rc = RoundCtx { seed: self.seed, round };
+        let rc = RoundCtx {
+            seed: self.seed,
+            round,
+        };
         let lo = self.lo;
-        match decode_downlink(&self.down_wire.bytes, self.d, &self.codecs, key, &mut self.down) {
+        match decode_downlink(
+            &self.down_wire.bytes,
+            self.d,
+            &self.codecs,
+            key,
+            &mut self.down,
+        ) {
             Ok(()) => {
-                let (down, wire, parts, codecs, mask) = (&self.down, &self.down_wire, &self.parts, &self.codecs, &self.mask);
-                let (workers, oracles, errs) = (&mut self.workers, &mut self.oracles, &mut self.errs);
+                let (down, wire, parts, codecs, mask) = (
+                    &self.down,
+                    &self.down_wire,
+                    &self.parts,
+                    &self.codecs,
+                    &self.mask,
+                );
+                let (workers, oracles, errs) =
+                    (&mut self.workers, &mut self.oracles, &mut self.errs);
                 self.pool.install(|| {
-                    workers.par_iter_mut().zip(oracles.par_iter_mut()).zip(errs.par_iter_mut()).enumerate().for_each(|(j, ((w, o), err))| {
-                        let i = lo + j;
-                        *err = if mask[i] { w.step(down, wire, o.as_mut(), parts, codecs, rc).err().map(|e| format!("worker {i}, round {round}: {e}")) } else { None };
-                    })
+                    workers
+                        .par_iter_mut()
+                        .zip(oracles.par_iter_mut())
+                        .zip(errs.par_iter_mut())
+                        .enumerate()
+                        .for_each(|(j, ((w, o), err))| {
+                            let i = lo + j;
+                            *err = if mask[i] {
+                                w.step(down, wire, o.as_mut(), parts, codecs, rc)
+                                    .err()
+                                    .map(|e| format!("worker {i}, round {round}: {e}"))
+                            } else {
+                                None
+                            };
+                        })
                 });
             }
             Err(e) => {
-                let msg = format!("MPI rank {rank}: the downlink of round {round} does not decode: {e}");
-                self.errs.iter_mut().for_each(|err| *err = Some(msg.clone()));
+                let msg =
+                    format!("MPI rank {rank}: the downlink of round {round} does not decode: {e}");
+                self.errs
+                    .iter_mut()
+                    .for_each(|err| *err = Some(msg.clone()));
             }
         }
         // 4. pack the uplinks of the hosted participants, in worker order
@@ -875,8 +1074,13 @@ impl MpiCluster {
                 Some(m) => m.as_bytes(),
                 None => &w.scratch.wire.bytes[..],
             };
-            assert!(bytes.len() < ERR_FLAG as usize, "message of {} bytes is too long for one gather", bytes.len());
-            self.lens.push(bytes.len() as u32 | if self.errs[j].is_some() { ERR_FLAG } else { 0 });
+            assert!(
+                bytes.len() < ERR_FLAG as usize,
+                "message of {} bytes is too long for one gather",
+                bytes.len()
+            );
+            self.lens
+                .push(bytes.len() as u32 | if self.errs[j].is_some() { ERR_FLAG } else { 0 });
             self.send.extend_from_slice(bytes);
         }
         // 5. gather the lengths, then the bytes
@@ -884,23 +1088,35 @@ impl MpiCluster {
         let root_p = self.rt.world.process_at_rank(0);
         if root {
             for r in 0..self.rt.size {
-                self.counts[r] = self.mask[self.starts[r]..self.starts[r + 1]].iter().filter(|&&m| m).count() as Count;
+                self.counts[r] = self.mask[self.starts[r]..self.starts[r + 1]]
+                    .iter()
+                    .filter(|&&m| m)
+                    .count() as Count;
             }
             prefix(&self.counts, &mut self.displs);
             let k = self.counts.iter().map(|&c| c as usize).sum::<usize>();
             self.all_lens.resize(k, 0);
-            root_p.gather_varcount_into_root(&self.lens[..], &mut PartitionMut::new(&mut self.all_lens[..], &self.counts[..], &self.displs[..]));
+            root_p.gather_varcount_into_root(
+                &self.lens[..],
+                &mut PartitionMut::new(&mut self.all_lens[..], &self.counts[..], &self.displs[..]),
+            );
             self.rt.watchdog.beat();
             let mut li = 0;
             for r in 0..self.rt.size {
                 let c = self.counts[r] as usize;
-                self.counts[r] = self.all_lens[li..li + c].iter().map(|&l| (l & !ERR_FLAG) as Count).sum();
+                self.counts[r] = self.all_lens[li..li + c]
+                    .iter()
+                    .map(|&l| (l & !ERR_FLAG) as Count)
+                    .sum();
                 li += c;
             }
             prefix(&self.counts, &mut self.displs);
             let total = self.counts.iter().map(|&c| c as usize).sum::<usize>();
             self.recv.resize(total, 0);
-            root_p.gather_varcount_into_root(&self.send[..], &mut PartitionMut::new(&mut self.recv[..], &self.counts[..], &self.displs[..]));
+            root_p.gather_varcount_into_root(
+                &self.send[..],
+                &mut PartitionMut::new(&mut self.recv[..], &self.counts[..], &self.displs[..]),
+            );
             self.rt.watchdog.beat();
             self.traffic.gather_seconds += t0.elapsed().as_secs_f64();
             self.traffic.length_bytes += LENGTH_BYTES * k as u64;
@@ -927,14 +1143,30 @@ impl MpiCluster {
             if l & ERR_FLAG != 0 {
                 return Err(String::from_utf8_lossy(bytes).into_owned());
             }
-            decode_uplink(bytes, &self.parts, &self.codecs, round, uplink_shared_key(self.seed, i, round), &mut self.ups[i])
-                .map_err(|e| format!("server: the uplink of worker {i}, round {round} does not decode: {e}"))?;
+            decode_uplink(
+                bytes,
+                &self.parts,
+                &self.codecs,
+                round,
+                uplink_shared_key(self.seed, i, round),
+                &mut self.ups[i],
+            )
+            .map_err(|e| {
+                format!("server: the uplink of worker {i}, round {round} does not decode: {e}")
+            })?;
         }
         let k = li;
         self.participations += k as u64;
         self.last_participants = k;
         let (ups, mask) = (&self.ups, &self.mask);
-        self.server.apply_with(|i| mask[i].then_some(&ups[i]), &self.parts, &self.codecs, rc).map_err(|e| format!("server, round {round}: {e}"))
+        self.server
+            .apply_with(
+                |i| mask[i].then_some(&ups[i]),
+                &self.parts,
+                &self.codecs,
+                rc,
+            )
+            .map_err(|e| format!("server, round {round}: {e}"))
     }
 
     /// Evaluation at the server's x on every rank; rank 0 receives every
@@ -948,14 +1180,27 @@ impl MpiCluster {
         root_p.broadcast_into(&mut self.x_buf[..]);
         self.rt.watchdog.beat();
         let x = &self.x_buf;
-        let (oracles, grads, losses) = (&mut self.oracles, &mut self.eval_grads, &mut self.eval_losses);
+        let (oracles, grads, losses) = (
+            &mut self.oracles,
+            &mut self.eval_grads,
+            &mut self.eval_losses,
+        );
         self.pool.install(|| {
-            oracles.par_iter_mut().zip(grads.par_iter_mut()).zip(losses.par_iter_mut()).for_each(|((o, g), l)| {
-                *l = o.loss_grad(x, g);
-            })
+            oracles
+                .par_iter_mut()
+                .zip(grads.par_iter_mut())
+                .zip(losses.par_iter_mut())
+                .for_each(|((o, g), l)| {
+                    *l = o.loss_grad(x, g);
+                })
         });
         self.eval_send.clear();
-        for ((w, g), l) in self.workers.iter().zip(&self.eval_grads).zip(&self.eval_losses) {
+        for ((w, g), l) in self
+            .workers
+            .iter()
+            .zip(&self.eval_grads)
+            .zip(&self.eval_losses)
+        {
             self.eval_send.push(*l);
             self.eval_send.extend_from_slice(g);
             // counters travel as f64 values: exact below 2^53
@@ -970,7 +1215,10 @@ impl MpiCluster {
                 self.counts[r] = ((self.starts[r + 1] - self.starts[r]) * rec) as Count;
             }
             prefix(&self.counts, &mut self.displs);
-            root_p.gather_varcount_into_root(&self.eval_send[..], &mut PartitionMut::new(&mut self.eval_recv[..], &self.counts[..], &self.displs[..]));
+            root_p.gather_varcount_into_root(
+                &self.eval_send[..],
+                &mut PartitionMut::new(&mut self.eval_recv[..], &self.counts[..], &self.displs[..]),
+            );
             self.traffic.eval_bytes += 8 * (self.d + self.eval_recv.len()) as u64;
         } else {
             root_p.gather_varcount_into(&self.eval_send[..]);
@@ -1007,7 +1255,10 @@ impl Rounds for RootRounds<'_> {
     fn step(&mut self) -> Result<(), String> {
         let c = &mut *self.0;
         let round = c.server.state.round;
-        let (len, paper_bits) = (c.server.state.next_wire.bytes.len() as u64, c.server.state.next_wire.paper_bits);
+        let (len, paper_bits) = (
+            c.server.state.next_wire.bytes.len() as u64,
+            c.server.state.next_wire.paper_bits,
+        );
         c.send_header([CMD_STEP, round, len, paper_bits]);
         c.round_body(round, len as usize, paper_bits)
     }
@@ -1029,8 +1280,20 @@ impl Rounds for RootRounds<'_> {
         }
         let recv = &c.eval_recv;
         let grads = (0..c.n).map(|i| &recv[i * rec + 1..i * rec + 1 + d]);
-        let eval = reduce_eval(&c.parts, &c.server.state.x, &c.all_losses, grads, &mut c.grad, &mut c.tmp);
-        let totals = RunTotals { round, participations: c.participations, last_participants: c.last_participants, total_samples: c.total_samples };
+        let eval = reduce_eval(
+            &c.parts,
+            &c.server.state.x,
+            &c.all_losses,
+            grads,
+            &mut c.grad,
+            &mut c.tmp,
+        );
+        let totals = RunTotals {
+            round,
+            participations: c.participations,
+            last_participants: c.last_participants,
+            total_samples: c.total_samples,
+        };
         c.traffic_out.set(c.traffic);
         round_metrics(eval, &c.counters, totals, seconds)
     }
@@ -1039,7 +1302,14 @@ impl Rounds for RootRounds<'_> {
         let c = &mut *self.0;
         c.send_header([CMD_SNAPSHOT, c.server.state.round, 0, 0]);
         let workers = c.gather_states();
-        ClusterState { server: c.server.state.clone(), workers, participations: c.participations, last_participants: c.last_participants, initial_loss, elapsed }
+        ClusterState {
+            server: c.server.state.clone(),
+            workers,
+            participations: c.participations,
+            last_participants: c.last_participants,
+            initial_loss,
+            elapsed,
+        }
     }
 }
 
@@ -1063,7 +1333,14 @@ mod tests {
 
     #[test]
     fn faults_parse() {
-        assert_eq!(Fault::parse("1:3").unwrap(), Fault { rank: 1, round: 3, mode: FaultMode::Abort });
+        assert_eq!(
+            Fault::parse("1:3").unwrap(),
+            Fault {
+                rank: 1,
+                round: 3,
+                mode: FaultMode::Abort
+            }
+        );
         assert_eq!(Fault::parse("0:0:hang").unwrap().mode, FaultMode::Hang);
         assert!(Fault::parse("1").unwrap_err().contains("RANK:ROUND"));
         assert!(Fault::parse("1:x").unwrap_err().contains("round"));
@@ -1072,7 +1349,13 @@ mod tests {
 
     #[test]
     fn status_codes_round_trip() {
-        for s in [Status::Converged, Status::MaxRounds, Status::TimeLimit, Status::Diverged, Status::Interrupted] {
+        for s in [
+            Status::Converged,
+            Status::MaxRounds,
+            Status::TimeLimit,
+            Status::Diverged,
+            Status::Interrupted,
+        ] {
             assert_eq!(status_of(status_code(s)), s);
         }
     }

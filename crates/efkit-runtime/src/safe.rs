@@ -43,8 +43,13 @@ use std::time::Instant;
 use efkit_core::compress::{build, CompressorClass, CompressorSpec};
 use efkit_core::method::RoundCtx;
 use efkit_core::rng::{stream, Purpose};
-use efkit_core::safe::{Rule, SafeCodecs, SafeError, SafeParts, SafeServer, SafeSpec, SafeTheory, SafeWorker};
-use efkit_problems::constrained::{huber_abs, l1_regression, neyman_pearson, ConstrainedOracle, ConstrainedProblem, LinearBlock, LossKind, NpClass};
+use efkit_core::safe::{
+    Rule, SafeCodecs, SafeError, SafeParts, SafeServer, SafeSpec, SafeTheory, SafeWorker,
+};
+use efkit_problems::constrained::{
+    huber_abs, l1_regression, neyman_pearson, ConstrainedOracle, ConstrainedProblem, LinearBlock,
+    LossKind, NpClass,
+};
 use efkit_problems::datasets;
 use efkit_problems::split::SplitKind;
 use rayon::prelude::*;
@@ -149,12 +154,26 @@ pub struct SafeCluster {
 
 impl SafeCluster {
     /// A cluster starting at `x0` with `threads` worker threads (0 = all cores).
-    pub fn new(parts: SafeParts, codecs: SafeCodecs, oracles: Vec<Box<dyn ConstrainedOracle>>, x0: &[f64], batch: Option<usize>, seed: u64, threads: usize) -> Self {
+    pub fn new(
+        parts: SafeParts,
+        codecs: SafeCodecs,
+        oracles: Vec<Box<dyn ConstrainedOracle>>,
+        x0: &[f64],
+        batch: Option<usize>,
+        seed: u64,
+        threads: usize,
+    ) -> Self {
         let n = oracles.len();
         let d = x0.len();
         assert!(n >= 1, "need at least one worker");
-        assert!(oracles.iter().all(|o| o.dim() == d), "oracle dimensions differ from x0");
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        assert!(
+            oracles.iter().all(|o| o.dim() == d),
+            "oracle dimensions differ from x0"
+        );
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
         SafeCluster {
             server: SafeServer::new(n, x0, &parts),
             workers: (0..n).map(|i| SafeWorker::new(i, x0, &parts)).collect(),
@@ -185,7 +204,10 @@ impl SafeCluster {
     /// Runs one round (both phases for switching rules).
     pub fn step(&mut self) -> Result<(), String> {
         let round = self.server.state.round;
-        let rc = RoundCtx { seed: self.seed, round };
+        let rc = RoundCtx {
+            seed: self.seed,
+            round,
+        };
         let parts = &self.parts;
         let codecs = &self.codecs;
         let batch = self.batch;
@@ -200,66 +222,98 @@ impl SafeCluster {
             Rule::Switching { .. } => {
                 // phase 1: constraint values at w^t
                 self.pool.install(|| {
-                    workers.par_iter_mut().zip(oracles.par_iter_mut()).enumerate().try_for_each(|(i, (w, o))| {
-                        let v = match batch {
-                            Some(b) => {
-                                let mut rng = stream(seed, Purpose::Sample, i as u64, round);
-                                o.draw_batch(&w.state.w, b, &mut rng);
-                                o.batch_constraint(&w.state.w, None)
-                            }
-                            None => o.constraint(&w.state.w, None),
-                        };
-                        w.send_constraint(v, parts).map_err(|e| err(i, format!("constraint value: {e}")))
-                    })
+                    workers
+                        .par_iter_mut()
+                        .zip(oracles.par_iter_mut())
+                        .enumerate()
+                        .try_for_each(|(i, (w, o))| {
+                            let v = match batch {
+                                Some(b) => {
+                                    let mut rng = stream(seed, Purpose::Sample, i as u64, round);
+                                    o.draw_batch(&w.state.w, b, &mut rng);
+                                    o.batch_constraint(&w.state.w, None)
+                                }
+                                None => o.constraint(&w.state.w, None),
+                            };
+                            w.send_constraint(v, parts)
+                                .map_err(|e| err(i, format!("constraint value: {e}")))
+                        })
                 })?;
-                let scalars: Vec<&[u8]> = workers.iter().map(|w| w.scratch.scalar_wire.bytes.as_slice()).collect();
-                server.decide(&scalars, parts).map_err(|e| format!("server, round {round}: {e}"))?;
+                let scalars: Vec<&[u8]> = workers
+                    .iter()
+                    .map(|w| w.scratch.scalar_wire.bytes.as_slice())
+                    .collect();
+                server
+                    .decide(&scalars, parts)
+                    .map_err(|e| format!("server, round {round}: {e}"))?;
                 let flag_bytes = &server.state.flag_wire.bytes;
                 // phase 2: subgradient of f or g, compressed
                 self.pool.install(|| {
-                    workers.par_iter_mut().zip(oracles.par_iter_mut()).zip(h.par_iter_mut()).enumerate().try_for_each(|(i, ((w, o), h))| {
-                        let flag = w.receive_flag(flag_bytes).map_err(|e| err(i, e.to_string()))?;
-                        let x = &w.state.w;
-                        let _ = match (batch, flag) {
-                            (Some(_), true) => o.batch_objective(x, Some(h)),
-                            (Some(_), false) => o.batch_constraint(x, Some(h)),
-                            (None, true) => o.objective(x, Some(h)),
-                            (None, false) => o.constraint(x, Some(h)),
-                        };
-                        w.send_vector(h, None, parts, codecs, rc).map_err(|e| err(i, e.to_string()))
-                    })
+                    workers
+                        .par_iter_mut()
+                        .zip(oracles.par_iter_mut())
+                        .zip(h.par_iter_mut())
+                        .enumerate()
+                        .try_for_each(|(i, ((w, o), h))| {
+                            let flag = w
+                                .receive_flag(flag_bytes)
+                                .map_err(|e| err(i, e.to_string()))?;
+                            let x = &w.state.w;
+                            let _ = match (batch, flag) {
+                                (Some(_), true) => o.batch_objective(x, Some(h)),
+                                (Some(_), false) => o.batch_constraint(x, Some(h)),
+                                (None, true) => o.objective(x, Some(h)),
+                                (None, false) => o.constraint(x, Some(h)),
+                            };
+                            w.send_vector(h, None, parts, codecs, rc)
+                                .map_err(|e| err(i, e.to_string()))
+                        })
                 })?;
             }
             Rule::PrimalDual { .. } => {
                 self.pool.install(|| {
-                    workers.par_iter_mut().zip(oracles.par_iter_mut()).zip(h.par_iter_mut().zip(h2.par_iter_mut())).enumerate().try_for_each(|(i, ((w, o), (h, h2)))| {
-                        let x = &w.state.w;
-                        let gv = match batch {
-                            Some(b) => {
-                                let mut rng = stream(seed, Purpose::Sample, i as u64, round);
-                                o.draw_batch(x, b, &mut rng);
-                                o.batch_objective(x, Some(h));
-                                o.batch_constraint(x, Some(h2))
+                    workers
+                        .par_iter_mut()
+                        .zip(oracles.par_iter_mut())
+                        .zip(h.par_iter_mut().zip(h2.par_iter_mut()))
+                        .enumerate()
+                        .try_for_each(|(i, ((w, o), (h, h2)))| {
+                            let x = &w.state.w;
+                            let gv = match batch {
+                                Some(b) => {
+                                    let mut rng = stream(seed, Purpose::Sample, i as u64, round);
+                                    o.draw_batch(x, b, &mut rng);
+                                    o.batch_objective(x, Some(h));
+                                    o.batch_constraint(x, Some(h2))
+                                }
+                                None => {
+                                    o.objective(x, Some(h));
+                                    o.constraint(x, Some(h2))
+                                }
+                            };
+                            let lam = w.state.lambda;
+                            for (a, b) in h.iter_mut().zip(h2.iter()) {
+                                *a += lam * b;
                             }
-                            None => {
-                                o.objective(x, Some(h));
-                                o.constraint(x, Some(h2))
-                            }
-                        };
-                        let lam = w.state.lambda;
-                        for (a, b) in h.iter_mut().zip(h2.iter()) {
-                            *a += lam * b;
-                        }
-                        w.send_vector(h, Some(gv), parts, codecs, rc).map_err(|e| err(i, e.to_string()))
-                    })
+                            w.send_vector(h, Some(gv), parts, codecs, rc)
+                                .map_err(|e| err(i, e.to_string()))
+                        })
                 })?;
             }
         }
-        let ups: Vec<&[u8]> = workers.iter().map(|w| w.scratch.vector_wire.bytes.as_slice()).collect();
-        server.apply(&ups, parts, codecs, rc).map_err(|e: SafeError| format!("server, round {round}: {e}"))?;
+        let ups: Vec<&[u8]> = workers
+            .iter()
+            .map(|w| w.scratch.vector_wire.bytes.as_slice())
+            .collect();
+        server
+            .apply(&ups, parts, codecs, rc)
+            .map_err(|e: SafeError| format!("server, round {round}: {e}"))?;
         let model = &server.state.model_wire;
         self.pool.install(|| {
-            workers.par_iter_mut().enumerate().try_for_each(|(i, w)| w.receive_model_own(model, parts, codecs, rc).map_err(|e| err(i, e.to_string())))
+            workers.par_iter_mut().enumerate().try_for_each(|(i, w)| {
+                w.receive_model_own(model, parts, codecs, rc)
+                    .map_err(|e| err(i, e.to_string()))
+            })
         })?;
         Ok(())
     }
@@ -269,9 +323,12 @@ impl SafeCluster {
         let evals = &mut self.evals;
         let oracles = &mut self.oracles;
         self.pool.install(|| {
-            oracles.par_iter_mut().zip(evals.par_iter_mut()).for_each(|(o, e)| {
-                *e = (o.objective(x, None), o.constraint(x, None));
-            })
+            oracles
+                .par_iter_mut()
+                .zip(evals.par_iter_mut())
+                .for_each(|(o, e)| {
+                    *e = (o.objective(x, None), o.constraint(x, None));
+                })
         });
         let n = self.evals.len() as f64;
         let (mut f, mut g) = (0.0, 0.0);
@@ -314,7 +371,8 @@ impl SafeCluster {
             constraint_last: gl,
             productive_rounds: self.server.state.productive,
             constraint_received: self.server.state.ghat,
-            lambda: matches!(self.parts.rule, Rule::PrimalDual { .. }).then_some(self.server.state.lambda),
+            lambda: matches!(self.parts.rule, Rule::PrimalDual { .. })
+                .then_some(self.server.state.lambda),
             bits_up_wire: up,
             bits_up_paper: sum(|w| w.state.bits_up_paper),
             bits_down_wire: down,
@@ -327,29 +385,60 @@ impl SafeCluster {
 
     /// Runs until a stopping rule fires; `on_log` sees every logged round
     /// (round 0 included) and may interrupt.
-    pub fn run(&mut self, rules: &SafeStop, mut on_log: impl FnMut(&SafeMetrics) -> Control) -> SafeSummary {
+    pub fn run(
+        &mut self,
+        rules: &SafeStop,
+        mut on_log: impl FnMut(&SafeMetrics) -> Control,
+    ) -> SafeSummary {
         let start = Instant::now();
         let log_every = rules.log_every.max(1);
         let bad = |m: &SafeMetrics| -> Option<String> {
-            let vals = [("objective", m.objective), ("constraint", m.constraint), ("objective_last", m.objective_last), ("constraint_last", m.constraint_last)];
-            vals.iter().find(|(_, v)| !v.is_finite()).map(|(k, v)| format!("diverged at round {}: {k} = {v}", m.round))
+            let vals = [
+                ("objective", m.objective),
+                ("constraint", m.constraint),
+                ("objective_last", m.objective_last),
+                ("constraint_last", m.constraint_last),
+            ];
+            vals.iter()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(k, v)| format!("diverged at round {}: {k} = {v}", m.round))
         };
         let m = self.metrics(0.0);
         let ctl = on_log(&m);
         if let Some(msg) = bad(&m) {
-            return SafeSummary { status: Status::Diverged, rounds: 0, last: Some(m), message: Some(msg) };
+            return SafeSummary {
+                status: Status::Diverged,
+                rounds: 0,
+                last: Some(m),
+                message: Some(msg),
+            };
         }
         if ctl == Control::Interrupt {
-            return SafeSummary { status: Status::Interrupted, rounds: 0, last: Some(m), message: None };
+            return SafeSummary {
+                status: Status::Interrupted,
+                rounds: 0,
+                last: Some(m),
+                message: None,
+            };
         }
         let mut last = Some(m);
         loop {
             let r = self.round();
             if r >= rules.max_rounds {
-                return SafeSummary { status: Status::MaxRounds, rounds: r, last, message: None };
+                return SafeSummary {
+                    status: Status::MaxRounds,
+                    rounds: r,
+                    last,
+                    message: None,
+                };
             }
             if let Err(msg) = self.step() {
-                return SafeSummary { status: Status::Diverged, rounds: self.round(), last, message: Some(format!("diverged: {msg}")) };
+                return SafeSummary {
+                    status: Status::Diverged,
+                    rounds: self.round(),
+                    last,
+                    message: Some(format!("diverged: {msg}")),
+                };
             }
             let r = self.round();
             let elapsed = start.elapsed().as_secs_f64();
@@ -360,14 +449,29 @@ impl SafeCluster {
                 let b = bad(&m);
                 last = Some(m);
                 if let Some(msg) = b {
-                    return SafeSummary { status: Status::Diverged, rounds: r, last, message: Some(msg) };
+                    return SafeSummary {
+                        status: Status::Diverged,
+                        rounds: r,
+                        last,
+                        message: Some(msg),
+                    };
                 }
                 if ctl == Control::Interrupt {
-                    return SafeSummary { status: Status::Interrupted, rounds: r, last, message: None };
+                    return SafeSummary {
+                        status: Status::Interrupted,
+                        rounds: r,
+                        last,
+                        message: None,
+                    };
                 }
             }
             if time_up {
-                return SafeSummary { status: Status::TimeLimit, rounds: r, last, message: None };
+                return SafeSummary {
+                    status: Status::TimeLimit,
+                    rounds: r,
+                    last,
+                    message: None,
+                };
             }
         }
     }
@@ -530,7 +634,14 @@ fn hint(msg: &str) -> Option<String> {
     let rest = &msg[start..];
     let end = rest.find('`')?;
     let bad = &rest[..end];
-    rest[end..].split('`').skip(2).step_by(2).map(|c| (crate::config::edit_distance(bad, c), c)).filter(|(d, _)| *d <= 3).min().map(|(_, c)| c.to_string())
+    rest[end..]
+        .split('`')
+        .skip(2)
+        .step_by(2)
+        .map(|c| (crate::config::edit_distance(bad, c), c))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, c)| c.to_string())
 }
 
 /// What setup resolved.
@@ -569,7 +680,10 @@ pub struct SafePrepared {
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> SetupError {
-    SetupError::Config { key: key.into(), reason: reason.into() }
+    SetupError::Config {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Builds the problem of a config.
@@ -579,16 +693,39 @@ pub fn build_problem(cfg: &SafeProblemConfig, seed: u64) -> Result<ConstrainedPr
     }
     let data = datasets::load(&cfg.dataset)?;
     if cfg.workers > data.n_rows() {
-        return Err(bad("problem.workers", format!("n = {} is larger than the number of rows {}", cfg.workers, data.n_rows())));
+        return Err(bad(
+            "problem.workers",
+            format!(
+                "n = {} is larger than the number of rows {}",
+                cfg.workers,
+                data.n_rows()
+            ),
+        ));
     }
     Ok(match cfg.kind {
         SafeProblemKind::NeymanPearson => {
             if cfg.l1_budget.is_some() {
                 return Err(bad("problem.l1_budget", "only for l1-regression"));
             }
-            let loss = cfg.loss.ok_or_else(|| bad("problem.loss", "neyman-pearson needs loss = \"hinge\" or \"logistic\""))?;
-            let tau = cfg.tau.ok_or_else(|| bad("problem.tau", "neyman-pearson needs the level tau > 0"))?;
-            neyman_pearson(&data, cfg.workers, cfg.split, seed, loss, tau, cfg.objective_class, cfg.radius)?
+            let loss = cfg.loss.ok_or_else(|| {
+                bad(
+                    "problem.loss",
+                    "neyman-pearson needs loss = \"hinge\" or \"logistic\"",
+                )
+            })?;
+            let tau = cfg
+                .tau
+                .ok_or_else(|| bad("problem.tau", "neyman-pearson needs the level tau > 0"))?;
+            neyman_pearson(
+                &data,
+                cfg.workers,
+                cfg.split,
+                seed,
+                loss,
+                tau,
+                cfg.objective_class,
+                cfg.radius,
+            )?
         }
         SafeProblemKind::L1Regression => {
             if cfg.loss.is_some_and(|l| l != LossKind::Absolute) {
@@ -597,7 +734,14 @@ pub fn build_problem(cfg: &SafeProblemConfig, seed: u64) -> Result<ConstrainedPr
             if cfg.tau.is_some() {
                 return Err(bad("problem.tau", "only for neyman-pearson"));
             }
-            l1_regression(&data, cfg.workers, cfg.split, seed, cfg.radius, cfg.l1_budget)?
+            l1_regression(
+                &data,
+                cfg.workers,
+                cfg.split,
+                seed,
+                cfg.radius,
+                cfg.l1_budget,
+            )?
         }
     })
 }
@@ -612,7 +756,10 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
     }
     if let Some(t) = cfg.stop.time_limit {
         if !(t > 0.0 && t.is_finite()) {
-            return Err(bad("stop.time_limit", format!("must be finite and > 0, got {t}")));
+            return Err(bad(
+                "stop.time_limit",
+                format!("must be finite and > 0, got {t}"),
+            ));
         }
     }
     let problem = build_problem(&cfg.problem, cfg.seed)?;
@@ -622,14 +769,21 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
     if cfg.method.forces_identity() && cfg.compressor.name != "identity" {
         return Err(bad("compressor", format!("method `{}` sends uncompressed subgradients; remove the compressor or use safe-ef / compressed-sgd", cfg.method.name)));
     }
-    let server = cfg.server_compressor.as_ref().map(|s| build(s, d)).transpose()?;
+    let server = cfg
+        .server_compressor
+        .as_ref()
+        .map(|s| build(s, d))
+        .transpose()?;
     let oracles = problem.oracles();
     let x0 = vec![0.0; d];
-    let needs_theory = cfg.method.step.is_none() || (!cfg.method.is_primal_dual() && cfg.method.threshold.is_none());
+    let needs_theory = cfg.method.step.is_none()
+        || (!cfg.method.is_primal_dual() && cfg.method.threshold.is_none());
     let theory = if needs_theory {
-        let alpha = |c: &dyn efkit_core::compress::Compressor, key: &str| match c.class() {
+        let alpha = |c: &dyn efkit_core::compress::Compressor, key: &str| {
+            match c.class() {
             CompressorClass::Contractive { alpha } => Ok(alpha),
             other => Err(bad(key, format!("the theory step needs a contractive compressor, `{}` is {other:?}; give method.step and method.threshold", c.describe()))),
+        }
         };
         let m = match cfg.theory.m {
             Some(m) => m,
@@ -648,7 +802,12 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
         let r = match (cfg.theory.r, problem.radius()) {
             (Some(r), _) => r,
             (None, Some(rad)) => rad,
-            (None, None) => return Err(bad("theory.r", "X = R^d: give theory.r >= ||x^0 - x*|| (or problem.radius)")),
+            (None, None) => {
+                return Err(bad(
+                    "theory.r",
+                    "X = R^d: give theory.r >= ||x^0 - x*|| (or problem.radius)",
+                ))
+            }
         };
         let t = SafeTheory {
             m,
@@ -683,14 +842,30 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
         server_compressor: server.as_ref().map(|s| s.describe()),
     };
     let codecs = SafeCodecs { uplink, server };
-    let mut cluster = SafeCluster::new(parts, codecs, oracles, &x0, cfg.method.batch, cfg.seed, cfg.threads);
+    let mut cluster = SafeCluster::new(
+        parts,
+        codecs,
+        oracles,
+        &x0,
+        cfg.method.batch,
+        cfg.seed,
+        cfg.threads,
+    );
     cluster.f_star = cfg.f_star;
-    Ok(SafePrepared { cluster, problem, info })
+    Ok(SafePrepared {
+        cluster,
+        problem,
+        info,
+    })
 }
 
 /// The stopping rules of a config.
 pub fn safe_stop(cfg: &SafeConfig) -> SafeStop {
-    SafeStop { max_rounds: cfg.stop.max_rounds, log_every: cfg.stop.log_every, time_limit: cfg.stop.time_limit }
+    SafeStop {
+        max_rounds: cfg.stop.max_rounds,
+        log_every: cfg.stop.log_every,
+        time_limit: cfg.stop.time_limit,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -740,7 +915,10 @@ pub struct ReferenceOptions {
 
 impl Default for ReferenceOptions {
     fn default() -> Self {
-        ReferenceOptions { mu_final: 1e-3, tol: 1e-11 }
+        ReferenceOptions {
+            mu_final: 1e-3,
+            tol: 1e-11,
+        }
     }
 }
 
@@ -758,7 +936,14 @@ struct Smoothed<'a> {
     delta: f64,
 }
 
-fn block_eval(b: &LinearBlock, x: &[f64], mu: f64, scale: f64, grad: Option<&mut [f64]>, hess: Option<&mut [f64]>) -> f64 {
+fn block_eval(
+    b: &LinearBlock,
+    x: &[f64],
+    mu: f64,
+    scale: f64,
+    grad: Option<&mut [f64]>,
+    hess: Option<&mut [f64]>,
+) -> f64 {
     if b.is_empty() || scale == 0.0 {
         return 0.0;
     }
@@ -854,7 +1039,18 @@ fn norm(v: &[f64]) -> f64 {
 impl<'a> Smoothed<'a> {
     fn new(p: &'a ConstrainedProblem) -> Self {
         let d = p.dim();
-        Smoothed { p, d, radius: p.radius(), newton: 0, grad: vec![0.0; d], hess: vec![0.0; d * d], chol: vec![0.0; d * d], tmp: vec![0.0; d], tmp2: vec![0.0; d], delta: 0.0 }
+        Smoothed {
+            p,
+            d,
+            radius: p.radius(),
+            newton: 0,
+            grad: vec![0.0; d],
+            hess: vec![0.0; d * d],
+            chol: vec![0.0; d * d],
+            tmp: vec![0.0; d],
+            tmp2: vec![0.0; d],
+            delta: 0.0,
+        }
     }
 
     /// a F_mu(x) + b (G_mu(x) - offset terms); fills grad (and hess) when asked.
@@ -869,8 +1065,22 @@ impl<'a> Smoothed<'a> {
         }
         let mut gg = derivs.then_some(&mut self.grad[..]);
         let mut hh = hess.then_some(&mut self.hess[..]);
-        let mut v = block_eval(p.objective_block(), x, mu, a, gg.as_deref_mut(), hh.as_deref_mut());
-        v += block_eval(p.constraint_block(), x, mu, b, gg.as_deref_mut(), hh.as_deref_mut());
+        let mut v = block_eval(
+            p.objective_block(),
+            x,
+            mu,
+            a,
+            gg.as_deref_mut(),
+            hh.as_deref_mut(),
+        );
+        v += block_eval(
+            p.constraint_block(),
+            x,
+            mu,
+            b,
+            gg.as_deref_mut(),
+            hh.as_deref_mut(),
+        );
         if p.l1_budget().is_some() && b != 0.0 {
             for k in 0..d {
                 let (hv, h1, h2) = huber_abs(x[k], mu);
@@ -920,7 +1130,12 @@ impl<'a> Smoothed<'a> {
                     continue;
                 }
                 self.model_step(x, delta);
-                let slope: f64 = self.grad.iter().zip(self.tmp.iter().zip(x.iter())).map(|(g, (t, xi))| g * (t - xi)).sum();
+                let slope: f64 = self
+                    .grad
+                    .iter()
+                    .zip(self.tmp.iter().zip(x.iter()))
+                    .map(|(g, (t, xi))| g * (t - xi))
+                    .sum();
                 if !(slope < 0.0) {
                     break 'outer;
                 }
@@ -961,7 +1176,11 @@ impl<'a> Smoothed<'a> {
                 if n > r {
                     self.tmp2.iter_mut().for_each(|v| *v *= r / n);
                 }
-                x.iter().zip(&self.tmp2).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt()
+                x.iter()
+                    .zip(&self.tmp2)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f64>()
+                    .sqrt()
             }
         }
     }
@@ -1021,14 +1240,22 @@ impl<'a> Smoothed<'a> {
             let q = norm(&self.tmp2);
             let step = (ny / q).powi(2) * (ny - r) / r;
             let next = nu + step;
-            nu = if next > lo && next < hi && step.is_finite() { next } else { 0.5 * (lo + hi) };
+            nu = if next > lo && next < hi && step.is_finite() {
+                next
+            } else {
+                0.5 * (lo + hi)
+            };
             if hi - lo <= 1e-15 * hi {
                 break;
             }
         }
         let ny = norm(&y);
         for k in 0..d {
-            self.tmp[k] = if ny > 0.0 { y[k] * (r / ny).min(1.0) } else { 0.0 };
+            self.tmp[k] = if ny > 0.0 {
+                y[k] * (r / ny).min(1.0)
+            } else {
+                0.0
+            };
         }
     }
 }
@@ -1060,7 +1287,11 @@ fn dual_bound(p: &ConstrainedProblem, x: &[f64], lambda: f64, mu: f64) -> Option
         let y = block.targets();
         for j in 0..a_mat.n_rows() {
             let (idx, val) = a_mat.row(j);
-            let z: f64 = idx.iter().zip(val).map(|(&i, &vv)| vv * x[i as usize]).sum();
+            let z: f64 = idx
+                .iter()
+                .zip(val)
+                .map(|(&i, &vv)| vv * x[i as usize])
+                .sum();
             let (_, d1, _) = block.loss().smoothed(z, y[j], mu);
             let coef = match block.loss() {
                 LossKind::Hinge => {
@@ -1102,7 +1333,10 @@ fn dual_bound(p: &ConstrainedProblem, x: &[f64], lambda: f64, mu: f64) -> Option
 /// Solves the problem to high accuracy without compression (module docs).
 ///
 /// Errors when the problem is infeasible (min g >= 0 over X).
-pub fn reference_solution(p: &ConstrainedProblem, opts: &ReferenceOptions) -> Result<Reference, SetupError> {
+pub fn reference_solution(
+    p: &ConstrainedProblem,
+    opts: &ReferenceOptions,
+) -> Result<Reference, SetupError> {
     let start = Instant::now();
     let d = p.dim();
     let mut s = Smoothed::new(p);
@@ -1164,7 +1398,10 @@ pub fn reference_solution(p: &ConstrainedProblem, opts: &ReferenceOptions) -> Re
             xlo.copy_from_slice(&xhi);
             hi *= 4.0;
             if hi > 1e12 {
-                return Err(bad("problem", "no multiplier up to 1e12 makes the smoothed constraint feasible"));
+                return Err(bad(
+                    "problem",
+                    "no multiplier up to 1e12 makes the smoothed constraint feasible",
+                ));
             }
         }
         // Illinois regula falsi on lambda
@@ -1204,7 +1441,11 @@ pub fn reference_solution(p: &ConstrainedProblem, opts: &ReferenceOptions) -> Re
         }
         // recompute the true G at the bracket ends and combine them so that the linear interpolation is 0
         let (gl, gh) = (p.evaluate(&xlo).1, p.evaluate(&xhi).1);
-        let theta = if gl > 0.0 && gh < 0.0 { gl / (gl - gh) } else { 1.0 };
+        let theta = if gl > 0.0 && gh < 0.0 {
+            gl / (gl - gh)
+        } else {
+            1.0
+        };
         for k in 0..d {
             x[k] = (1.0 - theta) * xlo[k] + theta * xhi[k];
         }

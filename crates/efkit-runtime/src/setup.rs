@@ -36,7 +36,10 @@ pub enum SetupError {
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> SetupError {
-    SetupError::Config { key: key.into(), reason: reason.into() }
+    SetupError::Config {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// What setup resolved (written to `summary.json`).
@@ -72,7 +75,13 @@ pub struct Prepared {
 
 /// The stopping rules of a config.
 pub fn stop_rules(cfg: &Config) -> StopRules {
-    StopRules { max_rounds: cfg.stop.max_rounds, tol: cfg.stop.tol, time_limit: cfg.stop.time_limit, blowup: cfg.stop.blowup, log_every: cfg.stop.log_every }
+    StopRules {
+        max_rounds: cfg.stop.max_rounds,
+        tol: cfg.stop.tol,
+        time_limit: cfg.stop.time_limit,
+        blowup: cfg.stop.blowup,
+        log_every: cfg.stop.log_every,
+    }
 }
 
 fn positive(key: &str, v: f64) -> Result<(), SetupError> {
@@ -99,7 +108,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         return Err(bad("stop.log_every", "must be >= 1"));
     }
     if !(cfg.stop.blowup > 1.0) {
-        return Err(bad("stop.blowup", format!("must be > 1, got {}", cfg.stop.blowup)));
+        return Err(bad(
+            "stop.blowup",
+            format!("must be > 1, got {}", cfg.stop.blowup),
+        ));
     }
     positive("step.multiplier", cfg.step.multiplier)?;
     if cfg.problem.workers == 0 {
@@ -108,21 +120,44 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     let data = match cfg.problem.features {
         Some(f) => {
             if datasets::bundled(&cfg.problem.dataset).is_some() {
-                return Err(bad("problem.features", "only for user files; bundled data sets know their features"));
+                return Err(bad(
+                    "problem.features",
+                    "only for user files; bundled data sets know their features",
+                ));
             }
             datasets::load_path(&cfg.problem.dataset, &LibsvmOptions::with_features(f))?
         }
         None => datasets::load(&cfg.problem.dataset)?,
     };
     if cfg.problem.workers > data.n_rows() {
-        return Err(bad("problem.workers", format!("n = {} is larger than the number of rows {}", cfg.problem.workers, data.n_rows())));
+        return Err(bad(
+            "problem.workers",
+            format!(
+                "n = {} is larger than the number of rows {}",
+                cfg.problem.workers,
+                data.n_rows()
+            ),
+        ));
     }
-    let problem = Problem::from_dataset(&data, cfg.problem.workers, cfg.problem.kind, cfg.problem.split, cfg.seed, cfg.problem.lambda)?;
+    let problem = Problem::from_dataset(
+        &data,
+        cfg.problem.workers,
+        cfg.problem.kind,
+        cfg.problem.split,
+        cfg.seed,
+        cfg.problem.lambda,
+    )?;
     let n = problem.n_workers();
     let d = problem.dim();
     let uplink = build(&cfg.compressor, d)?;
     let values = cfg.compressor.values;
-    let dense = build(&CompressorSpec { values, ..CompressorSpec::named("identity") }, d)?;
+    let dense = build(
+        &CompressorSpec {
+            values,
+            ..CompressorSpec::named("identity")
+        },
+        d,
+    )?;
     let n_local: Vec<Option<usize>> = problem.shard_sizes().into_iter().map(Some).collect();
     // the theory step needs alpha of the compressor actually used
     let probe = cfg.method.parts(1.0, n, &n_local)?;
@@ -136,13 +171,27 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     };
     let downlink = match (probe.downlink, &cfg.server_compressor) {
         (DownlinkMode::CompressedEstimate, Some(s)) => Some(build(s, d)?),
-        (DownlinkMode::CompressedEstimate, None) => return Err(bad("server_compressor", "ef21-bc needs a server compressor, e.g. [server_compressor] name = \"top-k\" k = 2")),
-        (DownlinkMode::Model, Some(_)) => return Err(bad("server_compressor", format!("only ef21-bc compresses the downlink, not `{}`", cfg.method.name))),
+        (DownlinkMode::CompressedEstimate, None) => return Err(bad(
+            "server_compressor",
+            "ef21-bc needs a server compressor, e.g. [server_compressor] name = \"top-k\" k = 2",
+        )),
+        (DownlinkMode::Model, Some(_)) => {
+            return Err(bad(
+                "server_compressor",
+                format!(
+                    "only ef21-bc compresses the downlink, not `{}`",
+                    cfg.method.name
+                ),
+            ))
+        }
         (DownlinkMode::Model, None) => None,
     };
     let (gamma, l, l_tilde) = match cfg.step.rule.as_str() {
         "absolute" => {
-            let v = cfg.step.value.ok_or_else(|| bad("step.value", "rule = \"absolute\" needs step.value"))?;
+            let v = cfg
+                .step
+                .value
+                .ok_or_else(|| bad("step.value", "rule = \"absolute\" needs step.value"))?;
             positive("step.value", v)?;
             (v, None, None)
         }
@@ -156,13 +205,23 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
             let base = if cfg.step.rule == "theory" {
                 theory::ef21_stepsize(s.l, s.l_tilde, a)
             } else {
-                let mu = cfg.step.mu.or(s.mu).ok_or_else(|| bad("step.mu", "theory-pl needs mu (least squares computes it; give step.mu otherwise)"))?;
+                let mu = cfg.step.mu.or(s.mu).ok_or_else(|| {
+                    bad(
+                        "step.mu",
+                        "theory-pl needs mu (least squares computes it; give step.mu otherwise)",
+                    )
+                })?;
                 positive("step.mu", mu)?;
                 theory::ef21_pl_stepsize(s.l, s.l_tilde, a, mu)
             };
             (cfg.step.multiplier * base, Some(s.l), Some(s.l_tilde))
         }
-        other => return Err(bad("step.rule", format!("unknown rule `{other}`; allowed: theory, theory-pl, absolute"))),
+        other => {
+            return Err(bad(
+                "step.rule",
+                format!("unknown rule `{other}`; allowed: theory, theory-pl, absolute"),
+            ))
+        }
     };
     if cfg.step.rule != "absolute" && cfg.step.value.is_some() {
         // a resolved config carries the step it used; it must agree
@@ -184,8 +243,19 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         compressor: uplink.describe(),
         server_compressor: downlink.as_ref().map(|c| c.describe()),
     };
-    let codecs = Codecs { uplink, dense, downlink };
-    let cluster = Cluster::new(parts, codecs, problem.into_oracles(), &x0, cfg.seed, cfg.threads);
+    let codecs = Codecs {
+        uplink,
+        dense,
+        downlink,
+    };
+    let cluster = Cluster::new(
+        parts,
+        codecs,
+        problem.into_oracles(),
+        &x0,
+        cfg.seed,
+        cfg.threads,
+    );
     Ok(Prepared { cluster, info })
 }
 
@@ -197,24 +267,45 @@ pub fn initial_point(cfg: &Config, d: usize) -> Result<Vec<f64>, SetupError> {
             use rand::Rng as _;
             positive("init.std", cfg.init.std)?;
             let mut rng = stream(cfg.seed, Purpose::Setup, 0, 0);
-            Ok((0..d).map(|_| cfg.init.std * rng.sample::<f64, _>(rand_distr::StandardNormal)).collect())
+            Ok((0..d)
+                .map(|_| cfg.init.std * rng.sample::<f64, _>(rand_distr::StandardNormal))
+                .collect())
         }
         "file" => {
-            let path = cfg.init.path.as_ref().ok_or_else(|| bad("init.path", "init.kind = \"file\" needs init.path"))?;
-            let text = std::fs::read_to_string(path).map_err(|e| bad("init.path", format!("cannot read {path}: {e}")))?;
+            let path = cfg
+                .init
+                .path
+                .as_ref()
+                .ok_or_else(|| bad("init.path", "init.kind = \"file\" needs init.path"))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("init.path", format!("cannot read {path}: {e}")))?;
             let mut x = Vec::with_capacity(d);
             for (i, tok) in text.split_whitespace().enumerate() {
-                let v: f64 = tok.parse().map_err(|_| bad("init.path", format!("{path}: entry {} (`{tok}`) is not a number", i + 1)))?;
+                let v: f64 = tok.parse().map_err(|_| {
+                    bad(
+                        "init.path",
+                        format!("{path}: entry {} (`{tok}`) is not a number", i + 1),
+                    )
+                })?;
                 if !v.is_finite() {
-                    return Err(bad("init.path", format!("{path}: entry {} is not finite", i + 1)));
+                    return Err(bad(
+                        "init.path",
+                        format!("{path}: entry {} is not finite", i + 1),
+                    ));
                 }
                 x.push(v);
             }
             if x.len() != d {
-                return Err(bad("init.path", format!("{path}: has {} entries, the problem has d = {d}", x.len())));
+                return Err(bad(
+                    "init.path",
+                    format!("{path}: has {} entries, the problem has d = {d}", x.len()),
+                ));
             }
             Ok(x)
         }
-        other => Err(bad("init.kind", format!("unknown initial point `{other}`; allowed: zeros, gaussian, file"))),
+        other => Err(bad(
+            "init.kind",
+            format!("unknown initial point `{other}`; allowed: zeros, gaussian, file"),
+        )),
     }
 }

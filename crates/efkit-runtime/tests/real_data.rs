@@ -7,7 +7,13 @@ use efkit_runtime::config::{parse_with_hints, Config};
 use efkit_runtime::setup::prepare;
 use efkit_runtime::{Control, RoundMetrics, StopRules};
 
-fn config(method: &str, extra_method: &str, compressor: &str, rounds: u64, threads: usize) -> Config {
+fn config(
+    method: &str,
+    extra_method: &str,
+    compressor: &str,
+    rounds: u64,
+    threads: usize,
+) -> Config {
     let s = format!(
         "seed = 3\nthreads = {threads}\n[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 20\n[method]\nname = \"{method}\"\n{extra_method}\n[compressor]\n{compressor}\n[step]\nrule = \"theory\"\nmultiplier = 8.0\n[init]\nkind = \"gaussian\"\n[stop]\nmax_rounds = {rounds}\n"
     );
@@ -16,7 +22,13 @@ fn config(method: &str, extra_method: &str, compressor: &str, rounds: u64, threa
 
 fn run(cfg: &Config) -> (Vec<RoundMetrics>, Vec<f64>) {
     let mut p = prepare(cfg).unwrap();
-    let rules = StopRules { max_rounds: cfg.stop.max_rounds, tol: None, time_limit: None, blowup: 1e6, log_every: 1 };
+    let rules = StopRules {
+        max_rounds: cfg.stop.max_rounds,
+        tol: None,
+        time_limit: None,
+        blowup: 1e6,
+        log_every: 1,
+    };
     let mut rows = Vec::new();
     p.cluster.run(&rules, |m| {
         let mut m = m.clone();
@@ -56,7 +68,11 @@ fn reductions_to_ef21_are_exact() {
     let cases: [(&str, &str, String); 6] = [
         ("ef21-hb", "eta = 0.0", String::new()),
         ("ef21-pp", "participation = 1.0", String::new()),
-        ("ef21-bc", "", "[server_compressor]\nname = \"identity\"\nvalues = \"f64\"".into()),
+        (
+            "ef21-bc",
+            "",
+            "[server_compressor]\nname = \"identity\"\nvalues = \"f64\"".into(),
+        ),
         ("ef21-sgd", "batch = 1.0", String::new()),
         ("ef21-page", "batch = 0.1\np = 1.0", String::new()),
         ("ef21-prox", "prox = { kind = \"zero\" }", String::new()),
@@ -72,7 +88,12 @@ fn reductions_to_ef21_are_exact() {
         assert!(bits_eq(&x, &xb), "{m}: final x differs");
         for (a, b) in rows.iter().zip(&base) {
             assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{m} round {}", a.round);
-            assert_eq!(a.grad_norm_sq.to_bits(), b.grad_norm_sq.to_bits(), "{m} round {}", a.round);
+            assert_eq!(
+                a.grad_norm_sq.to_bits(),
+                b.grad_norm_sq.to_bits(),
+                "{m} round {}",
+                a.round
+            );
         }
     }
 }
@@ -102,7 +123,10 @@ fn shards() -> Vec<Dense> {
                     r
                 })
                 .collect();
-            Dense { rows, y: s.y.clone() }
+            Dense {
+                rows,
+                y: s.y.clone(),
+            }
         })
         .collect()
 }
@@ -171,7 +195,9 @@ fn golden_ef21_and_ef14_against_independent_computation() {
     let mut gi: Vec<Vec<f64>> = sh.iter().map(|s| grad(s, &x, 0.1)).collect();
     let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
     for _ in 0..rounds {
-        let g: Vec<f64> = (0..d).map(|k| gi.iter().map(|v| v[k]).sum::<f64>() / 20.0).collect();
+        let g: Vec<f64> = (0..d)
+            .map(|k| gi.iter().map(|v| v[k]).sum::<f64>() / 20.0)
+            .collect();
         for k in 0..d {
             x[k] -= gamma * g[k];
         }
@@ -188,7 +214,13 @@ fn golden_ef21_and_ef14_against_independent_computation() {
     let (rows, _) = run(&zeros_config("ef21", "", gamma, rounds as u64));
     assert_eq!(rows.len(), expect.len());
     for (r, e) in rows.iter().zip(&expect) {
-        assert!(rel_close(r.grad_norm_sq, *e), "EF21 round {}: {} vs {}", r.round, r.grad_norm_sq, e);
+        assert!(
+            rel_close(r.grad_norm_sq, *e),
+            "EF21 round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e
+        );
     }
     // EF14: e^0 = 0; w = C(e + gamma grad); e += gamma grad - w; x -= mean w
     let mut x = vec![0.0; d];
@@ -212,7 +244,13 @@ fn golden_ef21_and_ef14_against_independent_computation() {
     }
     let (rows, _) = run(&zeros_config("ef14", "", gamma, rounds as u64));
     for (r, e) in rows.iter().zip(&expect) {
-        assert!(rel_close(r.grad_norm_sq, *e), "EF14 round {}: {} vs {}", r.round, r.grad_norm_sq, e);
+        assert!(
+            rel_close(r.grad_norm_sq, *e),
+            "EF14 round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e
+        );
     }
 }
 
@@ -227,11 +265,15 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
     // HB
     let mut x = vec![0.0; d];
     let mut gi: Vec<Vec<f64>> = sh.iter().map(|s| grad(s, &x, 0.1)).collect();
-    let mut v: Vec<f64> = (0..d).map(|k| gi.iter().map(|w| w[k]).sum::<f64>() / 20.0).collect();
+    let mut v: Vec<f64> = (0..d)
+        .map(|k| gi.iter().map(|w| w[k]).sum::<f64>() / 20.0)
+        .collect();
     let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
     for t in 0..rounds {
         if t > 0 {
-            let g: Vec<f64> = (0..d).map(|k| gi.iter().map(|w| w[k]).sum::<f64>() / 20.0).collect();
+            let g: Vec<f64> = (0..d)
+                .map(|k| gi.iter().map(|w| w[k]).sum::<f64>() / 20.0)
+                .collect();
             for k in 0..d {
                 v[k] = eta * v[k] + g[k];
             }
@@ -251,16 +293,26 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
     }
     let (rows, _) = run(&zeros_config("ef21-hb", "eta = 0.4", gamma, rounds as u64));
     for (r, e) in rows.iter().zip(&expect) {
-        assert!(rel_close(r.grad_norm_sq, *e), "HB round {}: {} vs {}", r.round, r.grad_norm_sq, e);
+        assert!(
+            rel_close(r.grad_norm_sq, *e),
+            "HB round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e
+        );
     }
     // BC: gtilde_i (worker EF21 states), gtilde = mean, g (broadcast, mirrored)
     let mut x = vec![0.0; d];
     let mut gt: Vec<Vec<f64>> = sh.iter().map(|s| grad(s, &x, 0.1)).collect();
-    let mut g: Vec<f64> = (0..d).map(|k| gt.iter().map(|w| w[k]).sum::<f64>() / 20.0).collect();
+    let mut g: Vec<f64> = (0..d)
+        .map(|k| gt.iter().map(|w| w[k]).sum::<f64>() / 20.0)
+        .collect();
     let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
     for t in 0..rounds {
         if t > 0 {
-            let gtm: Vec<f64> = (0..d).map(|k| gt.iter().map(|w| w[k]).sum::<f64>() / 20.0).collect();
+            let gtm: Vec<f64> = (0..d)
+                .map(|k| gt.iter().map(|w| w[k]).sum::<f64>() / 20.0)
+                .collect();
             let diff: Vec<f64> = (0..d).map(|k| gtm[k] - g[k]).collect();
             let b = top_k(&diff, 4);
             for k in 0..d {
@@ -284,6 +336,12 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
     s.push_str("[server_compressor]\nname = \"top-k\"\nk = 4\nvalues = \"f64\"\n");
     let (rows, _) = run(&parse_with_hints(&s).unwrap());
     for (r, e) in rows.iter().zip(&expect) {
-        assert!(rel_close(r.grad_norm_sq, *e), "BC round {}: {} vs {}", r.round, r.grad_norm_sq, e);
+        assert!(
+            rel_close(r.grad_norm_sq, *e),
+            "BC round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e
+        );
     }
 }

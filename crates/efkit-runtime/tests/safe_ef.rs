@@ -5,8 +5,13 @@ use efkit_core::compress::{build, CompressedVec, CompressorSpec, ValueFormat};
 use efkit_core::method::{Codecs, MethodSpec, RoundCtx};
 use efkit_core::oracle::Oracle;
 use efkit_core::rng::Rng;
-use efkit_core::safe::{decode_flag, decode_model, decode_scalar, decode_vector_uplink, ModelMessage, Rule, SafeCodecs, SafeServer, SafeSpec, SafeTheory};
-use efkit_problems::constrained::{l1_regression, neyman_pearson, ConstrainedOracle, LossKind, NpClass, SubgradientBounds};
+use efkit_core::safe::{
+    decode_flag, decode_model, decode_scalar, decode_vector_uplink, ModelMessage, Rule, SafeCodecs,
+    SafeServer, SafeSpec, SafeTheory,
+};
+use efkit_problems::constrained::{
+    l1_regression, neyman_pearson, ConstrainedOracle, LossKind, NpClass, SubgradientBounds,
+};
 use efkit_problems::datasets;
 use efkit_problems::split::SplitKind;
 use efkit_runtime::cluster::Cluster;
@@ -14,7 +19,11 @@ use efkit_runtime::safe::{reference_solution, ReferenceOptions, SafeCluster, Saf
 use efkit_runtime::Control;
 
 fn spec(name: &str, k: Option<usize>, values: ValueFormat) -> CompressorSpec {
-    CompressorSpec { k, values: Some(values), ..CompressorSpec::named(name) }
+    CompressorSpec {
+        k,
+        values: Some(values),
+        ..CompressorSpec::named(name)
+    }
 }
 
 fn bits(v: &[f64]) -> Vec<u64> {
@@ -38,7 +47,13 @@ impl ConstrainedOracle for Points {
         if let Some(g) = grad {
             for k in 0..2 {
                 let r = x[k] - self.p[k];
-                g[k] = if r > 0.0 { 1.0 } else if r < 0.0 { -1.0 } else { 0.0 };
+                g[k] = if r > 0.0 {
+                    1.0
+                } else if r < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
             }
         }
         (x[0] - self.p[0]).abs() + (x[1] - self.p[1]).abs()
@@ -59,17 +74,32 @@ impl ConstrainedOracle for Points {
     }
     fn bounds(&self) -> SubgradientBounds {
         let m = 2f64.sqrt();
-        SubgradientBounds { objective: m, constraint: m, objective_stochastic: m, constraint_stochastic: m }
+        SubgradientBounds {
+            objective: m,
+            constraint: m,
+            objective_stochastic: m,
+            constraint_stochastic: m,
+        }
     }
 }
 
 const POINTS: [[f64; 2]; 4] = [[2.0, 3.0], [3.0, 2.0], [4.0, 1.5], [1.5, 4.0]];
 
 fn points(s: [f64; 4]) -> Vec<Box<dyn ConstrainedOracle>> {
-    POINTS.iter().zip(s).map(|(&p, s)| Box::new(Points { p, s }) as Box<dyn ConstrainedOracle>).collect()
+    POINTS
+        .iter()
+        .zip(s)
+        .map(|(&p, s)| Box::new(Points { p, s }) as Box<dyn ConstrainedOracle>)
+        .collect()
 }
 
-fn safe_parts(name: &str, step: f64, threshold: f64, values: ValueFormat, radius: Option<f64>) -> efkit_core::safe::SafeParts {
+fn safe_parts(
+    name: &str,
+    step: f64,
+    threshold: f64,
+    values: ValueFormat,
+    radius: Option<f64>,
+) -> efkit_core::safe::SafeParts {
     let mut s = SafeSpec::named(name);
     s.step = Some(step);
     if name == "primal-dual" {
@@ -85,10 +115,23 @@ fn safe_parts(name: &str, step: f64, threshold: f64, values: ValueFormat, radius
 fn identity_without_server_compression_is_the_switching_subgradient_method_bit_for_bit() {
     let data = datasets::load("mushrooms").unwrap();
     let (n, r, gamma, c) = (4usize, 3.0, 0.05, 0.02);
-    let p = neyman_pearson(&data, n, SplitKind::Shuffled, 3, LossKind::Hinge, 0.4, NpClass::Negative, Some(r)).unwrap();
+    let p = neyman_pearson(
+        &data,
+        n,
+        SplitKind::Shuffled,
+        3,
+        LossKind::Hinge,
+        0.4,
+        NpClass::Negative,
+        Some(r),
+    )
+    .unwrap();
     let d = p.dim();
     let parts = safe_parts("safe-ef", gamma, c, ValueFormat::F64, Some(r));
-    let codecs = SafeCodecs { uplink: build(&spec("identity", None, ValueFormat::F64), d).unwrap(), server: None };
+    let codecs = SafeCodecs {
+        uplink: build(&spec("identity", None, ValueFormat::F64), d).unwrap(),
+        server: None,
+    };
     let mut cl = SafeCluster::new(parts, codecs, p.oracles(), &vec![0.0; d], None, 5, 2);
     // the textbook method, written independently
     let mut oracles = p.oracles();
@@ -99,7 +142,11 @@ fn identity_without_server_compression_is_the_switching_subgradient_method_bit_f
     let mut switches = 0;
     let mut last_flag = None;
     for t in 0..80 {
-        let ghat = oracles.iter_mut().map(|o| o.constraint(&x, None)).sum::<f64>() / n as f64;
+        let ghat = oracles
+            .iter_mut()
+            .map(|o| o.constraint(&x, None))
+            .sum::<f64>()
+            / n as f64;
         let flag = ghat <= c;
         if last_flag.is_some_and(|l| l != flag) {
             switches += 1;
@@ -132,14 +179,29 @@ fn identity_without_server_compression_is_the_switching_subgradient_method_bit_f
         }
         cl.step().unwrap();
         assert_eq!(cl.server.state.flag, flag, "round {t}");
-        assert_eq!(bits(&cl.server.state.x), bits(&x), "round {t}: server iterate");
+        assert_eq!(
+            bits(&cl.server.state.x),
+            bits(&x),
+            "round {t}: server iterate"
+        );
         for w in &cl.workers {
-            assert_eq!(bits(&w.state.w), bits(&x), "round {t}: worker {} model", w.state.id);
-            assert!(w.state.e.iter().all(|&e| e == 0.0), "identity leaves no error");
+            assert_eq!(
+                bits(&w.state.w),
+                bits(&x),
+                "round {t}: worker {} model",
+                w.state.id
+            );
+            assert!(
+                w.state.e.iter().all(|&e| e == 0.0),
+                "identity leaves no error"
+            );
         }
         assert_eq!(cl.server.state.productive, productive);
     }
-    assert!(switches >= 2 && productive > 0 && productive < 80, "the test must exercise both steps: {switches} switches, {productive} productive");
+    assert!(
+        switches >= 2 && productive > 0 && productive < 80,
+        "the test must exercise both steps: {switches} switches, {productive} productive"
+    );
     let mut out = vec![0.0; d];
     for (o, s) in out.iter_mut().zip(&sum) {
         *o = s * (1.0 / productive as f64);
@@ -168,7 +230,14 @@ impl Oracle for ObjectiveOnly {
     fn loss(&mut self, x: &[f64]) -> f64 {
         self.0.objective(x, None)
     }
-    fn stochastic_grad(&mut self, _x: &[f64], _batch: usize, _rng: &mut Rng, _drawn: &mut Vec<u32>, _grad: &mut [f64]) -> f64 {
+    fn stochastic_grad(
+        &mut self,
+        _x: &[f64],
+        _batch: usize,
+        _rng: &mut Rng,
+        _drawn: &mut Vec<u32>,
+        _grad: &mut [f64],
+    ) -> f64 {
         unreachable!("full-gradient comparison")
     }
     fn indexed_grad(&mut self, _x: &[f64], _idx: &[u32], _grad: &mut [f64]) -> f64 {
@@ -184,22 +253,50 @@ fn with_an_inactive_constraint_safe_ef_is_compressed_ef14_subgradient_descent() 
     let p = l1_regression(&data, n, SplitKind::Contiguous, 0, None, None).unwrap();
     let d = p.dim();
     let gamma = 0.02;
-    for comp in [spec("top-k", Some(5), ValueFormat::F32), spec("rand-k", Some(7), ValueFormat::F32)] {
+    for comp in [
+        spec("top-k", Some(5), ValueFormat::F32),
+        spec("rand-k", Some(7), ValueFormat::F32),
+    ] {
         let parts = safe_parts("safe-ef", gamma, 0.0, ValueFormat::F32, None);
-        let codecs = SafeCodecs { uplink: build(&comp, d).unwrap(), server: None };
+        let codecs = SafeCodecs {
+            uplink: build(&comp, d).unwrap(),
+            server: None,
+        };
         let mut safe = SafeCluster::new(parts, codecs, p.oracles(), &vec![0.0; d], None, 11, 2);
         let n_local: Vec<Option<usize>> = p.shard_sizes().iter().map(|s| Some(s.0)).collect();
         let ef14 = MethodSpec::named("ef14").parts(gamma, n, &n_local).unwrap();
-        let codecs = Codecs { uplink: build(&comp, d).unwrap(), dense: build(&CompressorSpec::named("identity"), d).unwrap(), downlink: None };
-        let oracles: Vec<Box<dyn Oracle>> = p.oracles().into_iter().map(|o| Box::new(ObjectiveOnly(o)) as Box<dyn Oracle>).collect();
+        let codecs = Codecs {
+            uplink: build(&comp, d).unwrap(),
+            dense: build(&CompressorSpec::named("identity"), d).unwrap(),
+            downlink: None,
+        };
+        let oracles: Vec<Box<dyn Oracle>> = p
+            .oracles()
+            .into_iter()
+            .map(|o| Box::new(ObjectiveOnly(o)) as Box<dyn Oracle>)
+            .collect();
         let mut reference = Cluster::new(ef14, codecs, oracles, &vec![0.0; d], 11, 1);
         for t in 0..40 {
             safe.step().unwrap();
             reference.step().unwrap();
-            assert!(safe.server.state.flag, "round {t}: the constraint is inactive");
-            assert_eq!(bits(&safe.server.state.x), bits(&reference.server.state.x), "{}: round {t}", comp.name);
+            assert!(
+                safe.server.state.flag,
+                "round {t}: the constraint is inactive"
+            );
+            assert_eq!(
+                bits(&safe.server.state.x),
+                bits(&reference.server.state.x),
+                "{}: round {t}",
+                comp.name
+            );
             for (a, b) in safe.workers.iter().zip(&reference.workers) {
-                assert_eq!(bits(&a.state.e), bits(&b.state.g), "{}: round {t}: worker {} error", comp.name, a.state.id);
+                assert_eq!(
+                    bits(&a.state.e),
+                    bits(&b.state.g),
+                    "{}: round {t}: worker {} error",
+                    comp.name,
+                    a.state.id
+                );
             }
         }
         assert_eq!(safe.server.state.productive, 40);
@@ -207,7 +304,12 @@ fn with_an_inactive_constraint_safe_ef_is_compressed_ef14_subgradient_descent() 
     }
 }
 
-fn run_points(parts: efkit_core::safe::SafeParts, server: Option<usize>, rounds: u64, s: [f64; 4]) -> (SafeCluster, f64, f64) {
+fn run_points(
+    parts: efkit_core::safe::SafeParts,
+    server: Option<usize>,
+    rounds: u64,
+    s: [f64; 4],
+) -> (SafeCluster, f64, f64) {
     let codecs = SafeCodecs {
         uplink: build(&spec("top-k", Some(1), ValueFormat::F64), 2).unwrap(),
         server: server.map(|k| build(&spec("top-k", Some(k), ValueFormat::F64), 2).unwrap()),
@@ -229,15 +331,27 @@ fn the_averaged_output_reaches_the_guaranteed_accuracy_on_a_problem_with_a_known
     let rounds = 20_000;
     for (server, alpha_server) in [(None, 1.0), (Some(1), 0.5)] {
         // M = sqrt(2) bounds every subgradient, R = 0.75 >= dist(0, solutions) = sqrt(2)/2, Top-1 of 2: alpha = 1/2
-        let theory = SafeTheory { m: 2f64.sqrt(), r: 0.75, rounds, alpha: 0.5, alpha_server };
+        let theory = SafeTheory {
+            m: 2f64.sqrt(),
+            r: 0.75,
+            rounds,
+            alpha: 0.5,
+            alpha_server,
+        };
         let mut s = SafeSpec::named("safe-ef");
         s.scalar_values = ValueFormat::F64;
         let parts = s.parts(Some(&theory), None).unwrap();
         let eps = theory.epsilon();
-        assert!(matches!(parts.rule, Rule::Switching { threshold } if (threshold - eps).abs() < 1e-12 * eps));
+        assert!(
+            matches!(parts.rule, Rule::Switching { threshold } if (threshold - eps).abs() < 1e-12 * eps)
+        );
         let (cl, f, g) = run_points(parts, server, rounds, [1.0; 4]);
         assert!(cl.server.state.productive > 0);
-        assert!(f - f_star <= eps && g <= eps, "server {server:?}: f - f* = {}, g = {g}, eps = {eps}", f - f_star);
+        assert!(
+            f - f_star <= eps && g <= eps,
+            "server {server:?}: f - f* = {}, g = {g}, eps = {eps}",
+            f - f_star
+        );
         // and the guarantee is not vacuous here
         assert!(eps < 0.2, "eps = {eps}");
     }
@@ -249,7 +363,10 @@ fn the_switch_uses_the_mean_of_the_workers_constraint_values() {
     let s = [-3.0, 5.0, 0.0, 2.0];
     let c = 0.0;
     let parts = safe_parts("safe-ef", 0.05, c, ValueFormat::F64, None);
-    let codecs = SafeCodecs { uplink: build(&spec("top-k", Some(1), ValueFormat::F64), 2).unwrap(), server: None };
+    let codecs = SafeCodecs {
+        uplink: build(&spec("top-k", Some(1), ValueFormat::F64), 2).unwrap(),
+        server: None,
+    };
     let mut cl = SafeCluster::new(parts, codecs, points(s), &[0.0, 0.0], None, 1, 1);
     let mut disagree = [0usize; 2];
     let mut steps = [0usize; 2];
@@ -268,12 +385,22 @@ fn the_switch_uses_the_mean_of_the_workers_constraint_values() {
             disagree[flag as usize] += 1;
         }
     }
-    assert!(steps[0] > 0 && steps[1] > 0, "both kinds of steps: {steps:?}");
-    assert!(disagree[0] > 0 && disagree[1] > 0, "local rules differ from the mean rule: {disagree:?}");
+    assert!(
+        steps[0] > 0 && steps[1] > 0,
+        "both kinds of steps: {steps:?}"
+    );
+    assert!(
+        disagree[0] > 0 && disagree[1] > 0,
+        "local rules differ from the mean rule: {disagree:?}"
+    );
     // directly on the server: one value per worker, the flag from their mean
     let parts = safe_parts("safe-ef", 0.05, 0.0, ValueFormat::F32, None);
     let enc = |v: f32| v.to_bits().to_be_bytes().to_vec();
-    for (vals, want) in [([-3.0f32, 2.5], true), ([1.0, -0.5], false), ([0.5, -0.5], true)] {
+    for (vals, want) in [
+        ([-3.0f32, 2.5], true),
+        ([1.0, -0.5], false),
+        ([0.5, -0.5], true),
+    ] {
         let mut server = SafeServer::new(2, &[0.0, 0.0], &parts);
         let wires: Vec<Vec<u8>> = vals.iter().map(|&v| enc(v)).collect();
         let refs: Vec<&[u8]> = wires.iter().map(|w| w.as_slice()).collect();
@@ -285,11 +412,24 @@ fn the_switch_uses_the_mean_of_the_workers_constraint_values() {
 #[test]
 fn bit_counts_of_both_directions_match_the_encoded_messages() {
     let data = datasets::load("mushrooms").unwrap();
-    let p = neyman_pearson(&data, 3, SplitKind::Shuffled, 1, LossKind::Logistic, 0.4, NpClass::Negative, Some(4.0)).unwrap();
+    let p = neyman_pearson(
+        &data,
+        3,
+        SplitKind::Shuffled,
+        1,
+        LossKind::Logistic,
+        0.4,
+        NpClass::Negative,
+        Some(4.0),
+    )
+    .unwrap();
     let d = p.dim();
     for name in ["safe-ef", "ef21-switching", "primal-dual", "compressed-sgd"] {
         let parts = safe_parts(name, 0.05, 0.3, ValueFormat::F32, Some(4.0));
-        let codecs = SafeCodecs { uplink: build(&spec("top-k", Some(6), ValueFormat::F32), d).unwrap(), server: Some(build(&spec("top-k", Some(20), ValueFormat::F32), d).unwrap()) };
+        let codecs = SafeCodecs {
+            uplink: build(&spec("top-k", Some(6), ValueFormat::F32), d).unwrap(),
+            server: Some(build(&spec("top-k", Some(20), ValueFormat::F32), d).unwrap()),
+        };
         let mut cl = SafeCluster::new(parts, codecs, p.oracles(), &vec![0.0; d], Some(16), 9, 2);
         let n = cl.n();
         let mut up = vec![0u64; n];
@@ -305,22 +445,50 @@ fn bit_counts_of_both_directions_match_the_encoded_messages() {
                 if !pd {
                     // phase 1: one f32, 4 bytes
                     assert_eq!(w.scratch.scalar_wire.bytes.len(), 4);
-                    assert_eq!(decode_scalar(&w.scratch.scalar_wire.bytes, ValueFormat::F32).unwrap(), w.scratch.scalar);
+                    assert_eq!(
+                        decode_scalar(&w.scratch.scalar_wire.bytes, ValueFormat::F32).unwrap(),
+                        w.scratch.scalar
+                    );
                     up[i] += 8 * w.scratch.scalar_wire.bytes.len() as u64;
                     // the flag: one bit, one byte on the wire
                     assert_eq!(cl.server.state.flag_wire.bytes.len(), 1);
                     down[i] += 8;
                 }
-                let s = decode_vector_uplink(&w.scratch.vector_wire.bytes, &cl.parts, &cl.codecs, i, rc, &mut v).unwrap();
-                assert!(v.bit_eq(&w.scratch.vec), "{name}: round {t}: worker {i} vector");
+                let s = decode_vector_uplink(
+                    &w.scratch.vector_wire.bytes,
+                    &cl.parts,
+                    &cl.codecs,
+                    i,
+                    rc,
+                    &mut v,
+                )
+                .unwrap();
+                assert!(
+                    v.bit_eq(&w.scratch.vec),
+                    "{name}: round {t}: worker {i} vector"
+                );
                 assert_eq!(s.is_some(), pd);
                 up[i] += 8 * w.scratch.vector_wire.bytes.len() as u64;
                 down[i] += 8 * cl.server.state.model_wire.bytes.len() as u64;
-                assert_eq!(w.state.bits_up_wire, up[i], "{name}: round {t}: worker {i} uplink");
-                assert_eq!(w.state.bits_down_wire, down[i], "{name}: round {t}: worker {i} downlink");
+                assert_eq!(
+                    w.state.bits_up_wire, up[i],
+                    "{name}: round {t}: worker {i} uplink"
+                );
+                assert_eq!(
+                    w.state.bits_down_wire, down[i],
+                    "{name}: round {t}: worker {i} downlink"
+                );
             }
             // the model message, decoded, takes w^t to w^{t+1}
-            decode_model(&cl.server.state.model_wire.bytes, d, &cl.parts, &cl.codecs, rc, &mut msg).unwrap();
+            decode_model(
+                &cl.server.state.model_wire.bytes,
+                d,
+                &cl.parts,
+                &cl.codecs,
+                rc,
+                &mut msg,
+            )
+            .unwrap();
             let mut w = w_before.clone();
             msg.vec.add_to(&mut w);
             assert_eq!(bits(&w), bits(&cl.workers[0].state.w), "{name}: round {t}");
@@ -336,19 +504,54 @@ fn bit_counts_of_both_directions_match_the_encoded_messages() {
 #[test]
 fn runs_are_identical_for_any_thread_count() {
     let data = datasets::load("mushrooms").unwrap();
-    let p = neyman_pearson(&data, 6, SplitKind::Shuffled, 2, LossKind::Hinge, 0.4, NpClass::Negative, Some(3.0)).unwrap();
+    let p = neyman_pearson(
+        &data,
+        6,
+        SplitKind::Shuffled,
+        2,
+        LossKind::Hinge,
+        0.4,
+        NpClass::Negative,
+        Some(3.0),
+    )
+    .unwrap();
     let d = p.dim();
     let run = |threads: usize| {
         let parts = safe_parts("safe-ef", 0.05, 0.0, ValueFormat::F32, Some(3.0));
-        let codecs = SafeCodecs { uplink: build(&CompressorSpec { ratio: Some(0.1), ..CompressorSpec::named("rand-k") }, d).unwrap(), server: None };
-        let mut cl = SafeCluster::new(parts, codecs, p.oracles(), &vec![0.0; d], Some(8), 4, threads);
+        let codecs = SafeCodecs {
+            uplink: build(
+                &CompressorSpec {
+                    ratio: Some(0.1),
+                    ..CompressorSpec::named("rand-k")
+                },
+                d,
+            )
+            .unwrap(),
+            server: None,
+        };
+        let mut cl = SafeCluster::new(
+            parts,
+            codecs,
+            p.oracles(),
+            &vec![0.0; d],
+            Some(8),
+            4,
+            threads,
+        );
         let mut rows = Vec::new();
-        cl.run(&SafeStop { max_rounds: 60, log_every: 20, time_limit: None }, |m| {
-            let mut m = m.clone();
-            m.seconds = 0.0;
-            rows.push(m);
-            Control::Continue
-        });
+        cl.run(
+            &SafeStop {
+                max_rounds: 60,
+                log_every: 20,
+                time_limit: None,
+            },
+            |m| {
+                let mut m = m.clone();
+                m.seconds = 0.0;
+                rows.push(m);
+                Control::Continue
+            },
+        );
         rows
     };
     let a = run(1);
@@ -363,34 +566,67 @@ fn the_reference_solution_is_feasible_and_certified() {
     // phishing is not separable: the constraint is active, and so is the ball
     let data = datasets::load("phishing").unwrap();
     for (loss, tau, r) in [(LossKind::Hinge, 0.3, 3.0), (LossKind::Logistic, 0.4, 2.0)] {
-        let p = neyman_pearson(&data, 2, SplitKind::Shuffled, 1, loss, tau, NpClass::Negative, Some(r)).unwrap();
-        let rf = reference_solution(&p, &ReferenceOptions { mu_final: 1e-3, ..Default::default() }).unwrap();
+        let p = neyman_pearson(
+            &data,
+            2,
+            SplitKind::Shuffled,
+            1,
+            loss,
+            tau,
+            NpClass::Negative,
+            Some(r),
+        )
+        .unwrap();
+        let rf = reference_solution(
+            &p,
+            &ReferenceOptions {
+                mu_final: 1e-3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (f, g) = p.evaluate(&rf.x_star);
         assert_eq!(f, rf.f_star);
         assert!(g <= 0.0 && rf.g_star <= 0.0, "{loss:?}: g = {g}");
         assert!(rf.x_star.iter().map(|v| v * v).sum::<f64>().sqrt() <= r * (1.0 + 1e-12));
-        assert!(rf.certified && rf.gap() >= 0.0 && rf.gap() <= 1e-4 * rf.f_star.max(1.0), "{loss:?}: gap {}", rf.gap());
-        assert!(rf.lambda > 0.0, "{loss:?}: the constraint should be active at tau = {tau}");
+        assert!(
+            rf.certified && rf.gap() >= 0.0 && rf.gap() <= 1e-4 * rf.f_star.max(1.0),
+            "{loss:?}: gap {}",
+            rf.gap()
+        );
+        assert!(
+            rf.lambda > 0.0,
+            "{loss:?}: the constraint should be active at tau = {tau}"
+        );
         // weak duality: every point of X has f + lambda g >= the lower bound
         let mut state = 12345u64;
         for _ in 0..30 {
             let mut x: Vec<f64> = (0..p.dim())
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
                 })
                 .collect();
             let nx = x.iter().map(|v| v * v).sum::<f64>().sqrt();
             x.iter_mut().for_each(|v| *v *= r / nx * 0.9);
             for t in [0.0, 0.5, 0.9] {
-                let z: Vec<f64> = x.iter().zip(&rf.x_star).map(|(a, b)| t * b + (1.0 - t) * a).collect();
+                let z: Vec<f64> = x
+                    .iter()
+                    .zip(&rf.x_star)
+                    .map(|(a, b)| t * b + (1.0 - t) * a)
+                    .collect();
                 let (f, g) = p.evaluate(&z);
                 assert!(f + rf.lambda * g >= rf.lower_bound - 1e-12, "{loss:?}");
             }
         }
         // an uncompressed switching run ends up no better than the reference (up to its violation)
         let parts = safe_parts("parallel-sgd", 0.05, 0.0, ValueFormat::F32, Some(r));
-        let codecs = SafeCodecs { uplink: build(&CompressorSpec::named("identity"), p.dim()).unwrap(), server: None };
+        let codecs = SafeCodecs {
+            uplink: build(&CompressorSpec::named("identity"), p.dim()).unwrap(),
+            server: None,
+        };
         let mut cl = SafeCluster::new(parts, codecs, p.oracles(), &vec![0.0; p.dim()], None, 1, 2);
         for _ in 0..300 {
             cl.step().unwrap();

@@ -23,7 +23,13 @@ fn mushrooms(method: &str, extra: &str, gamma: f64, rounds: u64) -> Config {
 
 /// Runs `rounds` rounds and returns the metrics of every round (round 0 included).
 fn trajectory(c: &mut Cluster, rounds: u64) -> Vec<RoundMetrics> {
-    let rules = StopRules { max_rounds: rounds, tol: None, time_limit: None, blowup: 1e6, log_every: 1 };
+    let rules = StopRules {
+        max_rounds: rounds,
+        tol: None,
+        time_limit: None,
+        blowup: 1e6,
+        log_every: 1,
+    };
     let mut rows = Vec::new();
     c.run(&rules, |m| {
         let mut m = m.clone();
@@ -45,13 +51,28 @@ fn bits_eq(a: &[f64], b: &[f64]) -> bool {
 #[test]
 fn sgdm_with_eta_one_is_ef21_sgd_bit_for_bit() {
     let rounds = 40;
-    let mut sgd = prepare(&mushrooms("ef21-sgd", "batch = 0.05", 0.5, rounds)).unwrap().cluster;
-    let mut sgdm = prepare(&mushrooms("ef21-sgdm", "eta = 1.0\nbatch = 0.05\ninit_batch = 0.05", 0.5, rounds)).unwrap().cluster;
+    let mut sgd = prepare(&mushrooms("ef21-sgd", "batch = 0.05", 0.5, rounds))
+        .unwrap()
+        .cluster;
+    let mut sgdm = prepare(&mushrooms(
+        "ef21-sgdm",
+        "eta = 1.0\nbatch = 0.05\ninit_batch = 0.05",
+        0.5,
+        rounds,
+    ))
+    .unwrap()
+    .cluster;
     for t in 0..rounds {
         sgd.step().unwrap();
         sgdm.step().unwrap();
-        assert!(bits_eq(&sgd.server.state.x, &sgdm.server.state.x), "round {t}: x differs");
-        assert!(bits_eq(&sgd.server.state.g, &sgdm.server.state.g), "round {t}: g differs");
+        assert!(
+            bits_eq(&sgd.server.state.x, &sgdm.server.state.x),
+            "round {t}: x differs"
+        );
+        assert!(
+            bits_eq(&sgd.server.state.g, &sgdm.server.state.g),
+            "round {t}: g differs"
+        );
     }
     let (a, b) = (sgd.metrics(0.0), sgdm.metrics(0.0));
     assert_eq!(a.grad_norm_sq.to_bits(), b.grad_norm_sq.to_bits());
@@ -65,9 +86,18 @@ fn sgdm_with_eta_one_is_ef21_sgd_bit_for_bit() {
     }
     assert!(!bits_eq(&c.server.state.x, &sgd.server.state.x));
     // default init_batch: the full local gradient in round 0 -> a different run
-    let mut full_init = prepare(&mushrooms("ef21-sgdm", "eta = 1.0\nbatch = 0.05", 0.5, rounds)).unwrap().cluster;
+    let mut full_init = prepare(&mushrooms(
+        "ef21-sgdm",
+        "eta = 1.0\nbatch = 0.05",
+        0.5,
+        rounds,
+    ))
+    .unwrap()
+    .cluster;
     full_init.step().unwrap();
-    let mut sgd0 = prepare(&mushrooms("ef21-sgd", "batch = 0.05", 0.5, rounds)).unwrap().cluster;
+    let mut sgd0 = prepare(&mushrooms("ef21-sgd", "batch = 0.05", 0.5, rounds))
+        .unwrap()
+        .cluster;
     sgd0.step().unwrap();
     assert!(!bits_eq(&full_init.server.state.x, &sgd0.server.state.x));
 }
@@ -97,7 +127,10 @@ fn shards() -> Vec<Dense> {
                     r
                 })
                 .collect();
-            Dense { rows, y: s.y.clone() }
+            Dense {
+                rows,
+                y: s.y.clone(),
+            }
         })
         .collect()
 }
@@ -186,7 +219,12 @@ fn sgdm_and_sgd2m_match_independent_computation() {
         let rows = trajectory(&mut c, rounds as u64);
         assert_eq!(rows.len(), expect.len());
         for (r, e) in rows.iter().zip(&expect) {
-            assert!((r.grad_norm_sq - e).abs() <= 1e-9 * e.abs(), "{name} round {}: {} vs {e}", r.round, r.grad_norm_sq);
+            assert!(
+                (r.grad_norm_sq - e).abs() <= 1e-9 * e.abs(),
+                "{name} round {}: {} vs {e}",
+                r.round,
+                r.grad_norm_sq
+            );
         }
         // momentum really acts: the run differs from eta = 1 (EF21 with full gradients)
         let plain = independent(&sh, gamma, 1.0, false, rounds);
@@ -196,12 +234,19 @@ fn sgdm_and_sgd2m_match_independent_computation() {
 
 #[test]
 fn sgd_ideal_preset_needs_a_batch_and_sends_dense() {
-    let q = SgdmProblem::NoisyQuadratic { dim: 4, noise: NoiseKind::Asymmetric, sigma: 0.5 };
+    let q = SgdmProblem::NoisyQuadratic {
+        dim: 4,
+        noise: NoiseKind::Asymmetric,
+        sigma: 0.5,
+    };
     let mut s = SgdmSetup {
         problem: q,
         workers: 2,
         method: MethodSpec::named("ef21-sgd-ideal"),
-        compressor: CompressorSpec { k: Some(1), ..CompressorSpec::named("top-k") },
+        compressor: CompressorSpec {
+            k: Some(1),
+            ..CompressorSpec::named("top-k")
+        },
         gamma: 0.1,
         x0: None,
         seed: 3,
@@ -223,10 +268,24 @@ fn sgd_ideal_preset_needs_a_batch_and_sends_dense() {
             assert_eq!(w.scratch.wire.bytes.len(), 16);
             let mut dec = Uplink::default();
             let round = c.round() - 1;
-            decode_uplink(&w.scratch.wire.bytes, &c.parts, &c.codecs, round, uplink_shared_key(3, w.state.id, round), &mut dec).unwrap();
+            decode_uplink(
+                &w.scratch.wire.bytes,
+                &c.parts,
+                &c.codecs,
+                round,
+                uplink_shared_key(3, w.state.id, round),
+                &mut dec,
+            )
+            .unwrap();
             assert!(dec.vec.bit_eq(&w.scratch.up.vec));
             // g_i = x + C(noise): it differs from x in exactly one coordinate (Top-1)
-            let differs = w.state.g.iter().zip(&w.state.x).filter(|(g, x)| (*g - *x).abs() > 1e-6).count();
+            let differs = w
+                .state
+                .g
+                .iter()
+                .zip(&w.state.x)
+                .filter(|(g, x)| (*g - *x).abs() > 1e-6)
+                .count();
             assert!(differs <= 1, "{:?} vs {:?}", w.state.g, w.state.x);
         }
     }
@@ -237,10 +296,18 @@ fn sgd_ideal_preset_needs_a_batch_and_sends_dense() {
 
 fn noisy_setup(method: MethodSpec, workers: usize, values: ValueFormat, gamma: f64) -> SgdmSetup {
     SgdmSetup {
-        problem: SgdmProblem::NoisyQuadratic { dim: 2, noise: NoiseKind::Asymmetric, sigma: 0.5 },
+        problem: SgdmProblem::NoisyQuadratic {
+            dim: 2,
+            noise: NoiseKind::Asymmetric,
+            sigma: 0.5,
+        },
         workers,
         method,
-        compressor: CompressorSpec { k: Some(1), values: Some(values), ..CompressorSpec::named("top-k") },
+        compressor: CompressorSpec {
+            k: Some(1),
+            values: Some(values),
+            ..CompressorSpec::named("top-k")
+        },
         gamma,
         x0: Some(vec![0.3, -0.2]),
         seed: 9,
@@ -251,19 +318,58 @@ fn noisy_setup(method: MethodSpec, workers: usize, values: ValueFormat, gamma: f
 fn methods() -> Vec<MethodSpec> {
     let b = Some(BatchSize::Count(1));
     vec![
-        MethodSpec { batch: b, ..MethodSpec::named("ef21-sgd") },
-        MethodSpec { batch: Some(BatchSize::Count(3)), ..MethodSpec::named("ef21-sgd") },
-        MethodSpec { batch: b, ..MethodSpec::named("ef21-sgd-ideal") },
-        MethodSpec { batch: b, eta: Some(0.1), ..MethodSpec::named("ef21-sgdm") },
-        MethodSpec { batch: b, eta: Some(0.2), init_batch: Some(BatchSize::Count(4)), ..MethodSpec::named("ef21-sgd2m") },
+        MethodSpec {
+            batch: b,
+            ..MethodSpec::named("ef21-sgd")
+        },
+        MethodSpec {
+            batch: Some(BatchSize::Count(3)),
+            ..MethodSpec::named("ef21-sgd")
+        },
+        MethodSpec {
+            batch: b,
+            ..MethodSpec::named("ef21-sgd-ideal")
+        },
+        MethodSpec {
+            batch: b,
+            eta: Some(0.1),
+            ..MethodSpec::named("ef21-sgdm")
+        },
+        MethodSpec {
+            batch: b,
+            eta: Some(0.2),
+            init_batch: Some(BatchSize::Count(4)),
+            ..MethodSpec::named("ef21-sgd2m")
+        },
     ]
 }
 
 fn lean(s: &SgdmSetup, rounds: u64, log_every: u64) -> efkit_runtime::lean::LeanRun {
     let c = build_cluster(s).unwrap();
     let mut o = NoisyQuadratic::new(2, NoiseKind::Asymmetric, 0.5).unwrap();
-    let codecs = Codecs { uplink: build(&s.compressor, 2).unwrap(), dense: build(&CompressorSpec { values: s.compressor.values, ..CompressorSpec::named("identity") }, 2).unwrap(), downlink: None };
-    run_shared(&c.parts, &codecs, &mut o as &mut dyn Oracle, s.workers, s.x0.as_deref().unwrap(), s.seed, rounds, log_every).unwrap()
+    let codecs = Codecs {
+        uplink: build(&s.compressor, 2).unwrap(),
+        dense: build(
+            &CompressorSpec {
+                values: s.compressor.values,
+                ..CompressorSpec::named("identity")
+            },
+            2,
+        )
+        .unwrap(),
+        downlink: None,
+    };
+    run_shared(
+        &c.parts,
+        &codecs,
+        &mut o as &mut dyn Oracle,
+        s.workers,
+        s.x0.as_deref().unwrap(),
+        s.seed,
+        rounds,
+        log_every,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -277,7 +383,13 @@ fn lean_loop_matches_the_cluster_bit_for_bit() {
             let l = lean(&s, 150, 1);
             assert_eq!(l.rounds, rows.iter().map(|r| r.round).collect::<Vec<_>>());
             for (a, b) in rows.iter().zip(&l.grad_norm_sq) {
-                assert_eq!(a.grad_norm_sq.to_bits(), b.to_bits(), "{} {values:?} n = 1 round {}", m.name, a.round);
+                assert_eq!(
+                    a.grad_norm_sq.to_bits(),
+                    b.to_bits(),
+                    "{} {values:?} n = 1 round {}",
+                    m.name,
+                    a.round
+                );
             }
             assert!(bits_eq(&c.server.state.x, &l.x));
             // n = 5: the final iterate after several horizons
@@ -288,7 +400,13 @@ fn lean_loop_matches_the_cluster_bit_for_bit() {
                     c.step().unwrap();
                 }
                 let l = lean(&s, rounds, 10);
-                assert!(bits_eq(&c.server.state.x, &l.x), "{} {values:?} n = 5 after {rounds}: {:?} vs {:?}", m.name, c.server.state.x, l.x);
+                assert!(
+                    bits_eq(&c.server.state.x, &l.x),
+                    "{} {values:?} n = 5 after {rounds}: {:?} vs {:?}",
+                    m.name,
+                    c.server.state.x,
+                    l.x
+                );
                 assert_eq!(*l.rounds.last().unwrap(), rounds);
             }
         }
@@ -303,21 +421,50 @@ fn lean_loop_matches_the_cluster_bit_for_bit() {
 fn ideal_method_is_biased_by_asymmetric_noise_only() {
     let sigma = 0.5;
     let plateau = |method: MethodSpec, noise: NoiseKind| -> f64 {
-        let s = SgdmSetup { problem: SgdmProblem::NoisyQuadratic { dim: 2, noise, sigma }, x0: Some(vec![0.0, 0.0]), ..noisy_setup(method, 4, ValueFormat::F64, 0.01) };
+        let s = SgdmSetup {
+            problem: SgdmProblem::NoisyQuadratic {
+                dim: 2,
+                noise,
+                sigma,
+            },
+            x0: Some(vec![0.0, 0.0]),
+            ..noisy_setup(method, 4, ValueFormat::F64, 0.01)
+        };
         let c = build_cluster(&s).unwrap();
         let mut o = NoisyQuadratic::new(2, noise, sigma).unwrap();
-        let codecs = Codecs { uplink: build(&s.compressor, 2).unwrap(), dense: build(&CompressorSpec { values: Some(ValueFormat::F64), ..CompressorSpec::named("identity") }, 2).unwrap(), downlink: None };
+        let codecs = Codecs {
+            uplink: build(&s.compressor, 2).unwrap(),
+            dense: build(
+                &CompressorSpec {
+                    values: Some(ValueFormat::F64),
+                    ..CompressorSpec::named("identity")
+                },
+                2,
+            )
+            .unwrap(),
+            downlink: None,
+        };
         let l = run_shared(&c.parts, &codecs, &mut o, 4, &[0.0, 0.0], s.seed, 4000, 1).unwrap();
         // mean over rounds 1000..4000 (x relaxes at rate gamma = 0.01)
         l.grad_norm_sq[1000..].iter().sum::<f64>() / 3001.0
     };
     let b = Some(BatchSize::Count(1));
-    let ideal = MethodSpec { batch: b, ..MethodSpec::named("ef21-sgd-ideal") };
+    let ideal = MethodSpec {
+        batch: b,
+        ..MethodSpec::named("ef21-sgd-ideal")
+    };
     let p = plateau(ideal.clone(), NoiseKind::Asymmetric);
-    assert!((p - sigma * sigma / 4.0).abs() < 0.015, "ideal, asymmetric: {p}");
+    assert!(
+        (p - sigma * sigma / 4.0).abs() < 0.015,
+        "ideal, asymmetric: {p}"
+    );
     let p = plateau(ideal, NoiseKind::Gaussian);
     assert!(p < 0.01, "ideal, gaussian: {p}");
-    let sgdm = MethodSpec { batch: b, eta: Some(0.05), ..MethodSpec::named("ef21-sgdm") };
+    let sgdm = MethodSpec {
+        batch: b,
+        eta: Some(0.05),
+        ..MethodSpec::named("ef21-sgdm")
+    };
     let p = plateau(sgdm, NoiseKind::Asymmetric);
     assert!(p < 0.0125, "sgdm, asymmetric: {p}");
 }

@@ -36,7 +36,11 @@ pub const EXIT_DIVERGED: u8 = 3;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "efkit", version, about = "Communication-efficient distributed training with error feedback (EF21 family)")]
+#[command(
+    name = "efkit",
+    version,
+    about = "Communication-efficient distributed training with error feedback (EF21 family)"
+)]
 struct Cli {
     /// Print no progress bars or tables (errors still go to stderr).
     #[arg(long, short, global = true)]
@@ -165,12 +169,17 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_env("EFKIT_LOG")).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("EFKIT_LOG"))
+        .init();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<UserError>().is_some() || e.chain().any(|c| c.downcast_ref::<UserError>().is_some()) {
+            if e.downcast_ref::<UserError>().is_some()
+                || e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -181,12 +190,41 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { config, out, force, set, threads, checkpoint_every, backend } => match run_mpi::choose_backend(backend)? {
-            run_mpi::Backend::Mpi => run_mpi::cmd_run_mpi(&config, out, force, &set, threads, checkpoint_every, cli.quiet),
-            run_mpi::Backend::InProcess => run::cmd_run(&config, out, force, &set, threads, checkpoint_every, cli.quiet),
+        Command::Run {
+            config,
+            out,
+            force,
+            set,
+            threads,
+            checkpoint_every,
+            backend,
+        } => match run_mpi::choose_backend(backend)? {
+            run_mpi::Backend::Mpi => run_mpi::cmd_run_mpi(
+                &config,
+                out,
+                force,
+                &set,
+                threads,
+                checkpoint_every,
+                cli.quiet,
+            ),
+            run_mpi::Backend::InProcess => run::cmd_run(
+                &config,
+                out,
+                force,
+                &set,
+                threads,
+                checkpoint_every,
+                cli.quiet,
+            ),
         },
         Command::Resume { dir } => run::cmd_resume(&dir, cli.quiet),
-        Command::Repro { name, out, force, quick } => repro::cmd_repro(name, out, force, quick, cli.quiet),
+        Command::Repro {
+            name,
+            out,
+            force,
+            quick,
+        } => repro::cmd_repro(name, out, force, quick, cli.quiet),
         Command::Plot { dirs, x, y, out } => run::cmd_plot(&dirs, x, &y, &out),
         Command::Data { command } => match command {
             DataCommand::List => run::cmd_data_list(),

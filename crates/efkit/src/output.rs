@@ -18,14 +18,20 @@ pub const RUN_FILES: &[&str] = &["metrics.jsonl", "summary.json", "config.toml"]
 /// Writes `data` to `path` atomically (temp file + rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().context("path has no file name")?.to_string_lossy().to_string();
+    let name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy()
+        .to_string();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     {
-        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut f =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(data)?;
         f.sync_all().ok();
     }
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -44,24 +50,39 @@ pub fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
                 dir.display()
             )));
         }
-        for f in RUN_FILES.iter().chain(["grad_norm_vs_bits.svg", "grad_norm_vs_bits.png", "checkpoint.json"].iter()) {
+        for f in RUN_FILES.iter().chain(
+            [
+                "grad_norm_vs_bits.svg",
+                "grad_norm_vs_bits.png",
+                "checkpoint.json",
+            ]
+            .iter(),
+        ) {
             let p = dir.join(f);
             if p.exists() {
                 fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
             }
         }
     }
-    fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     Ok(())
 }
 
 /// A fresh timestamped directory under `runs/`.
 pub fn fresh_dir(tag: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let base = PathBuf::from("runs");
     let mut i = 0;
     loop {
-        let p = base.join(if i == 0 { format!("{secs}-{tag}") } else { format!("{secs}-{tag}-{i}") });
+        let p = base.join(if i == 0 {
+            format!("{secs}-{tag}")
+        } else {
+            format!("{secs}-{tag}-{i}")
+        });
         if !p.exists() {
             return p;
         }
@@ -77,7 +98,12 @@ pub struct JsonLines {
 impl JsonLines {
     /// Creates (truncates) the file.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(JsonLines { file })
     }
 
@@ -89,7 +115,10 @@ impl JsonLines {
             buf.push(b'\n');
         }
         write_atomic(path, &buf)?;
-        let file = OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(JsonLines { file })
     }
 

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::ValueEnum;
-use efkit_runtime::config::{Config, InitConfig, ProblemConfig, ProblemKind, SplitKind, StepConfig, StopConfig};
 use efkit_core::compress::CompressorSpec;
 use efkit_core::method::MethodSpec;
+use efkit_runtime::config::{
+    Config, InitConfig, ProblemConfig, ProblemKind, SplitKind, StepConfig, StopConfig,
+};
 
 use crate::output;
 use crate::plot::{self, Panel};
@@ -63,11 +65,24 @@ pub struct CurveResult {
 }
 
 fn slug(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Runs every curve into `out/<panel>-<label>/`.
-pub fn run_curves(curves: Vec<Curve>, out: &Path, force: bool, quiet: bool) -> Result<Vec<CurveResult>> {
+pub fn run_curves(
+    curves: Vec<Curve>,
+    out: &Path,
+    force: bool,
+    quiet: bool,
+) -> Result<Vec<CurveResult>> {
     let total = curves.len();
     let mut res = Vec::new();
     for (i, c) in curves.into_iter().enumerate() {
@@ -75,9 +90,22 @@ pub fn run_curves(curves: Vec<Curve>, out: &Path, force: bool, quiet: bool) -> R
         if !quiet {
             eprintln!("[{}/{}] {} -> {}", i + 1, total, c.label, dir.display());
         }
-        let s = run_config(&c.config, &dir, &RunOptions { quiet, force, label: Some(c.label.clone()) })?;
+        let s = run_config(
+            &c.config,
+            &dir,
+            &RunOptions {
+                quiet,
+                force,
+                label: Some(c.label.clone()),
+            },
+        )?;
         let rows = plot::read_metrics(&dir.join("metrics.jsonl"))?;
-        res.push(CurveResult { panel: c.panel, label: c.label, rows, status: s.status });
+        res.push(CurveResult {
+            panel: c.panel,
+            label: c.label,
+            rows,
+            status: s.status,
+        });
     }
     Ok(res)
 }
@@ -87,12 +115,27 @@ fn get(row: &serde_json::Value, k: &str) -> Option<f64> {
 }
 
 /// First value of `x_key` at which `y_key <= target`, if reached.
-pub fn first_reach(rows: &[serde_json::Value], x_key: &str, y_key: &str, target: f64) -> Option<f64> {
-    rows.iter().find(|r| get(r, y_key).is_some_and(|y| y <= target)).and_then(|r| get(r, x_key))
+pub fn first_reach(
+    rows: &[serde_json::Value],
+    x_key: &str,
+    y_key: &str,
+    target: f64,
+) -> Option<f64> {
+    rows.iter()
+        .find(|r| get(r, y_key).is_some_and(|y| y <= target))
+        .and_then(|r| get(r, x_key))
 }
 
 /// Panels of `y_key` against `x_key`, one per panel title.
-pub fn panels(results: &[CurveResult], titles: &[String], x_key: &str, x_label: &str, y_key: &str, y_label: &str, log_x: bool) -> Vec<Panel> {
+pub fn panels(
+    results: &[CurveResult],
+    titles: &[String],
+    x_key: &str,
+    x_label: &str,
+    y_key: &str,
+    y_label: &str,
+    log_x: bool,
+) -> Vec<Panel> {
     titles
         .iter()
         .enumerate()
@@ -102,16 +145,31 @@ pub fn panels(results: &[CurveResult], titles: &[String], x_key: &str, x_label: 
             y_label: y_label.into(),
             log_x,
             log_y: true,
-            series: results.iter().filter(|r| r.panel == p).map(|r| plot::series_from_metrics(&r.rows, x_key, y_key, &r.label)).collect(),
+            series: results
+                .iter()
+                .filter(|r| r.panel == p)
+                .map(|r| plot::series_from_metrics(&r.rows, x_key, y_key, &r.label))
+                .collect(),
         })
         .collect()
 }
 
 /// `efkit repro`.
-pub fn cmd_repro(name: ReproName, out: Option<PathBuf>, force: bool, quick: bool, quiet: bool) -> Result<u8> {
-    let out = out.unwrap_or_else(|| PathBuf::from("repro").join(format!("{name:?}").to_lowercase()));
+pub fn cmd_repro(
+    name: ReproName,
+    out: Option<PathBuf>,
+    force: bool,
+    quick: bool,
+    quiet: bool,
+) -> Result<u8> {
+    let out =
+        out.unwrap_or_else(|| PathBuf::from("repro").join(format!("{name:?}").to_lowercase()));
     if out.join("README.md").exists() && !force {
-        return Err(crate::UserError(format!("{} already holds a reproduction; use --force to overwrite it or choose another --out", out.display())).into());
+        return Err(crate::UserError(format!(
+            "{} already holds a reproduction; use --force to overwrite it or choose another --out",
+            out.display()
+        ))
+        .into());
     }
     std::fs::create_dir_all(&out)?;
     match name {
@@ -129,22 +187,58 @@ pub fn cmd_repro(name: ReproName, out: Option<PathBuf>, force: bool, quick: bool
 }
 
 /// A logistic-regression config as the EF21 papers' code sets it up.
-pub fn logreg_config(dataset: &str, workers: usize, method: &str, compressor: CompressorSpec, rule: &str, multiplier: f64, max_rounds: u64, tol: Option<f64>, log_every: u64) -> Config {
+pub fn logreg_config(
+    dataset: &str,
+    workers: usize,
+    method: &str,
+    compressor: CompressorSpec,
+    rule: &str,
+    multiplier: f64,
+    max_rounds: u64,
+    tol: Option<f64>,
+    log_every: u64,
+) -> Config {
     Config {
         seed: 1,
         threads: 0,
-        problem: ProblemConfig { kind: ProblemKind::Logistic, dataset: dataset.into(), workers, lambda: Some(0.1), split: SplitKind::Contiguous, features: None },
+        problem: ProblemConfig {
+            kind: ProblemKind::Logistic,
+            dataset: dataset.into(),
+            workers,
+            lambda: Some(0.1),
+            split: SplitKind::Contiguous,
+            features: None,
+        },
         method: MethodSpec::named(method),
         compressor,
         server_compressor: None,
-        step: StepConfig { rule: rule.into(), multiplier, value: None, mu: None },
-        init: InitConfig { kind: "gaussian".into(), std: 1.0, path: None },
-        stop: StopConfig { max_rounds, tol, time_limit: None, log_every, blowup: 1e6, checkpoint_every: None },
+        step: StepConfig {
+            rule: rule.into(),
+            multiplier,
+            value: None,
+            mu: None,
+        },
+        init: InitConfig {
+            kind: "gaussian".into(),
+            std: 1.0,
+            path: None,
+        },
+        stop: StopConfig {
+            max_rounds,
+            tol,
+            time_limit: None,
+            log_every,
+            blowup: 1e6,
+            checkpoint_every: None,
+        },
     }
 }
 
 fn topk(k: usize) -> CompressorSpec {
-    CompressorSpec { k: Some(k), ..CompressorSpec::named("top-k") }
+    CompressorSpec {
+        k: Some(k),
+        ..CompressorSpec::named("top-k")
+    }
 }
 
 fn repro_ef21(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
@@ -152,10 +246,46 @@ fn repro_ef21(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     // (dataset, max rounds, [(method, k, multiplier)]); EF21+ uses the PL rule with mu = lambda
     // as the authors' EF21+ script does (algorithms.md §6 note); GD multiplies 1/L.
     let table: [(&str, u64, [(&str, usize, f64); 4]); 4] = [
-        ("phishing", 6000, [("ef21", 1, 16.0), ("ef14", 1, 16.0), ("ef21-plus", 1, 256.0), ("gd", 0, 1.0)]),
-        ("mushrooms", 12000, [("ef21", 2, 1024.0), ("ef14", 2, 64.0), ("ef21-plus", 1, 4096.0), ("gd", 0, 4.0)]),
-        ("a9a", 4000, [("ef21", 4, 64.0), ("ef14", 4, 64.0), ("ef21-plus", 1, 2048.0), ("gd", 0, 2.0)]),
-        ("w8a", 4000, [("ef21", 1, 64.0), ("ef14", 1, 32.0), ("ef21-plus", 1, 2048.0), ("gd", 0, 4.0)]),
+        (
+            "phishing",
+            6000,
+            [
+                ("ef21", 1, 16.0),
+                ("ef14", 1, 16.0),
+                ("ef21-plus", 1, 256.0),
+                ("gd", 0, 1.0),
+            ],
+        ),
+        (
+            "mushrooms",
+            12000,
+            [
+                ("ef21", 2, 1024.0),
+                ("ef14", 2, 64.0),
+                ("ef21-plus", 1, 4096.0),
+                ("gd", 0, 4.0),
+            ],
+        ),
+        (
+            "a9a",
+            4000,
+            [
+                ("ef21", 4, 64.0),
+                ("ef14", 4, 64.0),
+                ("ef21-plus", 1, 2048.0),
+                ("gd", 0, 2.0),
+            ],
+        ),
+        (
+            "w8a",
+            4000,
+            [
+                ("ef21", 1, 64.0),
+                ("ef14", 1, 32.0),
+                ("ef21-plus", 1, 2048.0),
+                ("gd", 0, 4.0),
+            ],
+        ),
     ];
     let tol = 1e-7;
     let mut curves = Vec::new();
@@ -167,25 +297,73 @@ fn repro_ef21(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
             let (comp, label) = if m == "gd" {
                 (CompressorSpec::named("identity"), format!("GD {mult}x"))
             } else {
-                (topk(k), format!("{} k={k} {mult}x", match m { "ef21" => "EF21", "ef14" => "EF", _ => "EF21+" }))
+                (
+                    topk(k),
+                    format!(
+                        "{} k={k} {mult}x",
+                        match m {
+                            "ef21" => "EF21",
+                            "ef14" => "EF",
+                            _ => "EF21+",
+                        }
+                    ),
+                )
             };
-            let rule = if m == "ef21-plus" { "theory-pl" } else { "theory" };
-            let mut cfg = logreg_config(ds, 20, m, comp, rule, mult, rounds, Some(tol), if quick { 5 } else { 10 });
+            let rule = if m == "ef21-plus" {
+                "theory-pl"
+            } else {
+                "theory"
+            };
+            let mut cfg = logreg_config(
+                ds,
+                20,
+                m,
+                comp,
+                rule,
+                mult,
+                rounds,
+                Some(tol),
+                if quick { 5 } else { 10 },
+            );
             if m == "ef21-plus" {
                 cfg.step.mu = Some(0.1);
             }
-            curves.push(Curve { panel: p, label, config: cfg });
+            curves.push(Curve {
+                panel: p,
+                label,
+                config: cfg,
+            });
         }
     }
     let results = run_curves(curves, out, force, quiet)?;
-    let paper = panels(&results, &titles, "bits_up_paper", "#bits/n (32 bits per value, indices free)", "grad_norm_sq", "||grad f(x)||^2", false);
-    let wire = panels(&results, &titles, "bits_up_wire", "#bits/n (wire: values + indices)", "grad_norm_sq", "||grad f(x)||^2", false);
+    let paper = panels(
+        &results,
+        &titles,
+        "bits_up_paper",
+        "#bits/n (32 bits per value, indices free)",
+        "grad_norm_sq",
+        "||grad f(x)||^2",
+        false,
+    );
+    let wire = panels(
+        &results,
+        &titles,
+        "bits_up_wire",
+        "#bits/n (wire: values + indices)",
+        "grad_norm_sq",
+        "||grad f(x)||^2",
+        false,
+    );
     let (svg, png) = plot::render(&paper, 2, &out.join("ef21_paper_bits"))?;
     let (svg2, png2) = plot::render(&wire, 2, &out.join("ef21_wire_bits"))?;
     let mut table = String::from("| dataset | method | status | bits/n to 1e-7 (paper) | bits/n to 1e-7 (wire) | final ||grad f||^2 |\n|---|---|---|---|---|---|\n");
     for r in &results {
         let fmt = |v: Option<f64>| v.map_or("not reached".to_string(), |b| format!("{b:.3e}"));
-        let last = r.rows.last().and_then(|l| get(l, "grad_norm_sq")).unwrap_or(f64::NAN);
+        let last = r
+            .rows
+            .last()
+            .and_then(|l| get(l, "grad_norm_sq"))
+            .unwrap_or(f64::NAN);
         table.push_str(&format!(
             "| {} | {} | {:?} | {} | {} | {:.3e} |\n",
             titles[r.panel],

@@ -35,7 +35,10 @@ use crate::repro::{first_reach, logreg_config, panels, run_curves, Curve, CurveR
 pub const TOL: f64 = 1e-7;
 
 fn topk(k: usize) -> CompressorSpec {
-    CompressorSpec { k: Some(k), ..CompressorSpec::named("top-k") }
+    CompressorSpec {
+        k: Some(k),
+        ..CompressorSpec::named("top-k")
+    }
 }
 
 fn get(row: &serde_json::Value, k: &str) -> Option<f64> {
@@ -47,7 +50,9 @@ fn last(rows: &[serde_json::Value], k: &str) -> f64 {
 }
 
 fn min_of(rows: &[serde_json::Value], k: &str) -> f64 {
-    rows.iter().filter_map(|r| get(r, k)).fold(f64::INFINITY, f64::min)
+    rows.iter()
+        .filter_map(|r| get(r, k))
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn fmt_e(v: f64) -> String {
@@ -68,7 +73,10 @@ fn fmt_int(v: Option<f64>) -> String {
 
 /// `y_key` against the sum of `x_keys` (e.g. uplink + downlink bits).
 fn series_sum(rows: &[serde_json::Value], x_keys: &[&str], y_key: &str, label: &str) -> Series {
-    let mut s = Series { label: label.to_string(), ..Series::default() };
+    let mut s = Series {
+        label: label.to_string(),
+        ..Series::default()
+    };
     for r in rows {
         let x: Option<f64> = x_keys.iter().map(|k| get(r, k)).sum();
         if let (Some(x), Some(y)) = (x, get(r, y_key)) {
@@ -80,12 +88,26 @@ fn series_sum(rows: &[serde_json::Value], x_keys: &[&str], y_key: &str, label: &
 }
 
 /// First value of the sum of `x_keys` at which `y_key <= target`.
-fn first_reach_sum(rows: &[serde_json::Value], x_keys: &[&str], y_key: &str, target: f64) -> Option<f64> {
-    rows.iter().find(|r| get(r, y_key).is_some_and(|y| y <= target)).and_then(|r| x_keys.iter().map(|k| get(r, k)).sum())
+fn first_reach_sum(
+    rows: &[serde_json::Value],
+    x_keys: &[&str],
+    y_key: &str,
+    target: f64,
+) -> Option<f64> {
+    rows.iter()
+        .find(|r| get(r, y_key).is_some_and(|y| y <= target))
+        .and_then(|r| x_keys.iter().map(|k| get(r, k)).sum())
 }
 
 /// One panel per title, plotting the sum of `x_keys` on the x axis.
-fn panels_sum(results: &[CurveResult], titles: &[String], x_keys: &[&str], x_label: &str, y_label: &str, log_x: bool) -> Vec<Panel> {
+fn panels_sum(
+    results: &[CurveResult],
+    titles: &[String],
+    x_keys: &[&str],
+    x_label: &str,
+    y_label: &str,
+    log_x: bool,
+) -> Vec<Panel> {
     titles
         .iter()
         .enumerate()
@@ -95,7 +117,11 @@ fn panels_sum(results: &[CurveResult], titles: &[String], x_keys: &[&str], x_lab
             y_label: y_label.into(),
             log_x,
             log_y: true,
-            series: results.iter().filter(|r| r.panel == p).map(|r| series_sum(&r.rows, x_keys, "grad_norm_sq", &r.label)).collect(),
+            series: results
+                .iter()
+                .filter(|r| r.panel == p)
+                .map(|r| series_sum(&r.rows, x_keys, "grad_norm_sq", &r.label))
+                .collect(),
         })
         .collect()
 }
@@ -113,7 +139,13 @@ fn by_row(groups: Vec<Vec<Panel>>) -> Vec<Panel> {
 }
 
 /// Writes README.md and prints the table and the figure paths.
-fn finish(out: &Path, readme: &str, table: &str, figures: &[(std::path::PathBuf, std::path::PathBuf)], quiet: bool) -> Result<u8> {
+fn finish(
+    out: &Path,
+    readme: &str,
+    table: &str,
+    figures: &[(std::path::PathBuf, std::path::PathBuf)],
+    quiet: bool,
+) -> Result<u8> {
     output::write_atomic(&out.join("README.md"), readme.as_bytes())?;
     if !quiet {
         println!("{table}");
@@ -168,7 +200,12 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     // the poster's Top-2 legends.
     let fracs = [0.25, 0.125, 0.015];
     let table: [(&str, f64, [f64; 3], [f64; 3]); 3] = [
-        ("mushrooms", 2500.0, [2048.0, 2048.0, 128.0], [512.0, 1024.0, 1024.0]),
+        (
+            "mushrooms",
+            2500.0,
+            [2048.0, 2048.0, 128.0],
+            [512.0, 1024.0, 1024.0],
+        ),
         ("w8a", 2500.0, [2048.0, 2048.0, 512.0], [64.0, 64.0, 64.0]),
         ("a9a", 2500.0, [128.0, 64.0, 512.0], [64.0, 64.0, 128.0]),
     ];
@@ -186,17 +223,52 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
                 // about one evaluation of ||grad f||^2 per epoch (as the authors' code)
                 let log_every = ((1.0 / cost).floor() as u64).max(1);
                 let method = if is_page { "ef21-page" } else { "ef21-sgd" };
-                let mut cfg = logreg_config(ds, 20, method, topk(2), "theory", mult, rounds, Some(TOL), log_every);
+                let mut cfg = logreg_config(
+                    ds,
+                    20,
+                    method,
+                    topk(2),
+                    "theory",
+                    mult,
+                    rounds,
+                    Some(TOL),
+                    log_every,
+                );
                 cfg.method.batch = Some(BatchSize::Fraction(frac));
-                let label = format!("{} {}% {}x", if is_page { "PAGE" } else { "SGD" }, frac * 100.0, mult);
-                curves.push(Curve { panel: p, label, config: cfg });
+                let label = format!(
+                    "{} {}% {}x",
+                    if is_page { "PAGE" } else { "SGD" },
+                    frac * 100.0,
+                    mult
+                );
+                curves.push(Curve {
+                    panel: p,
+                    label,
+                    config: cfg,
+                });
             }
         }
     }
     let results = run_curves(curves, out, force, quiet)?;
     let y = "||grad f(x)||^2";
-    let ep = panels(&results, &titles, "epochs", "epochs (log)", "grad_norm_sq", y, true);
-    let bits = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, 32 bits per value, log)", "grad_norm_sq", y, true);
+    let ep = panels(
+        &results,
+        &titles,
+        "epochs",
+        "epochs (log)",
+        "grad_norm_sq",
+        y,
+        true,
+    );
+    let bits = panels(
+        &results,
+        &titles,
+        "bits_up_paper",
+        "#bits/n (C->S, 32 bits per value, log)",
+        "grad_norm_sq",
+        y,
+        true,
+    );
     let fig = plot::render(&by_row(vec![ep, bits]), 2, &out.join("page_vs_sgd"))?;
     let mut t = format!(
         "| dataset | curve | status | rounds | epochs run | final \\|\\|grad f\\|\\|^2 | min \\|\\|grad f\\|\\|^2 | epochs to {TOL:e} | bits/n to {TOL:e} (paper) |\n|---|---|---|---|---|---|---|---|---|\n"
@@ -236,7 +308,11 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
          EF21-SGD reached it in {sgd_reached} of {sgd_n} runs, its smallest ||grad f||^2 over all runs and rounds being {}.",
         fmt_e(sgd_min)
     );
-    let budget = budgets.iter().map(|b| format!("{b}")).collect::<Vec<_>>().join(" / ");
+    let budget = budgets
+        .iter()
+        .map(|b| format!("{b}"))
+        .collect::<Vec<_>>()
+        .join(" / ");
     let readme = format!(
         "# efkit repro bw-page{}\n\nEF21 with Bells & Whistles, Experiment 1 (algorithms.md §10.2): EF21-PAGE vs EF21-SGD with minibatches of \
          floor(0.25 N_i), floor(0.125 N_i), floor(0.015 N_i) samples per worker (uniform without replacement), Top-2, n = 20 workers, \
@@ -273,21 +349,85 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         budgets.push(rounds);
         // about 1000 evaluations per run at most
         let log_every = |r: u64| if quick { 5 } else { (r / 1000).max(10) };
-        curves.push(Curve { panel: p, label: format!("EF21 {ef21}x"), config: logreg_config(ds, 100, "ef21", topk(2), "theory", *ef21, rounds, Some(TOL), log_every(rounds)) });
+        curves.push(Curve {
+            panel: p,
+            label: format!("EF21 {ef21}x"),
+            config: logreg_config(
+                ds,
+                100,
+                "ef21",
+                topk(2),
+                "theory",
+                *ef21,
+                rounds,
+                Some(TOL),
+                log_every(rounds),
+            ),
+        });
         for (&f, &mult) in fracs.iter().zip(pp.iter()) {
             let r = (rounds as f64 / f).ceil() as u64;
-            let mut cfg = logreg_config(ds, 100, "ef21-pp", topk(2), "theory", mult, r, Some(TOL), log_every(r));
+            let mut cfg = logreg_config(
+                ds,
+                100,
+                "ef21-pp",
+                topk(2),
+                "theory",
+                mult,
+                r,
+                Some(TOL),
+                log_every(r),
+            );
             cfg.method.participation = Some(f);
-            curves.push(Curve { panel: p, label: format!("PP {}% {mult}x", f * 100.0), config: cfg });
+            curves.push(Curve {
+                panel: p,
+                label: format!("PP {}% {mult}x", f * 100.0),
+                config: cfg,
+            });
         }
     }
     let results = run_curves(curves, out, force, quiet)?;
     let y = "||grad f(x)||^2";
-    let rounds_p = panels(&results, &titles, "round", "communication rounds (log)", "grad_norm_sq", y, true);
-    let avg_p = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, averaged over all clients, 32 bits/value)", "grad_norm_sq", y, false);
-    let part_p = panels(&results, &titles, "bits_up_wire_per_participant", "#bits per participating client (C->S, wire, log)", "grad_norm_sq", y, true);
-    let fig = plot::render(&by_row(vec![rounds_p, avg_p, part_p]), 3, &out.join("pp_vs_ef21"))?;
-    let wire_avg = panels(&results, &titles, "bits_up_wire", "#bits/n (C->S, averaged over all clients, wire)", "grad_norm_sq", y, false);
+    let rounds_p = panels(
+        &results,
+        &titles,
+        "round",
+        "communication rounds (log)",
+        "grad_norm_sq",
+        y,
+        true,
+    );
+    let avg_p = panels(
+        &results,
+        &titles,
+        "bits_up_paper",
+        "#bits/n (C->S, averaged over all clients, 32 bits/value)",
+        "grad_norm_sq",
+        y,
+        false,
+    );
+    let part_p = panels(
+        &results,
+        &titles,
+        "bits_up_wire_per_participant",
+        "#bits per participating client (C->S, wire, log)",
+        "grad_norm_sq",
+        y,
+        true,
+    );
+    let fig = plot::render(
+        &by_row(vec![rounds_p, avg_p, part_p]),
+        3,
+        &out.join("pp_vs_ef21"),
+    )?;
+    let wire_avg = panels(
+        &results,
+        &titles,
+        "bits_up_wire",
+        "#bits/n (C->S, averaged over all clients, wire)",
+        "grad_norm_sq",
+        y,
+        false,
+    );
     let fig2 = plot::render(&wire_avg, 3, &out.join("pp_vs_ef21_wire_avg"))?;
     let mut t = format!(
         "| dataset | curve | status | rounds run | rounds to {TOL:e} | bits/n to {TOL:e} (avg over clients, paper) | (avg, wire) | bits per participant to {TOL:e} (wire) | final \\|\\|grad f\\|\\|^2 |\n|---|---|---|---|---|---|---|---|---|\n"
@@ -308,7 +448,12 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
                 fmt_int(first_reach(&r.rows, "round", "grad_norm_sq", TOL)),
                 fmt_reach(first_reach(&r.rows, "bits_up_paper", "grad_norm_sq", TOL)),
                 fmt_reach(first_reach(&r.rows, "bits_up_wire", "grad_norm_sq", TOL)),
-                fmt_reach(first_reach(&r.rows, "bits_up_wire_per_participant", "grad_norm_sq", TOL)),
+                fmt_reach(first_reach(
+                    &r.rows,
+                    "bits_up_wire_per_participant",
+                    "grad_norm_sq",
+                    TOL
+                )),
                 fmt_e(last(&r.rows, "grad_norm_sq")),
             ));
         }
@@ -319,16 +464,37 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
                 let rr = first_reach(&r.rows, "round", "grad_norm_sq", TOL);
                 let bb = first_reach(&r.rows, "bits_up_paper", "grad_norm_sq", TOL);
                 match (rr, bb, base_rounds, base_bits) {
-                    (Some(rr), Some(bb), Some(r0), Some(b0)) => format!("{}: {:.2}x the rounds, {:.2}x the bits/n", r.label, rr / r0, bb / b0),
-                    (None, _, _, _) => format!("{}: not reached in {} rounds (final {})", r.label, last(&r.rows, "round"), fmt_e(last(&r.rows, "grad_norm_sq"))),
+                    (Some(rr), Some(bb), Some(r0), Some(b0)) => format!(
+                        "{}: {:.2}x the rounds, {:.2}x the bits/n",
+                        r.label,
+                        rr / r0,
+                        bb / b0
+                    ),
+                    (None, _, _, _) => format!(
+                        "{}: not reached in {} rounds (final {})",
+                        r.label,
+                        last(&r.rows, "round"),
+                        fmt_e(last(&r.rows, "grad_norm_sq"))
+                    ),
                     _ => format!("{}: EF21 did not reach the tolerance", r.label),
                 }
             })
             .collect();
-        notes.push(format!("- {title}, relative to {} to reach {TOL:e}: {}.", base.label, rel.join("; ")));
+        notes.push(format!(
+            "- {title}, relative to {} to reach {TOL:e}: {}.",
+            base.label,
+            rel.join("; ")
+        ));
     }
-    let finding = format!("Measured (averaged bits: what a client sends per round on average, p K 32 bits):\n{}", notes.join("\n"));
-    let budget = budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" / ");
+    let finding = format!(
+        "Measured (averaged bits: what a client sends per round on average, p K 32 bits):\n{}",
+        notes.join("\n")
+    );
+    let budget = budgets
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" / ");
     let readme = format!(
         "# efkit repro bw-pp{}\n\nEF21 with Bells & Whistles, Experiment 2 (algorithms.md §10.2): EF21-PP with floor(0.5 n), floor(0.25 n), \
          floor(0.125 n), floor(0.065 n) clients per round (uniform without replacement, tau-nice) vs EF21, n = 100 workers, Top-2, \
@@ -344,7 +510,13 @@ pub fn bw_pp(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         if quick { "5" } else { "max(10, rounds/1000)" },
         figure_list(&[fig.clone(), fig2.clone()], out),
     );
-    finish(out, &readme, &format!("{t}\n{finding}"), &[fig, fig2], quiet)
+    finish(
+        out,
+        &readme,
+        &format!("{t}\n{finding}"),
+        &[fig, fig2],
+        quiet,
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -367,26 +539,80 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         let rounds = if quick { 40 } else { *rounds };
         budgets.push(rounds);
         let log_every = if quick { 5 } else { 10 };
-        curves.push(Curve { panel: p, label: format!("EF21 {ef21}x"), config: logreg_config(ds, 20, "ef21", topk(2), "theory", *ef21, rounds, Some(TOL), log_every) });
+        curves.push(Curve {
+            panel: p,
+            label: format!("EF21 {ef21}x"),
+            config: logreg_config(
+                ds,
+                20,
+                "ef21",
+                topk(2),
+                "theory",
+                *ef21,
+                rounds,
+                Some(TOL),
+                log_every,
+            ),
+        });
         for (&k, &mult) in server_k.iter().zip(bc.iter()) {
-            let mut cfg = logreg_config(ds, 20, "ef21-bc", topk(2), "theory", mult, rounds, Some(TOL), log_every);
+            let mut cfg = logreg_config(
+                ds,
+                20,
+                "ef21-bc",
+                topk(2),
+                "theory",
+                mult,
+                rounds,
+                Some(TOL),
+                log_every,
+            );
             cfg.server_compressor = Some(topk(k));
-            curves.push(Curve { panel: p, label: format!("BC server Top-{k} {mult}x"), config: cfg });
+            curves.push(Curve {
+                panel: p,
+                label: format!("BC server Top-{k} {mult}x"),
+                config: cfg,
+            });
         }
     }
     let results = run_curves(curves, out, force, quiet)?;
     let y = "||grad f(x)||^2";
-    let up = panels_sum(&results, &titles, &["bits_up_paper"], "#bits/n, C->S (32 bits/value)", y, false);
-    let both_paper = panels_sum(&results, &titles, &["bits_up_paper", "bits_down_paper"], "#bits/n, C->S + S->C (papers': model broadcast free)", y, false);
-    let both_wire = panels_sum(&results, &titles, &["bits_up_wire", "bits_down_wire"], "#bits/n, C->S + S->C (wire: f64 model counted, log)", y, true);
-    let fig = plot::render(&by_row(vec![up, both_paper, both_wire]), 3, &out.join("bc_vs_ef21"))?;
+    let up = panels_sum(
+        &results,
+        &titles,
+        &["bits_up_paper"],
+        "#bits/n, C->S (32 bits/value)",
+        y,
+        false,
+    );
+    let both_paper = panels_sum(
+        &results,
+        &titles,
+        &["bits_up_paper", "bits_down_paper"],
+        "#bits/n, C->S + S->C (papers': model broadcast free)",
+        y,
+        false,
+    );
+    let both_wire = panels_sum(
+        &results,
+        &titles,
+        &["bits_up_wire", "bits_down_wire"],
+        "#bits/n, C->S + S->C (wire: f64 model counted, log)",
+        y,
+        true,
+    );
+    let fig = plot::render(
+        &by_row(vec![up, both_paper, both_wire]),
+        3,
+        &out.join("bc_vs_ef21"),
+    )?;
     let mut t = format!(
         "| dataset | curve | status | rounds to {TOL:e} | uplink bits/n (paper) | up+down (paper, model free) | up+down (wire) | final \\|\\|grad f\\|\\|^2 |\n|---|---|---|---|---|---|---|---|\n"
     );
     let mut notes = Vec::new();
     for (p, title) in titles.iter().enumerate() {
         let group: Vec<&CurveResult> = results.iter().filter(|r| r.panel == p).collect();
-        let reach = |r: &CurveResult, keys: &[&str]| first_reach_sum(&r.rows, keys, "grad_norm_sq", TOL);
+        let reach =
+            |r: &CurveResult, keys: &[&str]| first_reach_sum(&r.rows, keys, "grad_norm_sq", TOL);
         for r in &group {
             t.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -405,7 +631,10 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
                 .iter()
                 .filter_map(|r| reach(r, keys).map(|b| (b, r.label.clone())))
                 .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map_or_else(|| "none reached the tolerance".into(), |(b, l)| format!("{l} ({})", fmt_e(b)))
+                .map_or_else(
+                    || "none reached the tolerance".into(),
+                    |(b, l)| format!("{l} ({})", fmt_e(b)),
+                )
         };
         notes.push(format!(
             "- {title}: fewest bits/n to {TOL:e}: uplink only: {}; uplink + downlink, papers' convention: {}; uplink + downlink, wire: {}.",
@@ -415,7 +644,11 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         ));
     }
     let finding = format!("Measured:\n{}", notes.join("\n"));
-    let budget = budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" / ");
+    let budget = budgets
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" / ");
     let readme = format!(
         "# efkit repro bw-bc{}\n\nEF21 with Bells & Whistles, Experiment 3 (algorithms.md §10.2): EF21-BC with worker Top-2 and server \
          Top-2/4/8/16 (config key `[server_compressor]`) vs EF21 with Top-2, n = 20, contiguous split, logistic regression with the \
@@ -441,7 +674,11 @@ pub fn bw_bc(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
 pub fn bw_hb(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     let etas = [0.2, 0.4, 0.9];
     // (dataset, rounds, multiplier): EF21's tuned Top-2 multipliers of the B&W poster (BC experiment).
-    let table: [(&str, u64, f64); 3] = [("mushrooms", 20000, 1024.0), ("w8a", 20000, 64.0), ("a9a", 20000, 64.0)];
+    let table: [(&str, u64, f64); 3] = [
+        ("mushrooms", 20000, 1024.0),
+        ("w8a", 20000, 64.0),
+        ("a9a", 20000, 64.0),
+    ];
     let log_every = if quick { 5 } else { 10 };
     let mut curves = Vec::new();
     let mut titles = Vec::new();
@@ -452,27 +689,72 @@ pub fn bw_hb(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         titles.push(format!("{ds}, Top-2: same gamma/(1-eta) ({mult}x)"));
         let rounds = if quick { 40 } else { rounds };
         budgets.push(rounds);
-        curves.push(Curve { panel: 2 * p, label: format!("EF21 {mult}x"), config: logreg_config(ds, 20, "ef21", topk(2), "theory", mult, rounds, Some(TOL), log_every) });
+        curves.push(Curve {
+            panel: 2 * p,
+            label: format!("EF21 {mult}x"),
+            config: logreg_config(
+                ds,
+                20,
+                "ef21",
+                topk(2),
+                "theory",
+                mult,
+                rounds,
+                Some(TOL),
+                log_every,
+            ),
+        });
         for panel in [2 * p, 2 * p + 1] {
             for &eta in &etas {
                 // rounded to 1e-9 so that e.g. 0.1 * 1024 is written as 102.4
-                let m = if panel == 2 * p { mult } else { (mult * (1.0 - eta) * 1e9).round() / 1e9 };
-                let mut cfg = logreg_config(ds, 20, "ef21-hb", topk(2), "theory", m, rounds, Some(TOL), log_every);
+                let m = if panel == 2 * p {
+                    mult
+                } else {
+                    (mult * (1.0 - eta) * 1e9).round() / 1e9
+                };
+                let mut cfg = logreg_config(
+                    ds,
+                    20,
+                    "ef21-hb",
+                    topk(2),
+                    "theory",
+                    m,
+                    rounds,
+                    Some(TOL),
+                    log_every,
+                );
                 cfg.method.eta = Some(eta);
-                curves.push(Curve { panel, label: format!("HB eta={eta} {m}x"), config: cfg });
+                curves.push(Curve {
+                    panel,
+                    label: format!("HB eta={eta} {m}x"),
+                    config: cfg,
+                });
             }
         }
     }
     // EF21 runs once per dataset and is shown in both panels
     let mut results = Vec::new();
     for r in run_curves(curves, out, force, quiet)? {
-        let copy = (r.label.starts_with("EF21")).then(|| CurveResult { panel: r.panel + 1, label: r.label.clone(), rows: r.rows.clone(), status: r.status });
+        let copy = (r.label.starts_with("EF21")).then(|| CurveResult {
+            panel: r.panel + 1,
+            label: r.label.clone(),
+            rows: r.rows.clone(),
+            status: r.status,
+        });
         results.push(r);
         results.extend(copy);
     }
     results.sort_by_key(|r| r.panel);
     let y = "||grad f(x)||^2";
-    let rp = panels(&results, &titles, "round", "communication rounds", "grad_norm_sq", y, false);
+    let rp = panels(
+        &results,
+        &titles,
+        "round",
+        "communication rounds",
+        "grad_norm_sq",
+        y,
+        false,
+    );
     let fig = plot::render(&rp, 2, &out.join("hb_vs_ef21"))?;
     let mut t = format!(
         "| panel | curve | status | rounds to {TOL:e} | bits/n to {TOL:e} (paper) | final \\|\\|grad f\\|\\|^2 | min \\|\\|grad f\\|\\|^2 |\n|---|---|---|---|---|---|---|\n"
@@ -495,16 +777,29 @@ pub fn bw_hb(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
         let base = first_reach(&group[0].rows, "round", "grad_norm_sq", TOL);
         let rel: Vec<String> = group[1..]
             .iter()
-            .map(|r| match (first_reach(&r.rows, "round", "grad_norm_sq", TOL), base) {
-                (Some(a), Some(b)) => format!("{} {:.2}x EF21's rounds", r.label, a / b),
-                (None, _) => format!("{} did not reach it ({:?}, final {})", r.label, r.status, fmt_e(last(&r.rows, "grad_norm_sq"))),
-                (Some(a), None) => format!("{} reached it in {a:.0} rounds, EF21 did not", r.label),
-            })
+            .map(
+                |r| match (first_reach(&r.rows, "round", "grad_norm_sq", TOL), base) {
+                    (Some(a), Some(b)) => format!("{} {:.2}x EF21's rounds", r.label, a / b),
+                    (None, _) => format!(
+                        "{} did not reach it ({:?}, final {})",
+                        r.label,
+                        r.status,
+                        fmt_e(last(&r.rows, "grad_norm_sq"))
+                    ),
+                    (Some(a), None) => {
+                        format!("{} reached it in {a:.0} rounds, EF21 did not", r.label)
+                    }
+                },
+            )
             .collect();
         notes.push(format!("- {title}: {}.", rel.join("; ")));
     }
     let finding = format!("Measured (rounds to {TOL:e}; every round sends the same Top-2 message, so bits are proportional to rounds):\n{}", notes.join("\n"));
-    let budget = budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" / ");
+    let budget = budgets
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" / ");
     let readme = format!(
         "# efkit repro bw-hb{}\n\nEF21-HB (algorithms.md §6.5: v^{{t+1}} = eta v^t + g^{{t+1}}, x^{{t+1}} = x^t - gamma v^t, v^0 = g^0) with \
          eta in {{0.2, 0.4, 0.9}} (the values named in the B&W text) vs EF21, Top-2, n = 20, contiguous split, logistic regression with the \
@@ -528,7 +823,8 @@ pub fn bw_hb(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
 /// logged run ended at).
 fn final_nnz(cfg: &Config) -> Result<(usize, usize)> {
     let mut p = setup::prepare(cfg).map_err(|e| crate::UserError(e.to_string()))?;
-    p.cluster.run(&setup::stop_rules(cfg), |_| Control::Continue);
+    p.cluster
+        .run(&setup::stop_rules(cfg), |_| Control::Continue);
     let x = &p.cluster.server.state.x;
     Ok((x.iter().filter(|v| **v != 0.0).count(), x.len()))
 }
@@ -541,26 +837,89 @@ pub fn bw_prox(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     let mut curves = Vec::new();
     // EF21-Prox with Top-K (multipliers: the EF21 poster's a9a values for Top-2/Top-4)
     for (k, mult) in [(1usize, 64.0), (2, 64.0), (4, 64.0)] {
-        let mut cfg = logreg_config("a9a", 20, "ef21-prox", topk(k), "theory", mult, rounds, Some(TOL), 5);
+        let mut cfg = logreg_config(
+            "a9a",
+            20,
+            "ef21-prox",
+            topk(k),
+            "theory",
+            mult,
+            rounds,
+            Some(TOL),
+            5,
+        );
         cfg.method.prox = Some(reg);
-        curves.push(Curve { panel: 0, label: format!("EF21-Prox Top-{k} {mult}x"), config: cfg });
+        curves.push(Curve {
+            panel: 0,
+            label: format!("EF21-Prox Top-{k} {mult}x"),
+            config: cfg,
+        });
     }
     // proximal GD = EF21-Prox with the identity compressor, values sent in f64 (then
     // g_i^{t+1} = g_i^t + (grad f_i - g_i^t) = grad f_i up to one rounding); theory step 1/L
     for mult in [1.0, 2.0] {
-        let comp = CompressorSpec { values: Some(ValueFormat::F64), ..CompressorSpec::named("identity") };
-        let mut cfg = logreg_config("a9a", 20, "ef21-prox", comp, "theory", mult, rounds, Some(TOL), 5);
+        let comp = CompressorSpec {
+            values: Some(ValueFormat::F64),
+            ..CompressorSpec::named("identity")
+        };
+        let mut cfg = logreg_config(
+            "a9a",
+            20,
+            "ef21-prox",
+            comp,
+            "theory",
+            mult,
+            rounds,
+            Some(TOL),
+            5,
+        );
         cfg.method.prox = Some(reg);
-        curves.push(Curve { panel: 0, label: format!("prox-GD {mult}/L"), config: cfg });
+        curves.push(Curve {
+            panel: 0,
+            label: format!("prox-GD {mult}/L"),
+            config: cfg,
+        });
     }
     let configs: Vec<Config> = curves.iter().map(|c| c.config.clone()).collect();
     let results = run_curves(curves, out, force, quiet)?;
     let titles = vec![format!("a9a, n = 20, l1 lambda = {lambda_l1}")];
     let y = "||G_gamma(x)||^2 (gradient mapping)";
-    let paper = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, 32 bits/value)", "grad_norm_sq", y, false);
-    let paper_log = panels(&results, &titles, "bits_up_paper", "#bits/n (C->S, 32 bits/value, log)", "grad_norm_sq", y, true);
-    let wire = panels(&results, &titles, "bits_up_wire", "#bits/n (C->S, wire)", "grad_norm_sq", y, true);
-    let rounds_p = panels(&results, &titles, "round", "rounds", "grad_norm_sq", y, false);
+    let paper = panels(
+        &results,
+        &titles,
+        "bits_up_paper",
+        "#bits/n (C->S, 32 bits/value)",
+        "grad_norm_sq",
+        y,
+        false,
+    );
+    let paper_log = panels(
+        &results,
+        &titles,
+        "bits_up_paper",
+        "#bits/n (C->S, 32 bits/value, log)",
+        "grad_norm_sq",
+        y,
+        true,
+    );
+    let wire = panels(
+        &results,
+        &titles,
+        "bits_up_wire",
+        "#bits/n (C->S, wire)",
+        "grad_norm_sq",
+        y,
+        true,
+    );
+    let rounds_p = panels(
+        &results,
+        &titles,
+        "round",
+        "rounds",
+        "grad_norm_sq",
+        y,
+        false,
+    );
     let mut all = Vec::new();
     all.extend(paper);
     all.extend(paper_log);
@@ -574,7 +933,11 @@ pub fn bw_prox(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     let mut decreasing = 0;
     for (r, cfg) in results.iter().zip(&configs) {
         let (nnz, d) = final_nnz(cfg)?;
-        let first = r.rows.first().and_then(|row| get(row, "grad_norm_sq")).unwrap_or(f64::NAN);
+        let first = r
+            .rows
+            .first()
+            .and_then(|row| get(row, "grad_norm_sq"))
+            .unwrap_or(f64::NAN);
         decreasing += usize::from(last(&r.rows, "grad_norm_sq") < first);
         let bits = first_reach(&r.rows, "bits_up_paper", "grad_norm_sq", TOL);
         if let Some(b) = bits {
@@ -593,7 +956,11 @@ pub fn bw_prox(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
         ));
     }
     reached.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let order = reached.iter().map(|(b, l)| format!("{l} ({})", fmt_e(*b))).collect::<Vec<_>>().join(" < ");
+    let order = reached
+        .iter()
+        .map(|(b, l)| format!("{l} ({})", fmt_e(*b)))
+        .collect::<Vec<_>>()
+        .join(" < ");
     let finding = format!(
         "Measured: the squared gradient mapping decreased in {decreasing} of {} runs; bits/n (paper) to reach {TOL:e}, fewest first: {}.",
         results.len(),

@@ -38,7 +38,11 @@ use efkit_core::compress::CompressorSpec;
 use efkit_core::safe::SafeSpec;
 use efkit_problems::constrained::{LossKind, NpClass};
 use efkit_problems::split::SplitKind;
-use efkit_runtime::safe::{build_problem, prepare_safe, reference_solution, safe_stop, Reference, ReferenceOptions, SafeConfig, SafeMetrics, SafeProblemConfig, SafeProblemKind, SafeStopConfig, SafeSummary, TheoryConfig};
+use efkit_runtime::safe::{
+    build_problem, prepare_safe, reference_solution, safe_stop, Reference, ReferenceOptions,
+    SafeConfig, SafeMetrics, SafeProblemConfig, SafeProblemKind, SafeStopConfig, SafeSummary,
+    TheoryConfig,
+};
 use efkit_runtime::{Control, Status};
 
 use crate::output::{self, JsonLines};
@@ -60,11 +64,18 @@ fn par_map<J: Sync, R: Send>(jobs: &[J], threads: usize, f: impl Fn(&J) -> R + S
             });
         }
     });
-    slots.into_inner().expect("no poisoning").into_iter().map(|r| r.expect("every job ran")).collect()
+    slots
+        .into_inner()
+        .expect("no poisoning")
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect()
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The Neyman-Pearson problem of both reproductions.
@@ -88,7 +99,9 @@ fn reference(dir: &Path, quiet: bool) -> Result<Reference> {
     let problem = build_problem(&np_problem(1), 1).map_err(|e| crate::UserError(e.to_string()))?;
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(r) = serde_json::from_str::<Reference>(&text) {
-            if r.x_star.len() == problem.dim() && problem.evaluate(&r.x_star) == (r.f_star, r.g_star) {
+            if r.x_star.len() == problem.dim()
+                && problem.evaluate(&r.x_star) == (r.f_star, r.g_star)
+            {
                 return Ok(r);
             }
         }
@@ -96,14 +109,25 @@ fn reference(dir: &Path, quiet: bool) -> Result<Reference> {
     if !quiet {
         eprintln!("reference solution of {} ...", problem.name());
     }
-    let r = reference_solution(&problem, &ReferenceOptions { mu_final: 1e-3, ..Default::default() }).map_err(|e| anyhow::anyhow!("reference solution: {e}"))?;
+    let r = reference_solution(
+        &problem,
+        &ReferenceOptions {
+            mu_final: 1e-3,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("reference solution: {e}"))?;
     output::write_atomic(&path, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok(r)
 }
 
 /// Runs one config into `dir` (config.toml, metrics.jsonl, summary.json); the
 /// entry point a future `efkit run` for Safe-EF configs would call.
-pub fn run_safe(cfg: &SafeConfig, dir: &Path, force: bool) -> Result<(SafeSummary, Vec<SafeMetrics>)> {
+pub fn run_safe(
+    cfg: &SafeConfig,
+    dir: &Path,
+    force: bool,
+) -> Result<(SafeSummary, Vec<SafeMetrics>)> {
     let mut prepared = prepare_safe(cfg).map_err(|e| crate::UserError(e.to_string()))?;
     output::prepare_dir(dir, force)?;
     output::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -126,12 +150,25 @@ pub fn run_safe(cfg: &SafeConfig, dir: &Path, force: bool) -> Result<(SafeSummar
         return Err(e.context("writing metrics"));
     }
     let json = serde_json::json!({ "status": summary.status, "rounds": summary.rounds, "last": summary.last, "message": summary.message, "setup": prepared.info });
-    output::write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    output::write_atomic(
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     Ok((summary, rows))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn config(problem: SafeProblemConfig, method: &str, compressor: CompressorSpec, f_star: f64, r: f64, rounds: u64, horizon: u64, multiplier: f64, seed: u64) -> SafeConfig {
+fn config(
+    problem: SafeProblemConfig,
+    method: &str,
+    compressor: CompressorSpec,
+    f_star: f64,
+    r: f64,
+    rounds: u64,
+    horizon: u64,
+    multiplier: f64,
+    seed: u64,
+) -> SafeConfig {
     let mut m = SafeSpec::named(method);
     m.step_multiplier = multiplier;
     if method != "primal-dual" {
@@ -144,14 +181,25 @@ fn config(problem: SafeProblemConfig, method: &str, compressor: CompressorSpec, 
         method: m,
         compressor,
         server_compressor: None,
-        theory: TheoryConfig { m: None, r: Some(r), rounds: Some(horizon) },
+        theory: TheoryConfig {
+            m: None,
+            r: Some(r),
+            rounds: Some(horizon),
+        },
         f_star: Some(f_star),
-        stop: SafeStopConfig { max_rounds: rounds, log_every: (rounds / 100).max(1), time_limit: None },
+        stop: SafeStopConfig {
+            max_rounds: rounds,
+            log_every: (rounds / 100).max(1),
+            time_limit: None,
+        },
     }
 }
 
 fn topk(ratio: f64) -> CompressorSpec {
-    CompressorSpec { ratio: Some(ratio), ..CompressorSpec::named("top-k") }
+    CompressorSpec {
+        ratio: Some(ratio),
+        ..CompressorSpec::named("top-k")
+    }
 }
 
 fn last_accuracy(rows: &[SafeMetrics], status: Status) -> f64 {
@@ -164,7 +212,9 @@ fn last_accuracy(rows: &[SafeMetrics], status: Status) -> f64 {
 
 /// First gigabytes per worker at which the accuracy is <= `target`.
 fn gb_to_reach(rows: &[SafeMetrics], target: f64) -> Option<f64> {
-    rows.iter().find(|m| m.accuracy.is_some_and(|a| a <= target)).map(|m| m.gb_per_worker)
+    rows.iter()
+        .find(|m| m.accuracy.is_some_and(|a| a <= target))
+        .map(|m| m.gb_per_worker)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -193,18 +243,34 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     let problem = np_problem(n);
     let comps = [(0.1, "Top-10%"), (0.01, "Top-1%")];
     // (method, compressor index or None for identity, grid)
-    let mut plan: Vec<(&str, Option<usize>, Vec<f64>)> = vec![("parallel-sgd", None, vec![0.25, 1.0, 4.0, 16.0])];
+    let mut plan: Vec<(&str, Option<usize>, Vec<f64>)> =
+        vec![("parallel-sgd", None, vec![0.25, 1.0, 4.0, 16.0])];
     for ci in 0..comps.len() {
         for m in ["safe-ef", "compressed-sgd", "ef21-switching", "primal-dual"] {
             plan.push((m, Some(ci), vec![4.0, 16.0, 64.0, 256.0]));
         }
     }
-    let comp_of = |ci: Option<usize>| ci.map_or(CompressorSpec::named("identity"), |c| topk(comps[c].0));
+    let comp_of =
+        |ci: Option<usize>| ci.map_or(CompressorSpec::named("identity"), |c| topk(comps[c].0));
     // 1. tuning on the first fifth (theory horizon = the full run)
     let mut jobs = Vec::new();
     for (pi, (m, ci, grid)) in plan.iter().enumerate() {
         for &mult in grid {
-            jobs.push((pi, mult, config(problem.clone(), m, comp_of(*ci), rf.f_star, r, tune_rounds, rounds, mult, 1)));
+            jobs.push((
+                pi,
+                mult,
+                config(
+                    problem.clone(),
+                    m,
+                    comp_of(*ci),
+                    rf.f_star,
+                    r,
+                    tune_rounds,
+                    rounds,
+                    mult,
+                    1,
+                ),
+            ));
         }
     }
     if !quiet {
@@ -217,26 +283,60 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
             last = Some(m.clone());
             Control::Continue
         });
-        Ok(last_accuracy(&last.into_iter().collect::<Vec<_>>(), s.status))
+        Ok(last_accuracy(
+            &last.into_iter().collect::<Vec<_>>(),
+            s.status,
+        ))
     });
     let mut best: Vec<(f64, f64)> = plan.iter().map(|(_, _, g)| (f64::INFINITY, g[0])).collect();
     let mut tuning_table = String::from("| method | compressor | multiplier | accuracy after the tuning rounds |\n|---|---|---|---|\n");
     for ((pi, mult, _), acc) in jobs.iter().zip(tuned) {
         let acc = acc?;
         let (m, ci, _) = &plan[*pi];
-        let _ = writeln!(tuning_table, "| {} | {} | {mult} | {acc:.4e} |", label(m), ci.map_or("identity", |c| comps[c].1));
+        let _ = writeln!(
+            tuning_table,
+            "| {} | {} | {mult} | {acc:.4e} |",
+            label(m),
+            ci.map_or("identity", |c| comps[c].1)
+        );
         if acc < best[*pi].0 {
             best[*pi] = (acc, *mult);
         }
     }
     // 2. the full runs
-    let finals: Vec<(usize, SafeConfig)> = plan.iter().enumerate().map(|(pi, (m, ci, _))| (pi, config(problem.clone(), m, comp_of(*ci), rf.f_star, r, rounds, rounds, best[pi].1, 1))).collect();
+    let finals: Vec<(usize, SafeConfig)> = plan
+        .iter()
+        .enumerate()
+        .map(|(pi, (m, ci, _))| {
+            (
+                pi,
+                config(
+                    problem.clone(),
+                    m,
+                    comp_of(*ci),
+                    rf.f_star,
+                    r,
+                    rounds,
+                    rounds,
+                    best[pi].1,
+                    1,
+                ),
+            )
+        })
+        .collect();
     if !quiet {
         eprintln!("full runs: {} runs of {rounds} rounds", finals.len());
     }
     let results = par_map(&finals, cores(), |(pi, cfg)| {
         let (m, ci, _) = &plan[*pi];
-        let dir = out.join(format!("{}-{}", m, ci.map_or("identity".to_string(), |c| format!("top{}", (comps[c].0 * 100.0).round() as u32))));
+        let dir = out.join(format!(
+            "{}-{}",
+            m,
+            ci.map_or("identity".to_string(), |c| format!(
+                "top{}",
+                (comps[c].0 * 100.0).round() as u32
+            ))
+        ));
         run_safe(cfg, &dir, true)
     });
     let mut runs = Vec::new();
@@ -259,11 +359,38 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
             // round 0 (no bits yet) cannot sit on the log x axis
             let rows: Vec<&SafeMetrics> = rows.iter().filter(|m| m.gb_per_worker > 0.0).collect();
             let x: Vec<f64> = rows.iter().map(|m| m.gb_per_worker).collect();
-            s_sub.push(Series { label: lab.clone(), x: x.clone(), y: rows.iter().map(|m| m.suboptimality.map_or(f64::NAN, f64::abs)).collect(), band: None });
-            s_viol.push(Series { label: lab, x, y: rows.iter().map(|m| m.constraint).collect(), band: None });
+            s_sub.push(Series {
+                label: lab.clone(),
+                x: x.clone(),
+                y: rows
+                    .iter()
+                    .map(|m| m.suboptimality.map_or(f64::NAN, f64::abs))
+                    .collect(),
+                band: None,
+            });
+            s_viol.push(Series {
+                label: lab,
+                x,
+                y: rows.iter().map(|m| m.constraint).collect(),
+                band: None,
+            });
         }
-        sub_panels.push(Panel { title: format!("NP a9a hinge, n = 16, {cname}"), x_label: "GB / worker (uplink, wire)".into(), y_label: "|f(xbar) - f*|".into(), log_x: true, log_y: true, series: s_sub });
-        viol_panels.push(Panel { title: format!("NP a9a hinge, n = 16, {cname}"), x_label: "GB / worker (uplink, wire)".into(), y_label: "g(xbar) (violation = max(g, 0))".into(), log_x: true, log_y: false, series: s_viol });
+        sub_panels.push(Panel {
+            title: format!("NP a9a hinge, n = 16, {cname}"),
+            x_label: "GB / worker (uplink, wire)".into(),
+            y_label: "|f(xbar) - f*|".into(),
+            log_x: true,
+            log_y: true,
+            series: s_sub,
+        });
+        viol_panels.push(Panel {
+            title: format!("NP a9a hinge, n = 16, {cname}"),
+            x_label: "GB / worker (uplink, wire)".into(),
+            y_label: "g(xbar) (violation = max(g, 0))".into(),
+            log_x: true,
+            log_y: false,
+            series: s_viol,
+        });
     }
     let mut panels = sub_panels;
     panels.extend(viol_panels);
@@ -273,10 +400,20 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     for (pi, _, s, rows) in &runs {
         let (m, ci, _) = &plan[*pi];
         let last = rows.last().context("no metrics")?;
-        let gamma = std::fs::read_to_string(out.join(format!("{}-{}", m, ci.map_or("identity".to_string(), |c| format!("top{}", (comps[c].0 * 100.0).round() as u32)))).join("summary.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["setup"]["gamma"].as_f64());
+        let gamma = std::fs::read_to_string(
+            out.join(format!(
+                "{}-{}",
+                m,
+                ci.map_or("identity".to_string(), |c| format!(
+                    "top{}",
+                    (comps[c].0 * 100.0).round() as u32
+                ))
+            ))
+            .join("summary.json"),
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["setup"]["gamma"].as_f64());
         let _ = writeln!(
             table,
             "| {} | {} | {} | {} | {} | {} | {:.3e} | {:.3e} | {:.3e} | {:.3e} | {:?} |",
@@ -294,11 +431,17 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
         );
     }
     let targets = [1e-1, 5e-2, 3e-2, 2e-2, 1e-2];
-    let psgd = runs.iter().find(|(pi, ..)| plan[*pi].0 == "parallel-sgd").context("baseline run")?;
+    let psgd = runs
+        .iter()
+        .find(|(pi, ..)| plan[*pi].0 == "parallel-sgd")
+        .context("baseline run")?;
     let mut ratio = String::from("| compressor | target accuracy | GB/worker, parallel SGD | GB/worker, Safe-EF | ratio |\n|---|---|---|---|---|\n");
     let mut best_ratio: Option<(f64, &str, f64)> = None;
     for (ci, (_, cname)) in comps.iter().enumerate() {
-        let safe = runs.iter().find(|(pi, ..)| plan[*pi].0 == "safe-ef" && plan[*pi].1 == Some(ci)).context("safe-ef run")?;
+        let safe = runs
+            .iter()
+            .find(|(pi, ..)| plan[*pi].0 == "safe-ef" && plan[*pi].1 == Some(ci))
+            .context("safe-ef run")?;
         for &t in &targets {
             let (a, b) = (gb_to_reach(&psgd.3, t), gb_to_reach(&safe.3, t));
             let rt = match (a, b) {
@@ -310,7 +453,13 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
                     best_ratio = Some((x, cname, t));
                 }
             }
-            let _ = writeln!(ratio, "| {cname} | {t:e} | {} | {} | {} |", fmt_opt(a), fmt_opt(b), rt.map_or("-".into(), |x| format!("{x:.1}x")));
+            let _ = writeln!(
+                ratio,
+                "| {cname} | {t:e} | {} | {} | {} |",
+                fmt_opt(a),
+                fmt_opt(b),
+                rt.map_or("-".into(), |x| format!("{x:.1}x"))
+            );
         }
     }
     let finding = match best_ratio {
@@ -344,7 +493,17 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
     let r = rf.x_star.iter().map(|v| v * v).sum::<f64>().sqrt();
     // one absolute step for every n: the theory step of the n = 16 setup (stochastic bounds) times the multiplier
     let probe = {
-        let mut c = config(np_problem(16), "safe-ef", topk(0.1), rf.f_star, r, rounds, rounds, multiplier, 1);
+        let mut c = config(
+            np_problem(16),
+            "safe-ef",
+            topk(0.1),
+            rf.f_star,
+            r,
+            rounds,
+            rounds,
+            multiplier,
+            1,
+        );
         c.method.batch = Some(batch);
         prepare_safe(&c).map_err(|e| crate::UserError(e.to_string()))?
     };
@@ -353,7 +512,17 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
     let mut jobs = Vec::new();
     for &n in &workers {
         for &seed in &seeds {
-            let mut c = config(np_problem(n), "safe-ef", topk(0.1), rf.f_star, r, rounds, rounds, 1.0, seed);
+            let mut c = config(
+                np_problem(n),
+                "safe-ef",
+                topk(0.1),
+                rf.f_star,
+                r,
+                rounds,
+                rounds,
+                1.0,
+                seed,
+            );
             c.method.batch = Some(batch);
             c.method.step = Some(gamma);
             c.method.threshold = Some(0.0);
@@ -362,9 +531,14 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
         }
     }
     if !quiet {
-        eprintln!("{} runs of {rounds} rounds (gamma = {gamma:.4e}, batch {batch} per worker and class)", jobs.len());
+        eprintln!(
+            "{} runs of {rounds} rounds (gamma = {gamma:.4e}, batch {batch} per worker and class)",
+            jobs.len()
+        );
     }
-    let results = par_map(&jobs, cores(), |(n, seed, c)| run_safe(c, &out.join(format!("n{n:02}-seed{seed}")), true));
+    let results = par_map(&jobs, cores(), |(n, seed, c)| {
+        run_safe(c, &out.join(format!("n{n:02}-seed{seed}")), true)
+    });
     let mut by_n: Vec<Vec<Vec<SafeMetrics>>> = vec![Vec::new(); workers.len()];
     for ((n, _, _), res) in jobs.iter().zip(results) {
         let (_, rows) = res?;
@@ -378,16 +552,35 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
         let mut x = Vec::new();
         let (mut y, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..len {
-            let mut acc: Vec<f64> = runs.iter().map(|r| r[i].accuracy.unwrap_or(f64::NAN)).collect();
+            let mut acc: Vec<f64> = runs
+                .iter()
+                .map(|r| r[i].accuracy.unwrap_or(f64::NAN))
+                .collect();
             acc.sort_by(|a, b| a.total_cmp(b));
             x.push(runs.iter().map(|r| r[i].gb_per_worker).sum::<f64>() / runs.len() as f64);
             y.push(acc[acc.len() / 2]);
             lo.push(acc[0]);
             hi.push(acc[acc.len() - 1]);
         }
-        series.push(Series { label: format!("{} worker{}", workers[k], if workers[k] == 1 { "" } else { "s" }), x, y, band: Some((lo, hi)) });
+        series.push(Series {
+            label: format!(
+                "{} worker{}",
+                workers[k],
+                if workers[k] == 1 { "" } else { "s" }
+            ),
+            x,
+            y,
+            band: Some((lo, hi)),
+        });
     }
-    let panel = Panel { title: format!("Safe-EF, stochastic (batch {batch}), Top-10%, NP a9a hinge"), x_label: "GB / worker (uplink, wire)".into(), y_label: "max(|f(xbar) - f*|, violation)".into(), log_x: false, log_y: true, series };
+    let panel = Panel {
+        title: format!("Safe-EF, stochastic (batch {batch}), Top-10%, NP a9a hinge"),
+        x_label: "GB / worker (uplink, wire)".into(),
+        y_label: "max(|f(xbar) - f*|, violation)".into(),
+        log_x: false,
+        log_y: true,
+        series,
+    };
     let (svg, png) = plot::render(&[panel], 1, &out.join("safe_ef_worker_scaling"))?;
     // GB per worker to reach targets (median over seeds)
     let med = |v: &mut Vec<f64>| -> Option<f64> {
@@ -408,7 +601,10 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
     let mut findings = Vec::new();
     let _ = write!(table, "| final accuracy | ");
     for runs in &by_n {
-        let mut v: Vec<f64> = runs.iter().filter_map(|r| r.last().and_then(|m| m.accuracy)).collect();
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.last().and_then(|m| m.accuracy))
+            .collect();
         let _ = write!(table, "{} | ", fmt_opt(med(&mut v)));
     }
     table.push('\n');
@@ -423,7 +619,11 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
         }
         table.push('\n');
         // monotone decrease with n, and the gains shrink
-        let pairs: Vec<(usize, f64)> = gbs.iter().enumerate().filter_map(|(k, g)| g.map(|g| (workers[k], g))).collect();
+        let pairs: Vec<(usize, f64)> = gbs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, g)| g.map(|g| (workers[k], g)))
+            .collect();
         if pairs.len() >= 3 {
             // equal up to the index-coding noise of the wire size counts as not increasing
             let decreasing = pairs.windows(2).all(|w| w[1].1 <= w[0].1 * 1.001);

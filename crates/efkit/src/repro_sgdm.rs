@@ -53,15 +53,24 @@ fn par_map<J: Sync, R: Send>(jobs: &[J], threads: usize, f: impl Fn(&J) -> R + S
             });
         }
     });
-    slots.into_inner().expect("no poisoning").into_iter().map(|r| r.expect("every job ran")).collect()
+    slots
+        .into_inner()
+        .expect("no poisoning")
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect()
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 fn fmt_g(g: f64) -> String {
@@ -96,9 +105,25 @@ struct DivParams {
 impl DivParams {
     fn new(quick: bool) -> Self {
         if quick {
-            DivParams { rounds: 2_000, seeds: 3, gammas: [4e-3, 2e-3], eta: 0.01, big_n: vec![50, 500], big_n_second_gamma: vec![50], extra_n: vec![50] }
+            DivParams {
+                rounds: 2_000,
+                seeds: 3,
+                gammas: [4e-3, 2e-3],
+                eta: 0.01,
+                big_n: vec![50, 500],
+                big_n_second_gamma: vec![50],
+                extra_n: vec![50],
+            }
         } else {
-            DivParams { rounds: 10_000, seeds: 10, gammas: [1e-3, 5e-4], eta: 0.01, big_n: vec![50, 500, 5_000, 10_000], big_n_second_gamma: vec![50, 500], extra_n: vec![50, 500] }
+            DivParams {
+                rounds: 10_000,
+                seeds: 10,
+                gammas: [1e-3, 5e-4],
+                eta: 0.01,
+                big_n: vec![50, 500, 5_000, 10_000],
+                big_n_second_gamma: vec![50, 500],
+                extra_n: vec![50, 500],
+            }
         }
     }
 }
@@ -123,8 +148,16 @@ impl DivGroup {
     fn spec(&self, eta: f64) -> MethodSpec {
         let b = Some(BatchSize::Count(1));
         match self.method {
-            "ef21-sgdm" => MethodSpec { batch: b, eta: Some(eta), init_batch: Some(BatchSize::Count(DIV_B_INIT)), ..MethodSpec::named("ef21-sgdm") },
-            m => MethodSpec { batch: b, ..MethodSpec::named(m) },
+            "ef21-sgdm" => MethodSpec {
+                batch: b,
+                eta: Some(eta),
+                init_batch: Some(BatchSize::Count(DIV_B_INIT)),
+                ..MethodSpec::named("ef21-sgdm")
+            },
+            m => MethodSpec {
+                batch: b,
+                ..MethodSpec::named(m)
+            },
         }
     }
 }
@@ -140,7 +173,12 @@ struct DivStats {
 
 fn div_stats(runs: &[&LeanRun], rounds: u64) -> DivStats {
     let len = runs[0].grad_norm_sq.len();
-    let mut s = DivStats { mean: vec![0.0; len], min: vec![f64::INFINITY; len], max: vec![f64::NEG_INFINITY; len], plateaus: Vec::new() };
+    let mut s = DivStats {
+        mean: vec![0.0; len],
+        min: vec![f64::INFINITY; len],
+        max: vec![f64::NEG_INFINITY; len],
+        plateaus: Vec::new(),
+    };
     let from = (rounds - rounds / 5) as usize + 1; // rounds t in (0.8 T, T]
     for r in runs {
         for (t, &v) in r.grad_norm_sq.iter().enumerate() {
@@ -149,7 +187,8 @@ fn div_stats(runs: &[&LeanRun], rounds: u64) -> DivStats {
             s.max[t] = s.max[t].max(v);
         }
         let tail = &r.grad_norm_sq[from..];
-        s.plateaus.push(tail.iter().sum::<f64>() / tail.len() as f64);
+        s.plateaus
+            .push(tail.iter().sum::<f64>() / tail.len() as f64);
     }
     s
 }
@@ -165,38 +204,84 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
     let mut groups = Vec::new();
     for &gamma in &p.gammas {
         for m in ["ef21-sgd-ideal", "ef21-sgd", "ef21-sgdm"] {
-            groups.push(DivGroup { method: m, n: 1, gamma });
+            groups.push(DivGroup {
+                method: m,
+                n: 1,
+                gamma,
+            });
         }
     }
     for &n in &p.big_n {
-        groups.push(DivGroup { method: "ef21-sgd", n, gamma: p.gammas[0] });
+        groups.push(DivGroup {
+            method: "ef21-sgd",
+            n,
+            gamma: p.gammas[0],
+        });
     }
     for &n in &p.big_n_second_gamma {
-        groups.push(DivGroup { method: "ef21-sgd", n, gamma: p.gammas[1] });
+        groups.push(DivGroup {
+            method: "ef21-sgd",
+            n,
+            gamma: p.gammas[1],
+        });
     }
     for &n in &p.extra_n {
         for m in ["ef21-sgd-ideal", "ef21-sgdm"] {
-            groups.push(DivGroup { method: m, n, gamma: p.gammas[0] });
+            groups.push(DivGroup {
+                method: m,
+                n,
+                gamma: p.gammas[0],
+            });
         }
     }
     // jobs: (group, seed), the most expensive first for load balance
-    let mut jobs: Vec<(usize, u64)> = (0..groups.len()).flat_map(|g| (1..=p.seeds).map(move |s| (g, s))).collect();
+    let mut jobs: Vec<(usize, u64)> = (0..groups.len())
+        .flat_map(|g| (1..=p.seeds).map(move |s| (g, s)))
+        .collect();
     jobs.sort_by_key(|&(g, s)| (std::cmp::Reverse(groups[g].n), g, s));
-    let spec = CompressorSpec { k: Some(1), values: Some(ValueFormat::F64), ..CompressorSpec::named("top-k") };
-    let dense = CompressorSpec { values: Some(ValueFormat::F64), ..CompressorSpec::named("identity") };
+    let spec = CompressorSpec {
+        k: Some(1),
+        values: Some(ValueFormat::F64),
+        ..CompressorSpec::named("top-k")
+    };
+    let dense = CompressorSpec {
+        values: Some(ValueFormat::F64),
+        ..CompressorSpec::named("identity")
+    };
     let done = AtomicUsize::new(0);
     let total_jobs = jobs.len();
     let results: Vec<Result<LeanRun>> = par_map(&jobs, cores(), |&(g, seed)| {
         let grp = &groups[g];
         let r = (|| -> Result<LeanRun> {
-            let parts = grp.spec(p.eta).parts(grp.gamma, grp.n, &vec![None; grp.n])?;
-            let codecs = Codecs { uplink: build(&spec, 2)?, dense: build(&dense, 2)?, downlink: None };
+            let parts = grp
+                .spec(p.eta)
+                .parts(grp.gamma, grp.n, &vec![None; grp.n])?;
+            let codecs = Codecs {
+                uplink: build(&spec, 2)?,
+                dense: build(&dense, 2)?,
+                downlink: None,
+            };
             let mut oracle = NoisyQuadratic::new(2, NoiseKind::Asymmetric, DIV_SIGMA)?;
-            Ok(run_shared(&parts, &codecs, &mut oracle, grp.n, &[0.0, 0.0], seed, p.rounds, 1)?)
+            Ok(run_shared(
+                &parts,
+                &codecs,
+                &mut oracle,
+                grp.n,
+                &[0.0, 0.0],
+                seed,
+                p.rounds,
+                1,
+            )?)
         })();
         let k = done.fetch_add(1, Ordering::SeqCst) + 1;
         if !quiet {
-            eprintln!("[{k}/{total_jobs}] {} n = {} gamma = {} seed {seed} ({:.0} s)", grp.label(), grp.n, grp.gamma, start.elapsed().as_secs_f64());
+            eprintln!(
+                "[{k}/{total_jobs}] {} n = {} gamma = {} seed {seed} ({:.0} s)",
+                grp.label(),
+                grp.n,
+                grp.gamma,
+                start.elapsed().as_secs_f64()
+            );
         }
         r
     });
@@ -204,8 +289,15 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
     for ((g, _), r) in jobs.iter().zip(results) {
         by_group[*g].push(r?);
     }
-    let stats: Vec<DivStats> = by_group.iter().map(|runs| div_stats(&runs.iter().collect::<Vec<_>>(), p.rounds)).collect();
-    let find = |method: &str, n: usize, gamma: f64| groups.iter().position(|g| g.method == method && g.n == n && g.gamma == gamma);
+    let stats: Vec<DivStats> = by_group
+        .iter()
+        .map(|runs| div_stats(&runs.iter().collect::<Vec<_>>(), p.rounds))
+        .collect();
+    let find = |method: &str, n: usize, gamma: f64| {
+        groups
+            .iter()
+            .position(|g| g.method == method && g.n == n && g.gamma == gamma)
+    };
 
     // figure: 2 x 2 panels (rows: the two step sizes; left n = 1, right EF21-SGD over n)
     let stride = (p.rounds / 1000).max(1) as usize;
@@ -216,12 +308,19 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
             label,
             x: idx.iter().map(|&t| t as f64).collect(),
             y: idx.iter().map(|&t| s.mean[t]).collect(),
-            band: Some((idx.iter().map(|&t| s.min[t]).collect(), idx.iter().map(|&t| s.max[t]).collect())),
+            band: Some((
+                idx.iter().map(|&t| s.min[t]).collect(),
+                idx.iter().map(|&t| s.max[t]).collect(),
+            )),
         }
     };
     let mut panels = Vec::new();
     for &gamma in &p.gammas {
-        let left = ["ef21-sgd-ideal", "ef21-sgd", "ef21-sgdm"].iter().filter_map(|m| find(m, 1, gamma)).map(|g| series(g, groups[g].label().to_string())).collect();
+        let left = ["ef21-sgd-ideal", "ef21-sgd", "ef21-sgdm"]
+            .iter()
+            .filter_map(|m| find(m, 1, gamma))
+            .map(|g| series(g, groups[g].label().to_string()))
+            .collect();
         panels.push(Panel {
             title: format!("n = 1, gamma = {}", fmt_g(gamma)),
             x_label: "iteration t".into(),
@@ -230,7 +329,12 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
             log_y: false,
             series: left,
         });
-        let right = groups.iter().enumerate().filter(|(_, g)| g.method == "ef21-sgd" && g.n > 1 && g.gamma == gamma).map(|(i, g)| series(i, format!("EF21-SGD, n = {}", g.n))).collect();
+        let right = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.method == "ef21-sgd" && g.n > 1 && g.gamma == gamma)
+            .map(|(i, g)| series(i, format!("EF21-SGD, n = {}", g.n)))
+            .collect();
         panels.push(Panel {
             title: format!("EF21-SGD over n, gamma = {}", fmt_g(gamma)),
             x_label: "iteration t".into(),
@@ -261,7 +365,11 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
     let mut plateaus = String::from("method,n,gamma,seed,plateau\n");
     for (g, s) in groups.iter().zip(&stats) {
         for t in (0..s.mean.len()).step_by(stride) {
-            let _ = writeln!(curves, "{},{},{},{t},{:e},{:e},{:e}", g.method, g.n, g.gamma, s.mean[t], s.min[t], s.max[t]);
+            let _ = writeln!(
+                curves,
+                "{},{},{},{t},{:e},{:e},{:e}",
+                g.method, g.n, g.gamma, s.mean[t], s.min[t], s.max[t]
+            );
         }
         for (i, v) in s.plateaus.iter().enumerate() {
             let _ = writeln!(plateaus, "{},{},{},{},{v:e}", g.method, g.n, g.gamma, i + 1);
@@ -273,8 +381,17 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
     // the plateau table
     let mut table = String::from("| method | n | gamma | plateau: mean over seeds | min over seeds | max over seeds |\n|---|---|---|---|---|---|\n");
     let mut order: Vec<usize> = (0..groups.len()).collect();
-    let rank = |m: &str| ["ef21-sgd-ideal", "ef21-sgd", "ef21-sgdm"].iter().position(|x| *x == m).unwrap_or(9);
-    order.sort_by(|&a, &b| (rank(groups[a].method), groups[a].n, -groups[a].gamma).partial_cmp(&(rank(groups[b].method), groups[b].n, -groups[b].gamma)).expect("finite"));
+    let rank = |m: &str| {
+        ["ef21-sgd-ideal", "ef21-sgd", "ef21-sgdm"]
+            .iter()
+            .position(|x| *x == m)
+            .unwrap_or(9)
+    };
+    order.sort_by(|&a, &b| {
+        (rank(groups[a].method), groups[a].n, -groups[a].gamma)
+            .partial_cmp(&(rank(groups[b].method), groups[b].n, -groups[b].gamma))
+            .expect("finite")
+    });
     for &g in &order {
         let s = &stats[g];
         let _ = writeln!(
@@ -309,7 +426,11 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
             checks.push((format!("ef21-sgd at n = {n}: halving gamma changes the plateau by a factor {:.2} (does not shrink: factor > 0.7)", b / a), b / a > 0.7));
         }
     }
-    let sgd_n: Vec<(usize, f64)> = p.big_n.iter().filter_map(|&n| plat("ef21-sgd", n, g0).map(|v| (n, v))).collect();
+    let sgd_n: Vec<(usize, f64)> = p
+        .big_n
+        .iter()
+        .filter_map(|&n| plat("ef21-sgd", n, g0).map(|v| (n, v)))
+        .collect();
     if sgd_n.len() >= 2 {
         let (first, last) = (sgd_n[0], sgd_n[sgd_n.len() - 1]);
         checks.push((
@@ -319,7 +440,14 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
     }
     for &gamma in &p.gammas {
         if let (Some(s), Some(m)) = (plat("ef21-sgd", 1, gamma), plat("ef21-sgdm", 1, gamma)) {
-            checks.push((format!("n = 1, gamma = {}: EF21-SGD plateau / EF21-SGDM plateau = {:.1} (at least 10)", fmt_g(gamma), s / m), s / m >= 10.0));
+            checks.push((
+                format!(
+                    "n = 1, gamma = {}: EF21-SGD plateau / EF21-SGDM plateau = {:.1} (at least 10)",
+                    fmt_g(gamma),
+                    s / m
+                ),
+                s / m >= 10.0,
+            ));
         }
     }
     for &n in &p.extra_n {
@@ -330,7 +458,12 @@ pub fn sgdm_divergence(out: &Path, _force: bool, quick: bool, quiet: bool) -> Re
     let all_hold = checks.iter().all(|c| c.1);
     let mut check_text = String::new();
     for (c, ok) in &checks {
-        let _ = writeln!(check_text, "* {} — {}", if *ok { "holds" } else { "DOES NOT HOLD" }, c);
+        let _ = writeln!(
+            check_text,
+            "* {} — {}",
+            if *ok { "holds" } else { "DOES NOT HOLD" },
+            c
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     let readme = format!(
@@ -373,7 +506,10 @@ Wall time: {secs:.0} s on {cores} threads.\n",
     println!("figure: {}", png.display());
     println!("figure: {}", png_log.display());
     if !all_hold && !quick {
-        eprintln!("warning: some findings do not hold; see {}", out.join("README.md").display());
+        eprintln!(
+            "warning: some findings do not hold; see {}",
+            out.join("README.md").display()
+        );
     }
     Ok(0)
 }
@@ -404,9 +540,37 @@ struct MnistParams {
 impl MnistParams {
     fn new(quick: bool) -> Self {
         if quick {
-            MnistParams { workers: 10, k: 50, lambda: 1e-3, eta: 0.1, bit_budget: 5e5, batches: vec![1, 128], first_grid: 0..=0, max_extend: 0, log_points: 5, rows: Some(5_000), splits: vec![SplitKind::Contiguous], tune_seed: 1, report_seed: 2 }
+            MnistParams {
+                workers: 10,
+                k: 50,
+                lambda: 1e-3,
+                eta: 0.1,
+                bit_budget: 5e5,
+                batches: vec![1, 128],
+                first_grid: 0..=0,
+                max_extend: 0,
+                log_points: 5,
+                rows: Some(5_000),
+                splits: vec![SplitKind::Contiguous],
+                tune_seed: 1,
+                report_seed: 2,
+            }
         } else {
-            MnistParams { workers: 10, k: 50, lambda: 1e-3, eta: 0.1, bit_budget: 3e6, batches: vec![1, 128], first_grid: -1..=1, max_extend: 4, log_points: 30, rows: None, splits: vec![SplitKind::Contiguous, SplitKind::LabelSorted], tune_seed: 1, report_seed: 2 }
+            MnistParams {
+                workers: 10,
+                k: 50,
+                lambda: 1e-3,
+                eta: 0.1,
+                bit_budget: 3e6,
+                batches: vec![1, 128],
+                first_grid: -1..=1,
+                max_extend: 4,
+                log_points: 30,
+                rows: None,
+                splits: vec![SplitKind::Contiguous, SplitKind::LabelSorted],
+                tune_seed: 1,
+                report_seed: 2,
+            }
         }
     }
 
@@ -450,8 +614,16 @@ fn mnist_spec(method: &str, b: usize, eta: f64) -> MethodSpec {
     let batch = Some(BatchSize::Count(b));
     match method {
         // the initial momentum from the same batch size as every other method's g_i^0
-        "ef21-sgdm" | "ef21-sgd2m" => MethodSpec { batch, eta: Some(eta), init_batch: batch, ..MethodSpec::named(method) },
-        m => MethodSpec { batch, ..MethodSpec::named(m) },
+        "ef21-sgdm" | "ef21-sgd2m" => MethodSpec {
+            batch,
+            eta: Some(eta),
+            init_batch: batch,
+            ..MethodSpec::named(method)
+        },
+        m => MethodSpec {
+            batch,
+            ..MethodSpec::named(m)
+        },
     }
 }
 
@@ -459,7 +631,11 @@ fn score(rows: &[RoundMetrics], status: Status, budget: f64) -> f64 {
     if status == Status::Diverged {
         return f64::INFINITY;
     }
-    let tail: Vec<f64> = rows.iter().filter(|r| r.bits_up_paper >= 0.75 * budget).map(|r| r.grad_norm_sq).collect();
+    let tail: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.bits_up_paper >= 0.75 * budget)
+        .map(|r| r.grad_norm_sq)
+        .collect();
     if tail.is_empty() || tail.iter().any(|v| !v.is_finite()) {
         return f64::INFINITY;
     }
@@ -467,18 +643,42 @@ fn score(rows: &[RoundMetrics], status: Status, budget: f64) -> f64 {
 }
 
 fn mnist_run(base: &[MulticlassLogistic], job: &MnistJob, p: &MnistParams) -> Result<MnistResult> {
-    let oracles: Vec<Box<dyn Oracle>> = base.iter().map(|o| Box::new(o.clone()) as Box<dyn Oracle>).collect();
-    let comp = CompressorSpec { k: Some(p.k), ..CompressorSpec::named("top-k") };
-    let mut c = cluster_from_oracles(oracles, &mnist_spec(job.method, job.b, p.eta), &comp, job.gamma, None, job.seed, 1)?;
+    let oracles: Vec<Box<dyn Oracle>> = base
+        .iter()
+        .map(|o| Box::new(o.clone()) as Box<dyn Oracle>)
+        .collect();
+    let comp = CompressorSpec {
+        k: Some(p.k),
+        ..CompressorSpec::named("top-k")
+    };
+    let mut c = cluster_from_oracles(
+        oracles,
+        &mnist_spec(job.method, job.b, p.eta),
+        &comp,
+        job.gamma,
+        None,
+        job.seed,
+        1,
+    )?;
     let rounds = p.rounds(job.method, base[0].dim());
-    let rules = StopRules { max_rounds: rounds, tol: None, time_limit: None, blowup: 1e3, log_every: (rounds / p.log_points).max(1) };
+    let rules = StopRules {
+        max_rounds: rounds,
+        tol: None,
+        time_limit: None,
+        blowup: 1e3,
+        log_every: (rounds / p.log_points).max(1),
+    };
     let mut rows = Vec::new();
     let s = c.run(&rules, |m| {
         rows.push(m.clone());
         Control::Continue
     });
     let sc = score(&rows, s.status, p.bit_budget);
-    Ok(MnistResult { rows, status: s.status, score: sc })
+    Ok(MnistResult {
+        rows,
+        status: s.status,
+        score: sc,
+    })
 }
 
 /// Tuning and final runs of one split.
@@ -499,12 +699,24 @@ fn paper_gamma(b: usize, m: usize) -> f64 {
     }
 }
 
-fn mnist_split(p: &MnistParams, split: SplitKind, start: &Instant, quiet: bool) -> Result<SplitOutcome> {
-    let base = mnist_oracles(p.workers, split, 0, p.lambda, p.rows).map_err(|e| crate::UserError(format!("sgdm-mnist needs the MNIST training files: {e}")))?;
-    let keys: Vec<(usize, usize)> = p.batches.iter().flat_map(|&b| (0..MNIST_METHODS.len()).map(move |m| (b, m))).collect();
+fn mnist_split(
+    p: &MnistParams,
+    split: SplitKind,
+    start: &Instant,
+    quiet: bool,
+) -> Result<SplitOutcome> {
+    let base = mnist_oracles(p.workers, split, 0, p.lambda, p.rows)
+        .map_err(|e| crate::UserError(format!("sgdm-mnist needs the MNIST training files: {e}")))?;
+    let keys: Vec<(usize, usize)> = p
+        .batches
+        .iter()
+        .flat_map(|&b| (0..MNIST_METHODS.len()).map(move |m| (b, m)))
+        .collect();
     // tuning: scores per key and exponent j (gamma = paper * 2^j), in waves
     let mut tried: Vec<Vec<(i32, f64, Status)>> = keys.iter().map(|_| Vec::new()).collect();
-    let mut wave: Vec<(usize, i32)> = (0..keys.len()).flat_map(|k| p.first_grid.clone().map(move |j| (k, j))).collect();
+    let mut wave: Vec<(usize, i32)> = (0..keys.len())
+        .flat_map(|k| p.first_grid.clone().map(move |j| (k, j)))
+        .collect();
     let mut runs = 0usize;
     let mut extends = vec![(0i32, 0i32); keys.len()];
     while !wave.is_empty() {
@@ -512,15 +724,31 @@ fn mnist_split(p: &MnistParams, split: SplitKind, start: &Instant, quiet: bool) 
             .iter()
             .map(|&(k, j)| {
                 let (b, m) = keys[k];
-                MnistJob { method: MNIST_METHODS[m].0, b, gamma: paper_gamma(b, m) * 2f64.powi(j), seed: p.tune_seed }
+                MnistJob {
+                    method: MNIST_METHODS[m].0,
+                    b,
+                    gamma: paper_gamma(b, m) * 2f64.powi(j),
+                    seed: p.tune_seed,
+                }
             })
             .collect();
         let results = par_map(&jobs, cores(), |job| {
             let r = mnist_run(&base, job, p);
             if !quiet {
                 match &r {
-                    Ok(r) => eprintln!("tune {split} B = {} {} gamma = {}: score {:.3e} ({:?}, {:.0} s)", job.b, job.method, job.gamma, r.score, r.status, start.elapsed().as_secs_f64()),
-                    Err(e) => eprintln!("tune {split} B = {} {} gamma = {}: {e}", job.b, job.method, job.gamma),
+                    Ok(r) => eprintln!(
+                        "tune {split} B = {} {} gamma = {}: score {:.3e} ({:?}, {:.0} s)",
+                        job.b,
+                        job.method,
+                        job.gamma,
+                        r.score,
+                        r.status,
+                        start.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => eprintln!(
+                        "tune {split} B = {} {} gamma = {}: {e}",
+                        job.b, job.method, job.gamma
+                    ),
                 }
             }
             r
@@ -551,13 +779,31 @@ fn mnist_split(p: &MnistParams, split: SplitKind, start: &Instant, quiet: bool) 
         .iter()
         .zip(&tried)
         .map(|(&(b, m), t)| {
-            let j = t.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("tried").0;
-            MnistJob { method: MNIST_METHODS[m].0, b, gamma: paper_gamma(b, m) * 2f64.powi(j), seed: p.report_seed }
+            let j = t
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("tried")
+                .0;
+            MnistJob {
+                method: MNIST_METHODS[m].0,
+                b,
+                gamma: paper_gamma(b, m) * 2f64.powi(j),
+                seed: p.report_seed,
+            }
         })
         .collect();
-    let final_results: Vec<MnistResult> = par_map(&finals, cores(), |job| mnist_run(&base, job, p)).into_iter().collect::<Result<_>>()?;
+    let final_results: Vec<MnistResult> = par_map(&finals, cores(), |job| mnist_run(&base, job, p))
+        .into_iter()
+        .collect::<Result<_>>()?;
     runs += finals.len();
-    Ok(SplitOutcome { split, keys, tried, finals, final_results, runs })
+    Ok(SplitOutcome {
+        split,
+        keys,
+        tried,
+        finals,
+        final_results,
+        runs,
+    })
 }
 
 /// `efkit repro sgdm-mnist`.
@@ -568,10 +814,17 @@ pub fn sgdm_mnist(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<
     for &split in &p.splits {
         outcomes.push(mnist_split(&p, split, &start, quiet)?);
     }
-    let label = |m: &str| MNIST_METHODS.iter().find(|x| x.0 == m).map(|x| x.1).unwrap_or("?");
+    let label = |m: &str| {
+        MNIST_METHODS
+            .iter()
+            .find(|x| x.0 == m)
+            .map(|x| x.1)
+            .unwrap_or("?")
+    };
     // curves and figure
     let curves_dir = out.join("curves");
-    std::fs::create_dir_all(&curves_dir).with_context(|| format!("cannot create {}", curves_dir.display()))?;
+    std::fs::create_dir_all(&curves_dir)
+        .with_context(|| format!("cannot create {}", curves_dir.display()))?;
     let mut panels = Vec::new();
     for o in &outcomes {
         for (job, r) in o.finals.iter().zip(&o.final_results) {
@@ -583,7 +836,10 @@ pub fn sgdm_mnist(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<
         }
         for &b in &p.batches {
             panels.push(Panel {
-                title: format!("MNIST, n = {}, Top-{}, B = {b}, {} split", p.workers, p.k, o.split),
+                title: format!(
+                    "MNIST, n = {}, Top-{}, B = {b}, {} split",
+                    p.workers, p.k, o.split
+                ),
                 x_label: "#bits/n (32 bits per value)".into(),
                 y_label: "||grad f(x^t)||^2".into(),
                 log_x: false,
@@ -613,21 +869,80 @@ pub fn sgdm_mnist(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<
     for o in &outcomes {
         runs += o.runs;
         for (k, &(b, m)) in o.keys.iter().enumerate() {
-            let cells: Vec<String> = o.tried[k].iter().map(|&(j, s, st)| format!("{}: {}", paper_gamma(b, m) * 2f64.powi(j), if st == Status::Diverged { "diverged".into() } else { format!("{s:.2e}") })).collect();
-            let _ = writeln!(grid, "| {} | {b} | {} | {} | {} | {} |", o.split, MNIST_METHODS[m].1, paper_gamma(b, m), cells.join(", "), o.finals[k].gamma);
+            let cells: Vec<String> = o.tried[k]
+                .iter()
+                .map(|&(j, s, st)| {
+                    format!(
+                        "{}: {}",
+                        paper_gamma(b, m) * 2f64.powi(j),
+                        if st == Status::Diverged {
+                            "diverged".into()
+                        } else {
+                            format!("{s:.2e}")
+                        }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                grid,
+                "| {} | {b} | {} | {} | {} | {} |",
+                o.split,
+                MNIST_METHODS[m].1,
+                paper_gamma(b, m),
+                cells.join(", "),
+                o.finals[k].gamma
+            );
             for &(j, s, st) in &o.tried[k] {
-                let _ = writeln!(tuning_csv, "{},{b},{},{},{},{s:e},{st:?}", o.split, MNIST_METHODS[m].0, paper_gamma(b, m) * 2f64.powi(j), p.tune_seed);
+                let _ = writeln!(
+                    tuning_csv,
+                    "{},{b},{},{},{},{s:e},{st:?}",
+                    o.split,
+                    MNIST_METHODS[m].0,
+                    paper_gamma(b, m) * 2f64.powi(j),
+                    p.tune_seed
+                );
             }
         }
         for (j, r) in o.finals.iter().zip(&o.final_results) {
-            let minv = r.rows.iter().map(|m| m.grad_norm_sq).fold(f64::INFINITY, f64::min);
-            let last = r.rows.last().map(|m| (m.grad_norm_sq, m.bits_up_paper)).unwrap_or((f64::NAN, 0.0));
-            let _ = writeln!(table, "| {} | {} | {} | {} | {:?} | {:.3e} | {:.3e} | {:.3e} | {:.3e} |", o.split, j.b, label(j.method), j.gamma, r.status, r.score, minv, last.0, last.1);
+            let minv = r
+                .rows
+                .iter()
+                .map(|m| m.grad_norm_sq)
+                .fold(f64::INFINITY, f64::min);
+            let last = r
+                .rows
+                .last()
+                .map(|m| (m.grad_norm_sq, m.bits_up_paper))
+                .unwrap_or((f64::NAN, 0.0));
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} | {:?} | {:.3e} | {:.3e} | {:.3e} | {:.3e} |",
+                o.split,
+                j.b,
+                label(j.method),
+                j.gamma,
+                r.status,
+                r.score,
+                minv,
+                last.0,
+                last.1
+            );
         }
         // the finding, checked on the report-seed runs
-        let sc = |b: usize, m: &str| o.finals.iter().zip(&o.final_results).find(|(j, _)| j.b == b && j.method == m).map(|(_, r)| r.score);
+        let sc = |b: usize, m: &str| {
+            o.finals
+                .iter()
+                .zip(&o.final_results)
+                .find(|(j, _)| j.b == b && j.method == m)
+                .map(|(_, r)| r.score)
+        };
         for &b in &p.batches {
-            if let (Some(sgdm), Some(sgd2m), Some(sgd), Some(ef14)) = (sc(b, "ef21-sgdm"), sc(b, "ef21-sgd2m"), sc(b, "ef21-sgd"), sc(b, "ef14-sgd")) {
+            if let (Some(sgdm), Some(sgd2m), Some(sgd), Some(ef14)) = (
+                sc(b, "ef21-sgdm"),
+                sc(b, "ef21-sgd2m"),
+                sc(b, "ef21-sgd"),
+                sc(b, "ef14-sgd"),
+            ) {
                 let base_best = sgd.min(ef14);
                 let verdict = |v: f64| if v < base_best { "below" } else { "NOT below" };
                 let _ = writeln!(

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use efkit_runtime::config::Config;
 use efkit_runtime::checkpoint;
+use efkit_runtime::config::Config;
 use efkit_runtime::setup;
 use efkit_runtime::{Control, RoundMetrics, Status, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,7 +27,9 @@ fn install_signal_handler() {
 /// Applies `key=value` overrides to a TOML document.
 pub fn apply_overrides(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
     for s in sets {
-        let (key, val) = s.split_once('=').ok_or_else(|| UserError(format!("--set expects KEY=VALUE, got `{s}`")))?;
+        let (key, val) = s
+            .split_once('=')
+            .ok_or_else(|| UserError(format!("--set expects KEY=VALUE, got `{s}`")))?;
         let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {val}")) {
             Ok(mut t) => t.remove("v").unwrap(),
             Err(_) => toml::Value::String(val.to_string()),
@@ -38,8 +40,12 @@ pub fn apply_overrides(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
         }
         let mut table = &mut *doc;
         for p in &parts[..parts.len() - 1] {
-            let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry.as_table_mut().ok_or_else(|| UserError(format!("--set: `{p}` in `{key}` is not a table")))?;
+            let entry = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| UserError(format!("--set: `{p}` in `{key}` is not a table")))?;
         }
         table.insert(parts[parts.len() - 1].to_string(), value);
     }
@@ -48,10 +54,13 @@ pub fn apply_overrides(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
 
 /// Reads a config file with overrides; every problem is a [`UserError`].
 pub fn load_config(path: &Path, sets: &[String]) -> Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|e| UserError(format!("cannot read config {}: {e}", path.display())))?;
-    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UserError(format!("cannot read config {}: {e}", path.display())))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
     apply_overrides(&mut doc, sets)?;
-    let cfg: Config = Config::deserialize_table(doc).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    let cfg: Config = Config::deserialize_table(doc)
+        .map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
     Ok(cfg)
 }
 
@@ -94,27 +103,48 @@ pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
     let cfg = load_config(&dir.join("config.toml"), &[])?;
     let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
     if !ck_path.exists() {
-        return Err(UserError(format!("{} has no checkpoint ({}); run with --checkpoint-every N to write one", dir.display(), ck_path.display())).into());
+        return Err(UserError(format!(
+            "{} has no checkpoint ({}); run with --checkpoint-every N to write one",
+            dir.display(),
+            ck_path.display()
+        ))
+        .into());
     }
     let ck = checkpoint::read(&ck_path).map_err(|e| UserError(e.to_string()))?;
     let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
     let round = ck.state.server.round;
     let (initial_loss, elapsed) = (ck.state.initial_loss, ck.state.elapsed);
-    prepared.cluster.restore(ck.state).map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+    prepared
+        .cluster
+        .restore(ck.state)
+        .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
     // keep the metrics up to the checkpoint's round; later lines are redone
     let metrics_path = dir.join("metrics.jsonl");
     let old = plot::read_metrics(&metrics_path).unwrap_or_default();
     let mut rows: Vec<RoundMetrics> = Vec::new();
     for v in old {
-        let m: RoundMetrics = serde_json::from_value(v).map_err(|e| UserError(format!("{}: {e}", metrics_path.display())))?;
+        let m: RoundMetrics = serde_json::from_value(v)
+            .map_err(|e| UserError(format!("{}: {e}", metrics_path.display())))?;
         if m.round <= round {
             rows.push(m);
         }
     }
     let mut metrics = JsonLines::create_atomic(&metrics_path, &rows)?;
     metrics.sync()?;
-    let opts = RunOptions { quiet, force: true, label: None };
-    let summary = drive(prepared, &cfg, dir, &opts, metrics, rows, Some((initial_loss, elapsed)))?;
+    let opts = RunOptions {
+        quiet,
+        force: true,
+        label: None,
+    };
+    let summary = drive(
+        prepared,
+        &cfg,
+        dir,
+        &opts,
+        metrics,
+        rows,
+        Some((initial_loss, elapsed)),
+    )?;
     report(&cfg, &summary, dir);
     Ok(exit_code(&summary))
 }
@@ -133,8 +163,18 @@ fn drive(
         ProgressBar::hidden()
     } else {
         let pb = ProgressBar::new(cfg.stop.max_rounds);
-        pb.set_style(ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})").unwrap().progress_chars("=> "));
-        pb.set_prefix(opts.label.clone().unwrap_or_else(|| cfg.method.name.clone()));
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(
+            opts.label
+                .clone()
+                .unwrap_or_else(|| cfg.method.name.clone()),
+        );
         pb
     };
     let mut write_err: Option<anyhow::Error> = None;
@@ -158,13 +198,24 @@ fn drive(
                 Control::Continue
             }
         },
-        |state| checkpoint::write(&ck_path, &checkpoint::Checkpoint { state: state.clone() }).map_err(|e| e.to_string()),
+        |state| {
+            checkpoint::write(
+                &ck_path,
+                &checkpoint::Checkpoint {
+                    state: state.clone(),
+                },
+            )
+            .map_err(|e| e.to_string())
+        },
     );
     pb.finish_and_clear();
     if let Some(e) = write_err {
         return Err(e.context("writing metrics"));
     }
-    let label = opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, prepared.info.compressor));
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("{} {}", cfg.method.name, prepared.info.compressor));
     write_outputs(cfg, out, &summary, &prepared.info, &rows, &label, None, "")?;
     Ok(summary)
 }
@@ -199,7 +250,10 @@ pub fn write_outputs(
     if let Some((k, v)) = extra {
         json[k] = v;
     }
-    output::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    output::write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     let series = plot::Series {
         label: label.to_string(),
         x: rows.iter().map(|m| m.bits_up_wire).collect(),
@@ -207,7 +261,10 @@ pub fn write_outputs(
         band: None,
     };
     let panel = plot::Panel {
-        title: format!("{} on {} (n = {}{title_suffix})", cfg.method.name, cfg.problem.dataset, cfg.problem.workers),
+        title: format!(
+            "{} on {} (n = {}{title_suffix})",
+            cfg.method.name, cfg.problem.dataset, cfg.problem.workers
+        ),
         x_label: "#bits/n (uplink, wire)".into(),
         y_label: "||grad f(x)||^2".into(),
         log_x: false,
@@ -245,7 +302,15 @@ pub fn exit_code(s: &Summary) -> u8 {
 
 /// `efkit run`.
 #[allow(clippy::too_many_arguments)]
-pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String], threads: Option<usize>, checkpoint_every: Option<u64>, quiet: bool) -> Result<u8> {
+pub fn cmd_run(
+    config: &Path,
+    out: Option<PathBuf>,
+    force: bool,
+    sets: &[String],
+    threads: Option<usize>,
+    checkpoint_every: Option<u64>,
+    quiet: bool,
+) -> Result<u8> {
     if let Some(doc) = safe_method_doc(config, sets)? {
         return cmd_run_safe(doc, config, out, force, threads, checkpoint_every);
     }
@@ -257,7 +322,15 @@ pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String]
         cfg.stop.checkpoint_every = checkpoint_every;
     }
     let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
-    let summary = run_config(&cfg, &out, &RunOptions { quiet, force, label: None })?;
+    let summary = run_config(
+        &cfg,
+        &out,
+        &RunOptions {
+            quiet,
+            force,
+            label: None,
+        },
+    )?;
     report(&cfg, &summary, &out);
     Ok(exit_code(&summary))
 }
@@ -265,27 +338,53 @@ pub fn cmd_run(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String]
 /// The config document (with overrides) when its method is a Safe-EF-family
 /// method (constrained problems have their own config schema).
 fn safe_method_doc(path: &Path, sets: &[String]) -> Result<Option<toml::Table>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
-    let Ok(mut doc) = toml::from_str::<toml::Table>(&text) else { return Ok(None) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let Ok(mut doc) = toml::from_str::<toml::Table>(&text) else {
+        return Ok(None);
+    };
     apply_overrides(&mut doc, sets)?;
-    let name = doc.get("method").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("");
-    Ok(efkit_core::safe::SAFE_METHOD_NAMES.contains(&name).then_some(doc))
+    let name = doc
+        .get("method")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
+    Ok(efkit_core::safe::SAFE_METHOD_NAMES
+        .contains(&name)
+        .then_some(doc))
 }
 
 /// `efkit run` for a Safe-EF-family config (see docs/safe-ef.md).
-fn cmd_run_safe(doc: toml::Table, path: &Path, out: Option<PathBuf>, force: bool, threads: Option<usize>, checkpoint_every: Option<u64>) -> Result<u8> {
+fn cmd_run_safe(
+    doc: toml::Table,
+    path: &Path,
+    out: Option<PathBuf>,
+    force: bool,
+    threads: Option<usize>,
+    checkpoint_every: Option<u64>,
+) -> Result<u8> {
     if checkpoint_every.is_some() {
-        return Err(UserError("--checkpoint-every is not supported for Safe-EF runs yet".into()).into());
+        return Err(
+            UserError("--checkpoint-every is not supported for Safe-EF runs yet".into()).into(),
+        );
     }
     let text = toml::to_string(&doc)?;
-    let mut cfg = efkit_runtime::safe::SafeConfig::from_toml(&text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    let mut cfg = efkit_runtime::safe::SafeConfig::from_toml(&text)
+        .map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
     if let Some(t) = threads {
         cfg.threads = t;
     }
     let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
     install_signal_handler();
     let (summary, _) = crate::repro_safe::run_safe(&cfg, &out, force)?;
-    eprintln!("{}: status {:?} after {} rounds; results in {}", cfg.method.name, summary.status, summary.rounds, out.display());
+    eprintln!(
+        "{}: status {:?} after {} rounds; results in {}",
+        cfg.method.name,
+        summary.status,
+        summary.rounds,
+        out.display()
+    );
     if let Some(m) = &summary.message {
         eprintln!("{m}");
     }
@@ -303,10 +402,20 @@ pub fn cmd_plot(dirs: &[PathBuf], x: XAxis, y: &str, out: &Path) -> Result<u8> {
     for d in dirs {
         let path = d.join("metrics.jsonl");
         let rows = plot::read_metrics(&path).map_err(|e| UserError(format!("{e:#}")))?;
-        let label = d.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| d.display().to_string());
+        let label = d
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| d.display().to_string());
         series.push(plot::series_from_metrics(&rows, xk, y, &label));
     }
-    let panel = plot::Panel { title: String::new(), x_label: xl.into(), y_label: y.into(), log_x: false, log_y: true, series };
+    let panel = plot::Panel {
+        title: String::new(),
+        x_label: xl.into(),
+        y_label: y.into(),
+        log_x: false,
+        log_y: true,
+        series,
+    };
     let (svg, png) = plot::render(&[panel], 1, out)?;
     println!("{}\n{}", svg.display(), png.display());
     Ok(0)
@@ -314,10 +423,17 @@ pub fn cmd_plot(dirs: &[PathBuf], x: XAxis, y: &str, out: &Path) -> Result<u8> {
 
 /// `efkit data list`.
 pub fn cmd_data_list() -> Result<u8> {
-    println!("{:<12} {:>8} {:>9} {:>10}  description", "name", "rows", "features", "nnz");
+    println!(
+        "{:<12} {:>8} {:>9} {:>10}  description",
+        "name", "rows", "features", "nnz"
+    );
     for d in efkit_problems::datasets::list() {
-        let info = efkit_problems::datasets::inspect(d.name).map_err(|e| UserError(e.to_string()))?;
-        println!("{:<12} {:>8} {:>9} {:>10}  {}", d.name, info.rows, info.features, info.nnz, d.description);
+        let info =
+            efkit_problems::datasets::inspect(d.name).map_err(|e| UserError(e.to_string()))?;
+        println!(
+            "{:<12} {:>8} {:>9} {:>10}  {}",
+            d.name, info.rows, info.features, info.nnz, d.description
+        );
     }
     Ok(0)
 }
@@ -335,12 +451,21 @@ pub fn cmd_compressors(dim: usize) -> Result<u8> {
         return Err(UserError("--dim must be >= 1".into()).into());
     }
     println!("compressor catalogue for d = {dim}");
-    println!("{:<20} {:<12} {:>14}  description", "name", "class", "constant");
+    println!(
+        "{:<20} {:<12} {:>14}  description",
+        "name", "class", "constant"
+    );
     for (name, desc, class) in efkit_core::compress::catalogue(dim) {
         let (cls, c) = match class {
-            efkit_core::compress::CompressorClass::Contractive { alpha } => ("contractive", format!("alpha={alpha:.4e}")),
-            efkit_core::compress::CompressorClass::Unbiased { omega } => ("unbiased", format!("omega={omega:.4e}")),
-            efkit_core::compress::CompressorClass::Absolute { delta2 } => ("absolute", format!("delta2={delta2:.3e}")),
+            efkit_core::compress::CompressorClass::Contractive { alpha } => {
+                ("contractive", format!("alpha={alpha:.4e}"))
+            }
+            efkit_core::compress::CompressorClass::Unbiased { omega } => {
+                ("unbiased", format!("omega={omega:.4e}"))
+            }
+            efkit_core::compress::CompressorClass::Absolute { delta2 } => {
+                ("absolute", format!("delta2={delta2:.3e}"))
+            }
         };
         println!("{name:<20} {cls:<12} {c:>14}  {desc}");
     }

@@ -36,7 +36,11 @@ pub const LAUNCHER_VARS: &[&str] = &["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_R
 pub fn detect_launcher() -> Option<(&'static str, Option<usize>)> {
     LAUNCHER_VARS.iter().find_map(|&v| {
         let val = std::env::var(v).ok()?;
-        let size = if v.ends_with("_SIZE") { val.trim().parse().ok() } else { None };
+        let size = if v.ends_with("_SIZE") {
+            val.trim().parse().ok()
+        } else {
+            None
+        };
         Some((v, size))
     })
 }
@@ -78,7 +82,11 @@ pub fn cmd_run_mpi(
     _checkpoint_every: Option<u64>,
     _quiet: bool,
 ) -> anyhow::Result<u8> {
-    Err(UserError("this efkit was built without MPI support; rebuild with `--features mpi` (docs/mpi.md)".into()).into())
+    Err(UserError(
+        "this efkit was built without MPI support; rebuild with `--features mpi` (docs/mpi.md)"
+            .into(),
+    )
+    .into())
 }
 
 #[cfg(feature = "mpi")]
@@ -120,7 +128,8 @@ mod with_mpi {
     }
 
     fn is_user_error(e: &anyhow::Error) -> bool {
-        e.downcast_ref::<UserError>().is_some() || e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
+        e.downcast_ref::<UserError>().is_some()
+            || e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
     }
 
     /// What rank 0 keeps from the setup.
@@ -132,7 +141,12 @@ mod with_mpi {
     }
 
     /// Rank 0's setup: config, validation, output directory.
-    fn root_setup(get_cfg: impl FnOnce() -> Result<Config>, out: Option<PathBuf>, opts: &MpiRunOptions, ranks: usize) -> Result<(RootSide, Config, setup::Prepared)> {
+    fn root_setup(
+        get_cfg: impl FnOnce() -> Result<Config>,
+        out: Option<PathBuf>,
+        opts: &MpiRunOptions,
+        ranks: usize,
+    ) -> Result<(RootSide, Config, setup::Prepared)> {
         let cfg = get_cfg()?;
         if cfg.problem.workers < ranks {
             return Err(UserError(format!(
@@ -149,7 +163,16 @@ mod with_mpi {
         output::write_atomic(&out.join("config.toml"), resolved.to_toml().as_bytes())?;
         let metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
         let transport = JsonLines::create(&out.join("transport.jsonl"))?;
-        Ok((RootSide { cfg, out, metrics, transport }, resolved, prepared))
+        Ok((
+            RootSide {
+                cfg,
+                out,
+                metrics,
+                transport,
+            },
+            resolved,
+            prepared,
+        ))
     }
 
     /// Runs `cfg` on every rank of the MPI job (collective: every rank calls
@@ -158,7 +181,11 @@ mod with_mpi {
     /// the summary; the other ranks get `None`. (For drivers that run
     /// several configs, e.g. `repro` under MPI; `efkit run` uses [`cmd_run_mpi`].)
     #[allow(dead_code)]
-    pub fn run_mpi(cfg: &Config, out: &Path, opts: &MpiRunOptions) -> Result<Option<efkit_runtime::Summary>> {
+    pub fn run_mpi(
+        cfg: &Config,
+        out: &Path,
+        opts: &MpiRunOptions,
+    ) -> Result<Option<efkit_runtime::Summary>> {
         let end = run_mpi_with(|| Ok(cfg.clone()), Some(out.to_path_buf()), opts)?;
         Ok(end.summary)
     }
@@ -173,7 +200,11 @@ mod with_mpi {
 
     /// [`run_mpi`] where rank 0 alone produces the config (the other ranks
     /// never read the config file) and `out` may be chosen by rank 0.
-    fn run_mpi_with(get_cfg: impl FnOnce() -> Result<Config>, out: Option<PathBuf>, opts: &MpiRunOptions) -> Result<RunEnd> {
+    fn run_mpi_with(
+        get_cfg: impl FnOnce() -> Result<Config>,
+        out: Option<PathBuf>,
+        opts: &MpiRunOptions,
+    ) -> Result<RunEnd> {
         let rt = MpiRuntime::init().map_err(|e| match e {
             MpiError::Env { .. } => anyhow::Error::new(UserError(e.to_string())),
             other => anyhow::Error::new(other),
@@ -188,36 +219,67 @@ mod with_mpi {
                 Ok((resolved, prepared))
             }
             Err(e) => {
-                let failure = SetupFailure { code: if is_user_error(&e) { 2 } else { 1 }, message: format!("{e:#}") };
+                let failure = SetupFailure {
+                    code: if is_user_error(&e) { 2 } else { 1 },
+                    message: format!("{e:#}"),
+                };
                 root_err = Some(e);
                 Err(failure)
             }
         });
         let mut cluster = match launched {
             Ok(c) => c,
-            Err(MpiError::RootFailed { code }) => return Ok(RunEnd { code, summary: None }),
+            Err(MpiError::RootFailed { code }) => {
+                return Ok(RunEnd {
+                    code,
+                    summary: None,
+                })
+            }
             Err(e) => {
                 if let Some(re) = root_err {
                     return Err(re);
                 }
                 let code = e.exit_code();
-                return Err(if code == 2 { anyhow::Error::new(UserError(e.to_string())) } else { anyhow::Error::new(e) });
+                return Err(if code == 2 {
+                    anyhow::Error::new(UserError(e.to_string()))
+                } else {
+                    anyhow::Error::new(e)
+                });
             }
         };
         let Some(mut side) = root_side else {
             // another rank: serve rank 0 until it stops (rank 0 applies the
             // stopping rules), exit with its status
-            let rules = efkit_runtime::StopRules { max_rounds: 0, tol: None, time_limit: None, blowup: f64::INFINITY, log_every: 1 };
+            let rules = efkit_runtime::StopRules {
+                max_rounds: 0,
+                tol: None,
+                time_limit: None,
+                blowup: f64::INFINITY,
+                log_every: 1,
+            };
             let outcome = cluster.run(&rules, None, |_, _| Control::Continue, |_| Ok(()));
-            return Ok(RunEnd { code: exit_code_of(outcome.status()), summary: None });
+            return Ok(RunEnd {
+                code: exit_code_of(outcome.status()),
+                summary: None,
+            });
         };
         let cfg = side.cfg.clone();
         let pb = if opts.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             ProgressBar::hidden()
         } else {
             let pb = ProgressBar::new(cfg.stop.max_rounds);
-            pb.set_style(ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})").unwrap().progress_chars("=> "));
-            pb.set_prefix(opts.label.clone().unwrap_or_else(|| format!("{} (MPI, P = {ranks})", cfg.method.name)));
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            pb.set_prefix(
+                opts.label
+                    .clone()
+                    .unwrap_or_else(|| format!("{} (MPI, P = {ranks})", cfg.method.name)),
+            );
             pb
         };
         let rules = setup::stop_rules(&cfg);
@@ -229,7 +291,11 @@ mod with_mpi {
             cfg.stop.checkpoint_every,
             |m, t| {
                 let line = serde_json::json!({ "round": m.round, "traffic": t });
-                if let Err(e) = side.metrics.push(m).and_then(|_| side.transport.push(&line)) {
+                if let Err(e) = side
+                    .metrics
+                    .push(m)
+                    .and_then(|_| side.transport.push(&line))
+                {
                     write_err = Some(e);
                     return Control::Interrupt;
                 }
@@ -242,17 +308,39 @@ mod with_mpi {
                     Control::Continue
                 }
             },
-            |state| checkpoint::write(&ck_path, &checkpoint::Checkpoint { state: state.clone() }).map_err(|e| e.to_string()),
+            |state| {
+                checkpoint::write(
+                    &ck_path,
+                    &checkpoint::Checkpoint {
+                        state: state.clone(),
+                    },
+                )
+                .map_err(|e| e.to_string())
+            },
         );
         pb.finish_and_clear();
-        let Outcome::Root(summary) = outcome else { unreachable!("rank 0 drives the run") };
+        let Outcome::Root(summary) = outcome else {
+            unreachable!("rank 0 drives the run")
+        };
         if let Some(e) = write_err {
             return Err(e.context("writing metrics"));
         }
         let info = cluster.info().expect("rank 0 keeps the setup info").clone();
-        let label = opts.label.clone().unwrap_or_else(|| format!("{} {}", cfg.method.name, info.compressor));
+        let label = opts
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", cfg.method.name, info.compressor));
         let mpi = serde_json::json!({ "ranks": ranks, "traffic": cluster.traffic() });
-        run::write_outputs(&cfg, &side.out, &summary, &info, &rows, &label, Some(("mpi", mpi)), &format!(", MPI P = {ranks}"))?;
+        run::write_outputs(
+            &cfg,
+            &side.out,
+            &summary,
+            &info,
+            &rows,
+            &label,
+            Some(("mpi", mpi)),
+            &format!(", MPI P = {ranks}"),
+        )?;
         let last = summary.last.as_ref();
         eprintln!(
             "{}: status {:?} after {} rounds on P = {ranks} MPI ranks, ||grad f||^2 = {:.3e}, uplink {:.3e} bits/worker; results in {}",
@@ -266,7 +354,10 @@ mod with_mpi {
         if let Some(msg) = &summary.message {
             eprintln!("{msg}");
         }
-        Ok(RunEnd { code: run::exit_code(&summary), summary: Some(summary) })
+        Ok(RunEnd {
+            code: run::exit_code(&summary),
+            summary: Some(summary),
+        })
     }
 
     fn exit_code_of(s: Status) -> u8 {
@@ -279,7 +370,15 @@ mod with_mpi {
 
     /// `efkit run` with the MPI backend (every rank runs it).
     #[allow(clippy::too_many_arguments)]
-    pub fn cmd_run_mpi(config: &Path, out: Option<PathBuf>, force: bool, sets: &[String], threads: Option<usize>, checkpoint_every: Option<u64>, quiet: bool) -> Result<u8> {
+    pub fn cmd_run_mpi(
+        config: &Path,
+        out: Option<PathBuf>,
+        force: bool,
+        sets: &[String],
+        threads: Option<usize>,
+        checkpoint_every: Option<u64>,
+        quiet: bool,
+    ) -> Result<u8> {
         let get_cfg = || -> Result<Config> {
             // rank 0 only: the other ranks receive the resolved config
             let mut cfg = load_config(config, sets)?;
@@ -291,6 +390,15 @@ mod with_mpi {
             }
             Ok(cfg)
         };
-        Ok(run_mpi_with(get_cfg, out, &MpiRunOptions { quiet, force, label: None })?.code)
+        Ok(run_mpi_with(
+            get_cfg,
+            out,
+            &MpiRunOptions {
+                quiet,
+                force,
+                label: None,
+            },
+        )?
+        .code)
     }
 }

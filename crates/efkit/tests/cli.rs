@@ -64,26 +64,60 @@ fn run_writes_config_metrics_summary_and_plots() {
     let d = tmp("run");
     let cfg = write(&d, "c.toml", BASE);
     let out = d.join("out");
-    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in ["config.toml", "metrics.jsonl", "summary.json", "grad_norm_vs_bits.svg", "grad_norm_vs_bits.png"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "grad_norm_vs_bits.svg",
+        "grad_norm_vs_bits.png",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
     let rows = metrics_without_seconds(&out);
     assert_eq!(rows.len(), 7); // rounds 0, 5, ..., 30
-    for k in ["round", "loss", "grad_norm_sq", "bits_up_wire", "bits_up_paper", "bits_down_wire"] {
+    for k in [
+        "round",
+        "loss",
+        "grad_norm_sq",
+        "bits_up_wire",
+        "bits_up_paper",
+        "bits_down_wire",
+    ] {
         assert!(rows[3].get(k).is_some(), "{k}");
     }
     // paper bits: init 32 d (d = 68) + 32 K per round for K = 2
-    assert_eq!(rows[6]["bits_up_paper"].as_f64().unwrap(), (32 * 68 + 29 * 64) as f64);
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        rows[6]["bits_up_paper"].as_f64().unwrap(),
+        (32 * 68 + 29 * 64) as f64
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["status"], "max_rounds");
     assert_eq!(s["rounds"], 30);
     // the resolved config runs again to the same metrics
     let out2 = d.join("out2");
-    let o = run(&["run", out.join("config.toml").to_str().unwrap(), "--out", out2.to_str().unwrap(), "--quiet", "--threads", "1"]);
+    let o = run(&[
+        "run",
+        out.join("config.toml").to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "--quiet",
+        "--threads",
+        "1",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(metrics_without_seconds(&out), metrics_without_seconds(&out2));
+    assert_eq!(
+        metrics_without_seconds(&out),
+        metrics_without_seconds(&out2)
+    );
 }
 
 #[test]
@@ -91,17 +125,51 @@ fn existing_run_is_never_overwritten_without_force() {
     let d = tmp("force");
     let cfg = write(&d, "c.toml", BASE);
     let out = d.join("out");
-    assert!(run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"]).status.success());
+    assert!(run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q"
+    ])
+    .status
+    .success());
     let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
-    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--set", "stop.max_rounds=3"]);
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--set",
+        "stop.max_rounds=3",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
     assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
     // a failing run (bad config) with --force leaves the old results alone too
-    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--force", "--set", "compressor.k=1000"]);
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--force",
+        "--set",
+        "compressor.k=1000",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
-    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--force", "--set", "stop.max_rounds=3"]);
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--force",
+        "--set",
+        "stop.max_rounds=3",
+    ]);
     assert!(o.status.success());
 }
 
@@ -117,48 +185,231 @@ fn bad_cases(d: &Path) -> Vec<(&'static str, Option<String>, Vec<String>, &'stat
     let s = |t: &str| Some(t.to_string());
     let v = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     vec![
-        ("unknown top-level key", s(&format!("{BASE}\nfoo = 1\n")), v(&[]), "unknown field `foo`"),
-        ("typo in a key", s(&BASE.replace("workers", "workrs")), v(&[]), "did you mean `workers`"),
-        ("unknown method", s(&BASE.replace("\"ef21\"", "\"ef99\"")), v(&[]), "unknown method `ef99`"),
-        ("unknown compressor", s(&BASE.replace("\"top-k\"", "\"top-q\"")), v(&[]), "top-q"),
+        (
+            "unknown top-level key",
+            s(&format!("{BASE}\nfoo = 1\n")),
+            v(&[]),
+            "unknown field `foo`",
+        ),
+        (
+            "typo in a key",
+            s(&BASE.replace("workers", "workrs")),
+            v(&[]),
+            "did you mean `workers`",
+        ),
+        (
+            "unknown method",
+            s(&BASE.replace("\"ef21\"", "\"ef99\"")),
+            v(&[]),
+            "unknown method `ef99`",
+        ),
+        (
+            "unknown compressor",
+            s(&BASE.replace("\"top-k\"", "\"top-q\"")),
+            v(&[]),
+            "top-q",
+        ),
         ("K > d", None, v(&["--set", "compressor.k=1000"]), "k"),
         ("K = 0", None, v(&["--set", "compressor.k=0"]), "k"),
-        ("ratio out of range", None, v(&["--set", "compressor.ratio=1.5", "--set", "compressor.k=1"]), "ratio"),
-        ("negative multiplier", None, v(&["--set", "step.multiplier=-1.0"]), "step.multiplier"),
-        ("absolute step without value", None, v(&["--set", "step.rule=\"absolute\""]), "step.value"),
-        ("negative absolute step", None, v(&["--set", "step.rule=\"absolute\"", "--set", "step.value=-0.1"]), "step.value"),
-        ("unknown step rule", None, v(&["--set", "step.rule=\"magic\""]), "step.rule"),
-        ("n larger than rows", None, v(&["--set", "problem.workers=20000"]), "workers"),
-        ("zero workers", None, v(&["--set", "problem.workers=0"]), "workers"),
-        ("unknown dataset", s(&BASE.replace("\"phishing\"", "\"nope\"")), v(&[]), "nope"),
-        ("unknown problem kind", s(&BASE.replace("\"logistic\"", "\"svm\"")), v(&[]), "svm"),
-        ("unknown split", None, v(&["--set", "problem.split=\"random\""]), "random"),
-        ("negative lambda", None, v(&["--set", "problem.lambda=-1.0"]), "lambda"),
-        ("hb without eta", s(&BASE.replace("\"ef21\"", "\"ef21-hb\"")), v(&[]), "eta"),
-        ("hb eta = 1", s(&BASE.replace("name = \"ef21\"", "name = \"ef21-hb\"\neta = 1.0")), v(&[]), "eta"),
-        ("parameter not used by the method", s(&BASE.replace("name = \"ef21\"", "name = \"ef21\"\neta = 0.5")), v(&[]), "not used"),
-        ("sgd without batch", s(&BASE.replace("\"ef21\"", "\"ef21-sgd\"")), v(&[]), "batch"),
-        ("batch fraction > 1", s(&BASE.replace("name = \"ef21\"", "name = \"ef21-sgd\"\nbatch = 1.5")), v(&[]), "batch"),
-        ("pp participation 0", s(&BASE.replace("name = \"ef21\"", "name = \"ef21-pp\"\nparticipation = 0.0")), v(&[]), "participation"),
-        ("bc without server compressor", s(&BASE.replace("\"ef21\"", "\"ef21-bc\"")), v(&[]), "server_compressor"),
-        ("server compressor on a non-bc method", s(&format!("{BASE}[server_compressor]\nname = \"top-k\"\nk = 1\n")), v(&[]), "server_compressor"),
-        ("gd with a compressor", s(&BASE.replace("\"ef21\"", "\"gd\"")), v(&[]), "compressor"),
+        (
+            "ratio out of range",
+            None,
+            v(&["--set", "compressor.ratio=1.5", "--set", "compressor.k=1"]),
+            "ratio",
+        ),
+        (
+            "negative multiplier",
+            None,
+            v(&["--set", "step.multiplier=-1.0"]),
+            "step.multiplier",
+        ),
+        (
+            "absolute step without value",
+            None,
+            v(&["--set", "step.rule=\"absolute\""]),
+            "step.value",
+        ),
+        (
+            "negative absolute step",
+            None,
+            v(&[
+                "--set",
+                "step.rule=\"absolute\"",
+                "--set",
+                "step.value=-0.1",
+            ]),
+            "step.value",
+        ),
+        (
+            "unknown step rule",
+            None,
+            v(&["--set", "step.rule=\"magic\""]),
+            "step.rule",
+        ),
+        (
+            "n larger than rows",
+            None,
+            v(&["--set", "problem.workers=20000"]),
+            "workers",
+        ),
+        (
+            "zero workers",
+            None,
+            v(&["--set", "problem.workers=0"]),
+            "workers",
+        ),
+        (
+            "unknown dataset",
+            s(&BASE.replace("\"phishing\"", "\"nope\"")),
+            v(&[]),
+            "nope",
+        ),
+        (
+            "unknown problem kind",
+            s(&BASE.replace("\"logistic\"", "\"svm\"")),
+            v(&[]),
+            "svm",
+        ),
+        (
+            "unknown split",
+            None,
+            v(&["--set", "problem.split=\"random\""]),
+            "random",
+        ),
+        (
+            "negative lambda",
+            None,
+            v(&["--set", "problem.lambda=-1.0"]),
+            "lambda",
+        ),
+        (
+            "hb without eta",
+            s(&BASE.replace("\"ef21\"", "\"ef21-hb\"")),
+            v(&[]),
+            "eta",
+        ),
+        (
+            "hb eta = 1",
+            s(&BASE.replace("name = \"ef21\"", "name = \"ef21-hb\"\neta = 1.0")),
+            v(&[]),
+            "eta",
+        ),
+        (
+            "parameter not used by the method",
+            s(&BASE.replace("name = \"ef21\"", "name = \"ef21\"\neta = 0.5")),
+            v(&[]),
+            "not used",
+        ),
+        (
+            "sgd without batch",
+            s(&BASE.replace("\"ef21\"", "\"ef21-sgd\"")),
+            v(&[]),
+            "batch",
+        ),
+        (
+            "batch fraction > 1",
+            s(&BASE.replace("name = \"ef21\"", "name = \"ef21-sgd\"\nbatch = 1.5")),
+            v(&[]),
+            "batch",
+        ),
+        (
+            "pp participation 0",
+            s(&BASE.replace("name = \"ef21\"", "name = \"ef21-pp\"\nparticipation = 0.0")),
+            v(&[]),
+            "participation",
+        ),
+        (
+            "bc without server compressor",
+            s(&BASE.replace("\"ef21\"", "\"ef21-bc\"")),
+            v(&[]),
+            "server_compressor",
+        ),
+        (
+            "server compressor on a non-bc method",
+            s(&format!(
+                "{BASE}[server_compressor]\nname = \"top-k\"\nk = 1\n"
+            )),
+            v(&[]),
+            "server_compressor",
+        ),
+        (
+            "gd with a compressor",
+            s(&BASE.replace("\"ef21\"", "\"gd\"")),
+            v(&[]),
+            "compressor",
+        ),
         ("tol <= 0", None, v(&["--set", "stop.tol=0.0"]), "stop.tol"),
-        ("log_every 0", None, v(&["--set", "stop.log_every=0"]), "log_every"),
-        ("blowup <= 1", None, v(&["--set", "stop.blowup=0.5"]), "blowup"),
-        ("unknown init", None, v(&["--set", "init.kind=\"ones\""]), "init.kind"),
-        ("init file of wrong length", s(&BASE.replace("kind = \"gaussian\"", &format!("kind = \"file\"\npath = {:?}", init_short.to_str().unwrap()))), v(&[]), "d = 68"),
-        ("init file with NaN", s(&BASE.replace("kind = \"gaussian\"", &format!("kind = \"file\"\npath = {:?}", init_nan.to_str().unwrap()))), v(&[]), "not"),
-        ("malformed LibSVM value", s(&ds(&libsvm_bad)), v(&[]), "line 2"),
+        (
+            "log_every 0",
+            None,
+            v(&["--set", "stop.log_every=0"]),
+            "log_every",
+        ),
+        (
+            "blowup <= 1",
+            None,
+            v(&["--set", "stop.blowup=0.5"]),
+            "blowup",
+        ),
+        (
+            "unknown init",
+            None,
+            v(&["--set", "init.kind=\"ones\""]),
+            "init.kind",
+        ),
+        (
+            "init file of wrong length",
+            s(&BASE.replace(
+                "kind = \"gaussian\"",
+                &format!("kind = \"file\"\npath = {:?}", init_short.to_str().unwrap()),
+            )),
+            v(&[]),
+            "d = 68",
+        ),
+        (
+            "init file with NaN",
+            s(&BASE.replace(
+                "kind = \"gaussian\"",
+                &format!("kind = \"file\"\npath = {:?}", init_nan.to_str().unwrap()),
+            )),
+            v(&[]),
+            "not",
+        ),
+        (
+            "malformed LibSVM value",
+            s(&ds(&libsvm_bad)),
+            v(&[]),
+            "line 2",
+        ),
         ("LibSVM index 0", s(&ds(&libsvm_zero)), v(&[]), "line 1"),
-        ("LibSVM indices not increasing", s(&ds(&libsvm_order)), v(&[]), "line 1"),
+        (
+            "LibSVM indices not increasing",
+            s(&ds(&libsvm_order)),
+            v(&[]),
+            "line 1",
+        ),
         ("LibSVM bad label", s(&ds(&libsvm_label)), v(&[]), "line 1"),
         ("TOML syntax error", s("seed = = 1"), v(&[]), "config"),
-        ("wrong type", s(&BASE.replace("workers = 4", "workers = \"four\"")), v(&[]), "workers"),
+        (
+            "wrong type",
+            s(&BASE.replace("workers = 4", "workers = \"four\"")),
+            v(&[]),
+            "workers",
+        ),
         ("bad --set", None, v(&["--set", "novalue"]), "KEY=VALUE"),
         ("unknown flag", None, v(&["--frobnicate"]), "frobnicate"),
-        ("checkpoint-every 0", None, v(&["--checkpoint-every", "0"]), "checkpoint-every"),
-        ("missing config file", s("__missing__"), v(&[]), "cannot read config"),
+        (
+            "checkpoint-every 0",
+            None,
+            v(&["--checkpoint-every", "0"]),
+            "checkpoint-every",
+        ),
+        (
+            "missing config file",
+            s("__missing__"),
+            v(&[]),
+            "cannot read config",
+        ),
     ]
 }
 
@@ -174,44 +425,93 @@ fn bad_input_table_gives_clear_errors_and_exit_code_2() {
             None => write(&d, &format!("c{i}.toml"), BASE),
         };
         let out = d.join(format!("out{i}"));
-        let mut a = vec!["run".to_string(), cfg.to_str().unwrap().to_string(), "--out".into(), out.to_str().unwrap().into(), "-q".into()];
+        let mut a = vec![
+            "run".to_string(),
+            cfg.to_str().unwrap().to_string(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "-q".into(),
+        ];
         a.extend(args);
         let o = bin().args(&a).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{what}: exit {:?}, stderr: {err}", o.status.code());
-        assert!(err.contains(expect), "{what}: expected `{expect}` in: {err}");
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{what}: exit {:?}, stderr: {err}",
+            o.status.code()
+        );
+        assert!(
+            err.contains(expect),
+            "{what}: expected `{expect}` in: {err}"
+        );
         assert!(!err.contains("panicked"), "{what}: {err}");
-        assert!(!out.join("metrics.jsonl").exists(), "{what}: no work may start");
+        assert!(
+            !out.join("metrics.jsonl").exists(),
+            "{what}: no work may start"
+        );
     }
     // other commands
     for (args, expect) in [
         (vec!["data", "inspect", "nope"], "nope"),
         (vec!["compressors", "--dim", "0"], "dim"),
-        (vec!["resume", "/nonexistent-efkit-dir"], "cannot read config"),
+        (
+            vec!["resume", "/nonexistent-efkit-dir"],
+            "cannot read config",
+        ),
         (vec!["repro", "no-such-figure"], "no-such-figure"),
     ] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains(expect), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(expect),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
 #[test]
 fn divergence_stops_with_exit_code_3_and_keeps_metrics() {
     let d = tmp("div");
-    let cfg = write(&d, "c.toml", &BASE.replace("multiplier = 4.0", "multiplier = 1e9"));
+    let cfg = write(
+        &d,
+        "c.toml",
+        &BASE.replace("multiplier = 4.0", "multiplier = 1e9"),
+    );
     let out = d.join("out");
-    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--set", "stop.log_every=1", "--set", "stop.blowup=10.0"]);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--set",
+        "stop.log_every=1",
+        "--set",
+        "stop.blowup=10.0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("diverged at round") && err.contains("loss"), "{err}");
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(
+        err.contains("diverged at round") && err.contains("loss"),
+        "{err}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["status"], "diverged");
     assert!(!metrics_without_seconds(&out).is_empty());
 }
 
 fn long_config(method_block: &str, rounds: u64) -> String {
-    BASE.replace("name = \"ef21\"", method_block).replace("max_rounds = 30", &format!("max_rounds = {rounds}")).replace("log_every = 5", "log_every = 7")
+    BASE.replace("name = \"ef21\"", method_block)
+        .replace("max_rounds = 30", &format!("max_rounds = {rounds}"))
+        .replace("log_every = 5", "log_every = 7")
 }
 
 fn wait_for(path: &Path, limit: Duration) -> bool {
@@ -238,18 +538,46 @@ fn kill_and_resume_equals_uninterrupted_run() {
         let d = tmp(&format!("resume-{tag}"));
         let cfg = write(&d, "c.toml", &long_config(block, 3000));
         let full = d.join("full");
-        let o = run(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap(), "-q"]);
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            full.to_str().unwrap(),
+            "-q",
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let part = d.join("part");
-        let mut child = bin().args(["run", cfg.to_str().unwrap(), "--out", part.to_str().unwrap(), "-q", "--checkpoint-every", "50"]).spawn().unwrap();
-        assert!(wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)), "no checkpoint appeared");
+        let mut child = bin()
+            .args([
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+                part.to_str().unwrap(),
+                "-q",
+                "--checkpoint-every",
+                "50",
+            ])
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)),
+            "no checkpoint appeared"
+        );
         // a pseudo-random extra delay so the kill lands mid-run at different points
         std::thread::sleep(Duration::from_millis(20 + 37 * k as u64));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         let o = run(&["resume", part.to_str().unwrap(), "-q"]);
-        assert!(o.status.success(), "{tag}: {}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(metrics_without_seconds(&full), metrics_without_seconds(&part), "{tag}");
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            metrics_without_seconds(&full),
+            metrics_without_seconds(&part),
+            "{tag}"
+        );
     }
 }
 
@@ -258,7 +586,15 @@ fn corrupted_checkpoint_is_refused() {
     let d = tmp("corrupt");
     let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 60));
     let out = d.join("out");
-    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--checkpoint-every", "20"]);
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--checkpoint-every",
+        "20",
+    ]);
     assert!(o.status.success());
     let ck = out.join("checkpoint.json");
     let mut bytes = std::fs::read(&ck).unwrap();
@@ -267,7 +603,11 @@ fn corrupted_checkpoint_is_refused() {
     std::fs::write(&ck, &bytes).unwrap();
     let o = run(&["resume", out.to_str().unwrap(), "-q"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum mismatch"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("checksum mismatch"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -275,14 +615,31 @@ fn sigint_finishes_the_round_and_exits_130() {
     let d = tmp("sigint");
     let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 1_000_000));
     let out = d.join("out");
-    let child = bin().args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"]).spawn().unwrap();
-    assert!(wait_for(&out.join("metrics.jsonl"), Duration::from_secs(30)));
+    let child = bin()
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(
+        &out.join("metrics.jsonl"),
+        Duration::from_secs(30)
+    ));
     std::thread::sleep(Duration::from_millis(300));
     let pid = child.id();
-    assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130));
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["status"], "interrupted");
     assert!(out.join("checkpoint.json").exists());
 }
@@ -293,31 +650,75 @@ fn data_compressors_and_plot_commands() {
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
     for name in ["a9a", "w8a", "mushrooms", "phishing", "a9a.t", "w8a.t"] {
-        assert!(s.lines().any(|l| l.starts_with(name)), "{name} missing in: {s}");
+        assert!(
+            s.lines().any(|l| l.starts_with(name)),
+            "{name} missing in: {s}"
+        );
     }
     let o = run(&["data", "inspect", "mushrooms"]);
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("8124") && s.contains("112") && s.contains("170604"), "{s}");
+    assert!(
+        s.contains("8124") && s.contains("112") && s.contains("170604"),
+        "{s}"
+    );
     let o = run(&["compressors", "--dim", "100"]);
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("top-k") && s.contains("alpha=1.0000e-2"), "{s}");
-    assert!(s.contains("scaled-rand-k") && s.contains("omega=9.9000e1"), "{s}");
+    assert!(
+        s.contains("scaled-rand-k") && s.contains("omega=9.9000e1"),
+        "{s}"
+    );
     // plot two runs
     let d = tmp("plot");
     let cfg = write(&d, "c.toml", BASE);
     let a = d.join("a");
     let b = d.join("b");
-    assert!(run(&["run", cfg.to_str().unwrap(), "--out", a.to_str().unwrap(), "-q"]).status.success());
-    assert!(run(&["run", cfg.to_str().unwrap(), "--out", b.to_str().unwrap(), "-q", "--set", "method.name=\"ef14\""]).status.success());
+    assert!(run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        a.to_str().unwrap(),
+        "-q"
+    ])
+    .status
+    .success());
+    assert!(run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+        "-q",
+        "--set",
+        "method.name=\"ef14\""
+    ])
+    .status
+    .success());
     let stem = d.join("overlay");
-    let o = run(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--x", "rounds", "--out", stem.to_str().unwrap()]);
+    let o = run(&[
+        "plot",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--x",
+        "rounds",
+        "--out",
+        stem.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let svg = std::fs::read_to_string(d.join("overlay.svg")).unwrap();
-    let texts: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit('>').next()).map(|t| t.trim()).collect();
-    assert!(texts.contains(&"a") && texts.contains(&"b"), "legend labels a and b: {texts:?}");
-    assert!(std::fs::read(d.join("overlay.png")).unwrap().starts_with(b"\x89PNG"));
+    let texts: Vec<&str> = svg
+        .split("</text>")
+        .filter_map(|t| t.rsplit('>').next())
+        .map(|t| t.trim())
+        .collect();
+    assert!(
+        texts.contains(&"a") && texts.contains(&"b"),
+        "legend labels a and b: {texts:?}"
+    );
+    assert!(std::fs::read(d.join("overlay.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
 }
 
 /// Every shipped example config runs (a few rounds).
@@ -330,8 +731,21 @@ fn example_configs_run() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let out = d.join(p.file_stem().unwrap());
-            let o = run(&["run", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--set", "stop.max_rounds=3"]);
-            assert!(o.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&o.stderr));
+            let o = run(&[
+                "run",
+                p.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "-q",
+                "--set",
+                "stop.max_rounds=3",
+            ]);
+            assert!(
+                o.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
             n += 1;
         }
     }

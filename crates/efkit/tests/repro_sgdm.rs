@@ -12,15 +12,32 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn efkit(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_efkit")).args(args).output().expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_efkit"))
+        .args(args)
+        .output()
+        .expect("runs")
 }
 
 #[test]
 fn divergence_quick_writes_figure_table_and_data() {
     let out = tmp("div");
-    let o = efkit(&["repro", "sgdm-divergence", "--quick", "--quiet", "--out", out.to_str().unwrap()]);
+    let o = efkit(&[
+        "repro",
+        "sgdm-divergence",
+        "--quick",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in ["README.md", "sgdm_divergence.png", "sgdm_divergence.svg", "sgdm_divergence_log.png", "curves.csv", "plateaus.csv"] {
+    for f in [
+        "README.md",
+        "sgdm_divergence.png",
+        "sgdm_divergence.svg",
+        "sgdm_divergence_log.png",
+        "curves.csv",
+        "plateaus.csv",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
@@ -39,7 +56,14 @@ fn divergence_quick_writes_figure_table_and_data() {
         }
     }
     // an existing reproduction is not overwritten without --force (exit code 2)
-    let again = efkit(&["repro", "sgdm-divergence", "--quick", "--quiet", "--out", out.to_str().unwrap()]);
+    let again = efkit(&[
+        "repro",
+        "sgdm-divergence",
+        "--quick",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(again.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -49,11 +73,21 @@ fn divergence_quick_writes_figure_table_and_data() {
 #[ignore]
 fn mnist_quick_runs_every_method() {
     let out = tmp("mnist");
-    let o = efkit(&["repro", "sgdm-mnist", "--quick", "--quiet", "--out", out.to_str().unwrap()]);
+    let o = efkit(&[
+        "repro",
+        "sgdm-mnist",
+        "--quick",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     for m in ["EF14-SGD", "EF21-SGD", "EF21-SGD2M", "EF21-SGDM"] {
-        assert!(readme.contains(&format!("| contiguous | 128 | {m} |")), "{m}");
+        assert!(
+            readme.contains(&format!("| contiguous | 128 | {m} |")),
+            "{m}"
+        );
     }
     assert!(out.join("sgdm_mnist.png").is_file());
     assert!(out.join("curves/contiguous-B128-ef21-sgdm.jsonl").is_file());

@@ -28,11 +28,20 @@ pub struct Bernoulli {
 /// Builds `bernoulli` (parameters: `p` in (0, 1], `values`).
 pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
     only_keys(spec, &["p", "values"])?;
-    let p = spec.p.ok_or_else(|| ParamError::invalid("p", "`bernoulli` needs `p` in (0, 1]"))?;
+    let p = spec
+        .p
+        .ok_or_else(|| ParamError::invalid("p", "`bernoulli` needs `p` in (0, 1]"))?;
     if !(p > 0.0 && p <= 1.0) {
-        return Err(ParamError::invalid("p", format!("p = {p} is outside (0, 1]")));
+        return Err(ParamError::invalid(
+            "p",
+            format!("p = {p} is outside (0, 1]"),
+        ));
     }
-    Ok(Box::new(Bernoulli { d, p, fmt: value_format(spec) }))
+    Ok(Box::new(Bernoulli {
+        d,
+        p,
+        fmt: value_format(spec),
+    }))
 }
 
 impl Compressor for Bernoulli {
@@ -52,7 +61,9 @@ impl Compressor for Bernoulli {
     }
 
     fn class(&self) -> CompressorClass {
-        CompressorClass::Unbiased { omega: 1.0 / self.p - 1.0 }
+        CompressorClass::Unbiased {
+            omega: 1.0 / self.p - 1.0,
+        }
     }
 
     fn is_deterministic(&self) -> bool {
@@ -89,7 +100,12 @@ impl Compressor for Bernoulli {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         if !r.read_bit()? {
             out.reset_sparse(self.d);
             return Ok(());

@@ -110,7 +110,9 @@ use rand::RngCore as _;
 
 use super::registry::{only_keys, value_format, CompressorSpec};
 use super::sparse_codec::check_input;
-use super::{check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
+use super::{
+    check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat,
+};
 use crate::bits::{gamma_len, width_for, BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
 use crate::rng::Rng;
@@ -250,14 +252,21 @@ fn lp_norm(x: &[f64], p: f64, m: f64) -> f64 {
         }
     } else {
         let c = scale_for(m);
-        x.iter().map(|v| (v * c).abs().powf(p)).sum::<f64>().powf(1.0 / p) / c
+        x.iter()
+            .map(|v| (v * c).abs().powf(p))
+            .sum::<f64>()
+            .powf(1.0 / p)
+            / c
     }
 }
 
 /// The error for a norm that does not fit the wire format.
 #[cold]
 fn norm_overflow(fmt: ValueFormat, n: f64) -> CompressError {
-    CompressError::Shape(format!("norm {n:e} overflows the {}-bit wire format", fmt.bits()))
+    CompressError::Shape(format!(
+        "norm {n:e} overflows the {}-bit wire format",
+        fmt.bits()
+    ))
 }
 
 /// The transmitted norm: round_up(max(computed norm, max|x_j|)), which makes
@@ -402,7 +411,11 @@ pub fn qsgd_omega(d: usize, s: u32, rho: f64) -> f64 {
     let (d, s) = (d as f64, s as f64);
     let published = (d / (s * s)).min(d.sqrt() / s);
     let quarter = rho * rho * d / (4.0 * s * s);
-    let derived = if d.sqrt() > 2.5 * s / rho { (rho * d.sqrt() / s - 1.0).min(quarter) } else { quarter };
+    let derived = if d.sqrt() > 2.5 * s / rho {
+        (rho * d.sqrt() / s - 1.0).min(quarter)
+    } else {
+        quarter
+    };
     published.max(derived)
 }
 
@@ -429,7 +442,11 @@ pub fn natural_dithering_omega(d: usize, s: u32, p: f64, rho: f64) -> f64 {
     let t = (d as f64).powf(1.0 / r) * pow2(1 - s as i32);
     let published = 0.125 + t * t.min(1.0);
     let rt = rho * t;
-    let derived = if rt < 2.25 { 0.125 + 2.0 * rt * rt / 9.0 } else { rt - 1.0 };
+    let derived = if rt < 2.25 {
+        0.125 + 2.0 * rt * rt / 9.0
+    } else {
+        rt - 1.0
+    };
     published.max(derived)
 }
 
@@ -458,11 +475,21 @@ impl Dithering {
     /// QSGD with `s` levels (1..=2^20) for dimension `d`, norm sent in `fmt`.
     pub fn qsgd(d: usize, s: u32, fmt: ValueFormat) -> Result<Self, ParamError> {
         if !(1..=QSGD_MAX_LEVELS).contains(&s) {
-            return Err(ParamError::invalid("levels", format!("levels = {s} is outside 1..={QSGD_MAX_LEVELS}")));
+            return Err(ParamError::invalid(
+                "levels",
+                format!("levels = {s} is outside 1..={QSGD_MAX_LEVELS}"),
+            ));
         }
         check_dim(d)?;
         let omega = qsgd_omega(d, s, rho_max(fmt, d));
-        Ok(Dithering { kind: Kind::Qsgd, d, s, fmt, width: width_for(s as u64), omega })
+        Ok(Dithering {
+            kind: Kind::Qsgd,
+            d,
+            s,
+            fmt,
+            width: width_for(s as u64),
+            omega,
+        })
     }
 
     /// Natural dithering with `s` levels (1..=64) and the l_`p` norm
@@ -475,11 +502,21 @@ impl Dithering {
             ));
         }
         if p.is_nan() || p < 1.0 {
-            return Err(ParamError::invalid("norm", format!("norm p = {p} must be >= 1 (or inf)")));
+            return Err(ParamError::invalid(
+                "norm",
+                format!("norm p = {p} must be >= 1 (or inf)"),
+            ));
         }
         check_dim(d)?;
         let omega = natural_dithering_omega(d, s, p, rho_max(fmt, d));
-        Ok(Dithering { kind: Kind::Natural { p }, d, s, fmt, width: width_for(s as u64), omega })
+        Ok(Dithering {
+            kind: Kind::Natural { p },
+            d,
+            s,
+            fmt,
+            width: width_for(s as u64),
+            omega,
+        })
     }
 
     /// Level tables for the byte-packed path (s <= 127): the code and length
@@ -714,7 +751,8 @@ impl Dithering {
             let mut xs = [0.0f64; BLOCK];
             let mut os = [0.0f64; BLOCK];
             xs[..xr.len()].copy_from_slice(xr);
-            let nonzero = block::<PACKED, _, _, _>(&xs, &mut os, xr.len(), rng, f, bytes, words, &mut t);
+            let nonzero =
+                block::<PACKED, _, _, _>(&xs, &mut os, xr.len(), rng, f, bytes, words, &mut t);
             mark(nb, nonzero, words);
             or.copy_from_slice(&os[..xr.len()]);
         }
@@ -791,8 +829,12 @@ impl Dithering {
         match (self.kind, tiny) {
             (Kind::Qsgd, false) => self.quantize_qsgd::<false>(x, n, values, rng, bytes, words),
             (Kind::Qsgd, true) => self.quantize_qsgd::<true>(x, n, values, rng, bytes, words),
-            (Kind::Natural { .. }, false) => self.quantize_natural::<false>(x, n, values, rng, bytes, words),
-            (Kind::Natural { .. }, true) => self.quantize_natural::<true>(x, n, values, rng, bytes, words),
+            (Kind::Natural { .. }, false) => {
+                self.quantize_natural::<false>(x, n, values, rng, bytes, words)
+            }
+            (Kind::Natural { .. }, true) => {
+                self.quantize_natural::<true>(x, n, values, rng, bytes, words)
+            }
         }
     }
 
@@ -915,7 +957,11 @@ impl Dithering {
         if self.s <= BYTE_LEVELS_MAX {
             let tab = self.code_table(gamma);
             // Eight zero levels at once.
-            let (z8, z8len) = if gamma { (0xFF, 8) } else { (0, 8 * self.width) };
+            let (z8, z8len) = if gamma {
+                (0xFF, 8)
+            } else {
+                (0, 8 * self.width)
+            };
             let mut stored = bytes.chunks_exact(BLOCK_WORDS);
             let mut left = self.d;
             for b in 0..self.d.div_ceil(BLOCK) {
@@ -1039,7 +1085,13 @@ impl Dithering {
                 }
                 let z = b.leading_zeros();
                 if z > zmax {
-                    return Err(bad_level(win.position(), z.min(63) as u64 + 1, end, u32::MAX, s));
+                    return Err(bad_level(
+                        win.position(),
+                        z.min(63) as u64 + 1,
+                        end,
+                        u32::MAX,
+                        s,
+                    ));
                 }
                 let len = 2 * z + 1;
                 let k = (b >> (64 - len)) as u32 - 1; // >= 1: the code starts with a zero
@@ -1149,9 +1201,15 @@ fn natural_magnitude(n: f64, s: u32, k: u32) -> f64 {
 #[inline(never)]
 fn bad_level(pos: u64, len: u64, end: u64, k: u32, s: u32) -> DecodeError {
     if pos + len > end {
-        DecodeError::Truncated { at: end.max(pos), needed: u32::try_from(pos + len - end.max(pos)).unwrap_or(u32::MAX) }
+        DecodeError::Truncated {
+            at: end.max(pos),
+            needed: u32::try_from(pos + len - end.max(pos)).unwrap_or(u32::MAX),
+        }
     } else if k == u32::MAX {
-        DecodeError::invalid("level", format!("level code longer than any level up to s = {s}"))
+        DecodeError::invalid(
+            "level",
+            format!("level code longer than any level up to s = {s}"),
+        )
     } else {
         DecodeError::invalid("level", format!("level {k} exceeds s = {s}"))
     }
@@ -1172,7 +1230,10 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
         "qsgd" => {
             only_keys(spec, &["levels", "values"])?;
             let s = spec.levels.ok_or_else(|| {
-                ParamError::invalid("levels", format!("qsgd needs `levels` (an integer in 1..={QSGD_MAX_LEVELS})"))
+                ParamError::invalid(
+                    "levels",
+                    format!("qsgd needs `levels` (an integer in 1..={QSGD_MAX_LEVELS})"),
+                )
             })?;
             Ok(Box::new(Dithering::qsgd(d, s, fmt)?))
         }
@@ -1184,7 +1245,12 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
                     format!("natural-dithering needs `levels` (an integer in 1..={NATURAL_DITHERING_MAX_LEVELS})"),
                 )
             })?;
-            Ok(Box::new(Dithering::natural(d, s, spec.norm.unwrap_or(2.0), fmt)?))
+            Ok(Box::new(Dithering::natural(
+                d,
+                s,
+                spec.norm.unwrap_or(2.0),
+                fmt,
+            )?))
         }
         other => Err(ParamError::Unknown {
             what: "dithering compressor",
@@ -1240,7 +1306,11 @@ impl Compressor for Dithering {
             Kind::Natural { p } => p,
         };
         // One pass: max|x_j|, the l2 (or l1) sum, and the finiteness screen.
-        let st = if p == 2.0 { stats::<true, false>(x) } else { stats::<false, false>(x) };
+        let st = if p == 2.0 {
+            stats::<true, false>(x)
+        } else {
+            stats::<false, false>(x)
+        };
         if !st.sum.is_finite() {
             check_finite(x)?; // else the sum overflowed: lp_norm rescales below
         }
@@ -1268,7 +1338,8 @@ impl Compressor for Dithering {
         }
         prepare_dense(out, self.d);
         let sc = &mut *ctx.scratch;
-        let (nnz, glen) = self.quantize_kind(x, n, &mut out.values, ctx.rng, &mut sc.u64s, &mut sc.u32s);
+        let (nnz, glen) =
+            self.quantize_kind(x, n, &mut out.values, ctx.rng, &mut sc.u64s, &mut sc.u32s);
         let fixed = self.d as u64 * self.width as u64 + nnz;
         let gamma = glen + nnz;
         let use_gamma = gamma < fixed;
@@ -1279,7 +1350,12 @@ impl Compressor for Dithering {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         let n = self.fmt.read(r)?;
         if n.is_sign_negative() {
             return Err(DecodeError::invalid("norm", "negative norm"));
@@ -1291,11 +1367,17 @@ impl Compressor for Dithering {
         let s = self.s;
         let unit = n / s as f64;
         if !(unit * s as f64).is_finite() {
-            return Err(DecodeError::invalid("norm", "norm too large for the level values"));
+            return Err(DecodeError::invalid(
+                "norm",
+                "norm too large for the level values",
+            ));
         }
         // Every coordinate takes at least one bit: refuse before allocating.
         if self.d as u64 + 1 > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(self.d + 1).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: u32::try_from(self.d + 1).unwrap_or(u32::MAX),
+            });
         }
         let use_gamma = r.read_bit()?;
         prepare_dense(out, self.d);
@@ -1317,7 +1399,10 @@ impl Compressor for Dithering {
             let fixed = self.d as u64 * self.width as u64 + nnz;
             let gamma = glen + nnz;
             if use_gamma != (gamma < fixed) {
-                return Err(DecodeError::invalid("mode", "the encoder would have chosen the other level layout"));
+                return Err(DecodeError::invalid(
+                    "mode",
+                    "the encoder would have chosen the other level layout",
+                ));
             }
             Ok(())
         });
@@ -1336,9 +1421,9 @@ impl Compressor for Dithering {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng as _;
     use crate::compress::{decode_one, encode_one};
     use crate::rng::rng_from_key;
+    use rand::Rng as _;
 
     fn spec(name: &str, s: u32, p: Option<f64>, fmt: Option<ValueFormat>) -> CompressorSpec {
         let mut sp = CompressorSpec::named(name);
@@ -1348,7 +1433,13 @@ mod tests {
         sp
     }
 
-    fn build(name: &str, d: usize, s: u32, p: Option<f64>, fmt: Option<ValueFormat>) -> Box<dyn Compressor> {
+    fn build(
+        name: &str,
+        d: usize,
+        s: u32,
+        p: Option<f64>,
+        fmt: Option<ValueFormat>,
+    ) -> Box<dyn Compressor> {
         from_spec(&spec(name, s, p, fmt), d).unwrap()
     }
 
@@ -1413,13 +1504,23 @@ mod tests {
             CompressorClass::Unbiased { omega } => omega,
             _ => unreachable!(),
         };
-        assert!(total <= omega * norm2 * (1.0 + 1e-12), "{}: exact variance {total} > omega {omega} * {norm2}", c.describe());
+        assert!(
+            total <= omega * norm2 * (1.0 + 1e-12),
+            "{}: exact variance {total} > omega {omega} * {norm2}",
+            c.describe()
+        );
         let mut mean = vec![0.0; d];
         let (mut s1, mut s2) = (0.0, 0.0);
         for _ in 0..n_samples {
             let e = encode_one(c, x, &mut rng, 0).unwrap();
             assert_eq!(norm_of(&e.bytes, c.fmt), n);
-            let err: f64 = e.value.values.iter().zip(x).map(|(q, v)| (q - v) * (q - v)).sum();
+            let err: f64 = e
+                .value
+                .values
+                .iter()
+                .zip(x)
+                .map(|(q, v)| (q - v) * (q - v))
+                .sum();
             s1 += err;
             s2 += err * err;
             for (m, q) in mean.iter_mut().zip(&e.value.values) {
@@ -1429,10 +1530,20 @@ mod tests {
         let ns = n_samples as f64;
         let mv = s1 / ns;
         let sd = ((s2 / ns - mv * mv).max(0.0) / ns).sqrt();
-        assert!((mv - total).abs() <= 6.0 * sd + 1e-9 * norm2, "{}: MC variance {mv} vs exact {total} (sd {sd})", c.describe());
+        assert!(
+            (mv - total).abs() <= 6.0 * sd + 1e-9 * norm2,
+            "{}: MC variance {mv} vs exact {total} (sd {sd})",
+            c.describe()
+        );
         for j in 0..d {
             let tol = 6.0 * (var[j] / ns).sqrt() + 1e-12 * n;
-            assert!((mean[j] / ns - x[j]).abs() <= tol, "{}: coordinate {j}: {} vs {}", c.describe(), mean[j] / ns, x[j]);
+            assert!(
+                (mean[j] / ns - x[j]).abs() <= tol,
+                "{}: coordinate {j}: {} vs {}",
+                c.describe(),
+                mean[j] / ns,
+                x[j]
+            );
         }
     }
 
@@ -1451,32 +1562,81 @@ mod tests {
             check_unbiased(&dith("qsgd", 24, s, None, None), &x, 20_000, s as u64);
         }
         // Equal magnitudes: the near-worst case of the sqrt(d)/s branch.
-        let x: Vec<f64> = (0..64).map(|j| if j % 3 == 0 { -0.3 } else { 0.3 }).collect();
-        check_unbiased(&dith("qsgd", 64, 2, None, Some(ValueFormat::F16)), &x, 20_000, 7);
+        let x: Vec<f64> = (0..64)
+            .map(|j| if j % 3 == 0 { -0.3 } else { 0.3 })
+            .collect();
+        check_unbiased(
+            &dith("qsgd", 64, 2, None, Some(ValueFormat::F16)),
+            &x,
+            20_000,
+            7,
+        );
         // One spike.
         let mut x = vec![0.0; 10];
         x[3] = -2.5;
-        check_unbiased(&dith("qsgd", 10, 3, None, Some(ValueFormat::F64)), &x, 2_000, 8);
+        check_unbiased(
+            &dith("qsgd", 10, 3, None, Some(ValueFormat::F64)),
+            &x,
+            2_000,
+            8,
+        );
     }
 
     #[test]
     fn natural_dithering_unbiased_and_variance_bounded() {
         let x = test_vec(30, 2);
-        for (s, p) in [(1, 2.0), (3, 2.0), (8, 2.0), (3, 1.0), (4, f64::INFINITY), (5, 3.5), (2, 1.5)] {
-            check_unbiased(&dith("natural-dithering", 30, s, Some(p), None), &x, 20_000, s as u64 + 100);
+        for (s, p) in [
+            (1, 2.0),
+            (3, 2.0),
+            (8, 2.0),
+            (3, 1.0),
+            (4, f64::INFINITY),
+            (5, 3.5),
+            (2, 1.5),
+        ] {
+            check_unbiased(
+                &dith("natural-dithering", 30, s, Some(p), None),
+                &x,
+                20_000,
+                s as u64 + 100,
+            );
         }
-        let x: Vec<f64> = (0..64).map(|j| if j % 2 == 0 { 1e-3 } else { -1e-3 }).collect();
-        check_unbiased(&dith("natural-dithering", 64, 2, Some(2.0), Some(ValueFormat::F16)), &x, 20_000, 9);
+        let x: Vec<f64> = (0..64)
+            .map(|j| if j % 2 == 0 { 1e-3 } else { -1e-3 })
+            .collect();
+        check_unbiased(
+            &dith(
+                "natural-dithering",
+                64,
+                2,
+                Some(2.0),
+                Some(ValueFormat::F16),
+            ),
+            &x,
+            20_000,
+            9,
+        );
     }
 
     #[test]
     fn omega_is_the_published_constant_in_normal_regimes() {
-        for &(d, s) in &[(10usize, 1u32), (100, 4), (10_000, 3), (1_000_000, 16), (4_000_000_000, 1)] {
+        for &(d, s) in &[
+            (10usize, 1u32),
+            (100, 4),
+            (10_000, 3),
+            (1_000_000, 16),
+            (4_000_000_000, 1),
+        ] {
             let c = Dithering::qsgd(d, s, ValueFormat::F32).unwrap();
             let (df, sf) = (d as f64, s as f64);
             assert_eq!(c.omega, (df / (sf * sf)).min(df.sqrt() / sf), "d {d} s {s}");
         }
-        for &(d, s, p) in &[(10usize, 1u32, 2.0), (100, 4, 2.0), (10_000, 8, 1.0), (1_000_000, 3, f64::INFINITY)] {
+        for &(d, s, p) in &[
+            (10usize, 1u32, 2.0),
+            (100, 4, 2.0),
+            (10_000, 8, 1.0),
+            (1_000_000, 3, f64::INFINITY),
+        ] {
             let c = Dithering::natural(d, s, p, ValueFormat::F32).unwrap();
             let r = p.min(2.0);
             let t = (d as f64).powf(1.0 / r) / 2f64.powi(s as i32 - 1);
@@ -1490,7 +1650,10 @@ mod tests {
                 for p in [1.0, 1.5, 2.0, 4.0, f64::INFINITY] {
                     let r = p.min(2.0);
                     let t = df.powf(1.0 / r) / 2f64.powi(s as i32 - 1);
-                    assert_eq!(natural_dithering_omega(d, s, p, 1.0), 0.125 + t * t.min(1.0));
+                    assert_eq!(
+                        natural_dithering_omega(d, s, p, 1.0),
+                        0.125 + t * t.min(1.0)
+                    );
                 }
             }
         }
@@ -1506,7 +1669,10 @@ mod tests {
             for &v in &[0.0, 1e-9, 0.1, 1.0, 3.3, 12345.678, 6e4] {
                 let u = round_up(fmt, v);
                 let dn = round_down(fmt, v);
-                assert!(u >= v && dn <= v && fmt.round(u) == u && fmt.round(dn) == dn, "{fmt:?} {v}");
+                assert!(
+                    u >= v && dn <= v && fmt.round(u) == u && fmt.round(dn) == dn,
+                    "{fmt:?} {v}"
+                );
                 assert!(u - dn <= v * 2.0 * format_ulp(fmt) + 1e-7, "{fmt:?} {v}");
             }
         }
@@ -1550,7 +1716,10 @@ mod tests {
                         let c = build(name, d, s, None, fmt);
                         let x = test_vec(d, d as u64 + s as u64);
                         let enc = roundtrip(c.as_ref(), &x, 5);
-                        assert_eq!(enc.paper_bits, 32 + d as u64 * (width_for(s as u64) as u64 + 1));
+                        assert_eq!(
+                            enc.paper_bits,
+                            32 + d as u64 * (width_for(s as u64) as u64 + 1)
+                        );
                         // Which layout was used: the mode bit follows the norm.
                         let mut r = BitReader::new(&enc.bytes);
                         let f = fmt.unwrap_or_default();
@@ -1618,7 +1787,10 @@ mod tests {
             roundtrip(c.as_ref(), &x, 3);
             let c = build(name, 2, 3, None, Some(ValueFormat::F16));
             let e = encode_one(c.as_ref(), &[7e4, 1.0], &mut rng, 0).unwrap_err();
-            assert!(matches!(e, CompressError::Shape(ref m) if m.contains("overflows")), "{e:?}");
+            assert!(
+                matches!(e, CompressError::Shape(ref m) if m.contains("overflows")),
+                "{e:?}"
+            );
             let c = build(name, 2, 3, None, None);
             assert!(encode_one(c.as_ref(), &[1e39, 1.0], &mut rng, 0).is_err());
             assert!(encode_one(c.as_ref(), &[3e38, 1.0], &mut rng, 0).is_ok());
@@ -1654,7 +1826,10 @@ mod tests {
             // Negative norm.
             let mut bad = enc.bytes.clone();
             bad[0] |= 0x80;
-            assert!(matches!(decode_one(c.as_ref(), &bad, 0), Err(DecodeError::Invalid { .. })));
+            assert!(matches!(
+                decode_one(c.as_ref(), &bad, 0),
+                Err(DecodeError::Invalid { .. })
+            ));
             // Level above s (= 5, 3-bit field): first level field set to 7.
             let mut w = BitWriter::new();
             ValueFormat::F32.write(&mut w, 1.0);
@@ -1664,7 +1839,10 @@ mod tests {
             for _ in 1..d {
                 w.write_bits(0, 3);
             }
-            assert!(matches!(decode_one(c.as_ref(), w.finish(), 0), Err(DecodeError::Invalid { .. })));
+            assert!(matches!(
+                decode_one(c.as_ref(), w.finish(), 0),
+                Err(DecodeError::Invalid { .. })
+            ));
             // Non-canonical layout: all zero levels in the gamma layout would be
             // shorter, so the fixed layout is rejected...
             let mut w = BitWriter::new();
@@ -1673,7 +1851,10 @@ mod tests {
             for _ in 0..d {
                 w.write_bits(0, 3);
             }
-            assert!(matches!(decode_one(c.as_ref(), w.finish(), 0), Err(DecodeError::Invalid { .. })));
+            assert!(matches!(
+                decode_one(c.as_ref(), w.finish(), 0),
+                Err(DecodeError::Invalid { .. })
+            ));
             // ... and accepted in gamma form.
             let mut w = BitWriter::new();
             ValueFormat::F32.write(&mut w, 1.0);
@@ -1729,7 +1910,9 @@ mod tests {
                 y[d / 3] = -50.0;
                 roundtrip(c.as_ref(), &y, 12);
                 // Equal magnitudes: nearly all levels nonzero.
-                let z: Vec<f64> = (0..d).map(|j| if j % 2 == 0 { 1.0 } else { -1.0 }).collect();
+                let z: Vec<f64> = (0..d)
+                    .map(|j| if j % 2 == 0 { 1.0 } else { -1.0 })
+                    .collect();
                 roundtrip(c.as_ref(), &z, 13);
             }
         }
@@ -1744,18 +1927,26 @@ mod tests {
         let d = 1000;
         let x = test_vec(d, 5);
         let m = max_abs(&x);
-        for (name, s, p) in [("qsgd", 4u32, None), ("qsgd", 300, None), ("natural-dithering", 6, Some(2.0))] {
+        for (name, s, p) in [
+            ("qsgd", 4u32, None),
+            ("qsgd", 300, None),
+            ("natural-dithering", 6, Some(2.0)),
+        ] {
             let c = dith(name, d, s, p, None);
             // A normal norm, and a tiny one (the pre-scaled path).
             let tiny: Vec<f64> = x.iter().map(|v| v * 1e-310).collect();
             for (xs, n) in [(x.clone(), 1.5 * m), (tiny, 1.5 * m * 1e-310)] {
                 let (mut r1, mut r2) = (rng_from_key(1), rng_from_key(1));
                 let (mut v1, mut v2) = (vec![0.0; d], vec![0.0; d]);
-                let (mut b1, mut w1, mut b2, mut w2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let (mut b1, mut w1, mut b2, mut w2) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 let t1 = c.quantize_kind(&xs, n, &mut v1, &mut r1, &mut b1, &mut w1);
                 let t2 = c.quantize_kind_any(&xs, n, &mut v2, &mut r2, &mut b2, &mut w2);
                 assert_eq!(t1, t2, "{name}");
-                assert!(v1.iter().zip(&v2).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+                assert!(
+                    v1.iter().zip(&v2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name}"
+                );
                 assert!(v1.iter().any(|&v| v != 0.0), "{name}: some nonzero level");
                 assert_eq!((b1, w1), (b2, w2), "{name}");
                 assert_eq!(r1.next_u64(), r2.next_u64(), "{name}: same randomness used");
@@ -1778,7 +1969,11 @@ mod tests {
             let q = s as f64 / 512.0 - (s / 512) as f64;
             let up = e.value.values.iter().filter(|&&v| v > 0.0).count() as f64;
             let sd = (d as f64 * q * (1.0 - q)).sqrt();
-            assert!((up - d as f64 * q).abs() <= 5.0 * sd, "qsgd s {s}: {up} vs {}", d as f64 * q);
+            assert!(
+                (up - d as f64 * q).abs() <= 5.0 * sd,
+                "qsgd s {s}: {up} vs {}",
+                d as f64 * q
+            );
         }
         // Natural dithering, l_inf norm, s = 2 (delta = 1/2): an anchor 1.0
         // (N = 1) and d - 1 entries v, with P(upper) = q = 3/512 below delta
@@ -1795,7 +1990,11 @@ mod tests {
             let up = vals.iter().filter(|&&q| q == upper).count() as f64;
             let (n, q) = ((d - 1) as f64, 3.0 / 512.0);
             let sd = (n * q * (1.0 - q)).sqrt();
-            assert!((up - n * q).abs() <= 5.0 * sd, "natural v {v}: {up} vs {}", n * q);
+            assert!(
+                (up - n * q).abs() <= 5.0 * sd,
+                "natural v {v}: {up} vs {}",
+                n * q
+            );
         }
     }
 
@@ -1807,17 +2006,30 @@ mod tests {
         x[7] = -0.0;
         for (sq, st, any) in [
             (true, stats::<true, true>(&x), stats_any::<true, true>(&x)),
-            (false, stats::<false, true>(&x), stats_any::<false, true>(&x)),
+            (
+                false,
+                stats::<false, true>(&x),
+                stats_any::<false, true>(&x),
+            ),
         ] {
-            assert_eq!((st.max.to_bits(), st.sum.to_bits(), st.nnz), (any.max.to_bits(), any.sum.to_bits(), any.nnz));
+            assert_eq!(
+                (st.max.to_bits(), st.sum.to_bits(), st.nnz),
+                (any.max.to_bits(), any.sum.to_bits(), any.nnz)
+            );
             assert_eq!(st.max, max_abs(&x));
             assert_eq!(st.nnz, x.iter().filter(|v| **v != 0.0).count());
             let want: f64 = x.iter().map(|v| if sq { v * v } else { v.abs() }).sum();
-            assert!((st.sum - want).abs() <= 1e-12 * want, "{} vs {want}", st.sum);
+            assert!(
+                (st.sum - want).abs() <= 1e-12 * want,
+                "{} vs {want}",
+                st.sum
+            );
         }
         assert_eq!(stats::<true, false>(&x).nnz, 0);
         assert!(stats::<true, true>(&[1.0, f64::NAN]).sum.is_nan());
-        assert!(stats::<false, true>(&[f64::INFINITY, 1.0]).sum.is_infinite());
+        assert!(stats::<false, true>(&[f64::INFINITY, 1.0])
+            .sum
+            .is_infinite());
     }
 
     /// The tie rule's comparison: zero never wins and draws nothing; a
@@ -1856,12 +2068,26 @@ mod tests {
             let mut ptrs = None;
             for round in 0..9 {
                 w.clear();
-                let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
-                c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w).unwrap();
+                let mut ctx = CompressCtx {
+                    rng: &mut rng,
+                    shared_key: 0,
+                    scratch: &mut scratch,
+                };
+                c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w)
+                    .unwrap();
                 w.finish();
-                let p = (out.values.as_ptr(), scratch.u64s.as_ptr(), scratch.u32s.as_ptr(), w.bytes().as_ptr());
+                let p = (
+                    out.values.as_ptr(),
+                    scratch.u64s.as_ptr(),
+                    scratch.u32s.as_ptr(),
+                    w.bytes().as_ptr(),
+                );
                 if round >= 3 {
-                    assert_eq!(Some(p), ptrs, "{name}: round {round}: a buffer was reallocated");
+                    assert_eq!(
+                        Some(p),
+                        ptrs,
+                        "{name}: round {round}: a buffer was reallocated"
+                    );
                 }
                 ptrs = Some(p);
             }

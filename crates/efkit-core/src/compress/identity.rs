@@ -20,7 +20,10 @@ pub struct Identity {
 /// Builds `identity` (parameter: `values`).
 pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
     only_keys(spec, &["values"])?;
-    Ok(Box::new(Identity { d, fmt: value_format(spec) }))
+    Ok(Box::new(Identity {
+        d,
+        fmt: value_format(spec),
+    }))
 }
 
 impl Compressor for Identity {
@@ -69,7 +72,12 @@ impl Compressor for Identity {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         out.dim = self.d;
         out.dense = true;
         out.indices.clear();

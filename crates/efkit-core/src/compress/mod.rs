@@ -92,7 +92,10 @@ impl ValueFormat {
             ValueFormat::F64 => r.read_f64()?,
         };
         if !v.is_finite() {
-            return Err(DecodeError::invalid("value", "non-finite value on the wire"));
+            return Err(DecodeError::invalid(
+                "value",
+                "non-finite value on the wire",
+            ));
         }
         Ok(v)
     }
@@ -298,7 +301,12 @@ pub trait Compressor: Send + Sync + fmt::Debug {
         w: &mut BitWriter,
     ) -> Result<(), CompressError>;
     /// Decodes one compressed vector from `r` into `out`.
-    fn decode(&self, r: &mut BitReader<'_>, ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError>;
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError>;
     /// Bits the papers' plots would count for this message (algorithms.md §3.3):
     /// 32 per transmitted value, indices free (quantizers document their rule).
     fn paper_bits(&self, c: &CompressedVec) -> u64;
@@ -335,7 +343,10 @@ pub fn check_finite(x: &[f64]) -> Result<(), CompressError> {
 #[inline(never)]
 fn non_finite_error(x: &[f64]) -> CompressError {
     let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-    CompressError::NonFinite { index, value: x[index] }
+    CompressError::NonFinite {
+        index,
+        value: x[index],
+    }
 }
 
 /// One standalone encoded message (tests, tools, benches).
@@ -352,19 +363,37 @@ pub struct Encoded {
 }
 
 /// Compresses and encodes `x` as one standalone message.
-pub fn encode_one(c: &dyn Compressor, x: &[f64], rng: &mut Rng, shared_key: u64) -> Result<Encoded, CompressError> {
+pub fn encode_one(
+    c: &dyn Compressor,
+    x: &[f64],
+    rng: &mut Rng,
+    shared_key: u64,
+) -> Result<Encoded, CompressError> {
     let mut scratch = Scratch::default();
-    let mut ctx = CompressCtx { rng, shared_key, scratch: &mut scratch };
+    let mut ctx = CompressCtx {
+        rng,
+        shared_key,
+        scratch: &mut scratch,
+    };
     let mut out = CompressedVec::default();
     let mut w = BitWriter::new();
     c.compress(x, &mut ctx, &mut out, &mut w)?;
     let bytes = w.finish().to_vec();
     let paper_bits = c.paper_bits(&out);
-    Ok(Encoded { wire_bits: bytes.len() as u64 * 8, bytes, value: out, paper_bits })
+    Ok(Encoded {
+        wire_bits: bytes.len() as u64 * 8,
+        bytes,
+        value: out,
+        paper_bits,
+    })
 }
 
 /// Decodes one standalone message produced by [`encode_one`].
-pub fn decode_one(c: &dyn Compressor, bytes: &[u8], shared_key: u64) -> Result<CompressedVec, DecodeError> {
+pub fn decode_one(
+    c: &dyn Compressor,
+    bytes: &[u8],
+    shared_key: u64,
+) -> Result<CompressedVec, DecodeError> {
     let mut r = BitReader::new(bytes);
     let mut out = CompressedVec::default();
     c.decode(&mut r, &DecodeCtx { shared_key }, &mut out)?;

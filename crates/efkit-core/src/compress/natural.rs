@@ -103,7 +103,11 @@ pub fn natural_round(v: f64, rng: &mut Rng) -> f64 {
     if a < NATURAL_MIN {
         // a * 2^126 is exact (a power-of-two scaling into the normal range).
         let p = a * pow2(126);
-        return if rng.gen::<f64>() < p { NATURAL_MIN.copysign(v) } else { 0.0 };
+        return if rng.gen::<f64>() < p {
+            NATURAL_MIN.copysign(v)
+        } else {
+            0.0
+        };
     }
     // a >= 2^-126 is a normal f64: 2^floor(log2 a) keeps only its exponent bits.
     let lo = f64::from_bits(a.to_bits() & 0x7FF0_0000_0000_0000);
@@ -124,7 +128,10 @@ pub fn check_range(x: &[f64]) -> Result<(), CompressError> {
     if m <= NATURAL_MAX {
         return Ok(());
     }
-    let index = x.iter().position(|v| v.is_nan() || v.abs() > NATURAL_MAX).unwrap_or(0);
+    let index = x
+        .iter()
+        .position(|v| v.is_nan() || v.abs() > NATURAL_MAX)
+        .unwrap_or(0);
     Err(CompressError::Shape(format!(
         "value {:e} for coordinate {index} overflows natural compression (|x| <= 2^127 required)",
         x[index]
@@ -180,8 +187,14 @@ fn natural_value(c: u32) -> Result<f64, DecodeError> {
     let code = (c & 0xFF) as i32;
     match code {
         0 if sign == 0 => Ok(0.0),
-        0 => Err(DecodeError::invalid("natural value", "negative zero is not a valid encoding")),
-        255 => Err(DecodeError::invalid("natural value", "exponent code 255 is reserved")),
+        0 => Err(DecodeError::invalid(
+            "natural value",
+            "negative zero is not a valid encoding",
+        )),
+        255 => Err(DecodeError::invalid(
+            "natural value",
+            "exponent code 255 is reserved",
+        )),
         _ => {
             let m = pow2(code - BIAS);
             Ok(if sign == 1 { -m } else { m })
@@ -252,16 +265,26 @@ impl Compressor for Natural {
             *o = q;
             match natural_code(q) {
                 Some(c) => pk.put(c as u64, NATURAL_BITS),
-                None => unreachable!("natural_round of |v| <= 2^127 is +0 or ±2^e, e in [-126, 127]"),
+                None => {
+                    unreachable!("natural_round of |v| <= 2^127 is +0 or ±2^e, e in [-126, 127]")
+                }
             }
         }
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         let need = self.d as u64 * NATURAL_BITS as u64;
         if need > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(need).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: u32::try_from(need).unwrap_or(u32::MAX),
+            });
         }
         out.reset_dense(self.d);
         // Six 9-bit codes per refill of the window (the length was checked).
@@ -306,12 +329,19 @@ mod tests {
             let mut sum = 0.0;
             for _ in 0..n {
                 let q = natural_round(v, &mut rng);
-                assert!(q == lo.copysign(v) || q == (2.0 * lo).copysign(v), "{v} -> {q}");
+                assert!(
+                    q == lo.copysign(v) || q == (2.0 * lo).copysign(v),
+                    "{v} -> {q}"
+                );
                 sum += q;
             }
             // Var <= v^2/8: the mean is within 6 sigma.
             let sigma = (v * v / 8.0 / n as f64).sqrt();
-            assert!((sum / n as f64 - v).abs() <= 6.0 * sigma, "{v}: mean {}", sum / n as f64);
+            assert!(
+                (sum / n as f64 - v).abs() <= 6.0 * sigma,
+                "{v}: mean {}",
+                sum / n as f64
+            );
         }
     }
 
@@ -343,8 +373,10 @@ mod tests {
     #[test]
     fn nine_bit_codes_round_trip() {
         let mut w = BitWriter::new();
-        let vals: Vec<f64> =
-            (-126..=127).flat_map(|e| [pow2(e), -pow2(e)]).chain([0.0]).collect();
+        let vals: Vec<f64> = (-126..=127)
+            .flat_map(|e| [pow2(e), -pow2(e)])
+            .chain([0.0])
+            .collect();
         for &v in &vals {
             write_natural(&mut w, v);
         }
@@ -360,7 +392,10 @@ mod tests {
             let mut w = BitWriter::new();
             w.write_bits(c, 9);
             let bytes = w.finish().to_vec();
-            assert!(matches!(read_natural(&mut BitReader::new(&bytes)), Err(DecodeError::Invalid { .. })));
+            assert!(matches!(
+                read_natural(&mut BitReader::new(&bytes)),
+                Err(DecodeError::Invalid { .. })
+            ));
         }
     }
 
@@ -413,7 +448,11 @@ mod tests {
                 if *v == 0.0 {
                     assert_eq!(q.to_bits(), 0);
                 } else {
-                    assert!(q.abs() <= 2.0 * v.abs() && q.abs() >= v.abs() / 2.0 && q.signum() == v.signum());
+                    assert!(
+                        q.abs() <= 2.0 * v.abs()
+                            && q.abs() >= v.abs() / 2.0
+                            && q.signum() == v.signum()
+                    );
                 }
             }
         }
@@ -445,7 +484,13 @@ mod tests {
         let mut var2 = 0.0;
         for _ in 0..n {
             let e = encode_one(&c, &x, &mut rng, 0).unwrap();
-            let s: f64 = e.value.values.iter().zip(&x).map(|(q, v)| (q - v) * (q - v)).sum();
+            let s: f64 = e
+                .value
+                .values
+                .iter()
+                .zip(&x)
+                .map(|(q, v)| (q - v) * (q - v))
+                .sum();
             var += s;
             var2 += s * s;
             for (m, q) in mean.iter_mut().zip(&e.value.values) {
@@ -454,11 +499,21 @@ mod tests {
         }
         let var_mean = var / n as f64;
         let var_sd = ((var2 / n as f64 - var_mean * var_mean) / n as f64).sqrt();
-        assert!((var_mean - exact).abs() <= 6.0 * var_sd + 1e-12 * norm2, "{var_mean} vs {exact}");
+        assert!(
+            (var_mean - exact).abs() <= 6.0 * var_sd + 1e-12 * norm2,
+            "{var_mean} vs {exact}"
+        );
         for (j, (m, v)) in mean.iter().zip(&x).enumerate() {
             let a = v.abs();
-            let sd = if a == 0.0 { 0.0 } else { (a * a / 8.0 / n as f64).sqrt() };
-            assert!((m / n as f64 - v).abs() <= 6.0 * sd + 1e-15, "coordinate {j}");
+            let sd = if a == 0.0 {
+                0.0
+            } else {
+                (a * a / 8.0 / n as f64).sqrt()
+            };
+            assert!(
+                (m / n as f64 - v).abs() <= 6.0 * sd + 1e-15,
+                "coordinate {j}"
+            );
         }
     }
 
@@ -468,7 +523,10 @@ mod tests {
         let mut rng = rng_from_key(0);
         assert!(encode_one(&c, &[0.0, NATURAL_MAX, -NATURAL_MAX], &mut rng, 0).is_ok());
         let e = encode_one(&c, &[0.0, 1.0, -NATURAL_MAX * 1.0000001], &mut rng, 0).unwrap_err();
-        assert!(matches!(e, CompressError::Shape(ref m) if m.contains("coordinate 2")), "{e:?}");
+        assert!(
+            matches!(e, CompressError::Shape(ref m) if m.contains("coordinate 2")),
+            "{e:?}"
+        );
         let e = encode_one(&c, &[0.0, f64::NAN, 1.0], &mut rng, 0).unwrap_err();
         assert!(matches!(e, CompressError::NonFinite { index: 1, .. }));
         let e = encode_one(&c, &[f64::NEG_INFINITY, 0.0, 1.0], &mut rng, 0).unwrap_err();

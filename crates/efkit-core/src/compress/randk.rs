@@ -45,15 +45,31 @@ pub struct RandK {
 
 /// Builds `rand-k` (`scaled = false`) or `scaled-rand-k` (parameters: `k` or
 /// `ratio`, `shared_seed`, `values`).
-pub fn from_spec(spec: &CompressorSpec, d: usize, scaled: bool) -> Result<Box<dyn Compressor>, ParamError> {
+pub fn from_spec(
+    spec: &CompressorSpec,
+    d: usize,
+    scaled: bool,
+) -> Result<Box<dyn Compressor>, ParamError> {
     only_keys(spec, &["k", "ratio", "shared_seed", "values"])?;
     let k = resolve_k(spec, d)?;
-    Ok(Box::new(RandK { d, k, scaled, shared: spec.shared_seed.unwrap_or(false), fmt: value_format(spec) }))
+    Ok(Box::new(RandK {
+        d,
+        k,
+        scaled,
+        shared: spec.shared_seed.unwrap_or(false),
+        fmt: value_format(spec),
+    }))
 }
 
 /// Draws a uniform K-subset of 0..d into `out` in increasing order (Floyd's
 /// algorithm with a membership bitmap in `bitmap`).
-pub(crate) fn sample_indices(rng: &mut Rng, d: usize, k: usize, bitmap: &mut Vec<u64>, out: &mut Vec<u32>) {
+pub(crate) fn sample_indices(
+    rng: &mut Rng,
+    d: usize,
+    k: usize,
+    bitmap: &mut Vec<u64>,
+    out: &mut Vec<u32>,
+) {
     out.clear();
     if k >= d {
         out.extend(0..d as u32);
@@ -125,9 +141,13 @@ impl Compressor for RandK {
 
     fn class(&self) -> CompressorClass {
         if self.scaled {
-            CompressorClass::Unbiased { omega: self.d as f64 / self.k as f64 - 1.0 }
+            CompressorClass::Unbiased {
+                omega: self.d as f64 / self.k as f64 - 1.0,
+            }
         } else {
-            CompressorClass::Contractive { alpha: self.k as f64 / self.d as f64 }
+            CompressorClass::Contractive {
+                alpha: self.k as f64 / self.d as f64,
+            }
         }
     }
 
@@ -154,7 +174,8 @@ impl Compressor for RandK {
         let scale = self.scale();
         out.values.reserve(self.k);
         for &j in &out.indices {
-            out.values.push(round_checked(self.fmt, x[j as usize] * scale, j as usize)?);
+            out.values
+                .push(round_checked(self.fmt, x[j as usize] * scale, j as usize)?);
         }
         if self.shared {
             for &v in &out.values {
@@ -166,7 +187,12 @@ impl Compressor for RandK {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         if self.shared {
             out.reset_sparse(self.d);
             // Check the length before regenerating the indices (cheap rejection).
@@ -177,14 +203,27 @@ impl Compressor for RandK {
                 });
             }
             let mut rng = rng_from_key(ctx.shared_key);
-            DECODE_BITMAP.with(|b| sample_indices(&mut rng, self.d, self.k, &mut b.borrow_mut(), &mut out.indices));
+            DECODE_BITMAP.with(|b| {
+                sample_indices(
+                    &mut rng,
+                    self.d,
+                    self.k,
+                    &mut b.borrow_mut(),
+                    &mut out.indices,
+                )
+            });
             read_values(r, self.fmt, self.k, &mut out.values)
         } else {
             read_sparse(r, self.d, self.fmt, out)?;
             if out.indices.len() != self.k {
                 return Err(DecodeError::invalid(
                     "index count",
-                    format!("{} indices, {} sends {}", out.indices.len(), self.name(), self.k),
+                    format!(
+                        "{} indices, {} sends {}",
+                        out.indices.len(),
+                        self.name(),
+                        self.k
+                    ),
                 ));
             }
             Ok(())

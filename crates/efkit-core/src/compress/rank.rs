@@ -125,7 +125,9 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
             if s * s != d {
                 return Err(ParamError::invalid(
                     "rows",
-                    format!("rank-r needs `rows` (a divisor of d = {d}) unless d is a perfect square"),
+                    format!(
+                        "rank-r needs `rows` (a divisor of d = {d}) unless d is a perfect square"
+                    ),
                 ));
             }
             s
@@ -134,7 +136,10 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
     let cols = d / rows;
     let m = rows.min(cols);
     let r = spec.rank.ok_or_else(|| {
-        ParamError::invalid("rank", format!("rank-r needs `rank` (an integer in 1..={m} = min(rows, cols))"))
+        ParamError::invalid(
+            "rank",
+            format!("rank-r needs `rank` (an integer in 1..={m} = min(rows, cols))"),
+        )
     })?;
     if r == 0 || r > m {
         return Err(ParamError::invalid(
@@ -142,7 +147,13 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
             format!("rank = {r} is outside 1..={m} = min(rows = {rows}, cols = {cols})"),
         ));
     }
-    Ok(Box::new(RankR { d, rows, cols, r, fmt: value_format(spec) }))
+    Ok(Box::new(RankR {
+        d,
+        rows,
+        cols,
+        r,
+        fmt: value_format(spec),
+    }))
 }
 
 /// floor(sqrt(n)).
@@ -160,7 +171,10 @@ fn isqrt(n: usize) -> usize {
 /// X^ = P Q^T: `out[i cols + j] = sum_{k < r} p[i r + k] q[j r + k]`, summed
 /// in order of k. Sender and receiver both use this function.
 pub fn reconstruct(p: &[f64], q: &[f64], rows: usize, cols: usize, r: usize, out: &mut [f64]) {
-    assert!(p.len() == rows * r && q.len() == cols * r && out.len() == rows * cols, "reconstruct: shape mismatch");
+    assert!(
+        p.len() == rows * r && q.len() == cols * r && out.len() == rows * cols,
+        "reconstruct: shape mismatch"
+    );
     for (pi, orow) in p.chunks_exact(r).zip(out.chunks_exact_mut(cols)) {
         for (qj, o) in q.chunks_exact(r).zip(orow.iter_mut()) {
             let mut acc = 0.0;
@@ -177,7 +191,10 @@ pub fn reconstruct(p: &[f64], q: &[f64], rows: usize, cols: usize, r: usize, out
 /// decreasing order (ties keep the lower index first) and column i of `v` the
 /// eigenvector of the i-th. Deterministic; at most [`MAX_SWEEPS`] sweeps.
 pub fn jacobi_eigen(a: &mut [f64], v: &mut [f64], n: usize) {
-    assert!(a.len() == n * n && v.len() == n * n, "jacobi_eigen: shape mismatch");
+    assert!(
+        a.len() == n * n && v.len() == n * n,
+        "jacobi_eigen: shape mismatch"
+    );
     v.iter_mut().for_each(|e| *e = 0.0);
     for i in 0..n {
         v[i * n + i] = 1.0;
@@ -374,7 +391,10 @@ impl View<'_> {
 /// re-orthogonalisation; numerically dependent columns become zero.
 fn orthonormalise(w: &mut [f64], m: usize, r: usize) {
     for k in 0..r {
-        let n0: f64 = (0..m).map(|b| w[b * r + k] * w[b * r + k]).sum::<f64>().sqrt();
+        let n0: f64 = (0..m)
+            .map(|b| w[b * r + k] * w[b * r + k])
+            .sum::<f64>()
+            .sqrt();
         for _ in 0..2 {
             for j in 0..k {
                 let dot: f64 = (0..m).map(|b| w[b * r + j] * w[b * r + k]).sum();
@@ -385,8 +405,15 @@ fn orthonormalise(w: &mut [f64], m: usize, r: usize) {
                 }
             }
         }
-        let n1: f64 = (0..m).map(|b| w[b * r + k] * w[b * r + k]).sum::<f64>().sqrt();
-        let inv = if n1 > 1e-10 * n0 && n1 > 0.0 { 1.0 / n1 } else { 0.0 };
+        let n1: f64 = (0..m)
+            .map(|b| w[b * r + k] * w[b * r + k])
+            .sum::<f64>()
+            .sqrt();
+        let inv = if n1 > 1e-10 * n0 && n1 > 0.0 {
+            1.0 / n1
+        } else {
+            0.0
+        };
         for b in 0..m {
             w[b * r + k] *= inv;
         }
@@ -406,7 +433,10 @@ fn right_mul(a: &mut [f64], z: &[f64], r: usize, row: &mut [f64]) {
 /// The overflow error.
 #[cold]
 fn overflow(fmt: ValueFormat, what: &str) -> CompressError {
-    CompressError::Shape(format!("rank-r {what} overflows the {}-bit wire format", fmt.bits()))
+    CompressError::Shape(format!(
+        "rank-r {what} overflows the {}-bit wire format",
+        fmt.bits()
+    ))
 }
 
 impl RankR {
@@ -478,7 +508,10 @@ impl Compressor for RankR {
             ValueFormat::F32 => String::new(),
             f => format!(",values=f{}", f.bits()),
         };
-        format!("rank-r(r={},rows={},cols={}{values})", self.r, self.rows, self.cols)
+        format!(
+            "rank-r(r={},rows={},cols={}{values})",
+            self.r, self.rows, self.cols
+        )
     }
 
     fn dim(&self) -> usize {
@@ -486,7 +519,9 @@ impl Compressor for RankR {
     }
 
     fn class(&self) -> CompressorClass {
-        CompressorClass::Contractive { alpha: self.r as f64 / self.rows.min(self.cols) as f64 }
+        CompressorClass::Contractive {
+            alpha: self.r as f64 / self.rows.min(self.cols) as f64,
+        }
     }
 
     fn is_deterministic(&self) -> bool {
@@ -511,7 +546,18 @@ impl Compressor for RankR {
         let exact = m <= EXACT_MAX_SIDE;
         let bs = if exact { r } else { m.min(r + OVERSAMPLE) };
         let gm = if exact { m * m } else { 0 };
-        let sizes = [m, m * bs, m * bs, m * r, big * bs, bs * bs, bs * bs, bs, gm, gm];
+        let sizes = [
+            m,
+            m * bs,
+            m * bs,
+            m * r,
+            big * bs,
+            bs * bs,
+            bs * bs,
+            bs,
+            gm,
+            gm,
+        ];
         let total: usize = sizes.iter().sum();
         let s = &mut *ctx.scratch;
         s.f64s.clear();
@@ -532,7 +578,11 @@ impl Compressor for RankR {
         let order = &mut s.u32s;
         order.clear();
         order.extend(0..m as u32);
-        order.sort_unstable_by(|&a, &b| colnorm[b as usize].total_cmp(&colnorm[a as usize]).then(a.cmp(&b)));
+        order.sort_unstable_by(|&a, &b| {
+            colnorm[b as usize]
+                .total_cmp(&colnorm[a as usize])
+                .then(a.cmp(&b))
+        });
         for (k, &b) in order[..r].iter().enumerate() {
             best[b as usize * r + k] = 1.0;
         }
@@ -578,7 +628,10 @@ impl Compressor for RankR {
                     right_mul(wm, z, bs, tmp);
                     right_mul(y, z, bs, tmp);
                     v.copy_from_slice(wm);
-                    let e: f64 = y.chunks_exact(bs).map(|yr| yr[..r].iter().map(|t| t * t).sum::<f64>()).sum();
+                    let e: f64 = y
+                        .chunks_exact(bs)
+                        .map(|yr| yr[..r].iter().map(|t| t * t).sum::<f64>())
+                        .sum();
                     if e > best_energy {
                         for (brow, vrow) in best.chunks_exact_mut(r).zip(v.chunks_exact(bs)) {
                             brow.copy_from_slice(&vrow[..r]);
@@ -622,11 +675,19 @@ impl Compressor for RankR {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         let n = self.n_values();
         let need = n as u64 * self.fmt.bits() as u64;
         if need > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(need).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: u32::try_from(need).unwrap_or(u32::MAX),
+            });
         }
         out.reset_dense(self.d);
         out.values.resize(self.d + n, 0.0);
@@ -638,7 +699,10 @@ impl Compressor for RankR {
             let (p, q) = pq.split_at(self.rows * self.r);
             reconstruct(p, q, self.rows, self.cols, self.r, xhat);
             if xhat.iter().any(|e| !e.is_finite()) {
-                return Err(DecodeError::invalid("factors", "the product P Q^T overflows"));
+                return Err(DecodeError::invalid(
+                    "factors",
+                    "the product P Q^T overflows",
+                ));
             }
             Ok(())
         })();
@@ -671,7 +735,13 @@ mod tests {
     }
 
     fn build(d: usize, rows: usize, r: usize, fmt: ValueFormat) -> RankR {
-        RankR { d, rows, cols: d / rows, r, fmt }
+        RankR {
+            d,
+            rows,
+            cols: d / rows,
+            r,
+            fmt,
+        }
     }
 
     fn gauss(g: &mut crate::rng::Rng) -> f64 {
@@ -684,7 +754,13 @@ mod tests {
     }
 
     /// Planted rank-k signal with decaying strengths plus noise.
-    fn planted(g: &mut crate::rng::Rng, rows: usize, cols: usize, k: usize, noise: f64) -> Vec<f64> {
+    fn planted(
+        g: &mut crate::rng::Rng,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        noise: f64,
+    ) -> Vec<f64> {
         let mut x: Vec<f64> = (0..rows * cols).map(|_| noise * gauss(g)).collect();
         for t in 0..k {
             let a: Vec<f64> = (0..rows).map(|_| gauss(g)).collect();
@@ -721,7 +797,10 @@ mod tests {
         let mut rng = rng_from_key(0);
         let enc = encode_one(c, x, &mut rng, 0).unwrap();
         assert_eq!(enc.wire_bits, 8 * enc.bytes.len() as u64);
-        assert_eq!(enc.bytes.len() as u64, (c.n_values() as u64 * c.fmt.bits() as u64).div_ceil(8));
+        assert_eq!(
+            enc.bytes.len() as u64,
+            (c.n_values() as u64 * c.fmt.bits() as u64).div_ceil(8)
+        );
         assert_eq!(enc.paper_bits, 32 * ((c.rows + c.cols) * c.r) as u64);
         let dec = decode_one(c, &enc.bytes, 0).unwrap();
         assert!(dec.bit_eq(&enc.value));
@@ -766,7 +845,16 @@ mod tests {
         let mut g = rng_from_key(2);
         // (rows, cols): exact path (m <= 64) and subspace iteration (m > 64),
         // tall and wide.
-        for &(rows, cols) in &[(12usize, 9usize), (9, 12), (30, 30), (100, 80), (150, 130), (130, 200), (1, 17), (17, 1)] {
+        for &(rows, cols) in &[
+            (12usize, 9usize),
+            (9, 12),
+            (30, 30),
+            (100, 80),
+            (150, 130),
+            (130, 200),
+            (1, 17),
+            (17, 1),
+        ] {
             let m = rows.min(cols);
             for &k in &[1usize, 3] {
                 let x = planted(&mut g, rows, cols, k, 0.3);
@@ -777,7 +865,10 @@ mod tests {
                     let enc = run(&c, &x);
                     let e = err2(&enc.value.values, &x);
                     let opt: f64 = s2[r..].iter().sum();
-                    assert!(e <= opt + 1e-9 * total, "{rows}x{cols} k {k} r {r}: {e} vs optimum {opt}");
+                    assert!(
+                        e <= opt + 1e-9 * total,
+                        "{rows}x{cols} k {k} r {r}: {e} vs optimum {opt}"
+                    );
                     assert!(e <= (1.0 - r as f64 / m as f64) * total * (1.0 + 1e-12) + 1e-12);
                 }
             }
@@ -809,7 +900,11 @@ mod tests {
                 let mut qm = vec![0.0; rows * cols];
                 for i in 0..rows {
                     for j in 0..cols {
-                        qm[i * cols + j] = if rows >= cols { q[i * m + j] } else { q[j * m + i] };
+                        qm[i * cols + j] = if rows >= cols {
+                            q[i * m + j]
+                        } else {
+                            q[j * m + i]
+                        };
                     }
                 }
                 cases.push(qm);
@@ -823,7 +918,10 @@ mod tests {
                         let bound = (1.0 - r as f64 / m as f64) * total;
                         // Up to the rounding of U (second order in u).
                         let slack = 4.0 * u * u * total + 1e-12 * total;
-                        assert!(e <= bound + slack, "{fmt:?} {rows}x{cols} r {r}: {e} vs {bound}");
+                        assert!(
+                            e <= bound + slack,
+                            "{fmt:?} {rows}x{cols} r {r}: {e} vs {bound}"
+                        );
                     }
                 }
             }
@@ -854,7 +952,12 @@ mod tests {
         let x = random_matrix(&mut g, 6, 4);
         let c = build(24, 6, 4, ValueFormat::F64);
         let enc = run(&c, &x);
-        assert!(enc.value.values.iter().zip(&x).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(enc
+            .value
+            .values
+            .iter()
+            .zip(&x)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
         let c = build(24, 6, 2, ValueFormat::F32);
         let enc = run(&c, &[0.0; 24]);
         assert!(enc.value.values.iter().all(|v| v.to_bits() == 0));
@@ -871,13 +974,22 @@ mod tests {
             let c = build(70, 10, 2, ValueFormat::F64);
             let enc = run(&c, &x);
             let total: f64 = x.iter().map(|v| (v / scale) * (v / scale)).sum();
-            let e: f64 = enc.value.values.iter().zip(&x).map(|(a, b)| ((a - b) / scale).powi(2)).sum();
+            let e: f64 = enc
+                .value
+                .values
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| ((a - b) / scale).powi(2))
+                .sum();
             assert!(e <= (1.0 - 2.0 / 7.0) * total, "scale {scale}");
         }
         let x: Vec<f64> = base.iter().map(|v| v * 1e40).collect();
         let c = build(70, 10, 2, ValueFormat::F32);
         let mut rng = rng_from_key(0);
-        assert!(matches!(encode_one(&c, &x, &mut rng, 0), Err(CompressError::Shape(_))));
+        assert!(matches!(
+            encode_one(&c, &x, &mut rng, 0),
+            Err(CompressError::Shape(_))
+        ));
     }
 
     #[test]
@@ -886,7 +998,10 @@ mod tests {
         let mut rng = rng_from_key(0);
         let mut x = vec![1.0; 9];
         x[4] = f64::NAN;
-        assert!(matches!(encode_one(&c, &x, &mut rng, 0), Err(CompressError::NonFinite { index: 4, .. })));
+        assert!(matches!(
+            encode_one(&c, &x, &mut rng, 0),
+            Err(CompressError::NonFinite { index: 4, .. })
+        ));
         assert!(encode_one(&c, &[1.0; 8], &mut rng, 0).is_err());
     }
 
@@ -912,7 +1027,10 @@ mod tests {
         for _ in 0..4 {
             w.write_f64(1e200);
         }
-        assert!(matches!(decode_one(&c64, w.finish(), 0), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            decode_one(&c64, w.finish(), 0),
+            Err(DecodeError::Invalid { .. })
+        ));
         for _ in 0..2000 {
             let len = g.gen_range(0..80);
             let bytes: Vec<u8> = (0..len).map(|_| g.gen()).collect();
@@ -937,10 +1055,18 @@ mod tests {
         let mut caps = None;
         for _ in 0..3 {
             let mut w = BitWriter::new();
-            let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
+            let mut ctx = CompressCtx {
+                rng: &mut rng,
+                shared_key: 0,
+                scratch: &mut scratch,
+            };
             c.compress(&x, &mut ctx, &mut out, &mut w).unwrap();
             let bytes = w.finish().to_vec();
-            let cap = (out.values.capacity(), scratch.f64s.capacity(), scratch.u32s.capacity());
+            let cap = (
+                out.values.capacity(),
+                scratch.f64s.capacity(),
+                scratch.u32s.capacity(),
+            );
             match &first {
                 None => {
                     first = Some(bytes);

@@ -90,7 +90,10 @@ pub struct CompressorSpec {
 impl CompressorSpec {
     /// A spec with only a name.
     pub fn named(name: &str) -> Self {
-        CompressorSpec { name: name.to_string(), ..Default::default() }
+        CompressorSpec {
+            name: name.to_string(),
+            ..Default::default()
+        }
     }
 
     /// The parameters that are set, by key.
@@ -118,10 +121,17 @@ impl CompressorSpec {
 pub(crate) fn only_keys(spec: &CompressorSpec, allowed: &[&str]) -> Result<(), ParamError> {
     for key in spec.set_keys() {
         if !allowed.contains(&key) {
-            let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            let allowed = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            };
             return Err(ParamError::invalid(
                 key,
-                format!("not a parameter of `{}` (its parameters: {allowed})", spec.name),
+                format!(
+                    "not a parameter of `{}` (its parameters: {allowed})",
+                    spec.name
+                ),
             ));
         }
     }
@@ -132,20 +142,30 @@ pub(crate) fn only_keys(spec: &CompressorSpec, allowed: &[&str]) -> Result<(), P
 /// 1 <= K <= d (K = max(1, floor(ratio d)) for ratio in (0, 1]).
 pub(crate) fn resolve_k(spec: &CompressorSpec, d: usize) -> Result<usize, ParamError> {
     match (spec.k, spec.ratio) {
-        (Some(_), Some(_)) => Err(ParamError::invalid("k", "give either `k` or `ratio`, not both")),
-        (None, None) => {
-            Err(ParamError::invalid("k", format!("`{}` needs `k` (1..={d}) or `ratio` (in (0, 1])", spec.name)))
-        }
+        (Some(_), Some(_)) => Err(ParamError::invalid(
+            "k",
+            "give either `k` or `ratio`, not both",
+        )),
+        (None, None) => Err(ParamError::invalid(
+            "k",
+            format!("`{}` needs `k` (1..={d}) or `ratio` (in (0, 1])", spec.name),
+        )),
         (Some(k), None) => {
             if k == 0 || k > d {
-                Err(ParamError::invalid("k", format!("k = {k} is outside 1..={d} (d = {d})")))
+                Err(ParamError::invalid(
+                    "k",
+                    format!("k = {k} is outside 1..={d} (d = {d})"),
+                ))
             } else {
                 Ok(k)
             }
         }
         (None, Some(r)) => {
             if !(r > 0.0 && r <= 1.0) {
-                Err(ParamError::invalid("ratio", format!("ratio = {r} is outside (0, 1]")))
+                Err(ParamError::invalid(
+                    "ratio",
+                    format!("ratio = {r} is outside (0, 1]"),
+                ))
             } else {
                 Ok(((r * d as f64).floor() as usize).clamp(1, d))
             }
@@ -163,7 +183,10 @@ pub(crate) fn value_format(spec: &CompressorSpec) -> ValueFormat {
 /// d must be in 1..=2^32 - 1 (indices travel as u32).
 pub fn build(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
     if d == 0 || d > u32::MAX as usize {
-        return Err(ParamError::invalid("d", format!("dimension d = {d} is outside 1..={}", u32::MAX)));
+        return Err(ParamError::invalid(
+            "d",
+            format!("dimension d = {d} is outside 1..={}", u32::MAX),
+        ));
     }
     match spec.name.as_str() {
         "identity" => super::identity::from_spec(spec, d),
@@ -251,7 +274,11 @@ pub fn catalogue(d: usize) -> Vec<(String, String, super::CompressorClass)> {
         .filter_map(|&name| {
             let c = build(&example_spec(name, d), d).ok()?;
             let class: CompressorClass = c.class();
-            Some((name.to_string(), format!("{}: {}", c.describe(), blurb(name)), class))
+            Some((
+                name.to_string(),
+                format!("{}: {}", c.describe(), blurb(name)),
+                class,
+            ))
         })
         .collect()
 }
@@ -286,9 +313,14 @@ fn fuzz_specs() -> Vec<(CompressorSpec, usize)> {
 /// whatever decodes is a well-formed vector.
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) -> Option<Result<CompressedVec, DecodeError>> {
-    static COMPRESSORS: std::sync::OnceLock<Vec<(Box<dyn Compressor>, usize)>> = std::sync::OnceLock::new();
-    let all = COMPRESSORS
-        .get_or_init(|| fuzz_specs().into_iter().filter_map(|(s, d)| build(&s, d).ok().map(|c| (c, d))).collect());
+    static COMPRESSORS: std::sync::OnceLock<Vec<(Box<dyn Compressor>, usize)>> =
+        std::sync::OnceLock::new();
+    let all = COMPRESSORS.get_or_init(|| {
+        fuzz_specs()
+            .into_iter()
+            .filter_map(|(s, d)| build(&s, d).ok().map(|c| (c, d)))
+            .collect()
+    });
     let (&sel, rest) = data.split_first()?;
     let (&key, rest) = rest.split_first().unwrap_or((&0, &[]));
     let (c, d) = all.get(sel as usize % all.len().max(1))?;

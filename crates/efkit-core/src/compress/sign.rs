@@ -70,7 +70,9 @@
 use super::dither::{prepare_dense, round_down, round_up, scale_for, stats, Stats};
 use super::registry::{only_keys, value_format, CompressorSpec};
 use super::sparse_codec::{self, check_input};
-use super::{check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
+use super::{
+    check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat,
+};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
 
@@ -127,7 +129,12 @@ fn l1_scaled(x: &[f64], c: f64) -> f64 {
             *a += (v * c).abs();
         }
     }
-    acc.iter().sum::<f64>() + chunks.remainder().iter().map(|v| (v * c).abs()).sum::<f64>()
+    acc.iter().sum::<f64>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|v| (v * c).abs())
+            .sum::<f64>()
 }
 
 /// Sign bit of an f64.
@@ -166,7 +173,10 @@ fn signs_sparse(xs: &[f64], os: &mut [f64], sbits: u64) -> (u64, u32) {
 pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
     only_keys(spec, &["values"])?;
     if d == 0 {
-        return Err(ParamError::invalid("d", "scaled-sign needs dimension d >= 1"));
+        return Err(ParamError::invalid(
+            "d",
+            "scaled-sign needs dimension d >= 1",
+        ));
     }
     Ok(Box::new(ScaledSign::new(d, value_format(spec))))
 }
@@ -188,7 +198,9 @@ impl Compressor for ScaledSign {
     }
 
     fn class(&self) -> CompressorClass {
-        CompressorClass::Contractive { alpha: 1.0 / self.d as f64 }
+        CompressorClass::Contractive {
+            alpha: 1.0 / self.d as f64,
+        }
     }
 
     fn is_deterministic(&self) -> bool {
@@ -210,7 +222,11 @@ impl Compressor for ScaledSign {
         if !st.sum.is_finite() {
             check_finite(x)?; // else the l1 sum overflowed: `scale` rescales
         }
-        let sigma = if st.nnz == 0 { 0.0 } else { self.scale(x, &st)? };
+        let sigma = if st.nnz == 0 {
+            0.0
+        } else {
+            self.scale(x, &st)?
+        };
         prepare_dense(out, self.d);
         self.fmt.write(w, sigma);
         if sigma == 0.0 {
@@ -236,10 +252,20 @@ impl Compressor for ScaledSign {
         // Index set: the zero coordinates, or the nonzero ones if shorter.
         let zeros = &mut ctx.scratch.u32s;
         zeros.clear();
-        zeros.extend(x.iter().enumerate().filter(|(_, v)| **v == 0.0).map(|(j, _)| j as u32));
+        zeros.extend(
+            x.iter()
+                .enumerate()
+                .filter(|(_, v)| **v == 0.0)
+                .map(|(j, _)| j as u32),
+        );
         let nonzeros = &mut out.indices; // temporary; emptied below
         nonzeros.clear();
-        nonzeros.extend(x.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, _)| j as u32));
+        nonzeros.extend(
+            x.iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(j, _)| j as u32),
+        );
         let nz_bits = sparse_codec::encoded_bits(nonzeros, self.d);
         let z_bits = sparse_codec::encoded_bits(zeros, self.d);
         let list_nonzeros = nz_bits < z_bits;
@@ -259,7 +285,12 @@ impl Compressor for ScaledSign {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         let sigma = self.fmt.read(r)?;
         if sigma.is_sign_negative() {
             return Err(DecodeError::invalid("scale", "negative scale"));
@@ -297,12 +328,22 @@ impl ScaledSign {
     ) -> Result<(), DecodeError> {
         sparse_codec::decode(r, self.d, &mut out.indices)?;
         let listed = out.indices.len();
-        let nnz = if list_nonzeros { listed } else { self.d - listed };
+        let nnz = if list_nonzeros {
+            listed
+        } else {
+            self.d - listed
+        };
         if nnz == 0 {
-            return Err(DecodeError::invalid("index set", "a nonzero scale with no nonzero coordinate"));
+            return Err(DecodeError::invalid(
+                "index set",
+                "a nonzero scale with no nonzero coordinate",
+            ));
         }
         if nnz as u64 > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(nnz).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: u32::try_from(nnz).unwrap_or(u32::MAX),
+            });
         }
         let sbits = sigma.to_bits();
         if nnz == self.d {
@@ -333,10 +374,22 @@ impl ScaledSign {
                 listed_mask |= 1u64 << (63 - (list[next] - base));
                 next += 1;
             }
-            let valid = if len == 64 { u64::MAX } else { !(u64::MAX >> len) };
-            let nz = if list_nonzeros { listed_mask } else { !listed_mask & valid };
+            let valid = if len == 64 {
+                u64::MAX
+            } else {
+                !(u64::MAX >> len)
+            };
+            let nz = if list_nonzeros {
+                listed_mask
+            } else {
+                !listed_mask & valid
+            };
             let cnt = nz.count_ones();
-            let mut bits = if cnt == 64 { r.read_u64_block()? } else { r.read_bits(cnt)? << ((64 - cnt) & 63) };
+            let mut bits = if cnt == 64 {
+                r.read_u64_block()?
+            } else {
+                r.read_bits(cnt)? << ((64 - cnt) & 63)
+            };
             for (i, o) in os.iter_mut().enumerate() {
                 let z = (nz >> (63 - i)) & 1;
                 *o = f64::from_bits((sbits | (bits & SIGN)) & z.wrapping_neg());
@@ -408,10 +461,19 @@ mod tests {
                         let u = super::super::dither::format_ulp(fmt);
                         let l1: f64 = x.iter().map(|v| v.abs()).sum();
                         let bound = n2 - (1.0 - u * u) * l1 * l1 / d as f64;
-                        assert!(e <= bound + 1e-12 * n2, "{fmt:?} d {d} zf {zf}: {e} vs {bound}");
-                        assert!(e <= (1.0 - (1.0 - u * u) * alpha) * n2 * (1.0 + 1e-12), "{fmt:?} d {d} zf {zf}: {e} vs {n2}");
+                        assert!(
+                            e <= bound + 1e-12 * n2,
+                            "{fmt:?} d {d} zf {zf}: {e} vs {bound}"
+                        );
+                        assert!(
+                            e <= (1.0 - (1.0 - u * u) * alpha) * n2 * (1.0 + 1e-12),
+                            "{fmt:?} d {d} zf {zf}: {e} vs {n2}"
+                        );
                         if d > 1 {
-                            assert!(e <= (1.0 - alpha) * n2 * (1.0 + 1e-12), "{fmt:?} d {d} zf {zf}: {e} vs {n2}");
+                            assert!(
+                                e <= (1.0 - alpha) * n2 * (1.0 + 1e-12),
+                                "{fmt:?} d {d} zf {zf}: {e} vs {n2}"
+                            );
                         }
                         // No zeros and f64: the exact identity.
                         if zf == 0.0 && fmt == ValueFormat::F64 {
@@ -428,7 +490,9 @@ mod tests {
         let mut x = vec![0.0; 8];
         x[5] = -3.0;
         let enc = run(&c, &x);
-        assert!((err2(&enc.value.values, &x) - 9.0 * (1.0 - (2.0 - 1.0 / 8.0) / 8.0)).abs() < 1e-12);
+        assert!(
+            (err2(&enc.value.values, &x) - 9.0 * (1.0 - (2.0 - 1.0 / 8.0) / 8.0)).abs() < 1e-12
+        );
         // e_1 + eps (1, ..., 1) approaches the constant 1 - 1/d.
         let mut x = vec![1e-5; 8];
         x[0] = 1.0;
@@ -436,7 +500,10 @@ mod tests {
         let enc = run(&c, &x);
         let n2: f64 = x.iter().map(|v| v * v).sum();
         let ratio = err2(&enc.value.values, &x) / n2;
-        assert!(ratio <= 1.0 - 1.0 / 8.0 && ratio > 1.0 - 1.0 / 8.0 - 1e-3, "{ratio}");
+        assert!(
+            ratio <= 1.0 - 1.0 / 8.0 && ratio > 1.0 - 1.0 / 8.0 - 1e-3,
+            "{ratio}"
+        );
     }
 
     #[test]
@@ -444,7 +511,9 @@ mod tests {
         let d = 1000;
         let c = ScaledSign::new(d, ValueFormat::F32);
         // No zeros: scale + flag + gamma(0) + d signs.
-        let x: Vec<f64> = (0..d).map(|j| if j % 3 == 0 { -1.5 } else { 0.25 }).collect();
+        let x: Vec<f64> = (0..d)
+            .map(|j| if j % 3 == 0 { -1.5 } else { 0.25 })
+            .collect();
         let enc = run(&c, &x);
         assert_eq!(enc.bytes.len(), (32 + 2 + d).div_ceil(8));
         // Few nonzeros: listing them beats listing the zeros.
@@ -472,11 +541,18 @@ mod tests {
         let c = ScaledSign::new(3, ValueFormat::F64);
         let x = [1.7e308, -1.7e308, 1.7e308];
         let enc = run(&c, &x);
-        assert!(enc.value.values.iter().all(|v| v.is_finite() && v.abs() > 1e308));
+        assert!(enc
+            .value
+            .values
+            .iter()
+            .all(|v| v.is_finite() && v.abs() > 1e308));
         run(&c, &[5e-324, 0.0, -1e-320]);
         let c = ScaledSign::new(2, ValueFormat::F16);
         let mut rng = rng_from_key(0);
-        assert!(matches!(encode_one(&c, &[1e6, 1e6], &mut rng, 0), Err(CompressError::Shape(_))));
+        assert!(matches!(
+            encode_one(&c, &[1e6, 1e6], &mut rng, 0),
+            Err(CompressError::Shape(_))
+        ));
         // Tiny scale in f16: never worse than sending nothing.
         let x = [1e-9, -2e-9];
         let enc = run(&c, &x);
@@ -509,7 +585,10 @@ mod tests {
             assert!(decode_one(&c, &longer, 0).is_err());
             let mut bad = enc.bytes.clone();
             bad[0] |= 0x80;
-            assert!(matches!(decode_one(&c, &bad, 0), Err(DecodeError::Invalid { .. })));
+            assert!(matches!(
+                decode_one(&c, &bad, 0),
+                Err(DecodeError::Invalid { .. })
+            ));
         }
         // Nonzero scale, nonzero set listed but empty.
         let mut w = BitWriter::new();
@@ -542,7 +621,15 @@ mod tests {
     fn signs_across_block_boundaries() {
         for &d in &[1usize, 2, 63, 64, 65, 127, 128, 129, 200, 257] {
             let c = ScaledSign::new(d, ValueFormat::F64);
-            let x: Vec<f64> = (0..d).map(|j| if j % 5 == 1 { -(j as f64) - 1.0 } else { j as f64 + 0.5 }).collect();
+            let x: Vec<f64> = (0..d)
+                .map(|j| {
+                    if j % 5 == 1 {
+                        -(j as f64) - 1.0
+                    } else {
+                        j as f64 + 0.5
+                    }
+                })
+                .collect();
             let enc = run(&c, &x);
             // No zeros: scale, flag, gamma(0), d signs.
             assert_eq!(enc.bytes.len(), (64 + 2 + d).div_ceil(8), "d {d}");
@@ -582,7 +669,10 @@ mod tests {
         let d = 5000;
         let c = ScaledSign::new(d, ValueFormat::F32);
         let mut g = rng_from_key(8);
-        let xs: Vec<Vec<f64>> = [0.0, 0.3, 0.0].iter().map(|&zf| random_vec(&mut g, d, zf)).collect();
+        let xs: Vec<Vec<f64>> = [0.0, 0.3, 0.0]
+            .iter()
+            .map(|&zf| random_vec(&mut g, d, zf))
+            .collect();
         let mut rng = rng_from_key(1);
         let mut scratch = Scratch::default();
         let mut out = CompressedVec::default();
@@ -590,10 +680,20 @@ mod tests {
         let mut ptrs = None;
         for round in 0..9 {
             w.clear();
-            let mut ctx = CompressCtx { rng: &mut rng, shared_key: 0, scratch: &mut scratch };
-            c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w).unwrap();
+            let mut ctx = CompressCtx {
+                rng: &mut rng,
+                shared_key: 0,
+                scratch: &mut scratch,
+            };
+            c.compress(&xs[round % 3], &mut ctx, &mut out, &mut w)
+                .unwrap();
             w.finish();
-            let p = (out.values.as_ptr(), out.indices.as_ptr(), scratch.u32s.as_ptr(), w.bytes().as_ptr());
+            let p = (
+                out.values.as_ptr(),
+                out.indices.as_ptr(),
+                scratch.u32s.as_ptr(),
+                w.bytes().as_ptr(),
+            );
             if round >= 3 {
                 assert_eq!(Some(p), ptrs, "round {round}: a buffer was reallocated");
             }

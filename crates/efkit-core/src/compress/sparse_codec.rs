@@ -91,7 +91,11 @@ pub fn plan(indices: &[u32], d: usize) -> (Mode, u64) {
         return (Mode::Trivial, head);
     }
     let mean_gap = (d as u64 - kc) / kc;
-    let mut k = if mean_gap <= 1 { 0 } else { (63 - mean_gap.leading_zeros()).min(MAX_RICE_K) };
+    let mut k = if mean_gap <= 1 {
+        0
+    } else {
+        (63 - mean_gap.leading_zeros()).min(MAX_RICE_K)
+    };
     let mut best = rice_body_bits(indices, k);
     let mut moved_down = false;
     while k > 0 {
@@ -181,7 +185,10 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
     out.clear();
     let kc = r.read_gamma()?;
     if kc > d as u64 {
-        return Err(DecodeError::invalid("index count", format!("{kc} indices for dimension {d}")));
+        return Err(DecodeError::invalid(
+            "index count",
+            format!("{kc} indices for dimension {d}"),
+        ));
     }
     let kc = kc as usize;
     if kc == 0 {
@@ -195,11 +202,17 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
     if !bitmap {
         let k = r.read_bits(RICE_K_BITS)? as u32;
         if k > MAX_RICE_K {
-            return Err(DecodeError::invalid("rice parameter", format!("{k} > {MAX_RICE_K}")));
+            return Err(DecodeError::invalid(
+                "rice parameter",
+                format!("{k} > {MAX_RICE_K}"),
+            ));
         }
         // Each gap takes at least k + 1 bits: refuse early rather than allocate.
         if (kc as u64).saturating_mul(k as u64 + 1) > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: (k + 1).saturating_mul(kc as u32) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: (k + 1).saturating_mul(kc as u32),
+            });
         }
         out.reserve(kc);
         let mut next = 0u64;
@@ -213,7 +226,10 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
         }
     } else {
         if (d as u64) > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(d).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: u32::try_from(d).unwrap_or(u32::MAX),
+            });
         }
         out.reserve(kc);
         let mut base = 0usize;
@@ -226,7 +242,10 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
             while word != 0 {
                 let lz = word.leading_zeros() as usize;
                 if out.len() == kc {
-                    return Err(DecodeError::invalid("bitmap", "more set bits than the index count"));
+                    return Err(DecodeError::invalid(
+                        "bitmap",
+                        "more set bits than the index count",
+                    ));
                 }
                 out.push((base + lz) as u32);
                 word &= !(1u64 << (63 - lz));
@@ -234,7 +253,10 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
             base += 64;
         }
         if out.len() != kc {
-            return Err(DecodeError::invalid("bitmap", "fewer set bits than the index count"));
+            return Err(DecodeError::invalid(
+                "bitmap",
+                "fewer set bits than the index count",
+            ));
         }
     }
     Ok(())
@@ -258,7 +280,10 @@ pub(crate) fn round_checked(fmt: ValueFormat, v: f64, index: usize) -> Result<f6
 /// The error for a value that does not fit the wire format.
 #[cold]
 pub(crate) fn overflow_error(fmt: ValueFormat, v: f64, index: usize) -> CompressError {
-    CompressError::Shape(format!("value {v:e} for coordinate {index} overflows the {}-bit wire format", fmt.bits()))
+    CompressError::Shape(format!(
+        "value {v:e} for coordinate {index} overflows the {}-bit wire format",
+        fmt.bits()
+    ))
 }
 
 /// Checks that `x` has length `d` and finite entries (shared compressor prologue).
@@ -269,7 +294,10 @@ pub(crate) fn overflow_error(fmt: ValueFormat, v: f64, index: usize) -> Compress
 #[inline]
 pub(crate) fn check_input(x: &[f64], d: usize) -> Result<(), CompressError> {
     if x.len() != d {
-        return Err(CompressError::Shape(format!("input has length {}, compressor was built for d = {d}", x.len())));
+        return Err(CompressError::Shape(format!(
+            "input has length {}, compressor was built for d = {d}",
+            x.len()
+        )));
     }
     let mut acc = [0.0f64; 8];
     let mut chunks = x.chunks_exact(8);
@@ -318,7 +346,10 @@ pub(crate) fn read_values(
     values: &mut Vec<f64>,
 ) -> Result<(), DecodeError> {
     if (n as u64).saturating_mul(fmt.bits() as u64) > r.remaining() {
-        return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(n).unwrap_or(u32::MAX) });
+        return Err(DecodeError::Truncated {
+            at: r.position(),
+            needed: u32::try_from(n).unwrap_or(u32::MAX),
+        });
     }
     values.reserve(n);
     for _ in 0..n {
@@ -365,7 +396,9 @@ mod tests {
     /// log2 binomial(d, k).
     fn log2_binom(d: usize, k: usize) -> f64 {
         let k = k.min(d - k);
-        (0..k).map(|i| ((d - i) as f64 / (k - i) as f64).log2()).sum()
+        (0..k)
+            .map(|i| ((d - i) as f64 / (k - i) as f64).log2())
+            .sum()
     }
 
     #[test]
@@ -408,7 +441,11 @@ mod tests {
             let s = random_set(&mut rng, d, k);
             let (mode, bits) = plan(&s, d);
             let head = gamma_len(k as u64) + 1;
-            let best = (0..=MAX_RICE_K).map(|kk| rice_body_bits(&s, kk)).min().unwrap().min(d as u64);
+            let best = (0..=MAX_RICE_K)
+                .map(|kk| rice_body_bits(&s, kk))
+                .min()
+                .unwrap()
+                .min(d as u64);
             assert_eq!(bits, head + best, "d={d} k={k} mode={mode:?}");
         }
     }
@@ -438,7 +475,10 @@ mod tests {
                 "d={d:>9} K={k:>7} mode={mode:?} bits={bits:>9} log2C={bound:>12.1} bits/(log2C+64)={ratio:.4} bits/log2C={:.4}",
                 bits as f64 / bound
             );
-            assert!(bits as f64 <= 1.1 * bound + 64.0, "d={d} k={k}: {bits} bits vs bound {bound}");
+            assert!(
+                bits as f64 <= 1.1 * bound + 64.0,
+                "d={d} k={k}: {bits} bits vs bound {bound}"
+            );
         }
     }
 

@@ -26,11 +26,20 @@ pub struct Threshold {
 /// Builds `threshold` (parameters: `lambda` >= 0 finite, `values`).
 pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
     only_keys(spec, &["lambda", "values"])?;
-    let lambda = spec.lambda.ok_or_else(|| ParamError::invalid("lambda", "`threshold` needs `lambda` >= 0"))?;
+    let lambda = spec
+        .lambda
+        .ok_or_else(|| ParamError::invalid("lambda", "`threshold` needs `lambda` >= 0"))?;
     if !(lambda >= 0.0 && lambda.is_finite()) {
-        return Err(ParamError::invalid("lambda", format!("lambda = {lambda} is outside [0, inf)")));
+        return Err(ParamError::invalid(
+            "lambda",
+            format!("lambda = {lambda} is outside [0, inf)"),
+        ));
     }
-    Ok(Box::new(Threshold { d, lambda, fmt: value_format(spec) }))
+    Ok(Box::new(Threshold {
+        d,
+        lambda,
+        fmt: value_format(spec),
+    }))
 }
 
 impl Compressor for Threshold {
@@ -50,7 +59,9 @@ impl Compressor for Threshold {
     }
 
     fn class(&self) -> CompressorClass {
-        CompressorClass::Absolute { delta2: self.d as f64 * self.lambda * self.lambda }
+        CompressorClass::Absolute {
+            delta2: self.d as f64 * self.lambda * self.lambda,
+        }
     }
 
     fn is_deterministic(&self) -> bool {
@@ -76,7 +87,12 @@ impl Compressor for Threshold {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         read_sparse(r, self.d, self.fmt, out)
     }
 

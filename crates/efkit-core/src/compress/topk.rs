@@ -40,7 +40,11 @@ pub struct TopK {
 pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
     only_keys(spec, &["k", "ratio", "values"])?;
     let k = resolve_k(spec, d)?;
-    Ok(Box::new(TopK { d, k, fmt: value_format(spec) }))
+    Ok(Box::new(TopK {
+        d,
+        k,
+        fmt: value_format(spec),
+    }))
 }
 
 /// Histogram width for dimension `d`: about log2(d) bits, between 8 and 16.
@@ -63,7 +67,13 @@ const SAMPLE_MIN_D: usize = 1 << 14;
 /// `x` of largest magnitude, ties toward the lower index. `x` must be finite.
 /// `hist` and `cand` are scratch; nothing is allocated once they (and `idx`)
 /// have grown to size.
-pub(crate) fn select_top_k(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut Vec<u64>, idx: &mut Vec<u32>) {
+pub(crate) fn select_top_k(
+    x: &[f64],
+    k: usize,
+    hist: &mut Vec<u32>,
+    cand: &mut Vec<u64>,
+    idx: &mut Vec<u32>,
+) {
     idx.clear();
     let d = x.len();
     if k == 0 {
@@ -176,7 +186,13 @@ fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>
 }
 
 /// Histogram (radix) selection, O(d) for any input: see the module docs.
-fn select_by_histogram(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut Vec<u64>, idx: &mut Vec<u32>) {
+fn select_by_histogram(
+    x: &[f64],
+    k: usize,
+    hist: &mut Vec<u32>,
+    cand: &mut Vec<u64>,
+    idx: &mut Vec<u32>,
+) {
     idx.clear();
     let d = x.len();
     let key_bits = key_bits_for(d);
@@ -229,7 +245,11 @@ fn select_by_histogram(x: &[f64], k: usize, hist: &mut Vec<u32>, cand: &mut Vec<
     // Exact threshold T = need-th largest magnitude within the bucket; entries
     // of higher buckets exceed T.
     cand.clear();
-    cand.extend(idx.iter().map(|&j| mag(x[j as usize])).filter(|&m| (m >> shift) == tb));
+    cand.extend(
+        idx.iter()
+            .map(|&j| mag(x[j as usize]))
+            .filter(|&m| (m >> shift) == tb),
+    );
     let (t, greater) = kth_largest(cand, need);
     compact(x, idx, t, need - greater);
     debug_assert_eq!(idx.len(), k);
@@ -252,7 +272,9 @@ impl Compressor for TopK {
     }
 
     fn class(&self) -> CompressorClass {
-        CompressorClass::Contractive { alpha: self.k as f64 / self.d as f64 }
+        CompressorClass::Contractive {
+            alpha: self.k as f64 / self.d as f64,
+        }
     }
 
     fn is_deterministic(&self) -> bool {
@@ -279,7 +301,12 @@ impl Compressor for TopK {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         read_sparse(r, self.d, self.fmt, out)?;
         if out.indices.len() != self.k {
             return Err(DecodeError::invalid(
@@ -321,10 +348,16 @@ mod tests {
                 // heavy ties
                 1 => (0..d).map(|_| rng.gen_range(-3i32..=3) as f64).collect(),
                 // all equal, with sign flips and signed zeros
-                2 => (0..d).map(|j| if j % 2 == 0 { 0.5 } else { -0.5 }).collect(),
-                3 => (0..d).map(|j| if j % 3 == 0 { -0.0 } else { 0.0 }).collect(),
+                2 => (0..d)
+                    .map(|j| if j % 2 == 0 { 0.5 } else { -0.5 })
+                    .collect(),
+                3 => (0..d)
+                    .map(|j| if j % 3 == 0 { -0.0 } else { 0.0 })
+                    .collect(),
                 // wide dynamic range
-                _ => (0..d).map(|_| rng.gen_range(-1.0..1.0) * 10f64.powi(rng.gen_range(-300..300))).collect(),
+                _ => (0..d)
+                    .map(|_| rng.gen_range(-1.0..1.0) * 10f64.powi(rng.gen_range(-300..300)))
+                    .collect(),
             };
             select_top_k(&x, k, &mut h, &mut c, &mut idx);
             assert_eq!(idx, naive(&x, k), "trial {trial} d={d} k={k}");
@@ -345,7 +378,9 @@ mod tests {
             };
             let x: Vec<f64> = match trial % 3 {
                 0 => (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect(),
-                1 => (0..d).map(|_| rng.gen_range(-2i32..=2) as f64 * 0.25).collect(),
+                1 => (0..d)
+                    .map(|_| rng.gen_range(-2i32..=2) as f64 * 0.25)
+                    .collect(),
                 _ => (0..d).map(|j| ((j * 7919) % 1000) as f64 - 500.0).collect(),
             };
             select_top_k(&x, k, &mut h, &mut c, &mut idx);
@@ -359,15 +394,35 @@ mod tests {
         let d = 200_000;
         let stride = d / (d / 64).clamp(1024, 16384);
         let inputs: Vec<Vec<f64>> = vec![
-            (0..d).map(|_| rng.gen_range(-1.0f64..1.0).powi(3)).collect(),
+            (0..d)
+                .map(|_| rng.gen_range(-1.0f64..1.0).powi(3))
+                .collect(),
             // the sample sees only small values: far too many candidates
-            (0..d).map(|j| if j % stride == 0 { 1e-9 } else { 1.0 + (j % 7) as f64 }).collect(),
+            (0..d)
+                .map(|j| {
+                    if j % stride == 0 {
+                        1e-9
+                    } else {
+                        1.0 + (j % 7) as f64
+                    }
+                })
+                .collect(),
             // the sample sees only large values: too few candidates, fallback
-            (0..d).map(|j| if j % stride == 0 { 1e9 } else { (j % 13) as f64 }).collect(),
+            (0..d)
+                .map(|j| {
+                    if j % stride == 0 {
+                        1e9
+                    } else {
+                        (j % 13) as f64
+                    }
+                })
+                .collect(),
             // increasing, all equal, mostly zero
             (0..d).map(|j| j as f64).collect(),
             vec![2.5; d],
-            (0..d).map(|j| if j % 9973 == 0 { -1.0 } else { 0.0 }).collect(),
+            (0..d)
+                .map(|j| if j % 9973 == 0 { -1.0 } else { 0.0 })
+                .collect(),
         ];
         let (mut h, mut c, mut idx) = (Vec::new(), Vec::new(), Vec::new());
         for x in &inputs {

@@ -40,7 +40,9 @@
 
 use super::natural::{natural_round, read_natural, write_natural, NATURAL_MAX};
 use super::registry::{only_keys, resolve_k, CompressorSpec};
-use super::sparse_codec::{check_input, decode as decode_indices, encode as encode_indices, overflow_error};
+use super::sparse_codec::{
+    check_input, decode as decode_indices, encode as encode_indices, overflow_error,
+};
 use super::topk::select_top_k;
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
@@ -88,7 +90,9 @@ impl Compressor for TopKQuant {
     }
 
     fn class(&self) -> CompressorClass {
-        CompressorClass::Contractive { alpha: 7.0 * self.k as f64 / (8.0 * self.d as f64) }
+        CompressorClass::Contractive {
+            alpha: 7.0 * self.k as f64 / (8.0 * self.d as f64),
+        }
     }
 
     fn is_deterministic(&self) -> bool {
@@ -128,17 +132,29 @@ impl Compressor for TopKQuant {
         Ok(())
     }
 
-    fn decode(&self, r: &mut BitReader<'_>, _ctx: &DecodeCtx, out: &mut CompressedVec) -> Result<(), DecodeError> {
+    fn decode(
+        &self,
+        r: &mut BitReader<'_>,
+        _ctx: &DecodeCtx,
+        out: &mut CompressedVec,
+    ) -> Result<(), DecodeError> {
         out.reset_sparse(self.d);
         decode_indices(r, self.d, &mut out.indices)?;
         if out.indices.len() != self.k {
             return Err(DecodeError::invalid(
                 "index count",
-                format!("{} indices, top-k-quant sends {}", out.indices.len(), self.k),
+                format!(
+                    "{} indices, top-k-quant sends {}",
+                    out.indices.len(),
+                    self.k
+                ),
             ));
         }
         if self.k as u64 * NATURAL_BITS > r.remaining() {
-            return Err(DecodeError::Truncated { at: r.position(), needed: u32::try_from(self.k).unwrap_or(u32::MAX) });
+            return Err(DecodeError::Truncated {
+                at: r.position(),
+                needed: u32::try_from(self.k).unwrap_or(u32::MAX),
+            });
         }
         out.values.reserve(self.k);
         for _ in 0..self.k {
