@@ -2,7 +2,9 @@
 //! independent f64 computation, determinism across thread counts, and the
 //! reductions of algorithms.md §12.3 bit for bit.
 
-use efkit_problems::{Problem, ProblemConfig, ProblemKind};
+mod common;
+
+use common::{bits_eq, grad, mean_grad_norm_sq, shards, top_k};
 use efkit_runtime::config::{parse_with_hints, Config};
 use efkit_runtime::setup::prepare;
 use efkit_runtime::{Control, RoundMetrics, StopRules};
@@ -37,10 +39,6 @@ fn run(cfg: &Config) -> (Vec<RoundMetrics>, Vec<f64>) {
         Control::Continue
     });
     (rows, p.cluster.server.state.x.clone())
-}
-
-fn bits_eq(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 const TOP1_F64: &str = "name = \"top-k\"\nk = 1\nvalues = \"f64\"";
@@ -101,76 +99,6 @@ fn reductions_to_ef21_are_exact() {
 // ---------------------------------------------------------------------------
 // An independent f64 implementation: dense shards, naive loops, written from
 // algorithms.md §4.2, §5.3, §6.4, §6.5 without the library's method code.
-
-struct Dense {
-    rows: Vec<Vec<f64>>,
-    y: Vec<f64>,
-}
-
-fn shards() -> Vec<Dense> {
-    let p = Problem::build(&ProblemConfig::new("mushrooms", 20, ProblemKind::Logistic)).unwrap();
-    (0..20)
-        .map(|i| {
-            let s = p.shard(i);
-            let d = s.a.n_cols();
-            let rows = (0..s.a.n_rows())
-                .map(|j| {
-                    let mut r = vec![0.0; d];
-                    let (idx, val) = s.a.row(j);
-                    for (&k, &v) in idx.iter().zip(val) {
-                        r[k as usize] = v;
-                    }
-                    r
-                })
-                .collect();
-            Dense {
-                rows,
-                y: s.y.clone(),
-            }
-        })
-        .collect()
-}
-
-fn grad(sh: &Dense, x: &[f64], lambda: f64) -> Vec<f64> {
-    let d = x.len();
-    let mut g = vec![0.0; d];
-    for (a, &y) in sh.rows.iter().zip(&sh.y) {
-        let z: f64 = a.iter().zip(x).map(|(p, q)| p * q).sum();
-        // d/dz log(1 + exp(-y z)) = -y / (1 + exp(y z))
-        let s = -y / (1.0 + (y * z).exp());
-        for k in 0..d {
-            g[k] += s * a[k];
-        }
-    }
-    let m = sh.rows.len() as f64;
-    for k in 0..d {
-        g[k] = g[k] / m + lambda * 2.0 * x[k] / (1.0 + x[k] * x[k]).powi(2);
-    }
-    g
-}
-
-fn top_k(v: &[f64], k: usize) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    // larger |v| first, ties to the lower index
-    idx.sort_by(|&a, &b| v[b].abs().partial_cmp(&v[a].abs()).unwrap().then(a.cmp(&b)));
-    let mut out = vec![0.0; v.len()];
-    for &i in &idx[..k] {
-        out[i] = v[i];
-    }
-    out
-}
-
-fn mean_grad_norm_sq(sh: &[Dense], x: &[f64]) -> f64 {
-    let d = x.len();
-    let mut g = vec![0.0; d];
-    for s in sh {
-        let gi = grad(s, x, 0.1);
-        for k in 0..d {
-            g[k] += gi[k] / sh.len() as f64;
-        }
-    }
-    g.iter().map(|v| v * v).sum()
-}
 
 fn rel_close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1e-300)

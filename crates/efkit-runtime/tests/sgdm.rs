@@ -3,11 +3,13 @@
 //! EF21-SGD-ideal preset, and the lean loop (`efkit_runtime::lean`) against
 //! the Cluster bit for bit.
 
+mod common;
+
+use common::{bits_eq, grad, mean_grad_norm_sq, shards, top_k, Dense};
 use efkit_core::compress::{build, CompressorSpec, ValueFormat};
 use efkit_core::method::{decode_uplink, uplink_shared_key, BatchSize, Codecs, MethodSpec, Uplink};
 use efkit_core::oracle::Oracle;
 use efkit_problems::noisy::{NoiseKind, NoisyQuadratic};
-use efkit_problems::{Problem, ProblemConfig, ProblemKind};
 use efkit_runtime::config::{parse_with_hints, Config};
 use efkit_runtime::lean::run_shared;
 use efkit_runtime::setup::prepare;
@@ -38,10 +40,6 @@ fn trajectory(c: &mut Cluster, rounds: u64) -> Vec<RoundMetrics> {
         Control::Continue
     });
     rows
-}
-
-fn bits_eq(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// eta = 1: v = 0 * v + 1 * grad = grad, so EF21-SGDM is EF21-SGD, bit for bit, on
@@ -106,83 +104,13 @@ fn sgdm_with_eta_one_is_ef21_sgd_bit_for_bit() {
 // Independent f64 implementation (dense rows, naive loops) of EF21-SGDM and
 // EF21-SGD2M from algorithms.md §7.2-7.3 with full local batches (deterministic).
 
-struct Dense {
-    rows: Vec<Vec<f64>>,
-    y: Vec<f64>,
-}
-
-fn shards() -> Vec<Dense> {
-    let p = Problem::build(&ProblemConfig::new("mushrooms", 20, ProblemKind::Logistic)).unwrap();
-    (0..20)
-        .map(|i| {
-            let s = p.shard(i);
-            let d = s.a.n_cols();
-            let rows = (0..s.a.n_rows())
-                .map(|j| {
-                    let mut r = vec![0.0; d];
-                    let (idx, val) = s.a.row(j);
-                    for (&k, &v) in idx.iter().zip(val) {
-                        r[k as usize] = v;
-                    }
-                    r
-                })
-                .collect();
-            Dense {
-                rows,
-                y: s.y.clone(),
-            }
-        })
-        .collect()
-}
-
-fn grad(sh: &Dense, x: &[f64]) -> Vec<f64> {
-    let d = x.len();
-    let mut g = vec![0.0; d];
-    for (a, &y) in sh.rows.iter().zip(&sh.y) {
-        let z: f64 = a.iter().zip(x).map(|(p, q)| p * q).sum();
-        let s = -y / (1.0 + (y * z).exp());
-        for k in 0..d {
-            g[k] += s * a[k];
-        }
-    }
-    let m = sh.rows.len() as f64;
-    for k in 0..d {
-        g[k] = g[k] / m + 0.1 * 2.0 * x[k] / (1.0 + x[k] * x[k]).powi(2);
-    }
-    g
-}
-
-fn top1(v: &[f64]) -> Vec<f64> {
-    let mut j = 0;
-    for k in 1..v.len() {
-        if v[k].abs() > v[j].abs() {
-            j = k;
-        }
-    }
-    let mut out = vec![0.0; v.len()];
-    out[j] = v[j];
-    out
-}
-
-fn mean_grad_norm_sq(sh: &[Dense], x: &[f64]) -> f64 {
-    let d = x.len();
-    let mut g = vec![0.0; d];
-    for s in sh {
-        let gi = grad(s, x);
-        for k in 0..d {
-            g[k] += gi[k] / sh.len() as f64;
-        }
-    }
-    g.iter().map(|v| v * v).sum()
-}
-
 /// x^0 = 0, v_i^0 (= u_i^0) = g_i^0 = grad f_i(x^0) (B_init = N_i, dense init); then
 /// x = x - gamma mean g_i; v_i = (1-eta) v_i + eta grad f_i(x); [u_i = (1-eta) u_i + eta v_i];
 /// g_i += Top1(v_i (or u_i) - g_i).
 fn independent(sh: &[Dense], gamma: f64, eta: f64, double: bool, rounds: usize) -> Vec<f64> {
     let d = 112;
     let mut x = vec![0.0; d];
-    let mut v: Vec<Vec<f64>> = sh.iter().map(|s| grad(s, &x)).collect();
+    let mut v: Vec<Vec<f64>> = sh.iter().map(|s| grad(s, &x, 0.1)).collect();
     let mut u = v.clone();
     let mut gi = v.clone();
     let mut out = vec![mean_grad_norm_sq(sh, &x)];
@@ -192,13 +120,13 @@ fn independent(sh: &[Dense], gamma: f64, eta: f64, double: bool, rounds: usize) 
         }
         out.push(mean_grad_norm_sq(sh, &x));
         for (i, s) in sh.iter().enumerate() {
-            let gr = grad(s, &x);
+            let gr = grad(s, &x, 0.1);
             for k in 0..d {
                 v[i][k] = (1.0 - eta) * v[i][k] + eta * gr[k];
                 u[i][k] = (1.0 - eta) * u[i][k] + eta * v[i][k];
             }
             let h = if double { &u[i] } else { &v[i] };
-            let c = top1(&(0..d).map(|k| h[k] - gi[i][k]).collect::<Vec<_>>());
+            let c = top_k(&(0..d).map(|k| h[k] - gi[i][k]).collect::<Vec<_>>(), 1);
             for k in 0..d {
                 gi[i][k] += c[k];
             }

@@ -4,6 +4,8 @@
 //! in one sub-directory per curve), then draws the figure and prints a table.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::Result;
 use clap::ValueEnum;
@@ -40,6 +42,37 @@ pub enum ReproName {
     SafeEf,
     /// Figure 3 analog: stochastic Safe-EF with n = 1..32 workers.
     SafeEfScaling,
+}
+
+/// Runs `jobs` on `threads` threads (a shared queue); results in job order.
+pub fn par_map<J: Sync, R: Send>(jobs: &[J], threads: usize, f: impl Fn(&J) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1).min(jobs.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= jobs.len() {
+                    break;
+                }
+                let r = f(&jobs[i]);
+                slots.lock().expect("no panics while holding the lock")[i] = Some(r);
+            });
+        }
+    });
+    slots
+        .into_inner()
+        .expect("no poisoning")
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect()
+}
+
+/// Number of cores to run independent curves on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// One curve of a figure.

@@ -30,8 +30,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use efkit_core::compress::CompressorSpec;
@@ -47,36 +46,7 @@ use efkit_runtime::{Control, Status};
 
 use crate::output::{self, JsonLines};
 use crate::plot::{self, Panel, Series};
-
-/// Runs `jobs` on `threads` threads (a shared queue); results in job order.
-fn par_map<J: Sync, R: Send>(jobs: &[J], threads: usize, f: impl Fn(&J) -> R + Sync) -> Vec<R> {
-    let next = AtomicUsize::new(0);
-    let slots: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1).min(jobs.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= jobs.len() {
-                    break;
-                }
-                let r = f(&jobs[i]);
-                slots.lock().expect("no panics while holding the lock")[i] = Some(r);
-            });
-        }
-    });
-    slots
-        .into_inner()
-        .expect("no poisoning")
-        .into_iter()
-        .map(|r| r.expect("every job ran"))
-        .collect()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
+use crate::repro::{cores, par_map};
 
 /// The Neyman-Pearson problem of both reproductions.
 fn np_problem(workers: usize) -> SafeProblemConfig {
