@@ -38,6 +38,11 @@ impl BitWriter {
         self.nacc = 0;
     }
 
+    /// Bytes allocated for the output (for allocation checks).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Number of bits written so far.
     pub fn bit_len(&self) -> u64 {
         self.buf.len() as u64 * 8 + self.nacc as u64

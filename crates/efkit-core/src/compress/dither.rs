@@ -2052,8 +2052,9 @@ mod tests {
         }
     }
 
-    /// Steady state: once the buffers have grown, compressing allocates
-    /// nothing (the buffers keep their addresses).
+    /// Steady state: once the buffers have grown (every input seen twice),
+    /// compressing allocates nothing (no buffer grows). Capacities, not
+    /// addresses, are compared: a growth may be done in place by the allocator.
     #[test]
     fn steady_state_does_not_reallocate() {
         use crate::compress::Scratch;
@@ -2066,7 +2067,7 @@ mod tests {
             let mut out = CompressedVec::default();
             let mut w = BitWriter::new();
             let mut ptrs = None;
-            for round in 0..9 {
+            for round in 0..15 {
                 w.clear();
                 let mut ctx = CompressCtx {
                     rng: &mut rng,
@@ -2077,17 +2078,13 @@ mod tests {
                     .unwrap();
                 w.finish();
                 let p = (
-                    out.values.as_ptr(),
-                    scratch.u64s.as_ptr(),
-                    scratch.u32s.as_ptr(),
-                    w.bytes().as_ptr(),
+                    out.values.capacity(),
+                    scratch.u64s.capacity(),
+                    scratch.u32s.capacity(),
+                    w.capacity(),
                 );
-                if round >= 3 {
-                    assert_eq!(
-                        Some(p),
-                        ptrs,
-                        "{name}: round {round}: a buffer was reallocated"
-                    );
+                if round >= 6 {
+                    assert_eq!(Some(p), ptrs, "{name}: round {round}: a buffer grew");
                 }
                 ptrs = Some(p);
             }
