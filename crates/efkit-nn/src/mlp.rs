@@ -1,0 +1,612 @@
+//! A multilayer perceptron as an efkit oracle.
+//!
+//! For layer widths (d_0, d_1, ..., d_L) the network is
+//!
+//!   h_0 = a,  h_l = relu(W_l h_{l-1} + b_l) (l < L),  z = W_L h_{L-1} + b_L,
+//!
+//! with W_l in R^{d_l x d_{l-1}}, and the loss of a sample (a, y) is the
+//! softmax cross-entropy -log softmax(z)_y. Worker i's objective is the mean
+//! over its shard, f_i(x) = (1/N_i) sum_j loss_j(x), and a stochastic gradient
+//! is the mean over a minibatch drawn uniformly without replacement
+//! ([`efkit_core::oracle::sample_without_replacement`]), as for every finite
+//! sum in efkit.
+//!
+//! The flat parameter vector x lists, layer after layer, W_l row-major then
+//! b_l ([`MlpSpec::blocks`] gives the tensor sizes in that order), so a
+//! per-layer compressor compresses each tensor separately, as the deep-learning
+//! experiments of the EF21-SGDM paper (Fatkhullin, Tyurin & Richtarik,
+//! NeurIPS 2023, §10 of algorithms.md) do.
+//!
+//! The forward and backward passes are candle's (CPU). Training runs in f32
+//! ([`Precision::F32`], the usual choice for networks): x is rounded to f32 on
+//! the way in and the gradient widened to f64 on the way out; [`Precision::F64`]
+//! computes in f64, which the finite-difference tests use.
+
+use candle_core::{DType, Device, Tensor, Var};
+use efkit_core::oracle::{sample_without_replacement, Oracle};
+use efkit_core::rng::{stream, Purpose, Rng};
+use rand::Rng as _;
+
+use crate::data::DenseImages;
+
+/// Errors in a network's definition or data.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MlpError {
+    /// The layer widths are not a valid network.
+    #[error("layers: {0}")]
+    Layers(String),
+    /// The data does not fit the network.
+    #[error("data: {0}")]
+    Data(String),
+}
+
+/// Arithmetic of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 tensors (training).
+    F32,
+    /// f64 tensors (checks against finite differences).
+    F64,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
+}
+
+/// The widths of a perceptron: inputs, hidden layers, classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlpSpec {
+    layers: Vec<usize>,
+}
+
+impl MlpSpec {
+    /// A network with widths `layers` = (inputs, hidden..., classes); at least
+    /// two entries, each >= 1, and at least 2 classes.
+    pub fn new(layers: &[usize]) -> Result<MlpSpec, MlpError> {
+        if layers.len() < 2 {
+            return Err(MlpError::Layers(format!(
+                "need at least inputs and classes, got {layers:?}"
+            )));
+        }
+        if let Some(k) = layers.iter().position(|&w| w == 0) {
+            return Err(MlpError::Layers(format!("width {k} is 0 in {layers:?}")));
+        }
+        if *layers.last().unwrap() < 2 {
+            return Err(MlpError::Layers("need at least 2 classes".into()));
+        }
+        let spec = MlpSpec {
+            layers: layers.to_vec(),
+        };
+        if spec.blocks().iter().any(|&b| b > u32::MAX as usize) {
+            return Err(MlpError::Layers(
+                "a tensor has more than 2^32 - 1 entries".into(),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// The widths.
+    pub fn layers(&self) -> &[usize] {
+        &self.layers
+    }
+
+    /// Number of inputs.
+    pub fn inputs(&self) -> usize {
+        self.layers[0]
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        *self.layers.last().unwrap()
+    }
+
+    /// Sizes of the parameter tensors in flat order: W_1, b_1, W_2, b_2, ...
+    pub fn blocks(&self) -> Vec<usize> {
+        self.layers
+            .windows(2)
+            .flat_map(|w| [w[0] * w[1], w[1]])
+            .collect()
+    }
+
+    /// Number of parameters d.
+    pub fn dim(&self) -> usize {
+        self.blocks().iter().sum()
+    }
+
+    /// The initial point of PyTorch's `nn.Linear`: every entry of W_l and b_l
+    /// uniform on [-1/sqrt(d_{l-1}), 1/sqrt(d_{l-1})], from the stream
+    /// `(seed, Setup, worker = u64::MAX - 1, round 0)`.
+    pub fn init(&self, seed: u64) -> Vec<f64> {
+        let mut rng = stream(seed, Purpose::Setup, u64::MAX - 1, 0);
+        let mut x = Vec::with_capacity(self.dim());
+        for w in self.layers.windows(2) {
+            let bound = 1.0 / (w[0] as f64).sqrt();
+            for _ in 0..(w[0] * w[1] + w[1]) {
+                x.push(rng.gen_range(-bound..bound));
+            }
+        }
+        x
+    }
+}
+
+/// Rows of a shard to evaluate: all of them, or the listed ones.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Range(usize, usize),
+    Listed(&'a [u32]),
+}
+
+impl Rows<'_> {
+    fn len(&self) -> usize {
+        match *self {
+            Rows::Range(a, b) => b - a,
+            Rows::Listed(r) => r.len(),
+        }
+    }
+}
+
+/// The forward pass of `spec` with parameters `params` on the batch `input`
+/// (`[m, inputs]`): the logits `[m, classes]`.
+fn forward(params: &[Var], input: &Tensor) -> candle_core::Result<Tensor> {
+    let layers = params.len() / 2;
+    let mut h = input.clone();
+    for l in 0..layers {
+        let w = params[2 * l].as_tensor();
+        let b = params[2 * l + 1].as_tensor();
+        h = h.matmul(&w.t()?)?.broadcast_add(b)?;
+        if l + 1 < layers {
+            h = h.relu()?;
+        }
+    }
+    Ok(h)
+}
+
+/// Worker i's network on its shard of images.
+#[derive(Debug, Clone)]
+pub struct MlpOracle {
+    spec: MlpSpec,
+    data: DenseImages,
+    precision: Precision,
+    /// Samples per forward pass when the whole shard is evaluated.
+    chunk: usize,
+    device: Device,
+    // reused buffers: the gathered batch and its labels
+    batch_pixels: Vec<f32>,
+    batch_labels: Vec<u32>,
+    params32: Vec<f32>,
+    drawn: Vec<u32>,
+}
+
+impl MlpOracle {
+    /// The oracle of `spec` on `data` (pixels must match the input width).
+    pub fn new(spec: MlpSpec, data: DenseImages, precision: Precision) -> Result<Self, MlpError> {
+        if data.features != spec.inputs() {
+            return Err(MlpError::Data(format!(
+                "images have {} pixels, the network {} inputs",
+                data.features,
+                spec.inputs()
+            )));
+        }
+        if data.n == 0 {
+            return Err(MlpError::Data("no images".into()));
+        }
+        if let Some(j) = data
+            .labels
+            .iter()
+            .position(|&y| y as usize >= spec.classes())
+        {
+            return Err(MlpError::Data(format!(
+                "image {j} has label {} but the network has {} classes",
+                data.labels[j],
+                spec.classes()
+            )));
+        }
+        Ok(MlpOracle {
+            spec,
+            data,
+            precision,
+            chunk: 2048,
+            device: Device::Cpu,
+            batch_pixels: Vec::new(),
+            batch_labels: Vec::new(),
+            params32: Vec::new(),
+            drawn: Vec::new(),
+        })
+    }
+
+    /// The network.
+    pub fn spec(&self) -> &MlpSpec {
+        &self.spec
+    }
+
+    /// The shard.
+    pub fn data(&self) -> &DenseImages {
+        &self.data
+    }
+
+    /// The parameter tensors of x, as candle variables.
+    fn params(&mut self, x: &[f64]) -> candle_core::Result<Vec<Var>> {
+        assert_eq!(x.len(), self.spec.dim(), "parameter vector length");
+        let mut vars = Vec::with_capacity(2 * (self.spec.layers.len() - 1));
+        let mut off = 0;
+        if self.precision == Precision::F32 {
+            self.params32.clear();
+            self.params32.extend(x.iter().map(|&v| v as f32));
+        }
+        for w in self.spec.layers.windows(2) {
+            for shape in [vec![w[1], w[0]], vec![w[1]]] {
+                let len: usize = shape.iter().product();
+                let v = match self.precision {
+                    Precision::F32 => {
+                        Var::from_slice(&self.params32[off..off + len], shape, &self.device)?
+                    }
+                    Precision::F64 => Var::from_slice(&x[off..off + len], shape, &self.device)?,
+                };
+                vars.push(v);
+                off += len;
+            }
+        }
+        Ok(vars)
+    }
+
+    /// The batch `rows` as an input tensor and a label tensor.
+    fn batch(&mut self, rows: Rows<'_>) -> candle_core::Result<(Tensor, Tensor)> {
+        let f = self.data.features;
+        self.batch_pixels.clear();
+        self.batch_labels.clear();
+        match rows {
+            Rows::Range(a, b) => {
+                self.batch_pixels
+                    .extend_from_slice(&self.data.pixels[a * f..b * f]);
+                self.batch_labels.extend_from_slice(&self.data.labels[a..b]);
+            }
+            Rows::Listed(r) => {
+                for &j in r {
+                    self.batch_pixels
+                        .extend_from_slice(self.data.row(j as usize));
+                    self.batch_labels.push(self.data.labels[j as usize]);
+                }
+            }
+        }
+        let m = rows.len();
+        let input = Tensor::from_slice(&self.batch_pixels, (m, f), &self.device)?
+            .to_dtype(self.precision.dtype())?;
+        let labels = Tensor::from_slice(&self.batch_labels, m, &self.device)?;
+        Ok((input, labels))
+    }
+
+    /// Mean loss over `rows`; with `grad`, adds `weight` times the mean
+    /// gradient over `rows` to it.
+    fn eval_rows(
+        &mut self,
+        params: &[Var],
+        rows: Rows<'_>,
+        grad: Option<(&mut [f64], f64)>,
+    ) -> candle_core::Result<f64> {
+        let (input, labels) = self.batch(rows)?;
+        let logits = forward(params, &input)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if let Some((g, weight)) = grad {
+            let store = loss.backward()?;
+            let mut off = 0;
+            for p in params {
+                let t = store
+                    .get(p.as_tensor())
+                    .expect("every parameter takes part in the loss");
+                let n = t.elem_count();
+                let dst = &mut g[off..off + n];
+                match self.precision {
+                    Precision::F32 => {
+                        for (d, s) in dst.iter_mut().zip(t.flatten_all()?.to_vec1::<f32>()?) {
+                            *d += weight * f64::from(s);
+                        }
+                    }
+                    Precision::F64 => {
+                        for (d, s) in dst.iter_mut().zip(t.flatten_all()?.to_vec1::<f64>()?) {
+                            *d += weight * s;
+                        }
+                    }
+                }
+                off += n;
+            }
+        }
+        Ok(value)
+    }
+
+    /// Loss and (optionally) gradient of the mean over the whole shard, in
+    /// chunks of `self.chunk` samples weighted by their share.
+    fn full(&mut self, x: &[f64], mut grad: Option<&mut [f64]>) -> f64 {
+        let params = self.params(x).expect(SHAPES);
+        if let Some(g) = grad.as_deref_mut() {
+            g.iter_mut().for_each(|v| *v = 0.0);
+        }
+        let n = self.data.n;
+        let mut loss = 0.0;
+        let mut a = 0;
+        while a < n {
+            let b = (a + self.chunk).min(n);
+            let w = (b - a) as f64 / n as f64;
+            let l = self
+                .eval_rows(
+                    &params,
+                    Rows::Range(a, b),
+                    grad.as_deref_mut().map(|g| (g, w)),
+                )
+                .expect(SHAPES);
+            loss += w * l;
+            a = b;
+        }
+        loss
+    }
+
+    /// Mean loss and accuracy of the parameters x on `data` (e.g. the test
+    /// set), forward passes only.
+    pub fn evaluate(
+        spec: &MlpSpec,
+        x: &[f64],
+        data: &DenseImages,
+        precision: Precision,
+    ) -> Result<(f64, f64), MlpError> {
+        let mut o = MlpOracle::new(spec.clone(), data.clone(), precision)?;
+        let params = o.params(x).expect(SHAPES);
+        let (mut loss, mut correct) = (0.0, 0usize);
+        let mut a = 0;
+        while a < data.n {
+            let b = (a + o.chunk).min(data.n);
+            let (input, labels) = o.batch(Rows::Range(a, b)).expect(SHAPES);
+            let logits = forward(&params, &input).expect(SHAPES);
+            let l = candle_nn::loss::cross_entropy(&logits, &labels)
+                .and_then(|t| t.to_dtype(DType::F64)?.to_scalar::<f64>())
+                .expect(SHAPES);
+            loss += l * (b - a) as f64;
+            let pred = logits
+                .argmax(1)
+                .and_then(|t| t.to_vec1::<u32>())
+                .expect(SHAPES);
+            correct += pred
+                .iter()
+                .zip(&data.labels[a..b])
+                .filter(|(p, y)| p == y)
+                .count();
+            a = b;
+        }
+        Ok((loss / data.n as f64, correct as f64 / data.n as f64))
+    }
+}
+
+const SHAPES: &str = "MLP tensors: shapes are fixed and checked at construction";
+
+impl Oracle for MlpOracle {
+    fn dim(&self) -> usize {
+        self.spec.dim()
+    }
+
+    fn num_samples(&self) -> Option<usize> {
+        Some(self.data.n)
+    }
+
+    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        self.full(x, Some(grad))
+    }
+
+    fn loss(&mut self, x: &[f64]) -> f64 {
+        self.full(x, None)
+    }
+
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
+        sample_without_replacement(self.data.n, batch, rng, drawn);
+        self.indexed_grad(x, drawn, grad)
+    }
+
+    fn indexed_grad(&mut self, x: &[f64], idx: &[u32], grad: &mut [f64]) -> f64 {
+        let params = self.params(x).expect(SHAPES);
+        grad.iter_mut().for_each(|v| *v = 0.0);
+        let mut rows = std::mem::take(&mut self.drawn);
+        rows.clear();
+        rows.extend_from_slice(idx);
+        let loss = self
+            .eval_rows(&params, Rows::Listed(&rows), Some((grad, 1.0)))
+            .expect(SHAPES);
+        self.drawn = rows;
+        loss
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_distr::{Distribution, StandardNormal};
+
+    fn tiny_data(n: usize, features: usize, classes: u32, seed: u64) -> DenseImages {
+        let mut rng = stream(seed, Purpose::Setup, 0, 0);
+        DenseImages {
+            n,
+            features,
+            pixels: (0..n * features)
+                .map(|_| rng.gen_range(0.0f32..1.0))
+                .collect(),
+            labels: (0..n).map(|_| rng.gen_range(0..classes)).collect(),
+        }
+    }
+
+    /// The same network written out by hand in f64 (no candle): mean loss.
+    fn reference_loss(spec: &MlpSpec, x: &[f64], data: &DenseImages) -> f64 {
+        let mut total = 0.0;
+        for j in 0..data.n {
+            let mut h: Vec<f64> = data.row(j).iter().map(|&p| f64::from(p)).collect();
+            let mut off = 0;
+            let layers = spec.layers();
+            for l in 1..layers.len() {
+                let (din, dout) = (layers[l - 1], layers[l]);
+                let w = &x[off..off + din * dout];
+                let b = &x[off + din * dout..off + din * dout + dout];
+                off += din * dout + dout;
+                let mut z: Vec<f64> = (0..dout)
+                    .map(|o| b[o] + (0..din).map(|k| w[o * din + k] * h[k]).sum::<f64>())
+                    .collect();
+                if l + 1 < layers.len() {
+                    z.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                h = z;
+            }
+            let m = h.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + h.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            total += lse - h[data.labels[j] as usize];
+        }
+        total / data.n as f64
+    }
+
+    #[test]
+    fn spec_layout_and_validation() {
+        let s = MlpSpec::new(&[784, 256, 10]).unwrap();
+        assert_eq!(s.blocks(), vec![784 * 256, 256, 2560, 10]);
+        assert_eq!(s.dim(), 203_530);
+        let x = s.init(3);
+        assert_eq!(x.len(), s.dim());
+        assert!(x[..784 * 256].iter().all(|v| v.abs() < 1.0 / 28.0));
+        assert!(x[784 * 256 + 256..].iter().any(|v| v.abs() > 1.0 / 28.0));
+        assert_eq!(x, s.init(3));
+        assert_ne!(x, s.init(4));
+        assert!(MlpSpec::new(&[5]).is_err());
+        assert!(MlpSpec::new(&[5, 0, 3]).is_err());
+        assert!(MlpSpec::new(&[5, 1]).is_err());
+        let bad = MlpOracle::new(s.clone(), tiny_data(3, 5, 2, 1), Precision::F32);
+        assert!(matches!(bad, Err(MlpError::Data(_))));
+        let bad = MlpOracle::new(
+            MlpSpec::new(&[5, 2]).unwrap(),
+            tiny_data(3, 5, 3, 1),
+            Precision::F32,
+        );
+        assert!(matches!(bad, Err(MlpError::Data(m)) if m.contains("label")));
+    }
+
+    #[test]
+    fn loss_matches_a_hand_written_network() {
+        let spec = MlpSpec::new(&[6, 5, 4, 3]).unwrap();
+        let data = tiny_data(9, 6, 3, 2);
+        let x = spec.init(5);
+        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        let want = reference_loss(&spec, &x, &data);
+        let got = o.loss(&x);
+        assert!((got - want).abs() <= 1e-12 * want.abs(), "{got} vs {want}");
+        // f32 agrees to f32 accuracy
+        let mut o32 = MlpOracle::new(spec, data, Precision::F32).unwrap();
+        assert!((o32.loss(&x) - want).abs() <= 1e-5 * want.abs());
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let spec = MlpSpec::new(&[6, 5, 4, 3]).unwrap();
+        let data = tiny_data(11, 6, 3, 7);
+        let mut rng = stream(9, Purpose::Setup, 0, 0);
+        // a generic point (no ReLU exactly at its kink)
+        let x: Vec<f64> = (0..spec.dim())
+            .map(|_| 0.5 * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng))
+            .collect();
+        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        let mut g = vec![0.0; spec.dim()];
+        let f0 = o.loss_grad(&x, &mut g);
+        assert!((f0 - reference_loss(&spec, &x, &data)).abs() < 1e-12);
+        let h = 1e-6;
+        let mut worst: f64 = 0.0;
+        let mut xp = x.clone();
+        for k in 0..spec.dim() {
+            xp[k] = x[k] + h;
+            let fp = reference_loss(&spec, &xp, &data);
+            xp[k] = x[k] - h;
+            let fm = reference_loss(&spec, &xp, &data);
+            xp[k] = x[k];
+            let fd = (fp - fm) / (2.0 * h);
+            worst = worst.max((fd - g[k]).abs() / (1e-3 + g[k].abs()));
+        }
+        assert!(worst < 1e-6, "worst relative error {worst}");
+        // the f32 network gives the same gradient to f32 accuracy
+        let mut o32 = MlpOracle::new(spec.clone(), data, Precision::F32).unwrap();
+        let mut g32 = vec![0.0; spec.dim()];
+        o32.loss_grad(&x, &mut g32);
+        let scale = g.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        assert!(g
+            .iter()
+            .zip(&g32)
+            .all(|(a, b)| (a - b).abs() <= 1e-5 * scale));
+    }
+
+    #[test]
+    fn minibatch_and_chunked_gradients_are_means() {
+        let spec = MlpSpec::new(&[6, 4, 3]).unwrap();
+        let data = tiny_data(10, 6, 3, 4);
+        let x = spec.init(1);
+        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        let d = spec.dim();
+        let mut full = vec![0.0; d];
+        let l_full = o.loss_grad(&x, &mut full);
+        // chunks of 3 samples give the same mean
+        o.chunk = 3;
+        let mut chunked = vec![0.0; d];
+        let l_chunked = o.loss_grad(&x, &mut chunked);
+        assert!((l_full - l_chunked).abs() < 1e-14);
+        assert!(full
+            .iter()
+            .zip(&chunked)
+            .all(|(a, b)| (a - b).abs() < 1e-14));
+        // the mean of the ten one-sample gradients is the full gradient
+        let mut mean = vec![0.0; d];
+        let mut one = vec![0.0; d];
+        for j in 0..10u32 {
+            o.indexed_grad(&x, &[j], &mut one);
+            mean.iter_mut().zip(&one).for_each(|(m, v)| *m += v / 10.0);
+        }
+        assert!(full.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-14));
+        // a minibatch draw is reproducible and reports its indices
+        let (mut d1, mut d2) = (Vec::new(), Vec::new());
+        let (mut g1, mut g2) = (vec![0.0; d], vec![0.0; d]);
+        o.stochastic_grad(
+            &x,
+            4,
+            &mut stream(1, Purpose::Sample, 0, 3),
+            &mut d1,
+            &mut g1,
+        );
+        o.stochastic_grad(
+            &x,
+            4,
+            &mut stream(1, Purpose::Sample, 0, 3),
+            &mut d2,
+            &mut g2,
+        );
+        assert_eq!((d1.len(), &d1), (4, &d2));
+        assert_eq!(g1, g2);
+        let mut g3 = vec![0.0; d];
+        o.indexed_grad(&x, &d1, &mut g3);
+        assert_eq!(g1, g3);
+    }
+
+    #[test]
+    fn evaluate_counts_correct_predictions() {
+        let spec = MlpSpec::new(&[2, 2]).unwrap();
+        // a linear classifier: class = argmax(x_0 - x_1, x_1 - x_0)
+        let x = vec![1.0, -1.0, -1.0, 1.0, 0.0, 0.0];
+        let data = DenseImages {
+            n: 4,
+            features: 2,
+            pixels: vec![1.0, 0.0, 0.0, 1.0, 0.9, 0.1, 0.2, 0.8],
+            labels: vec![0, 1, 1, 1],
+        };
+        let (loss, acc) = MlpOracle::evaluate(&spec, &x, &data, Precision::F64).unwrap();
+        assert_eq!(acc, 0.75);
+        assert!((loss - reference_loss(&spec, &x, &data)).abs() < 1e-12);
+    }
+}
