@@ -48,6 +48,27 @@ impl BitWriter {
         self.buf.len() as u64 * 8 + self.nacc as u64
     }
 
+    /// Drops every bit after the first `bits` (a composite codec undoing a
+    /// partly written message). `bits` must not exceed [`BitWriter::bit_len`].
+    pub fn truncate(&mut self, bits: u64) {
+        let len = self.bit_len();
+        assert!(bits <= len, "truncate to {bits} bits of {len}");
+        let whole = (bits / 8) as usize;
+        let rem = (bits % 8) as u32;
+        if whole >= self.buf.len() {
+            // only bits of the accumulator go
+            self.acc >>= (len - bits) as u32;
+        } else {
+            self.acc = if rem == 0 {
+                0
+            } else {
+                u64::from(self.buf[whole] >> (8 - rem))
+            };
+            self.buf.truncate(whole);
+        }
+        self.nacc = rem;
+    }
+
     /// Writes the low `n` bits of `v` (n <= 64), most significant first.
     #[inline]
     pub fn write_bits(&mut self, v: u64, n: u32) {
@@ -511,6 +532,34 @@ pub fn width_for(max: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_equals_never_writing() {
+        for keep in 0..=45u64 {
+            let mut w = BitWriter::new();
+            w.write_bits(0b1011_0110_1110_0101_1, 17);
+            w.write_bits(0x1234_5678, 28);
+            let all = w.bit_len();
+            w.truncate(keep);
+            assert_eq!(w.bit_len(), keep);
+            w.write_bits(0b101, 3);
+            // the same prefix written directly
+            let mut v = BitWriter::new();
+            let mut r = BitWriter::new();
+            r.write_bits(0b1011_0110_1110_0101_1, 17);
+            r.write_bits(0x1234_5678, 28);
+            let full = r.finish().to_vec();
+            let mut rd = BitReader::new(&full);
+            let mut left = keep;
+            while left > 0 {
+                let n = left.min(32) as u32;
+                v.write_bits(rd.read_bits(n).unwrap(), n);
+                left -= n as u64;
+            }
+            v.write_bits(0b101, 3);
+            assert_eq!(w.finish(), v.finish(), "keep {keep} of {all}");
+        }
+    }
 
     #[test]
     fn roundtrip_mixed_codes() {

@@ -14,6 +14,8 @@ pub mod bits;
 pub mod compress;
 pub mod error;
 pub mod method;
+#[doc(hidden)]
+pub mod method_fuzz;
 pub mod oracle;
 pub mod rng;
 pub mod safe;

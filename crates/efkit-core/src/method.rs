@@ -639,8 +639,8 @@ pub struct Codecs {
 
 /// Downlink message kinds on the wire (2-bit tag).
 const TAG_MODEL: u64 = 0;
-const TAG_ESTIMATE_DENSE: u64 = 1;
-const TAG_ESTIMATE_DELTA: u64 = 2;
+pub(crate) const TAG_ESTIMATE_DENSE: u64 = 1;
+pub(crate) const TAG_ESTIMATE_DELTA: u64 = 2;
 
 /// The server's message of one round, decoded.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -710,15 +710,18 @@ pub fn decode_downlink(
             }
         }
         TAG_ESTIMATE_DENSE | TAG_ESTIMATE_DELTA => {
+            // Only EF21-BC (the one method with a server compressor) broadcasts
+            // estimates, the dense one included: any other worker would step
+            // its model locally and drift from the server's.
+            let cm = codecs.downlink.as_ref().ok_or_else(|| {
+                DecodeError::invalid(
+                    "downlink.tag",
+                    "estimate message, but this method broadcasts the model",
+                )
+            })?;
             out.is_model = false;
             out.replace = tag == TAG_ESTIMATE_DENSE;
-            let c = if out.replace {
-                &codecs.dense
-            } else {
-                codecs.downlink.as_ref().ok_or_else(|| {
-                    DecodeError::invalid("downlink", "estimate message but no server compressor")
-                })?
-            };
+            let c = if out.replace { &codecs.dense } else { cm };
             c.decode(&mut r, &DecodeCtx { shared_key }, &mut out.vec)?;
         }
         _ => {
@@ -770,7 +773,7 @@ fn dense_init_round(parts: &Parts, round: u64) -> bool {
 }
 
 /// Whether the uplink of `round` travels in the dense codec (dense init, EF21-SGD-ideal).
-fn dense_uplink(parts: &Parts, round: u64) -> bool {
+pub(crate) fn dense_uplink(parts: &Parts, round: u64) -> bool {
     dense_init_round(parts, round) || parts.feedback == Feedback::Ef21Ideal
 }
 

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 
 use efkit_core::bits::{BitReader, BitWriter};
 use efkit_core::compress::{
-    build, catalogue, decode_one, encode_one, example_spec, fuzz_decode, CompressCtx,
+    build, build_blockwise, catalogue, decode_one, encode_one, example_spec, fuzz_decode, CompressCtx,
     CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx, Scratch, ValueFormat,
     CATALOGUE_NAMES,
 };
@@ -51,6 +51,25 @@ fn rows_for(d: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// Uneven layer sizes summing to d (one block when d < 3).
+fn layers_for(d: usize) -> Vec<usize> {
+    if d < 3 {
+        vec![d]
+    } else {
+        vec![d / 2, d / 3, d - d / 2 - d / 3]
+    }
+}
+
+/// Builds `spec` for dimension d: per layer over [`layers_for`] when
+/// `per_layer = true`, else the plain compressor.
+fn make(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, ParamError> {
+    if spec.per_layer == Some(true) {
+        build_blockwise(spec, &layers_for(d))
+    } else {
+        build(spec, d)
+    }
+}
+
 /// Sample specs covering every catalogue name (with value-format and
 /// shared-seed variants) for dimension `d`.
 fn sample_specs(d: usize) -> Vec<CompressorSpec> {
@@ -69,6 +88,21 @@ fn sample_specs(d: usize) -> Vec<CompressorSpec> {
             s.values = Some(F64)
         }),
         spec("top-k", |s| s.k = Some(d)),
+        spec("top-k", |s| {
+            s.ratio = Some(0.125);
+            s.per_layer = Some(true)
+        }),
+        spec("identity", |s| s.per_layer = Some(true)),
+        spec("rand-k", |s| {
+            s.ratio = Some(0.25);
+            s.shared_seed = Some(true);
+            s.per_layer = Some(true)
+        }),
+        spec("scaled-rand-k", |s| {
+            s.ratio = Some(0.25);
+            s.per_layer = Some(true);
+            s.values = Some(F64)
+        }),
         spec("rand-k", |s| s.ratio = Some(0.125)),
         spec("rand-k", |s| {
             s.ratio = Some(0.25);
@@ -277,7 +311,7 @@ struct Harness {
 
 impl Harness {
     fn new(spec: &CompressorSpec, d: usize) -> Self {
-        let c = build(spec, d).unwrap_or_else(|e| panic!("build {spec:?} for d={d}: {e}"));
+        let c = make(spec, d).unwrap_or_else(|e| panic!("build {spec:?} for d={d}: {e}"));
         assert_eq!(c.dim(), d);
         assert!(CATALOGUE_NAMES.contains(&c.name()));
         assert_eq!(c.name(), spec.name);
@@ -512,7 +546,7 @@ fn other_dimensions_roundtrip() {
 fn messages_are_self_delimiting() {
     let d = 40;
     for s in sample_specs(d) {
-        let c = build(&s, d).unwrap();
+        let c = make(&s, d).unwrap();
         let xs = inputs(d, 1);
         let (x1, x2) = (&xs[0].1, &xs[4].1);
         let mut rng = rng_from_key(2);
@@ -548,7 +582,7 @@ fn messages_are_self_delimiting() {
 fn non_finite_and_wrong_length_inputs() {
     let d = 40;
     for s in sample_specs(d) {
-        let c = build(&s, d).unwrap();
+        let c = make(&s, d).unwrap();
         for (idx, bad) in [
             (0usize, f64::NAN),
             (3, f64::INFINITY),
@@ -1050,7 +1084,7 @@ fn decode_checked(c: &dyn Compressor, bytes: &[u8], key: u64) {
 fn truncated_and_bit_flipped_messages_never_panic() {
     for &d in &[7usize, 40] {
         for s in sample_specs(d) {
-            let c = build(&s, d).unwrap();
+            let c = make(&s, d).unwrap();
             for (input, x) in inputs(d, 9).into_iter().take(5) {
                 let Ok(e) = encode_one(c.as_ref(), &x, &mut rng_from_key(4), 21) else {
                     panic!("{} {input}", c.describe())
@@ -1097,7 +1131,7 @@ proptest! {
     ) {
         let specs = sample_specs(d);
         let s = &specs[which % specs.len()];
-        let c = build(s, d).unwrap();
+        let c = make(s, d).unwrap();
         decode_checked(c.as_ref(), &data, key);
     }
 

@@ -28,6 +28,8 @@ pub use registry::{build, catalogue, CompressorSpec, CATALOGUE_NAMES};
 pub use registry::{example_spec, fuzz_decode};
 
 mod bernoulli;
+mod blockwise;
+pub use blockwise::{build_blockwise, Blockwise, BLOCKWISE_INNER};
 mod identity;
 mod randk;
 pub mod sparse_codec;

@@ -85,6 +85,10 @@ pub struct CompressorSpec {
     /// Value quantizer applied after Top-K (`natural`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantizer: Option<String>,
+    /// Compress each layer (parameter tensor) separately, for problems whose
+    /// parameters are layered (networks); see [`super::build_blockwise`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<bool>,
 }
 
 impl CompressorSpec {
@@ -110,6 +114,7 @@ impl CompressorSpec {
             ("shared_seed", self.shared_seed.is_some()),
             ("values", self.values.is_some()),
             ("quantizer", self.quantizer.is_some()),
+            ("per_layer", self.per_layer.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -187,6 +192,20 @@ pub fn build(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, Par
             "d",
             format!("dimension d = {d} is outside 1..={}", u32::MAX),
         ));
+    }
+    if spec.per_layer.is_some() {
+        if spec.per_layer == Some(true) {
+            return Err(ParamError::invalid(
+                "per_layer",
+                "needs a problem whose parameters are layered (a network, e.g. `mnist-mlp`)",
+            ));
+        }
+        // `per_layer = false` is the plain compressor
+        let plain = CompressorSpec {
+            per_layer: None,
+            ..spec.clone()
+        };
+        return build(&plain, d);
     }
     match spec.name.as_str() {
         "identity" => super::identity::from_spec(spec, d),
