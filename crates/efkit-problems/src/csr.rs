@@ -130,6 +130,12 @@ impl CsrMatrix {
         &self.values
     }
 
+    /// Whether every stored value is exactly 1 (binary features: w8a, a9a,
+    /// mushrooms), so that the matrix is its sparsity pattern.
+    pub fn has_unit_values(&self) -> bool {
+        self.values.iter().all(|&v| v == 1.0)
+    }
+
     /// Row `j`: its column indices and values.
     ///
     /// # Panics
@@ -311,6 +317,34 @@ pub(crate) unsafe fn sparse_axpy_unchecked(a: f64, idx: &[u32], val: &[f64], out
     for k in 0..idx.len() {
         // SAFETY: as above.
         *out.get_unchecked_mut(*idx.get_unchecked(k) as usize) += a * *val.get_unchecked(k);
+    }
+}
+
+/// sum_k x[idx[k]] (a row whose values are all 1) without bounds checks;
+/// the same bits as [`sparse_dot_unchecked`] with `val` all 1.
+///
+/// # Safety
+/// Every `idx[k]` must be `< x.len()`.
+#[inline(always)]
+pub(crate) unsafe fn pattern_sum_unchecked(idx: &[u32], x: &[f64]) -> f64 {
+    let mut s = 0.0;
+    for &i in idx {
+        // SAFETY: i < x.len() by contract.
+        s += *x.get_unchecked(i as usize);
+    }
+    s
+}
+
+/// out[idx[k]] += a (a row whose values are all 1) without bounds checks; the
+/// same bits as [`sparse_axpy_unchecked`] with `val` all 1.
+///
+/// # Safety
+/// Every `idx[k]` must be `< out.len()`.
+#[inline(always)]
+pub(crate) unsafe fn pattern_add_unchecked(a: f64, idx: &[u32], out: &mut [f64]) {
+    for &i in idx {
+        // SAFETY: as above.
+        *out.get_unchecked_mut(i as usize) += a;
     }
 }
 

@@ -42,6 +42,7 @@ pub mod eigen;
 pub mod error;
 pub mod idx;
 pub mod io;
+pub mod kernels;
 pub mod libsvm;
 pub mod multiclass;
 pub mod noisy;

@@ -15,9 +15,20 @@
 //! * [`LeastSquares`] (EF21 PL experiments, algorithms.md §10.1 problem B):
 //!   phi(z, y) = (z - y)^2 with the (mapped) labels as targets, r = 0.
 //!
-//! The gradient is (1/N_i) sum_j phi'(a_j^T x, y_j) a_j + grad r(x), computed
-//! with the loss in one pass over the rows (a dot product and a scatter per
-//! row while the row is in cache). Nothing is allocated per call.
+//! The gradient is (1/N_i) sum_j phi'(a_j^T x, y_j) a_j + grad r(x) =
+//! (1/N_i) A_i^T w + grad r(x) with w_j = phi'(a_j^T x, y_j). A full gradient
+//! takes three passes over a worker's data (see [`crate::kernels`]): z = A_i x
+//! with the rows in sliced ELLPACK layout (8 rows advanced together), w from z
+//! in one vectorized loop (AVX2 when the CPU has it; the same bits without),
+//! and A_i^T w with the columns in sliced ELLPACK layout. Every sum is still
+//! taken in the order of the plain CSR loops (a row's entries by column, a
+//! column's entries by row), so the result is bit-for-bit the one-pass CSR
+//! loop (a dot product and a scatter per row) that minibatches use. Data whose
+//! stored values are all 1 (w8a, a9a, mushrooms) is processed as a sparsity
+//! pattern (no value loads or multiplications; x * 1.0 = x, so again the same
+//! bits); [`LogisticNonconvex::with_unit_values_kernel`] switches that off
+//! for comparisons. Nothing is allocated per call: the oracle keeps its
+//! scratch vectors.
 //!
 //! Minibatches ([`Oracle::stochastic_grad`], [`Oracle::indexed_grad`]) use
 //! the batch mean (1/|B|) sum_{j in B} phi(...) plus the full regularizer, so
@@ -26,13 +37,21 @@
 //!
 //! Numerics: with m = y z and e = exp(-|m|), log(1 + exp(-m)) is computed as
 //! max(-m, 0) + log1p(e) and the sigmoid from the same e, which never
-//! overflows and keeps full relative accuracy for large |m|.
+//! overflows and keeps full relative accuracy for large |m|. e comes from
+//! [`exp_neg_abs`] (at most 1 ulp from `f64::exp`; branch-free, so
+//! the loop over rows vectorizes) in every path, so losses and gradients agree
+//! bit for bit between [`Oracle::loss`], [`Oracle::loss_grad`],
+//! [`Oracle::grad`] and the minibatch calls.
 
 use efkit_core::oracle::{sample_without_replacement, Oracle};
 use efkit_core::rng::Rng;
 
-use crate::csr::{sparse_axpy_unchecked, sparse_dot_unchecked, CsrMatrix};
+use crate::csr::{
+    pattern_add_unchecked, pattern_sum_unchecked, sparse_axpy_unchecked, sparse_dot_unchecked,
+    CsrMatrix,
+};
 use crate::error::{ProblemError, Result};
+use crate::kernels::{exp_neg_abs, SlicedEll};
 
 /// Default regularization weight of the EF21 experiments.
 pub const DEFAULT_LAMBDA: f64 = 0.1;
@@ -48,37 +67,34 @@ trait SampleLoss {
 /// log(1 + exp(-y z)).
 struct Logistic;
 
+/// -y sigmoid(-m) = -y / (1 + exp(m)) from m = y z and e = exp(-|m|);
+/// branch-free (one division, selected numerator).
+#[inline(always)]
+fn logistic_deriv(m: f64, e: f64, y: f64) -> f64 {
+    // sigmoid(-m) = e / (1 + e) for m >= 0, 1 / (1 + e) otherwise
+    let num = if m >= 0.0 { e } else { 1.0 };
+    -y * (num / (1.0 + e))
+}
+
 impl SampleLoss for Logistic {
     #[inline(always)]
     fn value(z: f64, y: f64) -> f64 {
         let m = y * z;
-        (-m).max(0.0) + (-m.abs()).exp().ln_1p()
+        (-m).max(0.0) + exp_neg_abs(m).ln_1p()
     }
 
     #[inline(always)]
     fn value_deriv(z: f64, y: f64) -> (f64, f64) {
         let m = y * z;
-        let e = (-m.abs()).exp();
+        let e = exp_neg_abs(m);
         let loss = (-m).max(0.0) + e.ln_1p();
-        // sigmoid(-m) = 1 / (1 + exp(m))
-        let s = if m >= 0.0 {
-            e / (1.0 + e)
-        } else {
-            1.0 / (1.0 + e)
-        };
-        (loss, -y * s)
+        (loss, logistic_deriv(m, e, y))
     }
 
     #[inline(always)]
     fn deriv(z: f64, y: f64) -> f64 {
         let m = y * z;
-        let e = (-m.abs()).exp();
-        let s = if m >= 0.0 {
-            e / (1.0 + e)
-        } else {
-            1.0 / (1.0 + e)
-        };
-        -y * s
+        logistic_deriv(m, exp_neg_abs(m), y)
     }
 }
 
@@ -119,11 +135,99 @@ pub fn sigmoid(t: f64) -> f64 {
     }
 }
 
-/// A worker's data: its rows (contiguous CSR) and targets.
-#[derive(Debug, Clone, PartialEq)]
+#[inline(always)]
+fn derivs_body<L: SampleLoss>(z: &[f64], y: &[f64], w: &mut [f64]) {
+    for ((w, &z), &y) in w.iter_mut().zip(z).zip(y) {
+        *w = L::deriv(z, y);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn derivs_avx2<L: SampleLoss>(z: &[f64], y: &[f64], w: &mut [f64]) {
+    derivs_body::<L>(z, y, w)
+}
+
+/// w_j = phi'(z_j, y_j) over a whole vector: 4 lanes with AVX2, 2 without
+/// (the same IEEE operations, so the same bits).
+fn derivs<L: SampleLoss>(z: &[f64], y: &[f64], w: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2.
+        unsafe { derivs_avx2::<L>(z, y, w) };
+        return;
+    }
+    derivs_body::<L>(z, y, w)
+}
+
+/// The sliced ELLPACK copies of a shard and the scratch of a full gradient.
+#[derive(Debug, Clone)]
+struct FullKernel {
+    /// Rows of A (z = A x).
+    rows: SlicedEll,
+    /// Columns of A (g = A^T w).
+    cols: SlicedEll,
+    /// x and the sentinel 0 (d + 1).
+    xe: Vec<f64>,
+    /// z (n + 1, the last entry is scratch).
+    z: Vec<f64>,
+    /// w and the sentinel 0 (n + 1).
+    w: Vec<f64>,
+    /// A^T w (d + 1, the last entry is scratch).
+    g: Vec<f64>,
+}
+
+impl FullKernel {
+    /// `None` when the counts do not fit 32-bit indices (the CSR loops are used).
+    fn new(a: &CsrMatrix, pattern_only: bool) -> Option<Self> {
+        let (n, d) = (a.n_rows(), a.n_cols());
+        Some(FullKernel {
+            rows: SlicedEll::rows_of(a, pattern_only)?,
+            cols: SlicedEll::cols_of(a, pattern_only)?,
+            xe: vec![0.0; d + 1],
+            z: vec![0.0; n + 1],
+            w: vec![0.0; n + 1],
+            g: vec![0.0; d + 1],
+        })
+    }
+
+    /// z = A x (into `self.z[..n]`).
+    #[inline]
+    fn dots(&mut self, x: &[f64]) {
+        let d = x.len();
+        self.xe[..d].copy_from_slice(x);
+        self.xe[d] = 0.0;
+        self.rows.apply(&self.xe, &mut self.z);
+    }
+
+    /// z = A x, w = phi'(z, y), grad = A^T w (overwritten).
+    #[inline]
+    fn grad<L: SampleLoss>(&mut self, x: &[f64], y: &[f64], grad: &mut [f64]) {
+        self.dots(x);
+        let n = y.len();
+        derivs::<L>(&self.z[..n], y, &mut self.w[..n]);
+        self.w[n] = 0.0;
+        self.cols.apply(&self.w, &mut self.g);
+        grad.copy_from_slice(&self.g[..grad.len()]);
+    }
+}
+
+/// A worker's data: its rows (contiguous CSR) and targets, and the kernels.
+#[derive(Debug, Clone)]
 struct Shard {
     a: CsrMatrix,
     y: Vec<f64>,
+    /// The pattern-only kernels are in use (all stored values are 1).
+    unit: bool,
+    /// Full-gradient kernels; `None` only for more than 2^32 - 2 rows or columns.
+    full: Option<FullKernel>,
+}
+
+/// Equal data (the kernels give the same bits whichever is in use).
+impl PartialEq for Shard {
+    fn eq(&self, other: &Self) -> bool {
+        self.a == other.a && self.y == other.y
+    }
 }
 
 impl Shard {
@@ -146,7 +250,18 @@ impl Shard {
                 format!("target {j} is not finite"),
             ));
         }
-        Ok(Shard { a, y })
+        let unit = a.has_unit_values();
+        let full = FullKernel::new(&a, unit);
+        Ok(Shard { a, y, unit, full })
+    }
+
+    /// Pattern-only kernels on (if the values allow) or off.
+    fn set_unit_kernel(&mut self, on: bool) {
+        let unit = on && self.a.has_unit_values();
+        if unit != self.unit {
+            self.unit = unit;
+            self.full = FullKernel::new(&self.a, unit);
+        }
     }
 
     #[track_caller]
@@ -177,10 +292,10 @@ impl Shard {
         }
     }
 
-    /// sum_j phi over `rows`; grad <- sum_j phi'(.) a_j (overwritten).
-    /// Callers have checked `x.len() == grad.len() == n_cols`.
+    /// The one-pass CSR loop: sum_j phi over `rows`; grad <- sum_j phi'(.) a_j
+    /// (overwritten). Callers have checked `x.len() == grad.len() == n_cols`.
     #[inline(always)]
-    fn sum_loss_grad<L: SampleLoss>(
+    fn rows_loss_grad<L: SampleLoss, const UNIT: bool>(
         &self,
         x: &[f64],
         rows: impl Iterator<Item = usize>,
@@ -196,43 +311,93 @@ impl Shard {
             let (s, e) = (indptr[j], indptr[j + 1]);
             let (idx, val) = (&indices[s..e], &values[s..e]);
             // SAFETY: CSR column indices are < n_cols == x.len() == grad.len().
-            let z = unsafe { sparse_dot_unchecked(idx, val, x) };
+            let z = unsafe {
+                if UNIT {
+                    pattern_sum_unchecked(idx, x)
+                } else {
+                    sparse_dot_unchecked(idx, val, x)
+                }
+            };
             let (l, dl) = L::value_deriv(z, self.y[j]);
             total += l;
             // SAFETY: as above.
-            unsafe { sparse_axpy_unchecked(dl, idx, val, grad) };
+            unsafe {
+                if UNIT {
+                    pattern_add_unchecked(dl, idx, grad)
+                } else {
+                    sparse_axpy_unchecked(dl, idx, val, grad)
+                }
+            }
         }
         total
     }
 
-    /// grad <- sum_j phi'(.) a_j over all rows (no loss: one exp per row less).
+    /// sum_j phi over `rows`; grad <- sum_j phi'(.) a_j (overwritten), by the
+    /// CSR loop.
     #[inline(always)]
-    fn sum_grad<L: SampleLoss>(&self, x: &[f64], grad: &mut [f64]) {
-        let d = self.a.n_cols();
-        assert!(x.len() == d && grad.len() == d);
-        grad.iter_mut().for_each(|g| *g = 0.0);
-        let indptr = self.a.indptr();
-        let (indices, values) = (self.a.indices(), self.a.values());
-        for j in 0..self.a.n_rows() {
-            let (s, e) = (indptr[j], indptr[j + 1]);
-            let (idx, val) = (&indices[s..e], &values[s..e]);
-            // SAFETY: CSR column indices are < n_cols == x.len() == grad.len().
-            let z = unsafe { sparse_dot_unchecked(idx, val, x) };
-            let dl = L::deriv(z, self.y[j]);
-            // SAFETY: as above.
-            unsafe { sparse_axpy_unchecked(dl, idx, val, grad) };
+    fn sum_loss_grad_rows<L: SampleLoss>(
+        &self,
+        x: &[f64],
+        rows: impl Iterator<Item = usize>,
+        grad: &mut [f64],
+    ) -> f64 {
+        if self.unit {
+            self.rows_loss_grad::<L, true>(x, rows, grad)
+        } else {
+            self.rows_loss_grad::<L, false>(x, rows, grad)
         }
     }
 
+    /// sum_j phi over all rows; grad <- sum_j phi'(.) a_j (overwritten).
     #[inline(always)]
-    fn sum_loss<L: SampleLoss>(&self, x: &[f64], rows: impl Iterator<Item = usize>) -> f64 {
+    fn sum_loss_grad<L: SampleLoss>(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        let n = self.a.n_rows();
+        match self.full.as_mut() {
+            Some(k) => {
+                k.grad::<L>(x, &self.y, grad);
+                let mut total = 0.0;
+                for (&z, &y) in k.z[..n].iter().zip(&self.y) {
+                    total += L::value(z, y);
+                }
+                total
+            }
+            None => self.sum_loss_grad_rows::<L>(x, 0..n, grad),
+        }
+    }
+
+    /// grad <- sum_j phi'(.) a_j over all rows (no loss: no log1p).
+    #[inline(always)]
+    fn sum_grad<L: SampleLoss>(&mut self, x: &[f64], grad: &mut [f64]) {
+        let n = self.a.n_rows();
+        match self.full.as_mut() {
+            Some(k) => k.grad::<L>(x, &self.y, grad),
+            None => {
+                self.sum_loss_grad_rows::<L>(x, 0..n, grad);
+            }
+        }
+    }
+
+    /// sum_j phi over all rows.
+    #[inline(always)]
+    fn sum_loss<L: SampleLoss>(&mut self, x: &[f64]) -> f64 {
         assert_eq!(x.len(), self.a.n_cols());
+        let n = self.a.n_rows();
         let mut total = 0.0;
-        for j in rows {
-            let (idx, val) = self.a.row(j);
-            // SAFETY: CSR column indices are < n_cols == x.len().
-            let z = unsafe { sparse_dot_unchecked(idx, val, x) };
-            total += L::value(z, self.y[j]);
+        match self.full.as_mut() {
+            Some(k) => {
+                k.dots(x);
+                for (&z, &y) in k.z[..n].iter().zip(&self.y) {
+                    total += L::value(z, y);
+                }
+            }
+            None => {
+                for j in 0..n {
+                    let (idx, val) = self.a.row(j);
+                    // SAFETY: CSR column indices are < n_cols == x.len().
+                    let z = unsafe { sparse_dot_unchecked(idx, val, x) };
+                    total += L::value(z, self.y[j]);
+                }
+            }
         }
         total
     }
@@ -337,6 +502,32 @@ impl LeastSquares {
     }
 }
 
+macro_rules! impl_kernel_switch {
+    ($ty:ty) => {
+        impl $ty {
+            /// Whether the pattern-only kernels are in use: all stored values
+            /// of the shard are 1 (binary features) and they were not
+            /// switched off.
+            pub fn unit_values_kernel(&self) -> bool {
+                self.shard.unit
+            }
+
+            /// Switches the pattern-only kernels (no value loads or
+            /// multiplications) on, which is the default when all stored
+            /// values are 1 and has no effect otherwise, or off (the general
+            /// kernels). The results are the same bits either way; the switch
+            /// exists for tests and benchmarks.
+            pub fn with_unit_values_kernel(mut self, on: bool) -> Self {
+                self.shard.set_unit_kernel(on);
+                self
+            }
+        }
+    };
+}
+
+impl_kernel_switch!(LogisticNonconvex);
+impl_kernel_switch!(LeastSquares);
+
 macro_rules! impl_oracle {
     ($ty:ty, $loss:ty, $lambda:expr) => {
         impl Oracle for $ty {
@@ -352,7 +543,7 @@ macro_rules! impl_oracle {
             fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
                 self.shard.check(x, Some(grad));
                 let n = self.shard.a.n_rows();
-                let total = self.shard.sum_loss_grad::<$loss>(x, 0..n, grad);
+                let total = self.shard.sum_loss_grad::<$loss>(x, grad);
                 let data = finish_mean(total, n, grad);
                 data + nonconvex_reg($lambda(self), x, Some(grad))
             }
@@ -370,7 +561,7 @@ macro_rules! impl_oracle {
             fn loss(&mut self, x: &[f64]) -> f64 {
                 self.shard.check(x, None);
                 let n = self.shard.a.n_rows();
-                let total = self.shard.sum_loss::<$loss>(x, 0..n);
+                let total = self.shard.sum_loss::<$loss>(x);
                 total * (1.0 / n as f64) + nonconvex_reg($lambda(self), x, None)
             }
 
@@ -397,7 +588,7 @@ macro_rules! impl_oracle {
                 self.shard.check(x, Some(grad));
                 self.shard.check_idx(idx);
                 let rows = idx.iter().map(|&j| j as usize);
-                let total = self.shard.sum_loss_grad::<$loss>(x, rows, grad);
+                let total = self.shard.sum_loss_grad_rows::<$loss>(x, rows, grad);
                 let data = finish_mean(total, idx.len(), grad);
                 data + nonconvex_reg($lambda(self), x, Some(grad))
             }
@@ -520,6 +711,9 @@ mod tests {
             assert_eq!(drawn, all);
             assert_eq!((f1, &g1), (f2, &g2));
             assert_eq!((f1, &g1), (f3, &g3));
+            let mut g4 = vec![0.0; 9];
+            o.grad(&x, &mut g4);
+            assert_eq!(g1, g4, "grad writes the gradient of loss_grad");
         }
     }
 
@@ -572,5 +766,197 @@ mod tests {
             o.indexed_grad(&[0.0; 3], &[5], &mut g)
         }));
         assert!(r.is_err());
+    }
+
+    /// Binary rows with lengths 0..=max_len (varied, some empty), labels +-1.
+    fn binary_problem(n: usize, d: usize, max_len: usize, seed: u64) -> (CsrMatrix, Vec<f64>) {
+        let mut rng = stream(seed, Purpose::Setup, 0, 0);
+        let mut dense = vec![0.0; n * d];
+        for j in 0..n {
+            let len = rng.gen_range(0..=max_len.min(d));
+            for _ in 0..len {
+                dense[j * d + rng.gen_range(0..d)] = 1.0;
+            }
+        }
+        let y = (0..n)
+            .map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        (CsrMatrix::from_dense(n, d, &dense), y)
+    }
+
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// Every entry point of two oracles on the same data, bit for bit.
+    fn assert_same_bits(o1: &mut dyn Oracle, o2: &mut dyn Oracle, x: &[f64], n: usize) {
+        let d = x.len();
+        let (mut g1, mut g2) = (vec![0.0; d], vec![0.0; d]);
+        let f1 = o1.loss_grad(x, &mut g1);
+        let f2 = o2.loss_grad(x, &mut g2);
+        assert_eq!((f1.to_bits(), bits(&g1)), (f2.to_bits(), bits(&g2)));
+        assert_eq!(o1.loss(x).to_bits(), f1.to_bits());
+        assert_eq!(o2.loss(x).to_bits(), f1.to_bits());
+        o1.grad(x, &mut g2);
+        assert_eq!(bits(&g2), bits(&g1), "grad vs loss_grad");
+        o2.grad(x, &mut g2);
+        assert_eq!(bits(&g2), bits(&g1), "grad vs loss_grad");
+        let all: Vec<u32> = (0..n as u32).collect();
+        let f3 = o1.indexed_grad(x, &all, &mut g2);
+        assert_eq!(
+            (f3.to_bits(), bits(&g2)),
+            (f1.to_bits(), bits(&g1)),
+            "CSR loop"
+        );
+        let f3 = o2.indexed_grad(x, &all, &mut g2);
+        assert_eq!(
+            (f3.to_bits(), bits(&g2)),
+            (f1.to_bits(), bits(&g1)),
+            "CSR loop"
+        );
+        let some: Vec<u32> = (0..n as u32).filter(|j| j % 3 != 1).collect();
+        let f4 = o1.indexed_grad(x, &some, &mut g1);
+        let f5 = o2.indexed_grad(x, &some, &mut g2);
+        assert_eq!(
+            (f4.to_bits(), bits(&g1)),
+            (f5.to_bits(), bits(&g2)),
+            "minibatch"
+        );
+    }
+
+    #[test]
+    fn unit_values_and_general_kernels_agree_bitwise() {
+        // 203 rows (not a multiple of the 8 lanes), rows of 0..=25 entries
+        let (n, d) = (203, 31);
+        let (a, y) = binary_problem(n, d, 25, 11);
+        assert!(a.has_unit_values());
+        let x: Vec<f64> = (0..d).map(|k| (k as f64 * 0.91).sin() * 2.5).collect();
+        let unit = LogisticNonconvex::new(a.clone(), y.clone(), 0.1).unwrap();
+        assert!(unit.unit_values_kernel());
+        let general = unit.clone().with_unit_values_kernel(false);
+        assert!(!general.unit_values_kernel());
+        assert_eq!(unit, general, "same data");
+        assert_same_bits(&mut unit.clone(), &mut general.clone(), &x, n);
+        // switching back on restores the pattern kernels
+        assert!(general
+            .clone()
+            .with_unit_values_kernel(true)
+            .unit_values_kernel());
+        let ls = LeastSquares::new(a.clone(), y.clone()).unwrap();
+        assert!(ls.unit_values_kernel());
+        assert_same_bits(
+            &mut ls.clone(),
+            &mut ls.with_unit_values_kernel(false),
+            &x,
+            n,
+        );
+        // one value != 1: the general kernels, whatever is asked
+        let mut v = a.values().to_vec();
+        v[3] = 2.0;
+        let b = CsrMatrix::from_parts(d, a.indptr().to_vec(), a.indices().to_vec(), v).unwrap();
+        let o = LogisticNonconvex::new(b, y, 0.1).unwrap();
+        assert!(!o.unit_values_kernel());
+        assert!(!o.with_unit_values_kernel(true).unit_values_kernel());
+    }
+
+    #[test]
+    fn full_kernels_match_an_independent_f64_computation() {
+        // the sliced kernels against the plain formula with the platform's exp
+        // (a different exp and summation layout: agreement to ~1e-12 relative)
+        for (a, y, x) in [
+            {
+                let (a, y) = binary_problem(150, 23, 19, 12);
+                let x: Vec<f64> = (0..23).map(|k| (k as f64 * 1.7).cos() * 3.0).collect();
+                (a, y, x)
+            },
+            {
+                let (a, y) = random_problem(97, 13, 0.4, 13);
+                let x: Vec<f64> = (0..13).map(|k| (k as f64 * 0.3).sin() * 8.0).collect();
+                (a, y, x)
+            },
+        ] {
+            let (n, d) = (a.n_rows(), a.n_cols());
+            let lambda = 0.1;
+            let mut want_g = vec![0.0; d];
+            let mut want_f = 0.0;
+            for (j, &yj) in y.iter().enumerate() {
+                let m = yj * a.row_dot(j, &x);
+                want_f += (1.0 + (-m).exp()).ln();
+                let s = -yj / (1.0 + m.exp());
+                let (idx, val) = a.row(j);
+                for (&c, &v) in idx.iter().zip(val) {
+                    want_g[c as usize] += s * v;
+                }
+            }
+            want_f /= n as f64;
+            for (k, g) in want_g.iter_mut().enumerate() {
+                let xk = x[k];
+                *g = *g / n as f64 + 2.0 * lambda * xk / (1.0 + xk * xk).powi(2);
+                want_f += lambda * xk * xk / (1.0 + xk * xk);
+            }
+            let mut o = LogisticNonconvex::new(a, y, lambda).unwrap();
+            let mut g = vec![0.0; d];
+            let f = o.loss_grad(&x, &mut g);
+            assert!(
+                (f - want_f).abs() <= 1e-12 * want_f.abs(),
+                "{f} vs {want_f}"
+            );
+            let scale = want_g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (k, (a, b)) in g.iter().zip(&want_g).enumerate() {
+                assert!((a - b).abs() <= 1e-12 * scale, "coord {k}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn nan_and_huge_inputs() {
+        let (a, y) = binary_problem(40, 9, 6, 14);
+        let mut o = LogisticNonconvex::new(a, y, 0.1).unwrap();
+        let mut g = vec![0.0; 9];
+        let mut x = vec![0.5; 9];
+        x[4] = f64::NAN;
+        o.grad(&x, &mut g);
+        assert!(g[4].is_nan(), "the NaN coordinate's regularizer");
+        assert!(o.loss(&x).is_nan());
+        // huge margins saturate: finite loss and gradient
+        let x = vec![1e6; 9];
+        let f = o.loss_grad(&x, &mut g);
+        assert!(
+            f.is_finite() && g.iter().all(|v| v.is_finite()),
+            "{f} {g:?}"
+        );
+        let x = vec![-1e6; 9];
+        let f = o.loss_grad(&x, &mut g);
+        assert!(
+            f.is_finite() && g.iter().all(|v| v.is_finite()),
+            "{f} {g:?}"
+        );
+    }
+
+    #[test]
+    fn vectorized_derivatives_have_the_scalar_bits() {
+        // margins of every size, both signs, zeros, subnormal e, NaN
+        let mut z: Vec<f64> = (0..4001)
+            .map(|i| (i as f64 - 2000.0) * 0.37)
+            .chain([0.0, -0.0, 744.9, -745.5, 1e300, -1e300, f64::NAN, 1e-310])
+            .collect();
+        z.push(f64::INFINITY);
+        let y: Vec<f64> = (0..z.len())
+            .map(|i| if i % 3 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let scalar: Vec<u64> = z
+            .iter()
+            .zip(&y)
+            .map(|(&z, &y)| Logistic::deriv(z, y).to_bits())
+            .collect();
+        let mut w = vec![0.0; z.len()];
+        derivs::<Logistic>(&z, &y, &mut w);
+        assert_eq!(bits(&w), scalar);
+        derivs_body::<Logistic>(&z, &y, &mut w);
+        assert_eq!(bits(&w), scalar);
+        for (&z, &y) in z.iter().zip(&y) {
+            let (_, dv) = Logistic::value_deriv(z, y);
+            assert_eq!(dv.to_bits(), Logistic::deriv(z, y).to_bits());
+        }
     }
 }
