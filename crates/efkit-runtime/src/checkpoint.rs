@@ -1,8 +1,11 @@
 //! Checkpoints: the full cluster state, written atomically with a checksum.
 //!
 //! File format: one header line `efkit-checkpoint 1 fnv1a64=<16 hex digits>
-//! bytes=<payload length>` followed by the JSON payload ([`ClusterState`] plus
-//! the round of the last metrics line). f64 values round-trip exactly through
+//! bytes=<payload length>` followed by the JSON payload: `{"state": ...}`
+//! ([`Checkpoint`], a [`ClusterState`]) for the EF21 family, `{"safe": ...}`
+//! ([`SafeCheckpoint`], a [`SafeClusterState`]) for the Safe-EF family. Both
+//! backends (in-process and MPI) write the same file for the same run, so
+//! either can resume it. f64 values round-trip exactly through
 //! JSON (shortest representation), so a resumed run continues bit for bit.
 //! The file is written to a temporary name and renamed, so a crash leaves the
 //! previous checkpoint or the complete new one; a damaged file is detected by
@@ -12,10 +15,12 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cluster::ClusterState;
+use crate::safe::SafeClusterState;
 
 /// The checkpoint file name inside a run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
@@ -52,6 +57,13 @@ pub struct Checkpoint {
     pub state: ClusterState,
 }
 
+/// What a Safe-EF checkpoint file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SafeCheckpoint {
+    /// The Safe-EF cluster state.
+    pub safe: SafeClusterState,
+}
+
 /// FNV-1a, 64 bit.
 pub fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -64,6 +76,27 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
 
 /// Writes `ck` to `path` atomically.
 pub fn write(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
+    write_payload(path, ck)
+}
+
+/// Reads and verifies a checkpoint.
+pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    read_payload(path)
+}
+
+/// Writes a Safe-EF checkpoint to `path` atomically.
+pub fn write_safe(path: &Path, ck: &SafeCheckpoint) -> Result<(), CheckpointError> {
+    write_payload(path, ck)
+}
+
+/// Reads and verifies a Safe-EF checkpoint.
+pub fn read_safe(path: &Path) -> Result<SafeCheckpoint, CheckpointError> {
+    read_payload(path)
+}
+
+/// Writes any payload in the checkpoint format (header with checksum, JSON),
+/// atomically (temporary file, fsync, rename).
+pub fn write_payload<T: Serialize>(path: &Path, ck: &T) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io {
         path: path.display().to_string(),
         source,
@@ -87,8 +120,9 @@ pub fn write(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
-/// Reads and verifies a checkpoint.
-pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
+/// Reads a file written by [`write_payload`], verifying the header, the
+/// length and the checksum before parsing the payload.
+pub fn read_payload<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
     let p = path.display().to_string();
     let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
         path: p.clone(),

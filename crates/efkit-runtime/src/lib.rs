@@ -21,6 +21,8 @@ pub mod driver;
 pub mod lean;
 #[cfg(feature = "mpi")]
 pub mod mpi_backend;
+#[cfg(feature = "mpi")]
+pub mod mpi_safe;
 pub mod safe;
 pub mod setup;
 pub mod setup_sgdm;

@@ -28,10 +28,22 @@
 //! every method added later: the backend only moves [`Wire`] bytes and calls
 //! [`Worker::step`] / [`Server::apply`], it knows nothing about methods.
 //!
+//! The Safe-EF family (`efkit_core::safe`, two communication phases per
+//! round) runs on the same transport (`Link`: headers, downlink broadcasts,
+//! length-prefixed uplink gathers, evaluation records, state gathers and
+//! scatters) with its own round body: [`MpiSafeCluster`] (`crate::mpi_safe`).
+//! [`launch`] sets up a run of either family; rank 0 decides which.
+//!
 //! Setup: rank 0 validates the config and resolves the step size (the theory
 //! step needs L and Ltilde), then broadcasts the resolved config; the other
 //! ranks build the same problem with that step and report back a fingerprint
 //! (n, d, rows, x^0, shard sizes) that rank 0 checks before any round runs.
+//!
+//! Checkpoints and resumption: a checkpoint gathers every worker's state to
+//! rank 0, which writes the same file as the in-process run. To resume, rank
+//! 0 restores the checkpoint (of either backend, any P) into the in-process
+//! cluster it builds at setup, and [`launch`] scatters each rank's block of
+//! worker states to it; the run then continues bit for bit.
 //!
 //! Failure: a panic on any rank calls `MPI_Abort` (panic hook); a watchdog
 //! thread on every rank aborts the job when no collective completed for
@@ -52,19 +64,23 @@ use efkit_core::method::{
     Parts, RoundCtx, Server, Uplink, Wire, Worker, WorkerState,
 };
 use efkit_core::oracle::Oracle;
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Count;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cluster::{Cluster, ClusterState, Control, RoundMetrics, Status, StopRules, Summary};
 use crate::config::Config;
 use crate::driver::{drive, reduce_eval, round_metrics, Rounds, RunTotals, WorkerCounters};
+pub use crate::mpi_safe::{MpiSafeCluster, SafeOutcome};
+use crate::safe::{prepare_safe, SafeConfig, SafePrepared};
 use crate::setup::{self, Prepared, SetupInfo};
+use efkit_core::safe::Rule as SafeRule;
 
 /// The watchdog's default: abort when no collective completed for this long.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 20.0;
@@ -75,10 +91,14 @@ pub const FAULT_ENV: &str = "EFKIT_TEST_FAULT";
 /// The error code given to `MPI_Abort` (the CLI's "internal error").
 pub const EXIT_ABORTED: i32 = 1;
 
-const CMD_STEP: u64 = 1;
-const CMD_EVAL: u64 = 2;
-const CMD_STOP: u64 = 3;
-const CMD_SNAPSHOT: u64 = 4;
+pub(crate) const CMD_STEP: u64 = 1;
+pub(crate) const CMD_EVAL: u64 = 2;
+pub(crate) const CMD_STOP: u64 = 3;
+pub(crate) const CMD_SNAPSHOT: u64 = 4;
+/// Safe-EF: a downlink of the current round follows (header: round, length, paper bits).
+pub(crate) const CMD_DOWN: u64 = 5;
+/// Safe-EF: rank 0 ends the current round early (a message failed; rank 0 stops the run).
+pub(crate) const CMD_ABORT: u64 = 6;
 /// Bytes of one command header (4 u64 words).
 pub const HEADER_BYTES: u64 = 32;
 /// Bytes of one uplink length word.
@@ -235,7 +255,7 @@ impl Fault {
 }
 
 /// Progress clock shared with the watchdog thread.
-struct Watchdog {
+pub(crate) struct Watchdog {
     start: Instant,
     last_ms: AtomicU64,
     armed: AtomicBool,
@@ -248,11 +268,11 @@ impl Watchdog {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    fn arm(&self, on: bool) {
+    pub(crate) fn arm(&self, on: bool) {
         self.beat();
         self.armed.store(on, Ordering::SeqCst);
     }
@@ -265,7 +285,7 @@ pub struct MpiRuntime {
     rank: usize,
     size: usize,
     local_size: usize,
-    watchdog: Arc<Watchdog>,
+    pub(crate) watchdog: Arc<Watchdog>,
     fault: Option<Fault>,
     _universe: Universe,
 }
@@ -480,7 +500,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// What rank 0 passed to MPI so far (cumulative). Payload counts are the
 /// lengths of the buffers given to `MPI_Bcast`/`MPI_Gatherv` (for the gathers:
 /// the sum of all ranks' send counts, which is rank 0's receive count).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Traffic {
     /// Rounds run.
     pub rounds: u64,
@@ -508,7 +528,7 @@ pub fn blocks(n: usize, ranks: usize) -> Vec<usize> {
     (0..=ranks).map(|r| r * q + r.min(rem)).collect()
 }
 
-fn fnv(words: impl IntoIterator<Item = u64>) -> u64 {
+pub(crate) fn fnv(words: impl IntoIterator<Item = u64>) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for w in words {
         for b in w.to_le_bytes() {
@@ -519,7 +539,7 @@ fn fnv(words: impl IntoIterator<Item = u64>) -> u64 {
     h
 }
 
-fn status_code(s: Status) -> u64 {
+pub(crate) fn status_code(s: Status) -> u64 {
     match s {
         Status::Converged => 0,
         Status::MaxRounds => 1,
@@ -529,7 +549,7 @@ fn status_code(s: Status) -> u64 {
     }
 }
 
-fn status_of(c: u64) -> Status {
+pub(crate) fn status_of(c: u64) -> Status {
     match c {
         0 => Status::Converged,
         1 => Status::MaxRounds,
@@ -558,17 +578,647 @@ impl Outcome {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Transport shared by the drivers of both method families
+// ---------------------------------------------------------------------------
+
+/// The transport of a run, shared by [`MpiCluster`] (EF21 family) and
+/// [`MpiSafeCluster`] (Safe-EF family): command headers and encoded downlinks
+/// broadcast from rank 0, length-prefixed uplinks (or error messages)
+/// gathered to rank 0 in worker-id order, f64 records for the metrics, and
+/// worker states (JSON) gathered for checkpoints or scattered on resumption.
+/// [`Traffic`] is counted here, at the call sites of MPI.
+pub(crate) struct Link {
+    /// MPI: communicator, rank, watchdog, fault.
+    pub(crate) rt: MpiRuntime,
+    /// What rank 0 passed to MPI so far.
+    pub(crate) traffic: Traffic,
+    /// Rank r hosts workers `starts[r] .. starts[r+1]`.
+    pub(crate) starts: Vec<usize>,
+    lens: Vec<u32>,
+    send: Vec<u8>,
+    counts: Vec<Count>,
+    displs: Vec<Count>,
+    all_lens: Vec<u32>,
+    recv: Vec<u8>,
+}
+
+impl Link {
+    /// The transport of a run with `n` workers spread over the ranks.
+    pub(crate) fn new(rt: MpiRuntime, n: usize) -> Link {
+        let starts = blocks(n, rt.size);
+        let hosted = starts[rt.rank + 1] - starts[rt.rank];
+        let root = rt.is_root();
+        Link {
+            traffic: Traffic::default(),
+            lens: allocated(Vec::with_capacity(hosted)),
+            send: allocated(Vec::new()),
+            counts: vec![0; rt.size],
+            displs: vec![0; rt.size],
+            all_lens: Vec::with_capacity(if root { n } else { 0 }),
+            recv: allocated(Vec::new()),
+            starts,
+            rt,
+        }
+    }
+
+    /// Whether this is rank 0.
+    pub(crate) fn is_root(&self) -> bool {
+        self.rt.is_root()
+    }
+
+    /// The workers hosted by this rank.
+    pub(crate) fn hosted(&self) -> std::ops::Range<usize> {
+        self.starts[self.rt.rank]..self.starts[self.rt.rank + 1]
+    }
+
+    /// Rank 0: broadcasts a command header (control traffic).
+    pub(crate) fn send_header(&mut self, mut h: [u64; 4]) {
+        self.rt.world.process_at_rank(0).broadcast_into(&mut h[..]);
+        self.traffic.header_bytes += HEADER_BYTES;
+        self.rt.watchdog.beat();
+    }
+
+    /// Other ranks: receives a command header.
+    pub(crate) fn recv_header(&mut self) -> [u64; 4] {
+        let mut h = [0u64; 4];
+        self.rt.world.process_at_rank(0).broadcast_into(&mut h[..]);
+        self.rt.watchdog.beat();
+        h
+    }
+
+    /// Marks the start of round `round` (for the watchdog's message).
+    pub(crate) fn start_round(&self, round: u64) {
+        self.rt.watchdog.round.store(round, Ordering::Relaxed);
+    }
+
+    /// Triggers the injected fault ([`FAULT_ENV`]) if it is for this rank and round.
+    pub(crate) fn inject_fault(&self, round: u64) {
+        if let Some(f) = self.rt.fault {
+            if f.rank == self.rt.rank && f.round == round {
+                f.trigger();
+            }
+        }
+    }
+
+    /// Broadcasts an encoded downlink from rank 0: on rank 0 `bytes` holds
+    /// it, elsewhere it is resized to `len` and filled. Rank 0 counts the
+    /// payload bytes and the seconds.
+    pub(crate) fn bcast_downlink(&mut self, bytes: &mut Vec<u8>, len: usize) {
+        let root = self.is_root();
+        if !root {
+            bytes.resize(len, 0);
+        }
+        if bytes.capacity() == 0 {
+            bytes.reserve(1);
+        }
+        let t0 = Instant::now();
+        self.rt
+            .world
+            .process_at_rank(0)
+            .broadcast_into(&mut bytes[..]);
+        self.rt.watchdog.beat();
+        if root {
+            self.traffic.bcast_seconds += t0.elapsed().as_secs_f64();
+            self.traffic.downlink_payload_bytes += bytes.len() as u64;
+        }
+    }
+
+    /// Starts packing this rank's uplinks of a phase.
+    pub(crate) fn clear_uplinks(&mut self) {
+        self.lens.clear();
+        self.send.clear();
+    }
+
+    /// Packs the next uplink of this rank (in worker-id order): the encoded
+    /// message, or the error that prevented it (sent flagged, as text).
+    pub(crate) fn push_uplink(&mut self, msg: Result<&[u8], &str>) {
+        let (bytes, flag) = match msg {
+            Ok(b) => (b, 0),
+            Err(e) => (e.as_bytes(), ERR_FLAG),
+        };
+        assert!(
+            bytes.len() < ERR_FLAG as usize,
+            "message of {} bytes is too long for one gather",
+            bytes.len()
+        );
+        self.lens.push(bytes.len() as u32 | flag);
+        self.send.extend_from_slice(bytes);
+    }
+
+    /// Gathers the packed uplinks of every rank to rank 0: first the length
+    /// words (control), then the bytes (payload). `messages(block)` is the
+    /// number of messages the rank hosting `block` packed (every rank knows
+    /// it: it is a pure function of the round). Returns the number gathered on
+    /// rank 0 (read them with [`Link::uplinks`]), 0 elsewhere.
+    pub(crate) fn gather_uplinks(
+        &mut self,
+        messages: impl Fn(std::ops::Range<usize>) -> usize,
+    ) -> usize {
+        let t0 = Instant::now();
+        let root_p = self.rt.world.process_at_rank(0);
+        if !self.is_root() {
+            root_p.gather_varcount_into(&self.lens[..]);
+            self.rt.watchdog.beat();
+            root_p.gather_varcount_into(&self.send[..]);
+            self.rt.watchdog.beat();
+            return 0;
+        }
+        for r in 0..self.rt.size {
+            self.counts[r] = messages(self.starts[r]..self.starts[r + 1]) as Count;
+        }
+        prefix(&self.counts, &mut self.displs);
+        let k = self.counts.iter().map(|&c| c as usize).sum::<usize>();
+        self.all_lens.resize(k, 0);
+        root_p.gather_varcount_into_root(
+            &self.lens[..],
+            &mut PartitionMut::new(&mut self.all_lens[..], &self.counts[..], &self.displs[..]),
+        );
+        self.rt.watchdog.beat();
+        let mut li = 0;
+        for r in 0..self.rt.size {
+            let c = self.counts[r] as usize;
+            self.counts[r] = self.all_lens[li..li + c]
+                .iter()
+                .map(|&l| (l & !ERR_FLAG) as Count)
+                .sum();
+            li += c;
+        }
+        prefix(&self.counts, &mut self.displs);
+        let total = self.counts.iter().map(|&c| c as usize).sum::<usize>();
+        self.recv.resize(total, 0);
+        root_p.gather_varcount_into_root(
+            &self.send[..],
+            &mut PartitionMut::new(&mut self.recv[..], &self.counts[..], &self.displs[..]),
+        );
+        self.rt.watchdog.beat();
+        self.traffic.gather_seconds += t0.elapsed().as_secs_f64();
+        self.traffic.length_bytes += LENGTH_BYTES * k as u64;
+        self.traffic.uplink_payload_bytes += total as u64;
+        self.traffic.uplink_messages += k as u64;
+        k
+    }
+
+    /// Rank 0: the uplinks of the last [`Link::gather_uplinks`] in worker-id
+    /// order: the bytes that travelled, or a sender's error message.
+    pub(crate) fn uplinks(&self) -> impl Iterator<Item = Result<&[u8], String>> + '_ {
+        let mut off = 0usize;
+        self.all_lens.iter().map(move |&l| {
+            let len = (l & !ERR_FLAG) as usize;
+            let bytes = &self.recv[off..off + len];
+            off += len;
+            if l & ERR_FLAG != 0 {
+                Err(String::from_utf8_lossy(bytes).into_owned())
+            } else {
+                Ok(bytes)
+            }
+        })
+    }
+
+    /// Broadcasts f64 values from rank 0 (evaluation traffic).
+    pub(crate) fn bcast_f64(&mut self, buf: &mut [f64]) {
+        self.rt.world.process_at_rank(0).broadcast_into(buf);
+        self.rt.watchdog.beat();
+        if self.is_root() {
+            self.traffic.eval_bytes += 8 * buf.len() as u64;
+        }
+    }
+
+    /// Gathers every rank's `send` to `recv` on rank 0 in rank order; the rank
+    /// hosting `block` sends `len(block)` values (evaluation traffic).
+    pub(crate) fn gather_f64(
+        &mut self,
+        send: &[f64],
+        recv: &mut [f64],
+        len: impl Fn(std::ops::Range<usize>) -> usize,
+    ) {
+        let root_p = self.rt.world.process_at_rank(0);
+        if self.is_root() {
+            for r in 0..self.rt.size {
+                self.counts[r] = len(self.starts[r]..self.starts[r + 1]) as Count;
+            }
+            prefix(&self.counts, &mut self.displs);
+            root_p.gather_varcount_into_root(
+                send,
+                &mut PartitionMut::new(recv, &self.counts[..], &self.displs[..]),
+            );
+            self.traffic.eval_bytes += 8 * recv.len() as u64;
+        } else {
+            root_p.gather_varcount_into(send);
+        }
+        self.rt.watchdog.beat();
+    }
+
+    /// Gathers the states of every rank's workers to rank 0 (JSON), in
+    /// worker-id order; empty elsewhere.
+    pub(crate) fn gather_json<T: Serialize + DeserializeOwned>(&mut self, mine: &[&T]) -> Vec<T> {
+        let bytes = allocated(serde_json::to_vec(mine).expect("worker states serialize"));
+        let root_p = self.rt.world.process_at_rank(0);
+        let len = [bytes.len() as u64];
+        let out = if self.is_root() {
+            let mut lens = vec![0u64; self.rt.size];
+            root_p.gather_into_root(&len[..], &mut lens[..]);
+            let counts: Vec<Count> = lens
+                .iter()
+                .map(|&l| Count::try_from(l).expect("worker states fit one gather"))
+                .collect();
+            let mut displs = vec![0; self.rt.size];
+            prefix(&counts, &mut displs);
+            let mut all = allocated(vec![0u8; lens.iter().sum::<u64>() as usize]);
+            root_p.gather_varcount_into_root(
+                &bytes[..],
+                &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]),
+            );
+            self.traffic.eval_bytes += 8 * self.rt.size as u64 + all.len() as u64;
+            let mut states = Vec::new();
+            for r in 0..self.rt.size {
+                let chunk = &all[displs[r] as usize..(displs[r] + counts[r]) as usize];
+                let part: Vec<T> =
+                    serde_json::from_slice(chunk).expect("worker states from a rank parse");
+                states.extend(part);
+            }
+            assert_eq!(
+                states.len(),
+                self.starts[self.rt.size],
+                "one state per worker"
+            );
+            states
+        } else {
+            root_p.gather_into(&len[..]);
+            root_p.gather_varcount_into(&bytes[..]);
+            Vec::new()
+        };
+        self.rt.watchdog.beat();
+        out
+    }
+
+    /// The inverse of [`Link::gather_json`]: rank 0 gives the states of all
+    /// workers (`Some`, in worker-id order), every rank receives those of
+    /// the workers it hosts.
+    pub(crate) fn scatter_json<T: Serialize + DeserializeOwned>(
+        &mut self,
+        all: Option<&[T]>,
+    ) -> Vec<T> {
+        let root_p = self.rt.world.process_at_rank(0);
+        let mut my_len = [0u64];
+        let mut mine;
+        if self.is_root() {
+            let all = all.expect("rank 0 scatters the states");
+            assert_eq!(all.len(), self.starts[self.rt.size], "one state per worker");
+            let mut buf = Vec::new();
+            let mut lens = vec![0u64; self.rt.size];
+            for r in 0..self.rt.size {
+                let chunk = serde_json::to_vec(&all[self.starts[r]..self.starts[r + 1]])
+                    .expect("worker states serialize");
+                lens[r] = chunk.len() as u64;
+                buf.extend_from_slice(&chunk);
+            }
+            let buf = allocated(buf);
+            let counts: Vec<Count> = lens
+                .iter()
+                .map(|&l| Count::try_from(l).expect("worker states fit one scatter"))
+                .collect();
+            let mut displs = vec![0; self.rt.size];
+            prefix(&counts, &mut displs);
+            root_p.scatter_into_root(&lens[..], &mut my_len[..]);
+            mine = allocated(vec![0u8; my_len[0] as usize]);
+            root_p.scatter_varcount_into_root(
+                &Partition::new(&buf[..], &counts[..], &displs[..]),
+                &mut mine[..],
+            );
+            self.traffic.eval_bytes += 8 * self.rt.size as u64 + buf.len() as u64;
+        } else {
+            root_p.scatter_into(&mut my_len[..]);
+            mine = allocated(vec![0u8; my_len[0] as usize]);
+            root_p.scatter_varcount_into(&mut mine[..]);
+        }
+        self.rt.watchdog.beat();
+        let states: Vec<T> =
+            serde_json::from_slice(&mine).expect("worker states from rank 0 parse");
+        assert_eq!(
+            states.len(),
+            self.hosted().len(),
+            "one state per hosted worker"
+        );
+        states
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Setup: rank 0 resolves, every rank builds, rank 0 checks
+// ---------------------------------------------------------------------------
+
+const KIND_EF21: u64 = 1;
+const KIND_SAFE: u64 = 2;
+
+/// What rank 0 set up: a run of either method family, built in full (all n
+/// workers) as the in-process runtime would, and possibly already restored
+/// from a checkpoint (`resumed`: the other ranks then receive their workers'
+/// states from it).
+#[allow(clippy::large_enum_variant)] // one per run
+pub enum RootJob {
+    /// An EF21-family run.
+    Ef21 {
+        /// The resolved config (`step.value` set to the step size used).
+        cfg: Config,
+        /// The prepared in-process run.
+        prepared: Prepared,
+        /// Whether `prepared.cluster` was restored from a checkpoint.
+        resumed: bool,
+    },
+    /// A Safe-EF-family run.
+    Safe {
+        /// The config.
+        cfg: SafeConfig,
+        /// The prepared in-process run.
+        prepared: SafePrepared,
+        /// Whether `prepared.cluster` was restored from a checkpoint.
+        resumed: bool,
+    },
+}
+
+impl RootJob {
+    fn n(&self) -> usize {
+        match self {
+            RootJob::Ef21 { prepared, .. } => prepared.info.n,
+            RootJob::Safe { prepared, .. } => prepared.info.n,
+        }
+    }
+}
+
+/// A run set up on this rank by [`launch`].
+pub enum Launched {
+    /// An EF21-family run.
+    Ef21(MpiCluster),
+    /// A Safe-EF-family run.
+    Safe(MpiSafeCluster),
+}
+
+/// What a rank built before the split into blocks.
+#[allow(clippy::large_enum_variant)] // one per run
+enum Built {
+    Ef21(Prepared),
+    Safe(SafePrepared),
+}
+
+impl Built {
+    /// [n, d, rows, hash of x^0, parameters and shard sizes]: what must
+    /// agree on every rank. A resumed run leaves x^0 out (rank 0's cluster
+    /// is already restored; the state then comes from rank 0).
+    fn fingerprint(&self, resumed: bool) -> [u64; 4] {
+        let x0 = |x: &[f64]| -> Vec<u64> {
+            if resumed {
+                Vec::new()
+            } else {
+                x.iter().map(|v| v.to_bits()).collect()
+            }
+        };
+        match self {
+            Built::Ef21(p) => {
+                let c = &p.cluster;
+                let fp = fnv(x0(&c.server.state.x)
+                    .into_iter()
+                    .chain(
+                        c.oracles
+                            .iter()
+                            .map(|o| o.num_samples().map_or(u64::MAX, |m| m as u64)),
+                    )
+                    .chain([p.info.gamma.to_bits()]));
+                [p.info.n as u64, p.info.d as u64, p.info.rows as u64, fp]
+            }
+            Built::Safe(p) => {
+                let c = &p.cluster;
+                let (a, b) = match c.parts.rule {
+                    SafeRule::Switching { threshold } => (threshold.to_bits(), 0),
+                    SafeRule::PrimalDual { dual_step, lambda0 } => {
+                        (dual_step.to_bits(), lambda0.to_bits())
+                    }
+                };
+                let shards: Vec<u64> = c
+                    .oracles
+                    .iter()
+                    .map(|o| o.num_samples().map_or(u64::MAX, |m| m as u64))
+                    .collect();
+                let rows = shards.iter().filter(|&&s| s != u64::MAX).sum::<u64>();
+                let fp = fnv(x0(&c.server.state.x)
+                    .into_iter()
+                    .chain(shards.iter().copied())
+                    .chain([
+                        c.parts.gamma.to_bits(),
+                        a,
+                        b,
+                        c.parts.radius.map_or(u64::MAX, f64::to_bits),
+                        c.batch.map_or(u64::MAX, |b| b as u64),
+                    ]));
+                [p.info.n as u64, p.info.d as u64, rows, fp]
+            }
+        }
+    }
+}
+
+/// Sets up a run on every rank (collective) for either method family.
+///
+/// Rank 0 runs `root_setup`, which validates the config and builds the whole
+/// in-process run (and may prepare the output directory, or restore a
+/// checkpoint). Rank 0 then broadcasts the family, the resolved config and
+/// (EF21 family) the step size; the other ranks ignore `root_setup`, build
+/// the same problem and keep only their block of workers. Every rank reports
+/// a fingerprint (n, d, rows, x^0, parameters, shard sizes) that rank 0
+/// checks. For a resumed run, rank 0 then scatters the restored worker
+/// states to the ranks hosting them. Any failure on any rank ends the setup
+/// on every rank with an error (rank 0's names the rank and the cause).
+pub fn launch(
+    rt: MpiRuntime,
+    root_setup: impl FnOnce() -> Result<RootJob, SetupFailure>,
+) -> Result<Launched, MpiError> {
+    let root_p = rt.world.process_at_rank(0);
+    // Phase A: rank 0 sets up and broadcasts [code, kind, length, threads, resumed, gamma] and the config.
+    let mut header = [0u64; 6];
+    let mut job: Option<RootJob> = None;
+    let mut root_err: Option<MpiError> = None;
+    let mut toml_bytes = Vec::new();
+    if rt.is_root() {
+        match root_setup() {
+            Ok(j) if j.n() < rt.size => {
+                let e = MpiError::TooFewWorkers {
+                    n: j.n(),
+                    ranks: rt.size,
+                };
+                header[0] = u64::from(e.exit_code());
+                root_err = Some(e);
+            }
+            Ok(j) => {
+                header = match &j {
+                    RootJob::Ef21 {
+                        cfg,
+                        prepared,
+                        resumed,
+                    } => {
+                        toml_bytes = cfg.to_toml().into_bytes();
+                        [
+                            0,
+                            KIND_EF21,
+                            0,
+                            cfg.threads as u64,
+                            u64::from(*resumed),
+                            prepared.info.gamma.to_bits(),
+                        ]
+                    }
+                    RootJob::Safe { cfg, resumed, .. } => {
+                        toml_bytes = cfg.to_toml().into_bytes();
+                        [0, KIND_SAFE, 0, cfg.threads as u64, u64::from(*resumed), 0]
+                    }
+                };
+                job = Some(j);
+            }
+            Err(f) => {
+                header[0] = u64::from(f.code.max(1));
+                root_err = Some(MpiError::RootSetup(f));
+            }
+        }
+    }
+    let mut toml_bytes = allocated(toml_bytes);
+    header[2] = toml_bytes.len() as u64;
+    root_p.broadcast_into(&mut header[..]);
+    if header[0] != 0 {
+        return Err(root_err.unwrap_or(MpiError::RootFailed {
+            code: header[0] as u8,
+        }));
+    }
+    toml_bytes.resize(header[2] as usize, 0);
+    root_p.broadcast_into(&mut toml_bytes[..]);
+    let (kind, threads, resumed) = (header[1], header[3] as usize, header[4] != 0);
+    let gamma = f64::from_bits(header[5]);
+    // Phase B: the other ranks build the same problem.
+    let local: Result<Built, String> = match job {
+        Some(RootJob::Ef21 { prepared, .. }) => Ok(Built::Ef21(prepared)),
+        Some(RootJob::Safe { prepared, .. }) => Ok(Built::Safe(prepared)),
+        None => (|| {
+            let text = std::str::from_utf8(&toml_bytes)
+                .map_err(|e| format!("resolved config is not UTF-8: {e}"))?;
+            match kind {
+                KIND_EF21 => {
+                    // rank 0's step: no rank recomputes the theory constants
+                    let mut cfg = crate::config::parse_with_hints(text)?;
+                    cfg.step.rule = "absolute".into();
+                    cfg.step.value = Some(gamma);
+                    cfg.step.multiplier = 1.0;
+                    cfg.threads = 1;
+                    let prepared = setup::prepare(&cfg).map_err(|e| e.to_string())?;
+                    Ok(Built::Ef21(prepared))
+                }
+                KIND_SAFE => {
+                    let mut cfg = SafeConfig::from_toml(text)?;
+                    cfg.threads = 1;
+                    let prepared = prepare_safe(&cfg).map_err(|e| e.to_string())?;
+                    Ok(Built::Safe(prepared))
+                }
+                other => Err(format!("unknown run kind {other} from rank 0")),
+            }
+        })(),
+    };
+    // Phase C: every rank reports [ok, n, d, rows, fingerprint, message length]; rank 0 checks.
+    let (record, message) = match &local {
+        Ok(b) => {
+            let [n, d, rows, fp] = b.fingerprint(resumed);
+            ([1, n, d, rows, fp, 0], Vec::new())
+        }
+        Err(m) => {
+            let m = m.clone().into_bytes();
+            ([0, 0, 0, 0, 0, m.len() as u64], m)
+        }
+    };
+    let message = allocated(message);
+    let mut verdict = [0u64; 4];
+    let mut failure: Option<MpiError> = None;
+    if rt.is_root() {
+        let mut all = vec![0u64; 6 * rt.size];
+        root_p.gather_into_root(&record[..], &mut all[..]);
+        let counts: Vec<Count> = (0..rt.size).map(|r| all[6 * r + 5] as Count).collect();
+        let displs: Vec<Count> = counts
+            .iter()
+            .scan(0, |acc, &c| Some(std::mem::replace(acc, *acc + c)))
+            .collect();
+        let mut msgs = allocated(vec![0u8; counts.iter().map(|&c| c as usize).sum()]);
+        root_p.gather_varcount_into_root(
+            &message[..],
+            &mut PartitionMut::new(&mut msgs[..], &counts[..], &displs[..]),
+        );
+        for r in 1..rt.size {
+            let rec = &all[6 * r..6 * r + 6];
+            if rec[0] != 1 {
+                let (a, b) = (displs[r] as usize, (displs[r] + counts[r]) as usize);
+                failure = Some(MpiError::RankSetup {
+                    rank: r,
+                    message: String::from_utf8_lossy(&msgs[a..b]).into_owned(),
+                });
+                break;
+            }
+            for (k, what) in [
+                (1, "workers n"),
+                (2, "dimension d"),
+                (3, "rows"),
+                (4, "x0, parameters or shard sizes"),
+            ] {
+                if rec[k] != all[k] {
+                    failure = Some(MpiError::Mismatch {
+                        rank: r,
+                        what: format!("{what}: {} vs {}", rec[k], all[k]),
+                    });
+                    break;
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some(f) = &failure {
+            verdict[0] = u64::from(f.exit_code());
+        }
+    } else {
+        root_p.gather_into(&record[..]);
+        root_p.gather_varcount_into(&message[..]);
+    }
+    root_p.broadcast_into(&mut verdict[..]);
+    if verdict[0] != 0 {
+        return Err(failure.unwrap_or(MpiError::RootFailed {
+            code: verdict[0] as u8,
+        }));
+    }
+    Ok(match local.expect("checked above") {
+        Built::Ef21(p) => Launched::Ef21(MpiCluster::from_prepared(rt, p, threads, resumed)),
+        Built::Safe(p) => Launched::Safe(MpiSafeCluster::from_prepared(rt, p, threads, resumed)),
+    })
+}
+
+/// Threads of a rank's pool: the config's, or the node's cores shared by its ranks.
+pub(crate) fn pool_for(rt: &MpiRuntime, threads: usize) -> rayon::ThreadPool {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = if threads > 0 {
+        threads
+    } else {
+        (cores / rt.local_size).max(1)
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
+// ---------------------------------------------------------------------------
+// The EF21 family
+// ---------------------------------------------------------------------------
+
 /// One rank's share of a distributed run: its block of workers and oracles;
 /// on rank 0 also the server.
 pub struct MpiCluster {
-    rt: MpiRuntime,
+    link: Link,
     parts: Parts,
     codecs: Codecs,
     server: Server,
     seed: u64,
     n: usize,
     d: usize,
-    starts: Vec<usize>,
     lo: usize,
     workers: Vec<Worker>,
     oracles: Vec<Box<dyn Oracle>>,
@@ -580,13 +1230,7 @@ pub struct MpiCluster {
     down: Downlink,
     down_wire: Wire,
     errs: Vec<Option<String>>,
-    lens: Vec<u32>,
-    send: Vec<u8>,
-    all_lens: Vec<u32>,
-    recv: Vec<u8>,
     ups: Vec<Uplink>,
-    counts: Vec<Count>,
-    displs: Vec<Count>,
     x_buf: Vec<f64>,
     eval_losses: Vec<f64>,
     eval_grads: Vec<Vec<f64>>,
@@ -598,175 +1242,46 @@ pub struct MpiCluster {
     tmp: Vec<f64>,
     participations: u64,
     last_participants: usize,
-    traffic: Traffic,
     traffic_out: Rc<Cell<Traffic>>,
 }
 
 impl MpiCluster {
-    /// Sets up a run on every rank (collective).
-    ///
-    /// Rank 0 runs `root_setup`, which validates the config and builds the
-    /// whole in-process [`Prepared`] run (and may prepare the output
-    /// directory); it returns the resolved config (with `step.value` set to
-    /// the step size used). The other ranks ignore `root_setup`: they receive
-    /// the resolved config, build the same problem with that step, and keep
-    /// only their block of workers. Any failure on any rank ends the setup on
-    /// every rank with an error (rank 0's names the rank and the cause).
+    /// Sets up an EF21-family run on every rank (collective): [`launch`]
+    /// with rank 0's `root_setup` giving the resolved config (with
+    /// `step.value` set to the step size used) and the whole in-process
+    /// [`Prepared`] run.
     pub fn launch(
         rt: MpiRuntime,
         root_setup: impl FnOnce() -> Result<(Config, Prepared), SetupFailure>,
     ) -> Result<MpiCluster, MpiError> {
-        let root_p = rt.world.process_at_rank(0);
-        // Phase A: rank 0 sets up and broadcasts the resolved config.
-        let mut header = [0u64; 4];
-        let mut local: Result<(Config, Prepared), String> = Err(String::new());
-        let mut root_err: Option<MpiError> = None;
-        if rt.is_root() {
-            match root_setup() {
-                Ok((cfg, prepared)) => {
-                    if prepared.info.n < rt.size {
-                        let e = MpiError::TooFewWorkers {
-                            n: prepared.info.n,
-                            ranks: rt.size,
-                        };
-                        header[0] = u64::from(e.exit_code());
-                        root_err = Some(e);
-                    } else {
-                        header = [0, prepared.info.gamma.to_bits(), 0, cfg.threads as u64];
-                        local = Ok((cfg, prepared));
-                    }
-                }
-                Err(f) => {
-                    header[0] = u64::from(f.code.max(1));
-                    root_err = Some(MpiError::RootSetup(f));
-                }
-            }
+        let launched = launch(rt, || {
+            root_setup().map(|(cfg, prepared)| RootJob::Ef21 {
+                cfg,
+                prepared,
+                resumed: false,
+            })
+        })?;
+        match launched {
+            Launched::Ef21(c) => Ok(c),
+            Launched::Safe(_) => unreachable!("rank 0 set up an EF21-family run"),
         }
-        let mut toml_bytes = allocated(match &local {
-            Ok((cfg, _)) => cfg.to_toml().into_bytes(),
-            Err(_) => Vec::new(),
-        });
-        header[2] = toml_bytes.len() as u64;
-        root_p.broadcast_into(&mut header[..]);
-        if header[0] != 0 {
-            return Err(root_err.unwrap_or(MpiError::RootFailed {
-                code: header[0] as u8,
-            }));
-        }
-        toml_bytes.resize(header[2] as usize, 0);
-        root_p.broadcast_into(&mut toml_bytes[..]);
-        let gamma = f64::from_bits(header[1]);
-        let threads = header[3] as usize;
-        // Phase B: the other ranks build the same problem with rank 0's step.
-        if !rt.is_root() {
-            local = (|| {
-                let text = std::str::from_utf8(&toml_bytes)
-                    .map_err(|e| format!("resolved config is not UTF-8: {e}"))?;
-                let mut cfg = crate::config::parse_with_hints(text)?;
-                cfg.step.rule = "absolute".into();
-                cfg.step.value = Some(gamma);
-                cfg.step.multiplier = 1.0;
-                cfg.threads = 1;
-                let prepared = setup::prepare(&cfg).map_err(|e| e.to_string())?;
-                Ok((cfg, prepared))
-            })();
-        }
-        // Phase C: every rank reports [ok, n, d, rows, fingerprint, message length]; rank 0 checks.
-        let (record, message) = match &local {
-            Ok((_, p)) => {
-                let c = &p.cluster;
-                let fp = fnv(c
-                    .server
-                    .state
-                    .x
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .chain(
-                        c.oracles
-                            .iter()
-                            .map(|o| o.num_samples().map_or(u64::MAX, |m| m as u64)),
-                    )
-                    .chain([p.info.gamma.to_bits()]));
-                (
-                    [
-                        1,
-                        p.info.n as u64,
-                        p.info.d as u64,
-                        p.info.rows as u64,
-                        fp,
-                        0,
-                    ],
-                    Vec::new(),
-                )
-            }
-            Err(m) => {
-                let m = m.clone().into_bytes();
-                ([0, 0, 0, 0, 0, m.len() as u64], m)
-            }
-        };
-        let message = allocated(message);
-        let mut verdict = [0u64; 4];
-        let mut failure: Option<MpiError> = None;
-        if rt.is_root() {
-            let mut all = vec![0u64; 6 * rt.size];
-            root_p.gather_into_root(&record[..], &mut all[..]);
-            let counts: Vec<Count> = (0..rt.size).map(|r| all[6 * r + 5] as Count).collect();
-            let displs: Vec<Count> = counts
-                .iter()
-                .scan(0, |acc, &c| Some(std::mem::replace(acc, *acc + c)))
-                .collect();
-            let mut msgs = allocated(vec![0u8; counts.iter().map(|&c| c as usize).sum()]);
-            root_p.gather_varcount_into_root(
-                &message[..],
-                &mut PartitionMut::new(&mut msgs[..], &counts[..], &displs[..]),
-            );
-            for r in 1..rt.size {
-                let rec = &all[6 * r..6 * r + 6];
-                if rec[0] != 1 {
-                    let (a, b) = (displs[r] as usize, (displs[r] + counts[r]) as usize);
-                    failure = Some(MpiError::RankSetup {
-                        rank: r,
-                        message: String::from_utf8_lossy(&msgs[a..b]).into_owned(),
-                    });
-                    break;
-                }
-                for (k, what) in [
-                    (1, "workers n"),
-                    (2, "dimension d"),
-                    (3, "rows"),
-                    (4, "x0, step size or shard sizes"),
-                ] {
-                    if rec[k] != all[k] {
-                        failure = Some(MpiError::Mismatch {
-                            rank: r,
-                            what: format!("{what}: {} vs {}", rec[k], all[k]),
-                        });
-                        break;
-                    }
-                }
-                if failure.is_some() {
-                    break;
-                }
-            }
-            if let Some(f) = &failure {
-                verdict[0] = u64::from(f.exit_code());
-            }
-        } else {
-            root_p.gather_into(&record[..]);
-            root_p.gather_varcount_into(&message[..]);
-        }
-        root_p.broadcast_into(&mut verdict[..]);
-        if verdict[0] != 0 {
-            return Err(failure.unwrap_or(MpiError::RootFailed {
-                code: verdict[0] as u8,
-            }));
-        }
-        let (_, prepared) = local.expect("checked above");
-        Ok(Self::from_prepared(rt, prepared, threads))
     }
 
-    fn from_prepared(rt: MpiRuntime, prepared: Prepared, threads: usize) -> MpiCluster {
+    fn from_prepared(
+        rt: MpiRuntime,
+        prepared: Prepared,
+        threads: usize,
+        resumed: bool,
+    ) -> MpiCluster {
         let Prepared { cluster, info } = prepared;
+        let root = rt.is_root();
+        // the counters of a restored run (rank 0 keeps them)
+        let (participations, last_participants) = if root && resumed {
+            let s = cluster.snapshot(0.0, 0.0);
+            (s.participations, s.last_participants)
+        } else {
+            (0, 0)
+        };
         let Cluster {
             parts,
             codecs,
@@ -779,22 +1294,22 @@ impl MpiCluster {
         } = cluster;
         let n = workers.len();
         let d = server.state.x.len();
-        let starts = blocks(n, rt.size);
-        let (lo, hi) = (starts[rt.rank], starts[rt.rank + 1]);
-        let workers: Vec<Worker> = workers.into_iter().skip(lo).take(hi - lo).collect();
+        let mut link = Link::new(rt, n);
+        let all_states: Option<Vec<WorkerState>> =
+            (root && resumed).then(|| workers.iter().map(|w| w.state.clone()).collect());
+        let hosted = link.hosted();
+        let (lo, hi) = (hosted.start, hosted.end);
+        let mut workers: Vec<Worker> = workers.into_iter().skip(lo).take(hi - lo).collect();
         let oracles: Vec<Box<dyn Oracle>> = oracles.into_iter().skip(lo).take(hi - lo).collect();
+        if resumed {
+            let states = link.scatter_json(all_states.as_deref());
+            for (w, s) in workers.iter_mut().zip(states) {
+                assert_eq!(w.state.id, s.id, "restored states in worker order");
+                w.state = s;
+            }
+        }
         let hosted = hi - lo;
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let threads = if threads > 0 {
-            threads
-        } else {
-            (cores / rt.local_size).max(1)
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
-        let root = rt.is_root();
+        let pool = pool_for(&link.rt, threads);
         MpiCluster {
             parts,
             codecs,
@@ -813,17 +1328,11 @@ impl MpiCluster {
             down: Downlink::default(),
             down_wire: Wire::default(),
             errs: vec![None; hosted],
-            lens: allocated(Vec::with_capacity(hosted)),
-            send: allocated(Vec::new()),
-            all_lens: Vec::with_capacity(if root { n } else { 0 }),
-            recv: allocated(Vec::new()),
             ups: if root {
                 vec![Uplink::default(); n]
             } else {
                 Vec::new()
             },
-            counts: vec![0; rt.size],
-            displs: vec![0; rt.size],
             x_buf: vec![0.0; d],
             eval_losses: vec![0.0; hosted],
             eval_grads: vec![vec![0.0; d]; hosted],
@@ -837,18 +1346,16 @@ impl MpiCluster {
             counters: vec![WorkerCounters::default(); if root { n } else { 0 }],
             grad: vec![0.0; d],
             tmp: vec![0.0; d],
-            participations: 0,
-            last_participants: 0,
-            traffic: Traffic::default(),
+            participations,
+            last_participants,
             traffic_out: Rc::new(Cell::new(Traffic::default())),
-            starts,
-            rt,
+            link,
         }
     }
 
     /// The runtime (rank, size).
     pub fn runtime(&self) -> &MpiRuntime {
-        &self.rt
+        &self.link.rt
     }
 
     /// What setup resolved (rank 0 only).
@@ -868,7 +1375,7 @@ impl MpiCluster {
 
     /// What rank 0 passed to MPI so far.
     pub fn traffic(&self) -> Traffic {
-        self.traffic
+        self.link.traffic
     }
 
     /// The server's model x^t (meaningful on rank 0 only).
@@ -876,37 +1383,51 @@ impl MpiCluster {
         &self.server.state.x
     }
 
-    /// Runs the experiment (collective). On rank 0, rounds are driven until a
-    /// stopping rule fires ([`drive`]: the rules, messages and checkpoints of
-    /// [`Cluster::run_with`]); `on_log` sees every logged round with the
-    /// traffic so far, and every `checkpoint_every` rounds (and on
-    /// interruption) `on_checkpoint` receives the full state gathered from
-    /// every rank (the same [`ClusterState`] the in-process run would give, so
-    /// `efkit resume` can continue it in-process). The other ranks serve rank
-    /// 0's commands until it stops and return its status.
+    /// Runs the experiment (collective): [`MpiCluster::run_with`] from the start.
     pub fn run(
         &mut self,
         rules: &StopRules,
         checkpoint_every: Option<u64>,
+        on_log: impl FnMut(&RoundMetrics, &Traffic) -> Control,
+        on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
+    ) -> Outcome {
+        self.run_with(rules, None, checkpoint_every, on_log, on_checkpoint)
+    }
+
+    /// Runs the experiment (collective). On rank 0, rounds are driven until a
+    /// stopping rule fires ([`drive`]: the rules, messages and checkpoints of
+    /// [`Cluster::run_with`]; `resume` = the initial loss and elapsed seconds
+    /// of a run restored at [`launch`]); `on_log` sees every logged round
+    /// with the traffic so far, and every `checkpoint_every` rounds (and on
+    /// interruption) `on_checkpoint` receives the full state gathered from
+    /// every rank (the same [`ClusterState`] the in-process run would give, so
+    /// either backend can resume it). The other ranks serve rank 0's
+    /// commands until it stops and return its status.
+    pub fn run_with(
+        &mut self,
+        rules: &StopRules,
+        resume: Option<(f64, f64)>,
+        checkpoint_every: Option<u64>,
         mut on_log: impl FnMut(&RoundMetrics, &Traffic) -> Control,
         on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
     ) -> Outcome {
-        self.rt.watchdog.arm(true);
-        let outcome = if self.rt.is_root() {
+        self.link.rt.watchdog.arm(true);
+        let outcome = if self.link.is_root() {
             let snapshot = Rc::clone(&self.traffic_out);
             let summary = drive(
                 &mut RootRounds(self),
                 rules,
-                None,
+                resume,
                 checkpoint_every,
                 |m| on_log(m, &snapshot.get()),
                 on_checkpoint,
             );
-            self.send_header([CMD_STOP, status_code(summary.status), 0, 0]);
+            self.link
+                .send_header([CMD_STOP, status_code(summary.status), 0, 0]);
             Outcome::Root(summary)
         } else {
             loop {
-                let h = self.recv_header();
+                let h = self.link.recv_header();
                 match h[0] {
                     CMD_STEP => {
                         let _ = self.round_body(h[1], h[2] as usize, h[3]);
@@ -916,100 +1437,41 @@ impl MpiCluster {
                         let _ = self.gather_states();
                     }
                     CMD_STOP => break Outcome::Follower(status_of(h[1])),
-                    other => self.rt.abort(
+                    other => self.link.rt.abort(
                         &format!("unknown command {other} from rank 0"),
                         EXIT_ABORTED,
                     ),
                 }
             }
         };
-        self.rt.watchdog.arm(false);
+        self.link.rt.watchdog.arm(false);
         outcome
     }
 
     /// Gathers every worker's state to rank 0 (in worker-id order; empty elsewhere).
     fn gather_states(&mut self) -> Vec<WorkerState> {
         let mine: Vec<&WorkerState> = self.workers.iter().map(|w| &w.state).collect();
-        let bytes = allocated(serde_json::to_vec(&mine).expect("worker states serialize"));
-        let root_p = self.rt.world.process_at_rank(0);
-        let len = [bytes.len() as u64];
-        let out = if self.rt.is_root() {
-            let mut lens = vec![0u64; self.rt.size];
-            root_p.gather_into_root(&len[..], &mut lens[..]);
-            let counts: Vec<Count> = lens
-                .iter()
-                .map(|&l| Count::try_from(l).expect("worker states fit one gather"))
-                .collect();
-            let mut displs = vec![0; self.rt.size];
-            prefix(&counts, &mut displs);
-            let mut all = allocated(vec![0u8; lens.iter().sum::<u64>() as usize]);
-            root_p.gather_varcount_into_root(
-                &bytes[..],
-                &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]),
-            );
-            self.traffic.eval_bytes += 8 * self.rt.size as u64 + all.len() as u64;
-            let mut states = Vec::with_capacity(self.n);
-            for r in 0..self.rt.size {
-                let chunk = &all[displs[r] as usize..(displs[r] + counts[r]) as usize];
-                let part: Vec<WorkerState> =
-                    serde_json::from_slice(chunk).expect("worker states from a rank parse");
-                states.extend(part);
-            }
-            assert_eq!(states.len(), self.n, "one state per worker");
-            states
-        } else {
-            root_p.gather_into(&len[..]);
-            root_p.gather_varcount_into(&bytes[..]);
-            Vec::new()
-        };
-        self.rt.watchdog.beat();
-        out
-    }
-
-    fn send_header(&mut self, mut h: [u64; 4]) {
-        self.rt.world.process_at_rank(0).broadcast_into(&mut h[..]);
-        self.traffic.header_bytes += HEADER_BYTES;
-        self.rt.watchdog.beat();
-    }
-
-    fn recv_header(&mut self) -> [u64; 4] {
-        let mut h = [0u64; 4];
-        self.rt.world.process_at_rank(0).broadcast_into(&mut h[..]);
-        self.rt.watchdog.beat();
-        h
+        self.link.gather_json(&mine)
     }
 
     /// Round `round` on every rank; on rank 0 the server applies the uplinks.
     fn round_body(&mut self, round: u64, len: usize, paper_bits: u64) -> Result<(), String> {
-        let root = self.rt.is_root();
-        let rank = self.rt.rank;
-        self.rt.watchdog.round.store(round, Ordering::Relaxed);
+        let root = self.link.is_root();
+        let rank = self.link.rt.rank;
+        self.link.start_round(round);
         // 1. the downlink: exactly the encoded message
         if root {
             self.down_wire.bytes.clear();
             self.down_wire
                 .bytes
                 .extend_from_slice(&self.server.state.next_wire.bytes);
-        } else {
-            self.down_wire.bytes.resize(len, 0);
         }
         self.down_wire.paper_bits = paper_bits;
-        let t0 = Instant::now();
-        self.rt
-            .world
-            .process_at_rank(0)
-            .broadcast_into(&mut self.down_wire.bytes[..]);
-        self.rt.watchdog.beat();
+        self.link.bcast_downlink(&mut self.down_wire.bytes, len);
         if root {
-            self.traffic.bcast_seconds += t0.elapsed().as_secs_f64();
-            self.traffic.downlink_payload_bytes += self.down_wire.bytes.len() as u64;
-            self.traffic.rounds += 1;
+            self.link.traffic.rounds += 1;
         }
-        if let Some(f) = self.rt.fault {
-            if f.rank == rank && f.round == round {
-                f.trigger();
-            }
-        }
+        self.link.inject_fault(round);
         // 2. who takes part (a pure function of seed and round: no traffic)
         self.server
             .participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
@@ -1064,85 +1526,28 @@ impl MpiCluster {
             }
         }
         // 4. pack the uplinks of the hosted participants, in worker order
-        self.lens.clear();
-        self.send.clear();
+        self.link.clear_uplinks();
         for (j, w) in self.workers.iter().enumerate() {
             if !self.mask[lo + j] {
                 continue;
             }
-            let bytes = match &self.errs[j] {
-                Some(m) => m.as_bytes(),
-                None => &w.scratch.wire.bytes[..],
-            };
-            assert!(
-                bytes.len() < ERR_FLAG as usize,
-                "message of {} bytes is too long for one gather",
-                bytes.len()
-            );
-            self.lens
-                .push(bytes.len() as u32 | if self.errs[j].is_some() { ERR_FLAG } else { 0 });
-            self.send.extend_from_slice(bytes);
+            match &self.errs[j] {
+                Some(m) => self.link.push_uplink(Err(m)),
+                None => self.link.push_uplink(Ok(&w.scratch.wire.bytes)),
+            }
         }
         // 5. gather the lengths, then the bytes
-        let t0 = Instant::now();
-        let root_p = self.rt.world.process_at_rank(0);
-        if root {
-            for r in 0..self.rt.size {
-                self.counts[r] = self.mask[self.starts[r]..self.starts[r + 1]]
-                    .iter()
-                    .filter(|&&m| m)
-                    .count() as Count;
-            }
-            prefix(&self.counts, &mut self.displs);
-            let k = self.counts.iter().map(|&c| c as usize).sum::<usize>();
-            self.all_lens.resize(k, 0);
-            root_p.gather_varcount_into_root(
-                &self.lens[..],
-                &mut PartitionMut::new(&mut self.all_lens[..], &self.counts[..], &self.displs[..]),
-            );
-            self.rt.watchdog.beat();
-            let mut li = 0;
-            for r in 0..self.rt.size {
-                let c = self.counts[r] as usize;
-                self.counts[r] = self.all_lens[li..li + c]
-                    .iter()
-                    .map(|&l| (l & !ERR_FLAG) as Count)
-                    .sum();
-                li += c;
-            }
-            prefix(&self.counts, &mut self.displs);
-            let total = self.counts.iter().map(|&c| c as usize).sum::<usize>();
-            self.recv.resize(total, 0);
-            root_p.gather_varcount_into_root(
-                &self.send[..],
-                &mut PartitionMut::new(&mut self.recv[..], &self.counts[..], &self.displs[..]),
-            );
-            self.rt.watchdog.beat();
-            self.traffic.gather_seconds += t0.elapsed().as_secs_f64();
-            self.traffic.length_bytes += LENGTH_BYTES * k as u64;
-            self.traffic.uplink_payload_bytes += total as u64;
-            self.traffic.uplink_messages += k as u64;
-        } else {
-            root_p.gather_varcount_into(&self.lens[..]);
-            self.rt.watchdog.beat();
-            root_p.gather_varcount_into(&self.send[..]);
-            self.rt.watchdog.beat();
+        let mask = &self.mask;
+        let k = self
+            .link
+            .gather_uplinks(|block| mask[block].iter().filter(|&&m| m).count());
+        if !root {
             return Ok(());
         }
         // 6. rank 0: decode what travelled and apply it in worker-id order
-        let (mut off, mut li) = (0usize, 0usize);
-        for i in 0..self.n {
-            if !self.mask[i] {
-                continue;
-            }
-            let l = self.all_lens[li];
-            li += 1;
-            let len = (l & !ERR_FLAG) as usize;
-            let bytes = &self.recv[off..off + len];
-            off += len;
-            if l & ERR_FLAG != 0 {
-                return Err(String::from_utf8_lossy(bytes).into_owned());
-            }
+        let ids = (0..self.n).filter(|&i| self.mask[i]);
+        for (i, msg) in ids.zip(self.link.uplinks()) {
+            let bytes = msg?;
             decode_uplink(
                 bytes,
                 &self.parts,
@@ -1155,7 +1560,6 @@ impl MpiCluster {
                 format!("server: the uplink of worker {i}, round {round} does not decode: {e}")
             })?;
         }
-        let k = li;
         self.participations += k as u64;
         self.last_participants = k;
         let (ups, mask) = (&self.ups, &self.mask);
@@ -1172,13 +1576,10 @@ impl MpiCluster {
     /// Evaluation at the server's x on every rank; rank 0 receives every
     /// worker's loss, gradient and counters in `eval_recv`.
     fn eval_body(&mut self) {
-        let root = self.rt.is_root();
-        if root {
+        if self.link.is_root() {
             self.x_buf.copy_from_slice(&self.server.state.x);
         }
-        let root_p = self.rt.world.process_at_rank(0);
-        root_p.broadcast_into(&mut self.x_buf[..]);
-        self.rt.watchdog.beat();
+        self.link.bcast_f64(&mut self.x_buf);
         let x = &self.x_buf;
         let (oracles, grads, losses) = (
             &mut self.oracles,
@@ -1209,21 +1610,9 @@ impl MpiCluster {
                 self.eval_send.push(c as f64);
             }
         }
-        if root {
-            let rec = self.d + EVAL_EXTRA;
-            for r in 0..self.rt.size {
-                self.counts[r] = ((self.starts[r + 1] - self.starts[r]) * rec) as Count;
-            }
-            prefix(&self.counts, &mut self.displs);
-            root_p.gather_varcount_into_root(
-                &self.eval_send[..],
-                &mut PartitionMut::new(&mut self.eval_recv[..], &self.counts[..], &self.displs[..]),
-            );
-            self.traffic.eval_bytes += 8 * (self.d + self.eval_recv.len()) as u64;
-        } else {
-            root_p.gather_varcount_into(&self.eval_send[..]);
-        }
-        self.rt.watchdog.beat();
+        let rec = self.d + EVAL_EXTRA;
+        self.link
+            .gather_f64(&self.eval_send, &mut self.eval_recv, |b| b.len() * rec);
     }
 }
 
@@ -1231,7 +1620,7 @@ impl MpiCluster {
 /// which is exactly the dangling pointer of an empty unallocated `Vec<u8>`: an
 /// empty buffer must point to real memory or MPI reads it as "in place" (and
 /// rejects it). Every byte buffer given to MPI goes through this.
-fn allocated<T>(mut v: Vec<T>) -> Vec<T> {
+pub(crate) fn allocated<T>(mut v: Vec<T>) -> Vec<T> {
     v.reserve(1);
     v
 }
@@ -1259,14 +1648,14 @@ impl Rounds for RootRounds<'_> {
             c.server.state.next_wire.bytes.len() as u64,
             c.server.state.next_wire.paper_bits,
         );
-        c.send_header([CMD_STEP, round, len, paper_bits]);
+        c.link.send_header([CMD_STEP, round, len, paper_bits]);
         c.round_body(round, len as usize, paper_bits)
     }
 
     fn metrics(&mut self, seconds: f64) -> RoundMetrics {
         let c = &mut *self.0;
         let round = c.server.state.round;
-        c.send_header([CMD_EVAL, round, 0, 0]);
+        c.link.send_header([CMD_EVAL, round, 0, 0]);
         c.eval_body();
         let (d, rec) = (c.d, c.d + EVAL_EXTRA);
         for i in 0..c.n {
@@ -1294,13 +1683,14 @@ impl Rounds for RootRounds<'_> {
             last_participants: c.last_participants,
             total_samples: c.total_samples,
         };
-        c.traffic_out.set(c.traffic);
+        c.traffic_out.set(c.link.traffic);
         round_metrics(eval, &c.counters, totals, seconds)
     }
 
     fn snapshot(&mut self, initial_loss: f64, elapsed: f64) -> ClusterState {
         let c = &mut *self.0;
-        c.send_header([CMD_SNAPSHOT, c.server.state.round, 0, 0]);
+        c.link
+            .send_header([CMD_SNAPSHOT, c.server.state.round, 0, 0]);
         let workers = c.gather_states();
         ClusterState {
             server: c.server.state.clone(),

@@ -44,7 +44,8 @@ use efkit_core::compress::{build, CompressorClass, CompressorSpec};
 use efkit_core::method::RoundCtx;
 use efkit_core::rng::{stream, Purpose};
 use efkit_core::safe::{
-    Rule, SafeCodecs, SafeError, SafeParts, SafeServer, SafeSpec, SafeTheory, SafeWorker,
+    Rule, SafeCodecs, SafeError, SafeParts, SafeServer, SafeServerState, SafeSpec, SafeTheory,
+    SafeWorker, SafeWorkerState,
 };
 use efkit_problems::constrained::{
     huber_abs, l1_regression, neyman_pearson, ConstrainedOracle, ConstrainedProblem, LinearBlock,
@@ -127,6 +128,50 @@ pub struct SafeSummary {
     pub message: Option<String>,
 }
 
+/// The full state of a Safe-EF run (plain values): what a checkpoint stores.
+/// With the config it determines every later round, so a run restored from
+/// it continues bit for bit (the oracles are stateless between rounds: a
+/// minibatch is drawn from the stream `(seed, Sample, worker, round)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SafeClusterState {
+    /// Server state (x^t, w^t, the output's running sum, lambda, the round).
+    pub server: SafeServerState,
+    /// Worker states by id (model copy, error or EF21 estimate, bit counters).
+    pub workers: Vec<SafeWorkerState>,
+    /// Seconds elapsed when the state was taken.
+    pub elapsed: f64,
+}
+
+impl SafeClusterState {
+    /// Checks that the state fits a run with `n` workers in dimension `d`
+    /// (worker ids in order, every vector of length d).
+    pub fn check(&self, n: usize, d: usize) -> Result<(), String> {
+        if self.workers.len() != n {
+            return Err(format!(
+                "checkpoint has {} workers, the config has {n}",
+                self.workers.len()
+            ));
+        }
+        let s = &self.server;
+        if [s.x.len(), s.w.len(), s.g.len(), s.avg_sum.len()]
+            .iter()
+            .any(|&l| l != d)
+            || self
+                .workers
+                .iter()
+                .any(|w| w.w.len() != d || w.e.len() != d)
+        {
+            return Err(format!(
+                "checkpoint dimensions do not match the config (d = {d})"
+            ));
+        }
+        if let Some((i, w)) = self.workers.iter().enumerate().find(|(i, w)| w.id != *i) {
+            return Err(format!("checkpoint worker {i} has id {}", w.id));
+        }
+        Ok(())
+    }
+}
+
 /// Server, workers and their constrained oracles in one process.
 pub struct SafeCluster {
     /// The method parts.
@@ -150,6 +195,7 @@ pub struct SafeCluster {
     h2: Vec<Vec<f64>>,
     evals: Vec<(f64, f64)>,
     out: Vec<f64>,
+    counters: Vec<[u64; 4]>,
 }
 
 impl SafeCluster {
@@ -188,6 +234,7 @@ impl SafeCluster {
             h2: vec![vec![0.0; d]; n],
             evals: vec![(0.0, 0.0); n],
             out: vec![0.0; d],
+            counters: Vec::with_capacity(n),
         }
     }
 
@@ -330,13 +377,7 @@ impl SafeCluster {
                     *e = (o.objective(x, None), o.constraint(x, None));
                 })
         });
-        let n = self.evals.len() as f64;
-        let (mut f, mut g) = (0.0, 0.0);
-        for &(a, b) in &self.evals {
-            f += a;
-            g += b;
-        }
-        (f / n, g / n)
+        mean_pairs(self.evals.iter().copied())
     }
 
     /// The method's output xbar (average over the productive rounds, in X).
@@ -350,37 +391,42 @@ impl SafeCluster {
     pub fn metrics(&mut self, seconds: f64) -> SafeMetrics {
         let mut out = std::mem::take(&mut self.out);
         self.server.output(self.parts.radius, &mut out);
-        let (f, g) = self.evaluate_at(&out);
+        let at_out = self.evaluate_at(&out);
         self.out = out;
         let w = self.server.state.w.clone();
-        let (fl, gl) = self.evaluate_at(&w);
-        let n = self.n() as f64;
-        let sum = |k: fn(&SafeWorker) -> u64| self.workers.iter().map(k).sum::<u64>() as f64 / n;
-        let up = sum(|w| w.state.bits_up_wire);
-        let down = sum(|w| w.state.bits_down_wire);
-        let violation = g.max(0.0);
-        let sub = self.f_star.map(|fs| f - fs);
-        SafeMetrics {
-            round: self.server.state.round,
-            objective: f,
-            constraint: g,
-            violation,
-            suboptimality: sub,
-            accuracy: sub.map(|s| s.abs().max(violation)),
-            objective_last: fl,
-            constraint_last: gl,
-            productive_rounds: self.server.state.productive,
-            constraint_received: self.server.state.ghat,
-            lambda: matches!(self.parts.rule, Rule::PrimalDual { .. })
-                .then_some(self.server.state.lambda),
-            bits_up_wire: up,
-            bits_up_paper: sum(|w| w.state.bits_up_paper),
-            bits_down_wire: down,
-            bits_down_paper: sum(|w| w.state.bits_down_paper),
-            gb_per_worker: up / 8e9,
-            gb_per_worker_total: (up + down) / 8e9,
+        let at_w = self.evaluate_at(&w);
+        self.counters.clear();
+        self.counters
+            .extend(self.workers.iter().map(|w| counters(&w.state)));
+        safe_metrics(
+            at_out,
+            at_w,
+            &self.counters,
+            &self.server.state,
+            &self.parts,
+            self.f_star,
             seconds,
+        )
+    }
+
+    /// The complete algorithm state (server and workers) as plain values.
+    pub fn snapshot(&self, elapsed: f64) -> SafeClusterState {
+        SafeClusterState {
+            server: self.server.state.clone(),
+            workers: self.workers.iter().map(|w| w.state.clone()).collect(),
+            elapsed,
         }
+    }
+
+    /// Restores a snapshot taken from a cluster built from the same config
+    /// (checked: number of workers, dimensions, worker ids).
+    pub fn restore(&mut self, s: SafeClusterState) -> Result<(), String> {
+        s.check(self.n(), self.server.state.x.len())?;
+        self.server.state = s.server;
+        for (w, st) in self.workers.iter_mut().zip(s.workers) {
+            w.state = st;
+        }
+        Ok(())
     }
 
     /// Runs until a stopping rule fires; `on_log` sees every logged round
@@ -388,91 +434,242 @@ impl SafeCluster {
     pub fn run(
         &mut self,
         rules: &SafeStop,
-        mut on_log: impl FnMut(&SafeMetrics) -> Control,
+        on_log: impl FnMut(&SafeMetrics) -> Control,
     ) -> SafeSummary {
-        let start = Instant::now();
-        let log_every = rules.log_every.max(1);
-        let bad = |m: &SafeMetrics| -> Option<String> {
-            let vals = [
-                ("objective", m.objective),
-                ("constraint", m.constraint),
-                ("objective_last", m.objective_last),
-                ("constraint_last", m.constraint_last),
-            ];
-            vals.iter()
-                .find(|(_, v)| !v.is_finite())
-                .map(|(k, v)| format!("diverged at round {}: {k} = {v}", m.round))
-        };
-        let m = self.metrics(0.0);
+        self.run_with(rules, None, None, on_log, |_| Ok(()))
+    }
+
+    /// [`SafeCluster::run`] with resumption and checkpoints: `resume` gives
+    /// the elapsed seconds of the interrupted run (its round is not logged
+    /// again); every `checkpoint_every` rounds, after the round's metrics are
+    /// logged, and when the run is interrupted, `on_checkpoint` receives the
+    /// full state ([`drive_safe`]).
+    pub fn run_with(
+        &mut self,
+        rules: &SafeStop,
+        resume: Option<f64>,
+        checkpoint_every: Option<u64>,
+        on_log: impl FnMut(&SafeMetrics) -> Control,
+        on_checkpoint: impl FnMut(&SafeClusterState) -> Result<(), String>,
+    ) -> SafeSummary {
+        drive_safe(self, rules, resume, checkpoint_every, on_log, on_checkpoint)
+    }
+}
+
+/// The cumulative bit counters of a worker that enter the metrics:
+/// `[bits_up_wire, bits_up_paper, bits_down_wire, bits_down_paper]`.
+pub fn counters(s: &SafeWorkerState) -> [u64; 4] {
+    [
+        s.bits_up_wire,
+        s.bits_up_paper,
+        s.bits_down_wire,
+        s.bits_down_paper,
+    ]
+}
+
+/// The means (1/n) sum_i f_i and (1/n) sum_i g_i of per-worker values given
+/// in worker-id order (summed in that order, so the result does not depend on
+/// where the values were computed).
+pub fn mean_pairs(values: impl ExactSizeIterator<Item = (f64, f64)>) -> (f64, f64) {
+    let n = values.len() as f64;
+    let (mut f, mut g) = (0.0, 0.0);
+    for (a, b) in values {
+        f += a;
+        g += b;
+    }
+    (f / n, g / n)
+}
+
+/// Assembles the metrics of a logged round from (f, g) at the output xbar,
+/// (f, g) at the last model w^t, every worker's [`counters`] in worker-id
+/// order and the server state: exactly what [`SafeCluster::metrics`] reports,
+/// for any backend that computes the same values.
+pub fn safe_metrics(
+    at_out: (f64, f64),
+    at_w: (f64, f64),
+    counters: &[[u64; 4]],
+    server: &SafeServerState,
+    parts: &SafeParts,
+    f_star: Option<f64>,
+    seconds: f64,
+) -> SafeMetrics {
+    let (f, g) = at_out;
+    let (fl, gl) = at_w;
+    let n = counters.len() as f64;
+    let sum = |k: usize| counters.iter().map(|c| c[k]).sum::<u64>() as f64 / n;
+    let up = sum(0);
+    let down = sum(2);
+    let violation = g.max(0.0);
+    let sub = f_star.map(|fs| f - fs);
+    SafeMetrics {
+        round: server.round,
+        objective: f,
+        constraint: g,
+        violation,
+        suboptimality: sub,
+        accuracy: sub.map(|s| s.abs().max(violation)),
+        objective_last: fl,
+        constraint_last: gl,
+        productive_rounds: server.productive,
+        constraint_received: server.ghat,
+        lambda: matches!(parts.rule, Rule::PrimalDual { .. }).then_some(server.lambda),
+        bits_up_wire: up,
+        bits_up_paper: sum(1),
+        bits_down_wire: down,
+        bits_down_paper: sum(3),
+        gb_per_worker: up / 8e9,
+        gb_per_worker_total: (up + down) / 8e9,
+        seconds,
+    }
+}
+
+/// A Safe-EF round driver: what a backend provides to be run by
+/// [`drive_safe`] (the in-process [`SafeCluster`], and the MPI backend).
+pub trait SafeRounds {
+    /// The next round number t.
+    fn round(&self) -> u64;
+    /// Runs round t (both phases for switching rules); an error names the
+    /// party and the round.
+    fn step(&mut self) -> Result<(), String>;
+    /// The metrics at the current state.
+    fn metrics(&mut self, seconds: f64) -> SafeMetrics;
+    /// The complete state, as [`SafeCluster::snapshot`].
+    fn snapshot(&mut self, elapsed: f64) -> SafeClusterState;
+}
+
+impl SafeRounds for SafeCluster {
+    fn round(&self) -> u64 {
+        SafeCluster::round(self)
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        SafeCluster::step(self)
+    }
+
+    fn metrics(&mut self, seconds: f64) -> SafeMetrics {
+        SafeCluster::metrics(self, seconds)
+    }
+
+    fn snapshot(&mut self, elapsed: f64) -> SafeClusterState {
+        SafeCluster::snapshot(self, elapsed)
+    }
+}
+
+/// Runs `r` until a stopping rule fires: the round limit, the wall-clock
+/// limit, a non-finite objective or constraint value (diverged), a failed
+/// round (diverged, with its message), or `on_log` asking to stop
+/// (interrupted). Round 0 is logged unless resuming (`resume` = the elapsed
+/// seconds of the interrupted run); every `log_every` rounds and the last
+/// round are logged. Every `checkpoint_every` rounds (after the round's
+/// metrics, if it is logged) and on interruption, `on_checkpoint` receives
+/// the full state; a failed checkpoint is reported in the summary's message.
+pub fn drive_safe<R: SafeRounds + ?Sized>(
+    r: &mut R,
+    rules: &SafeStop,
+    resume: Option<f64>,
+    checkpoint_every: Option<u64>,
+    mut on_log: impl FnMut(&SafeMetrics) -> Control,
+    mut on_checkpoint: impl FnMut(&SafeClusterState) -> Result<(), String>,
+) -> SafeSummary {
+    let start = Instant::now();
+    let elapsed0 = resume.unwrap_or(0.0);
+    let log_every = rules.log_every.max(1);
+    let bad = |m: &SafeMetrics| -> Option<String> {
+        let vals = [
+            ("objective", m.objective),
+            ("constraint", m.constraint),
+            ("objective_last", m.objective_last),
+            ("constraint_last", m.constraint_last),
+        ];
+        vals.iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(k, v)| format!("diverged at round {}: {k} = {v}", m.round))
+    };
+    let mut last = None;
+    if resume.is_none() {
+        let m = r.metrics(0.0);
         let ctl = on_log(&m);
-        if let Some(msg) = bad(&m) {
+        let b = bad(&m);
+        last = Some(m);
+        if let Some(msg) = b {
             return SafeSummary {
                 status: Status::Diverged,
                 rounds: 0,
-                last: Some(m),
+                last,
                 message: Some(msg),
             };
         }
         if ctl == Control::Interrupt {
+            let message = on_checkpoint(&r.snapshot(elapsed0))
+                .err()
+                .map(|e| format!("checkpoint at round 0 failed: {e}"));
             return SafeSummary {
                 status: Status::Interrupted,
                 rounds: 0,
-                last: Some(m),
-                message: None,
+                last,
+                message,
             };
         }
-        let mut last = Some(m);
-        loop {
-            let r = self.round();
-            if r >= rules.max_rounds {
-                return SafeSummary {
-                    status: Status::MaxRounds,
-                    rounds: r,
-                    last,
-                    message: None,
-                };
-            }
-            if let Err(msg) = self.step() {
+    }
+    let mut checkpoint_err: Option<String> = None;
+    loop {
+        let t = r.round();
+        if t >= rules.max_rounds {
+            return SafeSummary {
+                status: Status::MaxRounds,
+                rounds: t,
+                last,
+                message: checkpoint_err,
+            };
+        }
+        if let Err(msg) = r.step() {
+            return SafeSummary {
+                status: Status::Diverged,
+                rounds: r.round(),
+                last,
+                message: Some(format!("diverged: {msg}")),
+            };
+        }
+        let t = r.round();
+        let elapsed = elapsed0 + start.elapsed().as_secs_f64();
+        let time_up = rules.time_limit.is_some_and(|l| elapsed >= l);
+        let mut ctl = Control::Continue;
+        if t % log_every == 0 || t >= rules.max_rounds || time_up {
+            let m = r.metrics(elapsed);
+            ctl = on_log(&m);
+            let b = bad(&m);
+            last = Some(m);
+            if let Some(msg) = b {
                 return SafeSummary {
                     status: Status::Diverged,
-                    rounds: self.round(),
+                    rounds: t,
                     last,
-                    message: Some(format!("diverged: {msg}")),
+                    message: Some(msg),
                 };
             }
-            let r = self.round();
-            let elapsed = start.elapsed().as_secs_f64();
-            let time_up = rules.time_limit.is_some_and(|t| elapsed >= t);
-            if r % log_every == 0 || r >= rules.max_rounds || time_up {
-                let m = self.metrics(elapsed);
-                let ctl = on_log(&m);
-                let b = bad(&m);
-                last = Some(m);
-                if let Some(msg) = b {
-                    return SafeSummary {
-                        status: Status::Diverged,
-                        rounds: r,
-                        last,
-                        message: Some(msg),
-                    };
-                }
-                if ctl == Control::Interrupt {
-                    return SafeSummary {
-                        status: Status::Interrupted,
-                        rounds: r,
-                        last,
-                        message: None,
-                    };
-                }
+        }
+        let want_ckpt =
+            checkpoint_every.is_some_and(|c| c > 0 && t % c == 0) || ctl == Control::Interrupt;
+        if want_ckpt {
+            if let Err(e) = on_checkpoint(&r.snapshot(elapsed)) {
+                checkpoint_err = Some(format!("checkpoint at round {t} failed: {e}"));
             }
-            if time_up {
-                return SafeSummary {
-                    status: Status::TimeLimit,
-                    rounds: r,
-                    last,
-                    message: None,
-                };
-            }
+        }
+        if ctl == Control::Interrupt {
+            return SafeSummary {
+                status: Status::Interrupted,
+                rounds: t,
+                last,
+                message: checkpoint_err,
+            };
+        }
+        if time_up {
+            return SafeSummary {
+                status: Status::TimeLimit,
+                rounds: t,
+                last,
+                message: checkpoint_err,
+            };
         }
     }
 }
@@ -552,6 +749,10 @@ pub struct SafeStopConfig {
     /// Wall-clock limit in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<f64>,
+    /// Write a checkpoint every this many rounds (`efkit resume DIR`
+    /// continues the run); the same key as the EF21 family's `[stop]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
 }
 
 fn ten() -> u64 {
@@ -753,6 +954,9 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
     }
     if cfg.stop.log_every == 0 {
         return Err(bad("stop.log_every", "must be >= 1"));
+    }
+    if cfg.stop.checkpoint_every == Some(0) {
+        return Err(bad("stop.checkpoint_every", "must be >= 1"));
     }
     if let Some(t) = cfg.stop.time_limit {
         if !(t > 0.0 && t.is_finite()) {

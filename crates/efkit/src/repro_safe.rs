@@ -30,7 +30,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use efkit_core::compress::CompressorSpec;
@@ -44,7 +43,7 @@ use efkit_runtime::safe::{
 };
 use efkit_runtime::{Control, Status};
 
-use crate::output::{self, JsonLines};
+use crate::output;
 use crate::plot::{self, Panel, Series};
 use crate::repro::{cores, par_map};
 
@@ -91,40 +90,14 @@ fn reference(dir: &Path, quiet: bool) -> Result<Reference> {
     Ok(r)
 }
 
-/// Runs one config into `dir` (config.toml, metrics.jsonl, summary.json); the
-/// entry point a future `efkit run` for Safe-EF configs would call.
+/// Runs one config into `dir` (config.toml, metrics.jsonl, summary.json, and
+/// checkpoints when `stop.checkpoint_every` is set): `crate::run_safe::run`.
 pub fn run_safe(
     cfg: &SafeConfig,
     dir: &Path,
     force: bool,
 ) -> Result<(SafeSummary, Vec<SafeMetrics>)> {
-    let mut prepared = prepare_safe(cfg).map_err(|e| crate::UserError(e.to_string()))?;
-    output::prepare_dir(dir, force)?;
-    output::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut lines = JsonLines::create(&dir.join("metrics.jsonl"))?;
-    let mut rows = Vec::new();
-    let mut write_err = None;
-    let summary = prepared.cluster.run(&safe_stop(cfg), |m| {
-        if let Err(e) = lines.push(m) {
-            write_err = Some(e);
-            return Control::Interrupt;
-        }
-        rows.push(m.clone());
-        if crate::run::INTERRUPTED.load(Ordering::SeqCst) {
-            Control::Interrupt
-        } else {
-            Control::Continue
-        }
-    });
-    if let Some(e) = write_err {
-        return Err(e.context("writing metrics"));
-    }
-    let json = serde_json::json!({ "status": summary.status, "rounds": summary.rounds, "last": summary.last, "message": summary.message, "setup": prepared.info });
-    output::write_atomic(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    Ok((summary, rows))
+    crate::run_safe::run(cfg, dir, force)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -161,6 +134,7 @@ fn config(
             max_rounds: rounds,
             log_every: (rounds / 100).max(1),
             time_limit: None,
+            checkpoint_every: None,
         },
     }
 }

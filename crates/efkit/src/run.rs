@@ -97,9 +97,23 @@ pub fn run_config(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Summary
     drive(prepared, cfg, out, opts, metrics, Vec::new(), None)
 }
 
-/// `efkit resume DIR`: continues a run from its checkpoint.
-pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
-    install_signal_handler();
+/// What a resumed EF21-family run starts from: the config, the checkpoint,
+/// the metrics lines up to the checkpoint's round, and `metrics.jsonl`
+/// rewritten with them and open for appending (later lines are redone).
+pub struct Resumed {
+    /// The run's config.
+    pub cfg: Config,
+    /// The checkpoint.
+    pub checkpoint: checkpoint::Checkpoint,
+    /// The metrics lines kept.
+    pub rows: Vec<RoundMetrics>,
+    /// `metrics.jsonl`, open for appending.
+    pub metrics: JsonLines,
+}
+
+/// Reads `dir`'s config and checkpoint and trims its metrics (every problem
+/// is a [`UserError`]); used by both backends.
+pub fn open_resumed(dir: &Path) -> Result<Resumed> {
     let cfg = load_config(&dir.join("config.toml"), &[])?;
     let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
     if !ck_path.exists() {
@@ -111,13 +125,7 @@ pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
         .into());
     }
     let ck = checkpoint::read(&ck_path).map_err(|e| UserError(e.to_string()))?;
-    let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
     let round = ck.state.server.round;
-    let (initial_loss, elapsed) = (ck.state.initial_loss, ck.state.elapsed);
-    prepared
-        .cluster
-        .restore(ck.state)
-        .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
     // keep the metrics up to the checkpoint's round; later lines are redone
     let metrics_path = dir.join("metrics.jsonl");
     let old = plot::read_metrics(&metrics_path).unwrap_or_default();
@@ -131,6 +139,33 @@ pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
     }
     let mut metrics = JsonLines::create_atomic(&metrics_path, &rows)?;
     metrics.sync()?;
+    Ok(Resumed {
+        cfg,
+        checkpoint: ck,
+        rows,
+        metrics,
+    })
+}
+
+/// `efkit resume DIR`: continues a run from its checkpoint.
+pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
+    install_signal_handler();
+    if crate::run_safe::is_safe_config(&dir.join("config.toml")) {
+        return crate::run_safe::cmd_resume(dir);
+    }
+    let Resumed {
+        cfg,
+        checkpoint: ck,
+        rows,
+        metrics,
+    } = open_resumed(dir)?;
+    let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
+    let (initial_loss, elapsed) = (ck.state.initial_loss, ck.state.elapsed);
+    prepared
+        .cluster
+        .restore(ck.state)
+        .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
     let opts = RunOptions {
         quiet,
         force: true,
@@ -337,7 +372,7 @@ pub fn cmd_run(
 
 /// The config document (with overrides) when its method is a Safe-EF-family
 /// method (constrained problems have their own config schema).
-fn safe_method_doc(path: &Path, sets: &[String]) -> Result<Option<toml::Table>> {
+pub fn safe_method_doc(path: &Path, sets: &[String]) -> Result<Option<toml::Table>> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(None);
     };
@@ -364,35 +399,18 @@ fn cmd_run_safe(
     threads: Option<usize>,
     checkpoint_every: Option<u64>,
 ) -> Result<u8> {
-    if checkpoint_every.is_some() {
-        return Err(
-            UserError("--checkpoint-every is not supported for Safe-EF runs yet".into()).into(),
-        );
-    }
     let text = toml::to_string(&doc)?;
-    let mut cfg = efkit_runtime::safe::SafeConfig::from_toml(&text)
-        .map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+    let mut cfg = crate::run_safe::parse(&text, path)?;
     if let Some(t) = threads {
         cfg.threads = t;
     }
+    if checkpoint_every.is_some() {
+        cfg.stop.checkpoint_every = checkpoint_every;
+    }
     let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
     install_signal_handler();
-    let (summary, _) = crate::repro_safe::run_safe(&cfg, &out, force)?;
-    eprintln!(
-        "{}: status {:?} after {} rounds; results in {}",
-        cfg.method.name,
-        summary.status,
-        summary.rounds,
-        out.display()
-    );
-    if let Some(m) = &summary.message {
-        eprintln!("{m}");
-    }
-    Ok(match summary.status {
-        Status::Diverged => EXIT_DIVERGED,
-        Status::Interrupted => EXIT_INTERRUPTED,
-        _ => 0,
-    })
+    let (summary, _) = crate::run_safe::run(&cfg, &out, force)?;
+    Ok(crate::run_safe::report(&cfg, &summary, &out, ""))
 }
 
 /// `efkit plot`.

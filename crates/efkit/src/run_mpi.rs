@@ -14,6 +14,14 @@
 //! `transport.jsonl`: per logged round, the bytes rank 0 passed to MPI so far
 //! (encoded downlinks and uplinks, control words, evaluation traffic) and the
 //! seconds spent in the round's broadcasts and gathers.
+//!
+//! Both method families run over MPI: EF21-family configs and Safe-EF-family
+//! configs (`[method].name` in `efkit_core::safe::SAFE_METHOD_NAMES`); rank 0
+//! tells the other ranks which. `mpirun -n P efkit resume DIR` continues a run
+//! from its checkpoint, whichever backend and P wrote it (rank 0 alone reads
+//! the directory; the other ranks receive their workers' states); the
+//! `transport.jsonl` lines it appends count from the resumption and carry
+//! `resumed_from`.
 
 use clap::ValueEnum;
 
@@ -89,9 +97,19 @@ pub fn cmd_run_mpi(
     .into())
 }
 
+#[cfg(not(feature = "mpi"))]
+/// `efkit resume --backend mpi` in a build without MPI: an error saying how to get it.
+pub fn cmd_resume_mpi(_dir: &std::path::Path, _quiet: bool) -> anyhow::Result<u8> {
+    Err(UserError(
+        "this efkit was built without MPI support; rebuild with `--features mpi` (docs/mpi.md)"
+            .into(),
+    )
+    .into())
+}
+
 #[cfg(feature = "mpi")]
 #[allow(unused_imports)]
-pub use with_mpi::{cmd_run_mpi, run_mpi, MpiRunOptions};
+pub use with_mpi::{cmd_resume_mpi, cmd_run_mpi, run_mpi, MpiRunOptions};
 
 #[cfg(feature = "mpi")]
 mod with_mpi {
@@ -99,15 +117,20 @@ mod with_mpi {
     use std::sync::atomic::Ordering;
 
     use anyhow::Result;
-    use efkit_runtime::checkpoint;
+    use efkit_runtime::checkpoint::{self, SafeCheckpoint};
     use efkit_runtime::config::Config;
-    use efkit_runtime::mpi_backend::{MpiCluster, MpiError, MpiRuntime, Outcome, SetupFailure};
+    use efkit_runtime::mpi_backend::{
+        launch, Launched, MpiCluster, MpiError, MpiRuntime, MpiSafeCluster, RootJob, SetupFailure,
+        Traffic,
+    };
+    use efkit_runtime::safe::{prepare_safe, safe_stop, SafeConfig, SafeMetrics, SafeStop};
     use efkit_runtime::setup;
     use efkit_runtime::{Control, RoundMetrics, Status};
     use indicatif::{ProgressBar, ProgressStyle};
 
     use crate::output::{self, JsonLines};
     use crate::run::{self, load_config, INTERRUPTED};
+    use crate::run_safe;
     use crate::UserError;
 
     /// Options of one MPI run.
@@ -132,32 +155,53 @@ mod with_mpi {
             || e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
     }
 
-    /// What rank 0 keeps from the setup.
+    /// What rank 0 keeps from the setup: where it writes, and its family's run.
     struct RootSide {
-        cfg: Config,
         out: PathBuf,
         metrics: JsonLines,
         transport: JsonLines,
+        /// The checkpoint's round when the run resumes.
+        resumed_from: Option<u64>,
+        family: Family,
     }
 
-    /// Rank 0's setup: config, validation, output directory.
-    fn root_setup(
-        get_cfg: impl FnOnce() -> Result<Config>,
-        out: Option<PathBuf>,
-        opts: &MpiRunOptions,
-        ranks: usize,
-    ) -> Result<(RootSide, Config, setup::Prepared)> {
-        let cfg = get_cfg()?;
-        if cfg.problem.workers < ranks {
+    enum Family {
+        Ef21 {
+            cfg: Config,
+            /// Metrics lines so far (kept lines of a resumed run).
+            rows: Vec<RoundMetrics>,
+            /// Initial loss and elapsed seconds of a resumed run.
+            resume: Option<(f64, f64)>,
+        },
+        Safe {
+            cfg: SafeConfig,
+            rows: Vec<SafeMetrics>,
+            /// Elapsed seconds of a resumed run.
+            resume: Option<f64>,
+        },
+    }
+
+    fn check_ranks(workers: usize, ranks: usize) -> Result<()> {
+        if workers < ranks {
             return Err(UserError(format!(
-                "invalid `problem.workers`: n = {} workers cannot be spread over P = {ranks} MPI ranks (each rank hosts at least one worker; use n >= P)",
-                cfg.problem.workers
+                "invalid `problem.workers`: n = {workers} workers cannot be spread over P = {ranks} MPI ranks (each rank hosts at least one worker; use n >= P)"
             ))
             .into());
         }
+        Ok(())
+    }
+
+    /// Rank 0's setup of a new EF21-family run: validation, output directory.
+    fn setup_ef21(
+        cfg: Config,
+        out: Option<PathBuf>,
+        force: bool,
+        ranks: usize,
+    ) -> Result<(RootSide, RootJob)> {
+        check_ranks(cfg.problem.workers, ranks)?;
         let prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
         let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
-        output::prepare_dir(&out, opts.force)?;
+        output::prepare_dir(&out, force)?;
         let mut resolved = cfg.clone();
         resolved.step.value.get_or_insert(prepared.info.gamma);
         output::write_atomic(&out.join("config.toml"), resolved.to_toml().as_bytes())?;
@@ -165,13 +209,143 @@ mod with_mpi {
         let transport = JsonLines::create(&out.join("transport.jsonl"))?;
         Ok((
             RootSide {
-                cfg,
                 out,
                 metrics,
                 transport,
+                resumed_from: None,
+                family: Family::Ef21 {
+                    cfg,
+                    rows: Vec::new(),
+                    resume: None,
+                },
             },
-            resolved,
-            prepared,
+            RootJob::Ef21 {
+                cfg: resolved,
+                prepared,
+                resumed: false,
+            },
+        ))
+    }
+
+    /// Rank 0's setup of a new Safe-EF-family run.
+    fn setup_safe(
+        cfg: SafeConfig,
+        out: Option<PathBuf>,
+        force: bool,
+        ranks: usize,
+    ) -> Result<(RootSide, RootJob)> {
+        check_ranks(cfg.problem.workers, ranks)?;
+        let prepared = prepare_safe(&cfg).map_err(|e| UserError(e.to_string()))?;
+        let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
+        output::prepare_dir(&out, force)?;
+        output::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        let metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
+        let transport = JsonLines::create(&out.join("transport.jsonl"))?;
+        Ok((
+            RootSide {
+                out,
+                metrics,
+                transport,
+                resumed_from: None,
+                family: Family::Safe {
+                    cfg: cfg.clone(),
+                    rows: Vec::new(),
+                    resume: None,
+                },
+            },
+            RootJob::Safe {
+                cfg,
+                prepared,
+                resumed: false,
+            },
+        ))
+    }
+
+    /// `transport.jsonl` of a resumed run: the lines up to `round` kept,
+    /// open for appending.
+    fn trim_transport(dir: &Path, round: u64) -> Result<JsonLines> {
+        let path = dir.join("transport.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let kept: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["round"].as_u64().is_some_and(|r| r <= round))
+            .collect();
+        JsonLines::create_atomic(&path, &kept)
+    }
+
+    /// Rank 0's setup of the continuation of the run in `dir` from its
+    /// checkpoint (either family; the checkpoint may come from either backend).
+    fn setup_resume(dir: &Path, ranks: usize) -> Result<(RootSide, RootJob)> {
+        let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
+        if run_safe::is_safe_config(&dir.join("config.toml")) {
+            let run_safe::Resumed {
+                cfg,
+                checkpoint,
+                rows,
+                lines,
+            } = run_safe::open_resumed(dir)?;
+            check_ranks(cfg.problem.workers, ranks)?;
+            let mut prepared = prepare_safe(&cfg).map_err(|e| UserError(e.to_string()))?;
+            let (round, elapsed) = (checkpoint.safe.server.round, checkpoint.safe.elapsed);
+            prepared
+                .cluster
+                .restore(checkpoint.safe)
+                .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+            let transport = trim_transport(dir, round)?;
+            return Ok((
+                RootSide {
+                    out: dir.to_path_buf(),
+                    metrics: lines,
+                    transport,
+                    resumed_from: Some(round),
+                    family: Family::Safe {
+                        cfg: cfg.clone(),
+                        rows,
+                        resume: Some(elapsed),
+                    },
+                },
+                RootJob::Safe {
+                    cfg,
+                    prepared,
+                    resumed: true,
+                },
+            ));
+        }
+        let run::Resumed {
+            cfg,
+            checkpoint,
+            rows,
+            metrics,
+        } = run::open_resumed(dir)?;
+        check_ranks(cfg.problem.workers, ranks)?;
+        let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
+        let st = checkpoint.state;
+        let (round, initial_loss, elapsed) = (st.server.round, st.initial_loss, st.elapsed);
+        prepared
+            .cluster
+            .restore(st)
+            .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+        let mut resolved = cfg.clone();
+        resolved.step.value.get_or_insert(prepared.info.gamma);
+        let transport = trim_transport(dir, round)?;
+        Ok((
+            RootSide {
+                out: dir.to_path_buf(),
+                metrics,
+                transport,
+                resumed_from: Some(round),
+                family: Family::Ef21 {
+                    cfg,
+                    rows,
+                    resume: Some((initial_loss, elapsed)),
+                },
+            },
+            RootJob::Ef21 {
+                cfg: resolved,
+                prepared,
+                resumed: true,
+            },
         ))
     }
 
@@ -186,7 +360,10 @@ mod with_mpi {
         out: &Path,
         opts: &MpiRunOptions,
     ) -> Result<Option<efkit_runtime::Summary>> {
-        let end = run_mpi_with(|| Ok(cfg.clone()), Some(out.to_path_buf()), opts)?;
+        let end = run_job(
+            |ranks| setup_ef21(cfg.clone(), Some(out.to_path_buf()), opts.force, ranks),
+            opts,
+        )?;
         Ok(end.summary)
     }
 
@@ -194,15 +371,40 @@ mod with_mpi {
     struct RunEnd {
         /// The exit code (the same on every rank).
         code: u8,
-        /// Rank 0: the summary.
+        /// Rank 0 of an EF21-family run: the summary.
         summary: Option<efkit_runtime::Summary>,
     }
 
-    /// [`run_mpi`] where rank 0 alone produces the config (the other ranks
-    /// never read the config file) and `out` may be chosen by rank 0.
-    fn run_mpi_with(
-        get_cfg: impl FnOnce() -> Result<Config>,
-        out: Option<PathBuf>,
+    fn progress(opts: &MpiRunOptions, rounds: u64, label: String) -> ProgressBar {
+        if opts.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new(rounds);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(opts.label.clone().unwrap_or(label));
+        pb
+    }
+
+    /// One `transport.jsonl` line: the traffic so far (of this process: a
+    /// resumed run counts from its checkpoint, marked `resumed_from`).
+    fn transport_line(round: u64, t: &Traffic, resumed_from: Option<u64>) -> serde_json::Value {
+        let mut line = serde_json::json!({ "round": round, "traffic": t });
+        if let Some(r) = resumed_from {
+            line["resumed_from"] = r.into();
+        }
+        line
+    }
+
+    /// Sets up (rank 0 alone runs `setup`; the other ranks never read the
+    /// config or the run directory) and runs a job of either family on every rank.
+    fn run_job(
+        setup: impl FnOnce(usize) -> Result<(RootSide, RootJob)>,
         opts: &MpiRunOptions,
     ) -> Result<RunEnd> {
         let rt = MpiRuntime::init().map_err(|e| match e {
@@ -213,10 +415,10 @@ mod with_mpi {
         let ranks = rt.size();
         let mut root_side: Option<RootSide> = None;
         let mut root_err: Option<anyhow::Error> = None;
-        let launched = MpiCluster::launch(rt, || match root_setup(get_cfg, out, opts, ranks) {
-            Ok((side, resolved, prepared)) => {
+        let launched = launch(rt, || match setup(ranks) {
+            Ok((side, job)) => {
                 root_side = Some(side);
-                Ok((resolved, prepared))
+                Ok(job)
             }
             Err(e) => {
                 let failure = SetupFailure {
@@ -227,7 +429,7 @@ mod with_mpi {
                 Err(failure)
             }
         });
-        let mut cluster = match launched {
+        let launched = match launched {
             Ok(c) => c,
             Err(MpiError::RootFailed { code }) => {
                 return Ok(RunEnd {
@@ -247,54 +449,80 @@ mod with_mpi {
                 });
             }
         };
-        let Some(mut side) = root_side else {
+        let Some(side) = root_side else {
             // another rank: serve rank 0 until it stops (rank 0 applies the
             // stopping rules), exit with its status
-            let rules = efkit_runtime::StopRules {
-                max_rounds: 0,
-                tol: None,
-                time_limit: None,
-                blowup: f64::INFINITY,
-                log_every: 1,
+            let status = match launched {
+                Launched::Ef21(mut c) => {
+                    let rules = efkit_runtime::StopRules {
+                        max_rounds: 0,
+                        tol: None,
+                        time_limit: None,
+                        blowup: f64::INFINITY,
+                        log_every: 1,
+                    };
+                    c.run(&rules, None, |_, _| Control::Continue, |_| Ok(()))
+                        .status()
+                }
+                Launched::Safe(mut c) => {
+                    let rules = SafeStop {
+                        max_rounds: 0,
+                        log_every: 1,
+                        time_limit: None,
+                    };
+                    c.run_with(&rules, None, None, |_, _| Control::Continue, |_| Ok(()))
+                        .status()
+                }
             };
-            let outcome = cluster.run(&rules, None, |_, _| Control::Continue, |_| Ok(()));
             return Ok(RunEnd {
-                code: exit_code_of(outcome.status()),
+                code: exit_code_of(status),
                 summary: None,
             });
         };
-        let cfg = side.cfg.clone();
-        let pb = if opts.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            ProgressBar::hidden()
-        } else {
-            let pb = ProgressBar::new(cfg.stop.max_rounds);
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})",
-                )
-                .unwrap()
-                .progress_chars("=> "),
-            );
-            pb.set_prefix(
-                opts.label
-                    .clone()
-                    .unwrap_or_else(|| format!("{} (MPI, P = {ranks})", cfg.method.name)),
-            );
-            pb
+        match launched {
+            Launched::Ef21(c) => root_ef21(c, side, opts, ranks),
+            Launched::Safe(c) => root_safe(c, side, opts, ranks),
+        }
+    }
+
+    /// Rank 0 of an EF21-family run: drives it and writes the outputs.
+    fn root_ef21(
+        mut cluster: MpiCluster,
+        side: RootSide,
+        opts: &MpiRunOptions,
+        ranks: usize,
+    ) -> Result<RunEnd> {
+        let RootSide {
+            out,
+            mut metrics,
+            mut transport,
+            resumed_from,
+            family,
+        } = side;
+        let Family::Ef21 {
+            cfg,
+            mut rows,
+            resume,
+        } = family
+        else {
+            unreachable!("rank 0 set up an EF21-family run")
         };
+        let pb = progress(
+            opts,
+            cfg.stop.max_rounds,
+            format!("{} (MPI, P = {ranks})", cfg.method.name),
+        );
         let rules = setup::stop_rules(&cfg);
-        let ck_path = side.out.join(checkpoint::CHECKPOINT_FILE);
-        let mut rows: Vec<RoundMetrics> = Vec::new();
+        let ck_path = out.join(checkpoint::CHECKPOINT_FILE);
         let mut write_err: Option<anyhow::Error> = None;
-        let outcome = cluster.run(
+        let outcome = cluster.run_with(
             &rules,
+            resume,
             cfg.stop.checkpoint_every,
             |m, t| {
-                let line = serde_json::json!({ "round": m.round, "traffic": t });
-                if let Err(e) = side
-                    .metrics
+                if let Err(e) = metrics
                     .push(m)
-                    .and_then(|_| side.transport.push(&line))
+                    .and_then(|_| transport.push(&transport_line(m.round, t, resumed_from)))
                 {
                     write_err = Some(e);
                     return Control::Interrupt;
@@ -319,7 +547,7 @@ mod with_mpi {
             },
         );
         pb.finish_and_clear();
-        let Outcome::Root(summary) = outcome else {
+        let efkit_runtime::mpi_backend::Outcome::Root(summary) = outcome else {
             unreachable!("rank 0 drives the run")
         };
         if let Some(e) = write_err {
@@ -330,10 +558,10 @@ mod with_mpi {
             .label
             .clone()
             .unwrap_or_else(|| format!("{} {}", cfg.method.name, info.compressor));
-        let mpi = serde_json::json!({ "ranks": ranks, "traffic": cluster.traffic() });
+        let mpi = serde_json::json!({ "ranks": ranks, "traffic": cluster.traffic(), "resumed_from": resumed_from });
         run::write_outputs(
             &cfg,
-            &side.out,
+            &out,
             &summary,
             &info,
             &rows,
@@ -349,7 +577,7 @@ mod with_mpi {
             summary.rounds,
             last.map_or(f64::NAN, |m| m.grad_norm_sq),
             last.map_or(f64::NAN, |m| m.bits_up_wire),
-            side.out.display()
+            out.display()
         );
         if let Some(msg) = &summary.message {
             eprintln!("{msg}");
@@ -357,6 +585,85 @@ mod with_mpi {
         Ok(RunEnd {
             code: run::exit_code(&summary),
             summary: Some(summary),
+        })
+    }
+
+    /// Rank 0 of a Safe-EF-family run: drives it and writes the outputs
+    /// (as `efkit run` in-process, plus `transport.jsonl` and an `mpi` entry
+    /// in `summary.json`).
+    fn root_safe(
+        mut cluster: MpiSafeCluster,
+        side: RootSide,
+        opts: &MpiRunOptions,
+        ranks: usize,
+    ) -> Result<RunEnd> {
+        let RootSide {
+            out,
+            mut metrics,
+            mut transport,
+            resumed_from,
+            family,
+        } = side;
+        let Family::Safe {
+            cfg,
+            mut rows,
+            resume,
+        } = family
+        else {
+            unreachable!("rank 0 set up a Safe-EF-family run")
+        };
+        let pb = progress(
+            opts,
+            cfg.stop.max_rounds,
+            format!("{} (MPI, P = {ranks})", cfg.method.name),
+        );
+        let ck_path = out.join(checkpoint::CHECKPOINT_FILE);
+        let mut write_err: Option<anyhow::Error> = None;
+        let outcome = cluster.run_with(
+            &safe_stop(&cfg),
+            resume,
+            cfg.stop.checkpoint_every,
+            |m, t| {
+                if let Err(e) = metrics
+                    .push(m)
+                    .and_then(|_| transport.push(&transport_line(m.round, t, resumed_from)))
+                {
+                    write_err = Some(e);
+                    return Control::Interrupt;
+                }
+                pb.set_position(m.round);
+                pb.set_message(format!("f = {:.4e}, g = {:.3e}", m.objective, m.constraint));
+                rows.push(m.clone());
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    Control::Interrupt
+                } else {
+                    Control::Continue
+                }
+            },
+            |state| {
+                checkpoint::write_safe(
+                    &ck_path,
+                    &SafeCheckpoint {
+                        safe: state.clone(),
+                    },
+                )
+                .map_err(|e| e.to_string())
+            },
+        );
+        pb.finish_and_clear();
+        let efkit_runtime::mpi_backend::SafeOutcome::Root(summary) = outcome else {
+            unreachable!("rank 0 drives the run")
+        };
+        if let Some(e) = write_err {
+            return Err(e.context("writing metrics"));
+        }
+        let info = cluster.info().expect("rank 0 keeps the setup info").clone();
+        let mpi = serde_json::json!({ "ranks": ranks, "traffic": cluster.traffic(), "resumed_from": resumed_from });
+        run_safe::write_summary(&out, &summary, &rows, &info, Some(("mpi", mpi)))?;
+        let code = run_safe::report(&cfg, &summary, &out, &format!(" on P = {ranks} MPI ranks"));
+        Ok(RunEnd {
+            code,
+            summary: None,
         })
     }
 
@@ -368,7 +675,8 @@ mod with_mpi {
         }
     }
 
-    /// `efkit run` with the MPI backend (every rank runs it).
+    /// `efkit run` with the MPI backend (every rank runs it; rank 0 alone
+    /// reads the config, of either method family).
     #[allow(clippy::too_many_arguments)]
     pub fn cmd_run_mpi(
         config: &Path,
@@ -379,8 +687,18 @@ mod with_mpi {
         checkpoint_every: Option<u64>,
         quiet: bool,
     ) -> Result<u8> {
-        let get_cfg = || -> Result<Config> {
-            // rank 0 only: the other ranks receive the resolved config
+        let setup = |ranks: usize| -> Result<(RootSide, RootJob)> {
+            if let Some(doc) = run::safe_method_doc(config, sets)? {
+                let text = toml::to_string(&doc)?;
+                let mut cfg = run_safe::parse(&text, config)?;
+                if let Some(t) = threads {
+                    cfg.threads = t;
+                }
+                if checkpoint_every.is_some() {
+                    cfg.stop.checkpoint_every = checkpoint_every;
+                }
+                return setup_safe(cfg, out, force, ranks);
+            }
             let mut cfg = load_config(config, sets)?;
             if let Some(t) = threads {
                 cfg.threads = t;
@@ -388,17 +706,25 @@ mod with_mpi {
             if checkpoint_every.is_some() {
                 cfg.stop.checkpoint_every = checkpoint_every;
             }
-            Ok(cfg)
+            setup_ef21(cfg, out, force, ranks)
         };
-        Ok(run_mpi_with(
-            get_cfg,
-            out,
-            &MpiRunOptions {
-                quiet,
-                force,
-                label: None,
-            },
-        )?
-        .code)
+        let opts = MpiRunOptions {
+            quiet,
+            force,
+            label: None,
+        };
+        Ok(run_job(setup, &opts)?.code)
+    }
+
+    /// `efkit resume DIR` with the MPI backend (every rank runs it; rank 0
+    /// alone reads the run directory). The checkpoint may have been written
+    /// by either backend with any number of ranks.
+    pub fn cmd_resume_mpi(dir: &Path, quiet: bool) -> Result<u8> {
+        let opts = MpiRunOptions {
+            quiet,
+            force: true,
+            label: None,
+        };
+        Ok(run_job(|ranks| setup_resume(dir, ranks), &opts)?.code)
     }
 }

@@ -581,6 +581,104 @@ fn kill_and_resume_equals_uninterrupted_run() {
     }
 }
 
+/// A Safe-EF config on mushrooms (Neyman-Pearson, hinge, ball) with `rounds` rounds.
+fn safe_config(method_block: &str, rounds: u64) -> String {
+    format!(
+        r#"seed = 4
+[problem]
+kind = "neyman-pearson"
+dataset = "mushrooms"
+workers = 4
+loss = "hinge"
+tau = 0.4
+radius = 3.0
+[method]
+{method_block}
+[compressor]
+name = "top-k"
+ratio = 0.05
+[server_compressor]
+name = "top-k"
+ratio = 0.3
+[theory]
+rounds = 20000
+[stop]
+max_rounds = {rounds}
+log_every = 7
+"#
+    )
+}
+
+/// SIGKILL of a Safe-EF run (switching with EF14, and the stochastic
+/// primal-dual method), then `efkit resume`: metrics equal an uninterrupted
+/// run bit for bit (ignoring seconds), and the summary ends the same.
+#[test]
+fn kill_and_resume_safe_ef_equals_uninterrupted_run() {
+    let methods = [
+        (
+            "safe-ef",
+            "name = \"safe-ef\"\nstep_multiplier = 16.0\nthreshold_multiplier = 0.0",
+        ),
+        (
+            "primal-dual",
+            "name = \"primal-dual\"\nstep_multiplier = 16.0\nbatch = 16",
+        ),
+    ];
+    for (k, (tag, block)) in methods.iter().enumerate() {
+        let d = tmp(&format!("resume-safe-{tag}"));
+        let cfg = write(&d, "c.toml", &safe_config(block, 4000));
+        let full = d.join("full");
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            full.to_str().unwrap(),
+            "-q",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let part = d.join("part");
+        let mut child = bin()
+            .args([
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+                part.to_str().unwrap(),
+                "-q",
+                "--checkpoint-every",
+                "50",
+            ])
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(30 + 41 * k as u64));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let o = run(&["resume", part.to_str().unwrap(), "-q"]);
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (a, b) = (
+            metrics_without_seconds(&full),
+            metrics_without_seconds(&part),
+        );
+        assert_eq!(a.len(), 4000 / 7 + 2, "{tag}: every logged round");
+        assert_eq!(a, b, "{tag}");
+        let status = |dir: &Path| -> serde_json::Value {
+            let s: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                    .unwrap();
+            s["status"].clone()
+        };
+        assert_eq!(status(&part), "max_rounds");
+        assert_eq!(status(&full), status(&part));
+    }
+}
+
 #[test]
 fn corrupted_checkpoint_is_refused() {
     let d = tmp("corrupt");
@@ -642,6 +740,64 @@ fn sigint_finishes_the_round_and_exits_130() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["status"], "interrupted");
     assert!(out.join("checkpoint.json").exists());
+}
+
+/// SIGTERM (what `kill`, systemd and batch schedulers send) is handled like
+/// SIGINT: the round finishes, exit code 130, metrics and summary kept, and the
+/// checkpoint is the state at the last logged round.
+#[test]
+fn sigterm_finishes_the_round_and_exits_130() {
+    let d = tmp("sigterm");
+    let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 1_000_000));
+    let out = d.join("out");
+    let child = bin()
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(
+        &out.join("metrics.jsonl"),
+        Duration::from_secs(30)
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // every logged round is kept, in order, up to the round the run stopped at
+    let rows = metrics_without_seconds(&out);
+    assert!(rows.len() >= 2, "{} metrics lines", rows.len());
+    let rounds: Vec<u64> = rows.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    assert!(
+        rounds.iter().enumerate().all(|(i, &r)| r == 7 * i as u64),
+        "{rounds:?}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "interrupted");
+    let last = rows.last().unwrap();
+    assert_eq!(s["rounds"], last["round"]);
+    assert_eq!(s["grad_norm_sq"], last["grad_norm_sq"]);
+    assert_eq!(s["bits_up_wire"], last["bits_up_wire"]);
+    // the checkpoint (header line, then JSON) holds the state of that round
+    let ck = std::fs::read_to_string(out.join("checkpoint.json")).unwrap();
+    let (_, payload) = ck.split_once('\n').unwrap();
+    let ck: serde_json::Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(ck["state"]["server"]["round"], last["round"]);
 }
 
 #[test]

@@ -7,7 +7,13 @@
 //! - traffic: the payload bytes passed to MPI are exactly the encoded messages
 //!   whose bits the metrics report, round by round;
 //! - failure: a rank that aborts, panics or hangs ends the job with a clear
-//!   error within 30 s, and the metrics written so far are kept.
+//!   error within 30 s, and the metrics written so far are kept;
+//! - the Safe-EF family (two-phase rounds): the shipped example bit-identical
+//!   for P = 1, 2, 4, every method of the family on uneven blocks, the bytes
+//!   of both phases against the metrics' bits;
+//! - resumption: a run that lost a rank continues from its checkpoint over
+//!   MPI (with another P) or in-process, and an in-process checkpoint
+//!   continues over MPI, equal to the uninterrupted run (both families).
 //!
 //! Needs `mpirun` (Open MPI) on PATH and a build with `--features mpi`;
 //! `.ci/mpi-tests` installs both and runs this file.
@@ -437,4 +443,354 @@ fn bad_input_under_mpi_is_a_clear_error() {
         1,
         "only rank 0 reports: {err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The Safe-EF family over MPI, and resumption over MPI
+// ---------------------------------------------------------------------------
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// `efkit ARGS` in one process.
+fn in_process_args(args: &[&str], what: &str) {
+    let mut c = Command::new(bin());
+    c.arg("-q").args(args);
+    let (o, _) = run_limited(c, Duration::from_secs(120));
+    ok(&o, what);
+}
+
+/// `mpirun -n p efkit ARGS` (with `env` exported to the ranks).
+fn mpi_args(p: usize, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = mpirun(p, env);
+    c.arg("-q").args(args);
+    run_limited(c, Duration::from_secs(120)).0
+}
+
+/// `run CONFIG --out OUT ARGS...` as strings.
+fn run_args<'a>(cfg: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    v.extend_from_slice(extra);
+    v
+}
+
+const EXAMPLE_SETS: [&str; 4] = ["--set", "stop.max_rounds=60", "--set", "stop.log_every=5"];
+
+/// The shipped Safe-EF example (a9a, n = 16, Top-1%, two-phase rounds) over
+/// MPI with P = 1, 2 and 4: metrics and summary bit-identical to in-process.
+#[test]
+fn safe_ef_example_is_bit_identical_for_p_1_2_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = example("safe-ef-np-a9a.toml");
+    let reference = dir.path().join("ref");
+    let mut a = run_args(&cfg, &reference, &EXAMPLE_SETS);
+    a.extend(["--backend", "in-process"]);
+    in_process_args(&a, "in-process Safe-EF run");
+    for p in [1usize, 2, 4] {
+        let out = dir.path().join(format!("mpi-p{p}"));
+        let mut a = run_args(&cfg, &out, &EXAMPLE_SETS);
+        a.extend(["--backend", "mpi"]);
+        let o = mpi_args(p, &[], &a);
+        ok(&o, &format!("Safe-EF, mpirun -n {p}"));
+        assert_same_run(&reference, &out, &format!("Safe-EF, P = {p}"));
+        let s: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(s["mpi"]["ranks"], p, "the run really used {p} ranks");
+        assert_eq!(s["setup"]["n"], 16);
+        assert_eq!(
+            rows(&out.join("transport.jsonl")).len(),
+            rows(&out.join("metrics.jsonl")).len()
+        );
+    }
+}
+
+/// A Safe-EF config on mushrooms (n workers) with a method block and extras.
+fn safe_base(n: usize, method_block: &str, extra: &str, rounds: u64, log_every: u64) -> String {
+    format!(
+        "seed = 7\nthreads = 1\n[problem]\nkind = \"neyman-pearson\"\ndataset = \"mushrooms\"\nworkers = {n}\nloss = \"hinge\"\ntau = 0.4\nradius = 3.0\n[method]\n{method_block}\n[theory]\nrounds = 100\n[stop]\nmax_rounds = {rounds}\nlog_every = {log_every}\n{extra}"
+    )
+}
+
+/// Every method of the Safe-EF family (switching with EF14, EF21 and no
+/// feedback, uncompressed, primal-dual; exact and minibatch subgradients,
+/// with and without server compression) on uneven blocks (n = 5 over P = 3).
+/// A method added to the family without an entry here fails this test.
+#[test]
+fn every_safe_method_is_bit_identical_over_mpi() {
+    let topk = "[compressor]\nname = \"top-k\"\nratio = 0.05\n";
+    let server = "[server_compressor]\nname = \"top-k\"\nratio = 0.3\n";
+    let cases: &[(&str, &str, String)] = &[
+        (
+            "safe-ef",
+            "step_multiplier = 16.0\nthreshold_multiplier = 0.0\nbatch = 16",
+            format!("{topk}{server}"),
+        ),
+        (
+            "parallel-sgd",
+            "step_multiplier = 4.0\nthreshold_multiplier = 0.0",
+            String::new(),
+        ),
+        (
+            "compressed-sgd",
+            "step_multiplier = 16.0\nthreshold = 0.05",
+            topk.to_string(),
+        ),
+        (
+            "ef21-switching",
+            "step_multiplier = 16.0\nthreshold_multiplier = 0.0",
+            format!("{topk}{server}"),
+        ),
+        (
+            "primal-dual",
+            "step_multiplier = 8.0\nbatch = 8",
+            format!("{topk}{server}"),
+        ),
+    ];
+    for name in efkit_core::safe::SAFE_METHOD_NAMES {
+        assert!(
+            cases.iter().any(|c| c.0 == *name),
+            "Safe-EF method `{name}` has no MPI determinism case: add it to this table"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, mx, extra) in cases {
+        let block = format!("name = \"{name}\"\n{mx}");
+        // the compressor tables come after [stop]'s keys
+        let cfg = config(dir.path(), name, &safe_base(5, &block, extra, 12, 3));
+        let reference = dir.path().join(format!("ref-{name}"));
+        in_process(&cfg, &reference);
+        let out = dir.path().join(format!("mpi-{name}"));
+        let o = over_mpi(3, &cfg, &out, true);
+        ok(&o, &format!("{name} over MPI"));
+        assert_same_run(&reference, &out, name);
+        if *name != "primal-dual" {
+            // both kinds of steps occurred, so both branches of phase 2 ran
+            let last = rows(&reference.join("metrics.jsonl")).pop().unwrap();
+            let (p, r) = (num(&last, "productive_rounds"), num(&last, "round"));
+            assert!(p > 0.0 && p < r, "{name}: productive {p} of {r}");
+        }
+    }
+}
+
+/// Per logged round, the bytes rank 0 passed to MPI against the bits the
+/// Safe-EF metrics report: uplink payload bytes * 8 = the total uplink wire
+/// bits (constraint values and vectors), downlink payload bytes * 8 = the
+/// downlink wire bits every worker received (flags and models); control: 4 B
+/// per uplink, 32 B per command (STEP, one DOWN per downlink, EVAL).
+#[test]
+fn safe_ef_mpi_moves_exactly_the_encoded_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 4usize;
+    let comp = "[compressor]\nname = \"top-k\"\nratio = 0.05\n[server_compressor]\nname = \"rand-k\"\nratio = 0.2\n";
+    for (name, mx, phases) in [
+        (
+            "safe-ef",
+            "step_multiplier = 8.0\nthreshold_multiplier = 0.0",
+            2.0,
+        ),
+        ("primal-dual", "step_multiplier = 8.0", 1.0),
+    ] {
+        let block = format!("name = \"{name}\"\n{mx}");
+        let cfg = config(
+            dir.path(),
+            &format!("bytes-{name}"),
+            &safe_base(n, &block, comp, 10, 1),
+        );
+        let out = dir.path().join(format!("bytes-{name}"));
+        let o = over_mpi(2, &cfg, &out, true);
+        ok(&o, name);
+        let m = rows(&out.join("metrics.jsonl"));
+        let t: Vec<Value> = rows(&out.join("transport.jsonl"))
+            .into_iter()
+            .map(|v| v["traffic"].clone())
+            .collect();
+        assert_eq!(m.len(), 11);
+        assert_eq!(m.len(), t.len());
+        let mut sizes = std::collections::BTreeSet::new();
+        for r in 1..m.len() {
+            let (m1, t0, t1) = (&m[r], &t[r - 1], &t[r]);
+            assert_eq!(num(t1, "rounds"), num(m1, "round"));
+            assert_eq!(
+                num(t1, "uplink_payload_bytes") * 8.0 / n as f64,
+                num(m1, "bits_up_wire"),
+                "{name} round {r}"
+            );
+            assert_eq!(
+                num(t1, "downlink_payload_bytes") * 8.0,
+                num(m1, "bits_down_wire"),
+                "{name} round {r}"
+            );
+            assert_eq!(
+                num(t1, "uplink_messages"),
+                phases * n as f64 * r as f64,
+                "{name} round {r}"
+            );
+            assert_eq!(num(t1, "length_bytes"), 4.0 * num(t1, "uplink_messages"));
+            assert_eq!(
+                num(t1, "header_bytes") - num(t0, "header_bytes"),
+                32.0 * (1.0 + phases + 1.0),
+                "{name} round {r}"
+            );
+            sizes.insert(
+                (num(t1, "downlink_payload_bytes") - num(t0, "downlink_payload_bytes")) as u64,
+            );
+        }
+        // Rand-K of the model update: the message size is fixed, and the
+        // round's downlinks were really broadcast
+        assert!(sizes.iter().all(|&s| s > 0), "{sizes:?}");
+    }
+}
+
+/// The metrics of `dir` without seconds, as a list.
+fn metric_rows(dir: &Path) -> Vec<Value> {
+    rows(&dir.join("metrics.jsonl"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+/// A Safe-EF run over MPI (P = 2) whose rank 1 dies at round 47 leaves its
+/// checkpoint of round 40; `mpirun -n 4 efkit resume DIR --backend mpi`
+/// continues it, and so does `efkit resume DIR` in-process; an in-process
+/// checkpoint is continued over MPI. Every continuation equals the
+/// uninterrupted in-process run bit for bit.
+#[test]
+fn safe_ef_resume_over_mpi_and_across_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = example("safe-ef-np-a9a.toml");
+    let reference = dir.path().join("ref");
+    let mut a = run_args(&cfg, &reference, &EXAMPLE_SETS);
+    a.extend(["--backend", "in-process"]);
+    in_process_args(&a, "in-process reference");
+    let want = metric_rows(&reference);
+    assert_eq!(want.len(), 13);
+    // an MPI run that loses a rank
+    let killed = dir.path().join("killed");
+    let mut a = run_args(&cfg, &killed, &EXAMPLE_SETS);
+    a.extend(["--backend", "mpi", "--checkpoint-every", "20"]);
+    let o = mpi_args(
+        2,
+        &[
+            ("EFKIT_TEST_FAULT", "1:47:abort"),
+            ("EFKIT_MPI_TIMEOUT", "5"),
+        ],
+        &a,
+    );
+    assert!(!o.status.success(), "the job must fail");
+    let partial = metric_rows(&killed);
+    assert_eq!(partial.len(), 10, "rounds 0..=45 logged before the fault");
+    assert_eq!(&partial[..], &want[..partial.len()]);
+    let ck = std::fs::read_to_string(killed.join("checkpoint.json")).unwrap();
+    assert!(ck.contains("\"round\":40"), "the checkpoint of round 40");
+    // MPI -> in-process
+    let in_proc = dir.path().join("killed-in-process");
+    copy_dir(&killed, &in_proc);
+    in_process_args(
+        &[
+            "resume",
+            in_proc.to_str().unwrap(),
+            "--backend",
+            "in-process",
+        ],
+        "in-process resume of an MPI checkpoint",
+    );
+    assert_eq!(
+        metric_rows(&in_proc),
+        want,
+        "MPI checkpoint resumed in-process"
+    );
+    // MPI (P = 2) -> MPI (P = 4)
+    let o = mpi_args(
+        4,
+        &[],
+        &["resume", killed.to_str().unwrap(), "--backend", "mpi"],
+    );
+    ok(&o, "resume over MPI");
+    assert_eq!(
+        metric_rows(&killed),
+        want,
+        "MPI checkpoint resumed over MPI"
+    );
+    assert_eq!(summary(&killed), summary(&reference));
+    let t = rows(&killed.join("transport.jsonl"));
+    assert_eq!(t.len(), want.len());
+    assert!(t.iter().skip(9).all(|l| l["resumed_from"] == 40), "{t:?}");
+    // in-process -> MPI: the last checkpoint (round 50) of a finished run;
+    // the lines of rounds 55 and 60 are redone over MPI
+    let ip = dir.path().join("in-process-ckpt");
+    let mut a = run_args(&cfg, &ip, &EXAMPLE_SETS);
+    a.extend(["--backend", "in-process", "--checkpoint-every", "25"]);
+    in_process_args(&a, "in-process run with checkpoints");
+    let o = mpi_args(2, &[], &["resume", ip.to_str().unwrap()]);
+    ok(
+        &o,
+        "resume of an in-process checkpoint over MPI (backend detected)",
+    );
+    assert_eq!(
+        metric_rows(&ip),
+        want,
+        "in-process checkpoint resumed over MPI"
+    );
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(ip.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["mpi"]["ranks"], 2);
+    assert_eq!(s["mpi"]["resumed_from"], 50);
+    // no checkpoint: a clear error on rank 0, exit code 2 on every rank
+    let o = mpi_args(
+        2,
+        &[],
+        &["resume", reference.to_str().unwrap(), "--backend", "mpi"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("has no checkpoint"), "{err}");
+}
+
+/// The EF21 family resumes over MPI too: rank 1 dies at round 9 (checkpoint
+/// of round 8), three ranks continue; the metrics equal the in-process run.
+#[test]
+fn ef21_resume_over_mpi_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "ef21",
+        &base(
+            5,
+            "ef21-pp",
+            "participation = 0.6",
+            "name = \"top-k\"\nk = 2",
+            16,
+            "",
+        ),
+    );
+    let reference = dir.path().join("ref");
+    in_process(&cfg, &reference);
+    let killed = dir.path().join("killed");
+    let o = mpi_args(
+        2,
+        &[
+            ("EFKIT_TEST_FAULT", "1:9:abort"),
+            ("EFKIT_MPI_TIMEOUT", "5"),
+        ],
+        &run_args(
+            &cfg,
+            &killed,
+            &["--backend", "mpi", "--checkpoint-every", "4"],
+        ),
+    );
+    assert!(!o.status.success(), "the job must fail");
+    assert_eq!(metric_rows(&killed).len(), 10);
+    let o = mpi_args(3, &[], &["resume", killed.to_str().unwrap()]);
+    ok(&o, "EF21-PP resume over MPI");
+    assert_eq!(metric_rows(&killed), metric_rows(&reference));
+    assert_eq!(summary(&killed), summary(&reference));
 }
