@@ -17,6 +17,12 @@ pub trait Oracle: Send {
     /// Number of local samples N_i for finite sums; `None` for streaming oracles.
     fn num_samples(&self) -> Option<usize>;
 
+    /// Sizes of the model's parameter tensors (layers) in the flat order of
+    /// x, for per-layer compression; `None` (the default) for unlayered models.
+    fn blocks(&self) -> Option<Vec<usize>> {
+        None
+    }
+
     /// f_i(x); writes grad f_i(x) into `grad`.
     fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64;
 

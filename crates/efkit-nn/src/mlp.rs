@@ -231,27 +231,7 @@ impl MlpOracle {
 
     /// The parameter tensors of x, as candle variables.
     fn params(&mut self, x: &[f64]) -> candle_core::Result<Vec<Var>> {
-        assert_eq!(x.len(), self.spec.dim(), "parameter vector length");
-        let mut vars = Vec::with_capacity(2 * (self.spec.layers.len() - 1));
-        let mut off = 0;
-        if self.precision == Precision::F32 {
-            self.params32.clear();
-            self.params32.extend(x.iter().map(|&v| v as f32));
-        }
-        for w in self.spec.layers.windows(2) {
-            for shape in [vec![w[1], w[0]], vec![w[1]]] {
-                let len: usize = shape.iter().product();
-                let v = match self.precision {
-                    Precision::F32 => {
-                        Var::from_slice(&self.params32[off..off + len], shape, &self.device)?
-                    }
-                    Precision::F64 => Var::from_slice(&x[off..off + len], shape, &self.device)?,
-                };
-                vars.push(v);
-                off += len;
-            }
-        }
-        Ok(vars)
+        make_params(&self.spec, x, self.precision, &mut self.params32, &self.device)
     }
 
     /// The batch `rows` as an input tensor and a label tensor.
@@ -346,29 +326,39 @@ impl MlpOracle {
     }
 
     /// Mean loss and accuracy of the parameters x on `data` (e.g. the test
-    /// set), forward passes only.
+    /// set), forward passes only, in chunks of 2,048 images.
     pub fn evaluate(
         spec: &MlpSpec,
         x: &[f64],
         data: &DenseImages,
         precision: Precision,
     ) -> Result<(f64, f64), MlpError> {
-        let mut o = MlpOracle::new(spec.clone(), data.clone(), precision)?;
-        let params = o.params(x).expect(SHAPES);
+        if data.features != spec.inputs() || data.n == 0 {
+            return Err(MlpError::Data(format!(
+                "{} images of {} pixels for a network with {} inputs",
+                data.n,
+                data.features,
+                spec.inputs()
+            )));
+        }
+        let device = Device::Cpu;
+        let mut buf = Vec::new();
+        let params = make_params(spec, x, precision, &mut buf, &device).expect(SHAPES);
         let (mut loss, mut correct) = (0.0, 0usize);
         let mut a = 0;
         while a < data.n {
-            let b = (a + o.chunk).min(data.n);
-            let (input, labels) = o.batch(Rows::Range(a, b)).expect(SHAPES);
+            let b = (a + 2048).min(data.n);
+            let f = data.features;
+            let input = Tensor::from_slice(&data.pixels[a * f..b * f], (b - a, f), &device)
+                .and_then(|t| t.to_dtype(precision.dtype()))
+                .expect(SHAPES);
+            let labels = Tensor::from_slice(&data.labels[a..b], b - a, &device).expect(SHAPES);
             let logits = forward(&params, &input).expect(SHAPES);
             let l = candle_nn::loss::cross_entropy(&logits, &labels)
                 .and_then(|t| t.to_dtype(DType::F64)?.to_scalar::<f64>())
                 .expect(SHAPES);
             loss += l * (b - a) as f64;
-            let pred = logits
-                .argmax(1)
-                .and_then(|t| t.to_vec1::<u32>())
-                .expect(SHAPES);
+            let pred = logits.argmax(1).and_then(|t| t.to_vec1::<u32>()).expect(SHAPES);
             correct += pred
                 .iter()
                 .zip(&data.labels[a..b])
@@ -380,6 +370,35 @@ impl MlpOracle {
     }
 }
 
+/// The parameter tensors of x as candle variables (`buf`: f32 staging).
+fn make_params(
+    spec: &MlpSpec,
+    x: &[f64],
+    precision: Precision,
+    buf: &mut Vec<f32>,
+    device: &Device,
+) -> candle_core::Result<Vec<Var>> {
+    assert_eq!(x.len(), spec.dim(), "parameter vector length");
+    let mut vars = Vec::with_capacity(2 * (spec.layers.len() - 1));
+    let mut off = 0;
+    if precision == Precision::F32 {
+        buf.clear();
+        buf.extend(x.iter().map(|&v| v as f32));
+    }
+    for w in spec.layers.windows(2) {
+        for shape in [vec![w[1], w[0]], vec![w[1]]] {
+            let len: usize = shape.iter().product();
+            let v = match precision {
+                Precision::F32 => Var::from_slice(&buf[off..off + len], shape, device)?,
+                Precision::F64 => Var::from_slice(&x[off..off + len], shape, device)?,
+            };
+            vars.push(v);
+            off += len;
+        }
+    }
+    Ok(vars)
+}
+
 const SHAPES: &str = "MLP tensors: shapes are fixed and checked at construction";
 
 impl Oracle for MlpOracle {
@@ -389,6 +408,10 @@ impl Oracle for MlpOracle {
 
     fn num_samples(&self) -> Option<usize> {
         Some(self.data.n)
+    }
+
+    fn blocks(&self) -> Option<Vec<usize>> {
+        Some(self.spec.blocks())
     }
 
     fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {

@@ -25,7 +25,47 @@
 
 use efkit_core::compress::CompressorSpec;
 use efkit_core::method::MethodSpec;
-pub use efkit_problems::{split::SplitKind, ProblemKind};
+pub use efkit_problems::noisy::NoiseKind;
+pub use efkit_problems::split::SplitKind;
+
+/// The problem families `efkit run` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// Logistic regression with the nonconvex regularizer on a LibSVM data set.
+    #[default]
+    Logistic,
+    /// Least squares on a LibSVM data set.
+    LeastSquares,
+    /// f = 1/2 ||x||^2 with noisy gradients (`dim`, `noise`, `sigma`; algorithms.md §7.1).
+    NoisyQuadratic,
+    /// MNIST multiclass logistic regression with the nonconvex regularizer (§10.3).
+    MnistLogistic,
+    /// A multilayer perceptron on MNIST (`hidden` widths; feature `nn`).
+    MnistMlp,
+}
+
+impl ProblemKind {
+    /// The LibSVM problem kind, for the two families on LibSVM data.
+    pub fn libsvm(self) -> Option<efkit_problems::ProblemKind> {
+        match self {
+            ProblemKind::Logistic => Some(efkit_problems::ProblemKind::Logistic),
+            ProblemKind::LeastSquares => Some(efkit_problems::ProblemKind::LeastSquares),
+            _ => None,
+        }
+    }
+
+    /// The kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::Logistic => "logistic",
+            ProblemKind::LeastSquares => "least-squares",
+            ProblemKind::NoisyQuadratic => "noisy-quadratic",
+            ProblemKind::MnistLogistic => "mnist-logistic",
+            ProblemKind::MnistMlp => "mnist-mlp",
+        }
+    }
+}
 use serde::{Deserialize, Serialize};
 
 /// A whole experiment.
@@ -67,9 +107,13 @@ fn identity_spec() -> CompressorSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProblemConfig {
-    /// `logistic` (nonconvex regularizer) or `least-squares`.
+    /// `logistic` (nonconvex regularizer), `least-squares`, `noisy-quadratic`,
+    /// `mnist-logistic` or `mnist-mlp`.
     pub kind: ProblemKind,
-    /// A bundled dataset name (`efkit data list`) or a path to a LibSVM file.
+    /// A bundled dataset name (`efkit data list`) or a path to a LibSVM file
+    /// (logistic, least squares; the MNIST kinds use the bundled MNIST and
+    /// accept only `mnist`; noisy-quadratic has none).
+    #[serde(default)]
     pub dataset: String,
     /// Number of workers n.
     pub workers: usize,
@@ -83,6 +127,21 @@ pub struct ProblemConfig {
     /// Number of features to assume for a user file (aligns a file with fewer features).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<usize>,
+    /// Dimension d (noisy-quadratic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+    /// Noise law, `gaussian` or `asymmetric` (noisy-quadratic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseKind>,
+    /// Noise scale sigma (noisy-quadratic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f64>,
+    /// Use only the first `rows` training images (MNIST kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+    /// Hidden layer widths (mnist-mlp; default [256]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<usize>>,
 }
 
 /// Step-size rule.

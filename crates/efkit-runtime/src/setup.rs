@@ -117,6 +117,23 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     if cfg.problem.workers == 0 {
         return Err(bad("problem.workers", "must be >= 1"));
     }
+    let Some(libsvm_kind) = cfg.problem.kind.libsvm() else {
+        return crate::setup_sgdm::prepare(cfg);
+    };
+    for (key, set) in [
+        ("dim", cfg.problem.dim.is_some()),
+        ("noise", cfg.problem.noise.is_some()),
+        ("sigma", cfg.problem.sigma.is_some()),
+        ("rows", cfg.problem.rows.is_some()),
+        ("hidden", cfg.problem.hidden.is_some()),
+    ] {
+        if set {
+            return Err(bad(
+                &format!("problem.{key}"),
+                format!("not a parameter of `{}` problems", cfg.problem.kind.name()),
+            ));
+        }
+    }
     let data = match cfg.problem.features {
         Some(f) => {
             if datasets::bundled(&cfg.problem.dataset).is_some() {
@@ -142,7 +159,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     let problem = Problem::from_dataset(
         &data,
         cfg.problem.workers,
-        cfg.problem.kind,
+        libsvm_kind,
         cfg.problem.split,
         cfg.seed,
         cfg.problem.lambda,

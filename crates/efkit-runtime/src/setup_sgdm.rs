@@ -17,7 +17,7 @@
 //! [`Cluster`]. [`cluster_from_oracles`] does the same for oracles the caller
 //! already holds (e.g. MNIST shards loaded once and cloned for many runs).
 
-use efkit_core::compress::{build, CompressorSpec};
+use efkit_core::compress::{build, build_blockwise, CompressorSpec};
 use efkit_core::method::{Codecs, DownlinkMode, MethodSpec};
 use efkit_core::oracle::Oracle;
 use efkit_problems::multiclass::mnist_oracles;
@@ -26,7 +26,8 @@ use efkit_problems::SplitKind;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
-use crate::setup::SetupError;
+use crate::config::{Config, ProblemKind};
+use crate::setup::{initial_point, Prepared, SetupError, SetupInfo};
 
 fn bad(key: &str, reason: impl Into<String>) -> SetupError {
     SetupError::Config {
@@ -47,6 +48,22 @@ pub enum SgdmProblem {
         noise: NoiseKind,
         /// Noise scale sigma.
         sigma: f64,
+    },
+    #[cfg(feature = "nn")]
+    /// A multilayer perceptron (ReLU, softmax cross-entropy) on the MNIST
+    /// training set, computed in f32 with candle ([`efkit_nn`]).
+    MnistMlp {
+        /// Hidden layer widths (784 inputs and 10 classes around them).
+        hidden: Vec<usize>,
+        /// How the training images are split among the workers.
+        #[serde(default)]
+        split: SplitKind,
+        /// Seed of a shuffled split.
+        #[serde(default)]
+        split_seed: u64,
+        /// Use only the first `rows` training images (default: all 60,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<usize>,
     },
     /// MNIST multiclass logistic regression with the nonconvex regularizer (d = 7,840).
     MnistLogistic {
@@ -70,8 +87,19 @@ impl SgdmProblem {
         match self {
             SgdmProblem::NoisyQuadratic { .. } => "noisy-quadratic",
             SgdmProblem::MnistLogistic { .. } => "mnist-logistic",
+            #[cfg(feature = "nn")]
+            SgdmProblem::MnistMlp { .. } => "mnist-mlp",
         }
     }
+}
+
+/// The network of an `mnist-mlp` problem: 784 inputs, `hidden`, 10 classes.
+#[cfg(feature = "nn")]
+pub fn mlp_spec(hidden: &[usize]) -> Result<efkit_nn::MlpSpec, SetupError> {
+    let mut layers = vec![784];
+    layers.extend_from_slice(hidden);
+    layers.push(10);
+    efkit_nn::MlpSpec::new(&layers).map_err(|e| bad("problem.hidden", e.to_string()))
 }
 
 /// Everything a run of the momentum experiments needs.
@@ -141,8 +169,188 @@ pub fn build_oracles(
                 .map(|o| Box::new(o) as Box<dyn Oracle>)
                 .collect())
         }
+        #[cfg(feature = "nn")]
+        SgdmProblem::MnistMlp {
+            ref hidden,
+            split,
+            split_seed,
+            rows,
+        } => {
+            let spec = mlp_spec(hidden)?;
+            let mut train = efkit_nn::mnist_dense(efkit_problems::idx::MnistSplit::Train)?;
+            if let Some(r) = rows {
+                if r == 0 || r > train.n {
+                    return Err(bad(
+                        "problem.rows",
+                        format!("must be in 1..={}, got {r}", train.n),
+                    ));
+                }
+                train = train.head(r);
+            }
+            if workers > train.n {
+                return Err(bad(
+                    "problem.workers",
+                    format!("n = {workers} is larger than the {} images", train.n),
+                ));
+            }
+            train
+                .shards(workers, split, split_seed)?
+                .into_iter()
+                .map(|s| {
+                    efkit_nn::MlpOracle::new(spec.clone(), s, efkit_nn::Precision::F32)
+                        .map(|o| Box::new(o) as Box<dyn Oracle>)
+                        .map_err(|e| bad("problem", e.to_string()))
+                })
+                .collect()
+        }
     }
 }
+
+fn not_for(kind: &str, key: &str) -> SetupError {
+    bad(
+        &format!("problem.{key}"),
+        format!("not a parameter of `{kind}` problems"),
+    )
+}
+
+/// Setup of a config whose problem is `noisy-quadratic`, `mnist-logistic` or
+/// `mnist-mlp` (called by [`crate::setup::prepare`]; the stop rules were
+/// checked there). The step must be `absolute` (the theory rules need the
+/// smoothness constants of the LibSVM problems); `init.kind = "layers"` is
+/// PyTorch's `nn.Linear` initialization of the network, which `mnist-mlp`
+/// needs (at zero every hidden unit would stay identical).
+pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
+    let p = &cfg.problem;
+    let kind = p.kind.name();
+    let allowed: &[&str] = match p.kind {
+        ProblemKind::NoisyQuadratic => &["dim", "noise", "sigma"],
+        ProblemKind::MnistLogistic => &["lambda", "rows"],
+        _ => &["hidden", "rows"],
+    };
+    for (key, set) in [
+        ("dim", p.dim.is_some()),
+        ("noise", p.noise.is_some()),
+        ("sigma", p.sigma.is_some()),
+        ("rows", p.rows.is_some()),
+        ("hidden", p.hidden.is_some()),
+        ("lambda", p.lambda.is_some()),
+        ("features", p.features.is_some()),
+    ] {
+        if set && !allowed.contains(&key) {
+            return Err(not_for(kind, key));
+        }
+    }
+    let need = |key: &str| bad(&format!("problem.{key}"), format!("`{kind}` needs `{key}`"));
+    let problem = match p.kind {
+        ProblemKind::NoisyQuadratic => {
+            if !p.dataset.is_empty() {
+                return Err(bad("problem.dataset", "noisy-quadratic is synthetic: remove `dataset`"));
+            }
+            if p.split != SplitKind::Contiguous {
+                return Err(not_for(kind, "split"));
+            }
+            SgdmProblem::NoisyQuadratic {
+                dim: p.dim.ok_or_else(|| need("dim"))?,
+                noise: p.noise.ok_or_else(|| need("noise"))?,
+                sigma: p.sigma.ok_or_else(|| need("sigma"))?,
+            }
+        }
+        _ if !(p.dataset.is_empty() || p.dataset == "mnist") => {
+            return Err(bad(
+                "problem.dataset",
+                format!("`{kind}` runs on the bundled MNIST: `mnist` or nothing"),
+            ))
+        }
+        ProblemKind::MnistLogistic => SgdmProblem::MnistLogistic {
+            lambda: p.lambda.unwrap_or(MNIST_LAMBDA),
+            split: p.split,
+            split_seed: cfg.seed,
+            rows: p.rows,
+        },
+        #[cfg(feature = "nn")]
+        ProblemKind::MnistMlp => SgdmProblem::MnistMlp {
+            hidden: p.hidden.clone().unwrap_or_else(|| vec![256]),
+            split: p.split,
+            split_seed: cfg.seed,
+            rows: p.rows,
+        },
+        _ => {
+            return Err(bad(
+                "problem.kind",
+                format!("`{kind}` needs efkit built with the `nn` feature"),
+            ))
+        }
+    };
+    if cfg.step.rule != "absolute" {
+        return Err(bad(
+            "step.rule",
+            format!("`{kind}` problems take rule = \"absolute\" with step.value (the theory rules need the LibSVM problems' smoothness constants)"),
+        ));
+    }
+    let gamma = cfg
+        .step
+        .value
+        .ok_or_else(|| bad("step.value", "rule = \"absolute\" needs step.value"))?;
+    if !(gamma > 0.0 && gamma.is_finite()) {
+        return Err(bad("step.value", format!("must be finite and > 0, got {gamma}")));
+    }
+    if cfg.server_compressor.is_some() {
+        return Err(bad(
+            "server_compressor",
+            format!("not supported for `{kind}` problems"),
+        ));
+    }
+    let oracles = build_oracles(&problem, p.workers)?;
+    let d = oracles[0].dim();
+    let x0 = match (cfg.init.kind.as_str(), &problem) {
+        #[cfg(feature = "nn")]
+        ("layers", SgdmProblem::MnistMlp { hidden, .. }) => mlp_spec(hidden)?.init(cfg.seed),
+        ("layers", _) => {
+            return Err(bad(
+                "init.kind",
+                "`layers` (the network initialization) is for mnist-mlp",
+            ))
+        }
+        #[cfg(feature = "nn")]
+        ("zeros", SgdmProblem::MnistMlp { .. }) => {
+            return Err(bad(
+                "init.kind",
+                "mnist-mlp needs init.kind = \"layers\" (at zero every hidden unit stays identical)",
+            ))
+        }
+        _ => initial_point(cfg, d)?,
+    };
+    let rows = oracles.iter().map(|o| o.num_samples().unwrap_or(0)).sum();
+    let cluster = cluster_from_oracles(
+        oracles,
+        &cfg.method,
+        &cfg.compressor,
+        gamma,
+        Some(&x0),
+        cfg.seed,
+        cfg.threads,
+    )?;
+    let alpha = if cluster.parts.force_identity {
+        Some(1.0)
+    } else {
+        cluster.codecs.uplink.class().alpha()
+    };
+    let info = SetupInfo {
+        n: cluster.n(),
+        d,
+        rows,
+        gamma,
+        l: None,
+        l_tilde: None,
+        alpha,
+        compressor: cluster.codecs.uplink.describe(),
+        server_compressor: None,
+    };
+    Ok(Prepared { cluster, info })
+}
+
+/// The default lambda of `mnist-logistic` (the value of the authors' MNIST runs, §10.3).
+pub const MNIST_LAMBDA: f64 = 1e-3;
 
 /// A cluster running `method` with `compressor` at step `gamma` on `oracles`
 /// from `x0` (default zeros). Validates the method against the oracles
@@ -191,7 +399,17 @@ pub fn cluster_from_oracles(
             ),
         ));
     }
-    let uplink = build(compressor, d)?;
+    let uplink = if compressor.per_layer == Some(true) {
+        let blocks = oracles[0].blocks().ok_or_else(|| {
+            bad(
+                "compressor.per_layer",
+                "this problem's parameters have no layers (only networks do)",
+            )
+        })?;
+        build_blockwise(compressor, &blocks)?
+    } else {
+        build(compressor, d)?
+    };
     let dense = build(
         &CompressorSpec {
             values: compressor.values,

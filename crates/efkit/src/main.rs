@@ -8,10 +8,13 @@ mod output;
 mod plot;
 mod repro;
 mod repro_bw;
+#[cfg(feature = "nn")]
+mod repro_mlp;
 mod repro_safe;
 mod repro_sgdm;
 mod run;
 mod run_mpi;
+mod run_safe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +81,9 @@ enum Command {
     Resume {
         /// The run directory.
         dir: PathBuf,
+        /// Backend: in-process or mpi (`mpirun -n P efkit resume DIR`; the default when started by an MPI launcher). Either backend resumes a checkpoint written by either.
+        #[arg(long, value_enum)]
+        backend: Option<run_mpi::Backend>,
     },
     /// Reproduce a paper figure end to end.
     Repro {
@@ -218,7 +224,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 cli.quiet,
             ),
         },
-        Command::Resume { dir } => run::cmd_resume(&dir, cli.quiet),
+        Command::Resume { dir, backend } => match run_mpi::choose_backend(backend)? {
+            run_mpi::Backend::Mpi => run_mpi::cmd_resume_mpi(&dir, cli.quiet),
+            run_mpi::Backend::InProcess => run::cmd_resume(&dir, cli.quiet),
+        },
         Command::Repro {
             name,
             out,

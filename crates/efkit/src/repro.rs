@@ -38,6 +38,8 @@ pub enum ReproName {
     SgdmDivergence,
     /// SGDM paper: MNIST multiclass logistic regression, B = 1 and 128.
     SgdmMnist,
+    /// MLP on MNIST, n = 10, per-layer Top-1%: EF21-SGDM vs EF21-SGD, EF14-SGD, SGDM (needs feature `nn`).
+    SgdmMlp,
     /// Safe-EF vs baselines on Neyman-Pearson classification (a9a, n = 16).
     SafeEf,
     /// Figure 3 analog: stochastic Safe-EF with n = 1..32 workers.
@@ -214,6 +216,13 @@ pub fn cmd_repro(
         ReproName::BwProx => crate::repro_bw::bw_prox(&out, force, quick, quiet),
         ReproName::SgdmDivergence => crate::repro_sgdm::sgdm_divergence(&out, force, quick, quiet),
         ReproName::SgdmMnist => crate::repro_sgdm::sgdm_mnist(&out, force, quick, quiet),
+        #[cfg(feature = "nn")]
+        ReproName::SgdmMlp => crate::repro_mlp::sgdm_mlp(&out, force, quick, quiet),
+        #[cfg(not(feature = "nn"))]
+        ReproName::SgdmMlp => Err(crate::UserError(
+            "sgdm-mlp needs efkit built with the `nn` feature (cargo build --features nn)".into(),
+        )
+        .into()),
         ReproName::SafeEf => crate::repro_safe::safe_ef(&out, force, quick, quiet),
         ReproName::SafeEfScaling => crate::repro_safe::safe_ef_scaling(&out, force, quick, quiet),
     }
@@ -241,6 +250,11 @@ pub fn logreg_config(
             lambda: Some(0.1),
             split: SplitKind::Contiguous,
             features: None,
+            dim: None,
+            noise: None,
+            sigma: None,
+            rows: None,
+            hidden: None,
         },
         method: MethodSpec::named(method),
         compressor,
