@@ -18,4 +18,4 @@ pub mod data;
 pub mod mlp;
 
 pub use data::{mnist_dense, DenseImages};
-pub use mlp::{MlpError, MlpOracle, MlpSpec, Precision};
+pub use mlp::{forward, forward_backward, MlpError, MlpOracle, MlpSpec, Precision};

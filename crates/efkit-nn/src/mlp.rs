@@ -22,6 +22,7 @@
 //! the way in and the gradient widened to f64 on the way out; [`Precision::F64`]
 //! computes in f64, which the finite-difference tests use.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use efkit_core::oracle::{sample_without_replacement, Oracle};
 use efkit_core::rng::{stream, Purpose, Rng};
@@ -150,9 +151,10 @@ impl Rows<'_> {
     }
 }
 
-/// The forward pass of `spec` with parameters `params` on the batch `input`
-/// (`[m, inputs]`): the logits `[m, classes]`.
-fn forward(params: &[Var], input: &Tensor) -> candle_core::Result<Tensor> {
+/// The forward pass with parameters `params` (W_1, b_1, W_2, b_2, ... as
+/// candle variables) on the batch `input` (`[m, inputs]`): the logits
+/// `[m, classes]`.
+pub fn forward(params: &[Var], input: &Tensor) -> candle_core::Result<Tensor> {
     let layers = params.len() / 2;
     let mut h = input.clone();
     for l in 0..layers {
@@ -164,6 +166,25 @@ fn forward(params: &[Var], input: &Tensor) -> candle_core::Result<Tensor> {
         }
     }
     Ok(h)
+}
+
+/// Candle's part of a gradient: forward pass, mean cross-entropy and (with
+/// `backward`) the backward pass. Returns the loss and the gradients.
+pub fn forward_backward(
+    params: &[Var],
+    input: &Tensor,
+    labels: &Tensor,
+    backward: bool,
+) -> candle_core::Result<(f64, Option<GradStore>)> {
+    let logits = forward(params, input)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let store = if backward {
+        Some(loss.backward()?)
+    } else {
+        None
+    };
+    Ok((value, store))
 }
 
 /// Worker i's network on its shard of images.
@@ -231,7 +252,13 @@ impl MlpOracle {
 
     /// The parameter tensors of x, as candle variables.
     fn params(&mut self, x: &[f64]) -> candle_core::Result<Vec<Var>> {
-        make_params(&self.spec, x, self.precision, &mut self.params32, &self.device)
+        make_params(
+            &self.spec,
+            x,
+            self.precision,
+            &mut self.params32,
+            &self.device,
+        )
     }
 
     /// The batch `rows` as an input tensor and a label tensor.
@@ -269,11 +296,8 @@ impl MlpOracle {
         grad: Option<(&mut [f64], f64)>,
     ) -> candle_core::Result<f64> {
         let (input, labels) = self.batch(rows)?;
-        let logits = forward(params, &input)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if let Some((g, weight)) = grad {
-            let store = loss.backward()?;
+        let (value, store) = forward_backward(params, &input, &labels, grad.is_some())?;
+        if let (Some((g, weight)), Some(store)) = (grad, store) {
             let mut off = 0;
             for p in params {
                 let t = store
@@ -358,7 +382,10 @@ impl MlpOracle {
                 .and_then(|t| t.to_dtype(DType::F64)?.to_scalar::<f64>())
                 .expect(SHAPES);
             loss += l * (b - a) as f64;
-            let pred = logits.argmax(1).and_then(|t| t.to_vec1::<u32>()).expect(SHAPES);
+            let pred = logits
+                .argmax(1)
+                .and_then(|t| t.to_vec1::<u32>())
+                .expect(SHAPES);
             correct += pred
                 .iter()
                 .zip(&data.labels[a..b])

@@ -33,6 +33,7 @@ use crate::repro::{cores, par_map};
 use crate::UserError;
 
 /// One method of the figure.
+#[derive(Debug, Clone, Copy)]
 struct MlpMethod {
     /// Preset name.
     method: &'static str,
@@ -42,6 +43,8 @@ struct MlpMethod {
     compressed: bool,
     /// Step size.
     gamma: f64,
+    /// Rounds of the final run.
+    rounds: u64,
 }
 
 /// Parameters of the reproduction.
@@ -51,8 +54,15 @@ struct MlpParams {
     batch: usize,
     ratio: f64,
     eta: f64,
-    rounds: u64,
+    /// The last `validation_rows` training images are held out for tuning.
+    validation_rows: usize,
     eval_every: u64,
+    /// Step sizes tried for every method.
+    grid: Vec<f64>,
+    /// Rounds of a tuning run.
+    tune_rounds: u64,
+    /// Seed of the tuning runs (the final runs use `seed`).
+    tune_seed: u64,
     train_rows: Option<usize>,
     test_rows: usize,
     train_eval_rows: usize,
@@ -68,34 +78,45 @@ impl MlpParams {
                 label: "EF21-SGDM",
                 compressed: true,
                 gamma: 0.1,
+                rounds: if quick { 60 } else { 2000 },
             },
             MlpMethod {
                 method: "ef21-sgd",
                 label: "EF21-SGD",
                 compressed: true,
                 gamma: 0.1,
+                rounds: if quick { 60 } else { 2000 },
             },
             MlpMethod {
                 method: "ef14-sgd",
                 label: "EF14-SGD",
                 compressed: true,
                 gamma: 0.1,
+                rounds: if quick { 60 } else { 2000 },
             },
             MlpMethod {
                 method: "ef21-sgdm",
                 label: "SGDM (uncompressed)",
                 compressed: false,
                 gamma: 0.1,
+                rounds: if quick { 60 } else { 1000 },
             },
         ];
         MlpParams {
             hidden: vec![256],
             workers: 10,
-            batch: 64,
+            batch: 128,
             ratio: 0.01,
             eta: 0.1,
-            rounds: if quick { 60 } else { 3000 },
+            validation_rows: if quick { 500 } else { 5_000 },
             eval_every: if quick { 20 } else { 100 },
+            grid: if quick {
+                vec![0.3, 1.0]
+            } else {
+                vec![0.1, 0.3, 1.0, 3.0]
+            },
+            tune_rounds: if quick { 20 } else { 200 },
+            tune_seed: 2,
             train_rows: if quick { Some(2_000) } else { None },
             test_rows: if quick { 1_000 } else { 10_000 },
             train_eval_rows: if quick { 1_000 } else { 10_000 },
@@ -157,9 +178,14 @@ struct MlpRun {
     error: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     p: &MlpParams,
     m: &MlpMethod,
+    gamma: f64,
+    rounds: u64,
+    seed: u64,
+    eval_every: u64,
     shards: &[DenseImages],
     test: &DenseImages,
     train_eval: &DenseImages,
@@ -174,14 +200,14 @@ fn run_one(
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
         .collect::<Result<_>>()?;
-    let x0 = spec.init(p.seed);
+    let x0 = spec.init(seed);
     let mut c = cluster_from_oracles(
         oracles,
         &p.method_spec(m),
         &p.compressor(m),
-        m.gamma,
+        gamma,
         Some(&x0),
-        p.seed,
+        seed,
         1,
     )
     .map_err(|e| UserError(e.to_string()))?;
@@ -208,20 +234,22 @@ fn run_one(
             seconds: secs,
         })
     };
-    points.push(eval(&c, 0, 0.0)?);
+    if eval_every <= rounds {
+        points.push(eval(&c, 0, 0.0)?);
+    }
     let mut error = None;
-    for t in 1..=p.rounds {
+    for t in 1..=rounds {
         let start = Instant::now();
         if let Err(e) = c.step() {
             error = Some(format!("round {t}: {e}"));
             break;
         }
         train_secs += start.elapsed().as_secs_f64();
-        if t % p.eval_every == 0 || t == p.rounds {
+        if t % eval_every == 0 || t == rounds {
             let pt = eval(&c, t, train_secs)?;
             if !quiet {
                 eprintln!(
-                    "{} round {t}: test accuracy {:.4}, train loss {:.4}, {:.3e} bits/worker ({:.0} s)",
+                    "{} gamma = {gamma} round {t}: test accuracy {:.4}, train loss {:.4}, {:.3e} bits/worker ({:.0} s)",
                     m.label, pt.test_accuracy, pt.train_loss, pt.bits_up_wire, train_secs
                 );
             }
@@ -245,11 +273,15 @@ fn first_at(points: &[MlpPoint], acc: f64) -> Option<&MlpPoint> {
 pub fn sgdm_mlp(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<u8> {
     let start = Instant::now();
     let p = MlpParams::new(quick);
-    let need = |e: efkit_problems::ProblemError| {
-        UserError(format!("sgdm-mlp needs the MNIST files: {e}"))
-    };
-    let mut train = mnist_dense(MnistSplit::Train).map_err(need)?;
+    let need =
+        |e: efkit_problems::ProblemError| UserError(format!("sgdm-mlp needs the MNIST files: {e}"));
+    let full = mnist_dense(MnistSplit::Train).map_err(need)?;
     let test_full = mnist_dense(MnistSplit::Test).map_err(need)?;
+    // hold out the last images of the training file for step-size selection
+    let fit_rows = full.n - p.validation_rows;
+    let validation = full.select(&(fit_rows..full.n).collect::<Vec<_>>());
+    let mut train = full.head(fit_rows);
+    drop(full);
     let train_eval = train.head(p.train_eval_rows);
     if let Some(r) = p.train_rows {
         train = train.head(r);
@@ -258,14 +290,86 @@ pub fn sgdm_mlp(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<u8
     let shards = train
         .shards(p.workers, SplitKind::Contiguous, 0)
         .map_err(|e| UserError(e.to_string()))?;
-    let runs: Vec<Result<MlpRun>> = par_map(&p.methods, cores(), |m| {
-        run_one(&p, m, &shards, &test, &train_eval, quiet)
+    // tuning: every method at every grid step for `tune_rounds` rounds (seed
+    // `tune_seed`); score = accuracy on the held-out images at the end
+    let jobs: Vec<(usize, f64)> = (0..p.methods.len())
+        .flat_map(|m| p.grid.iter().map(move |&g| (m, g)))
+        .collect();
+    let tuned: Vec<Result<MlpRun>> = par_map(&jobs, cores(), |&(m, g)| {
+        run_one(
+            &p,
+            &p.methods[m],
+            g,
+            p.tune_rounds,
+            p.tune_seed,
+            p.tune_rounds,
+            &shards,
+            &validation,
+            &train_eval,
+            quiet,
+        )
+    });
+    let mut scores: Vec<Vec<(f64, f64)>> = vec![Vec::new(); p.methods.len()];
+    for (&(m, g), r) in jobs.iter().zip(tuned) {
+        let r = r?;
+        // score: validation accuracy (higher is better; a failed run scores 0)
+        let score = match (&r.error, r.points.last()) {
+            (None, Some(q)) if q.train_loss.is_finite() => q.test_accuracy,
+            _ => 0.0,
+        };
+        scores[m].push((g, score));
+    }
+    let mut methods = Vec::new();
+    for (m, sc) in p.methods.iter().zip(&scores) {
+        let best = sc
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0)))
+            .map(|e| e.0)
+            .unwrap_or(m.gamma);
+        methods.push(MlpMethod { gamma: best, ..*m });
+    }
+    let runs: Vec<Result<MlpRun>> = par_map(&methods, cores(), |m| {
+        run_one(
+            &p,
+            m,
+            m.gamma,
+            m.rounds,
+            p.seed,
+            p.eval_every,
+            &shards,
+            &test,
+            &train_eval,
+            quiet,
+        )
     });
     let runs: Vec<MlpRun> = runs.into_iter().collect::<Result<_>>()?;
+    let mut grid_table = String::from(
+        "| method | gamma: validation accuracy after the tuning run | chosen |\n|---|---|---|\n",
+    );
+    for (m, sc) in methods.iter().zip(&scores) {
+        let cells: Vec<String> = sc
+            .iter()
+            .map(|(g, s)| {
+                if *s > 0.0 {
+                    format!("{g}: {s:.4}")
+                } else {
+                    format!("{g}: failed")
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            grid_table,
+            "| {} | {} | {} |",
+            m.label,
+            cells.join(", "),
+            m.gamma
+        );
+    }
     // curves
     let curves = out.join("curves");
-    std::fs::create_dir_all(&curves).with_context(|| format!("cannot create {}", curves.display()))?;
-    for (m, r) in p.methods.iter().zip(&runs) {
+    std::fs::create_dir_all(&curves)
+        .with_context(|| format!("cannot create {}", curves.display()))?;
+    for (m, r) in methods.iter().zip(&runs) {
         let name = if m.compressed {
             m.method.to_string()
         } else {
@@ -277,20 +381,29 @@ pub fn sgdm_mlp(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<u8
         }
     }
     let series = |y: fn(&MlpPoint) -> f64| -> Vec<Series> {
-        p.methods
+        methods
             .iter()
             .zip(&runs)
-            .map(|(m, r)| Series {
-                label: format!("{}, gamma = {}", m.label, m.gamma),
-                x: r.points.iter().map(|q| q.bits_up_wire.max(1.0)).collect(),
-                y: r.points.iter().map(y).collect(),
-                band: None,
+            .map(|(m, r)| {
+                // round 0 (no bits yet) has no place on a log axis; it is in the curves
+                let pts: Vec<&MlpPoint> =
+                    r.points.iter().filter(|q| q.bits_up_wire > 0.0).collect();
+                Series {
+                    label: format!("{}, gamma = {}", m.label, m.gamma),
+                    x: pts.iter().map(|q| q.bits_up_wire).collect(),
+                    y: pts.iter().map(|q| y(q)).collect(),
+                    band: None,
+                }
             })
             .collect()
     };
     let title = format!(
         "MLP 784-{}-10 on MNIST, n = {}, B = {}, per-layer Top-{}%",
-        p.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
+        p.hidden
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+            .join("-"),
         p.workers,
         p.batch,
         p.ratio * 100.0
@@ -319,13 +432,9 @@ pub fn sgdm_mlp(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<u8
         "| method | gamma | rounds | final test acc | best test acc | bits/worker to 97% (wire) | (paper: 32/value) | final bits/worker (wire) | final train loss | training s | rounds/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut verdict = String::new();
-    for (m, r) in p.methods.iter().zip(&runs) {
+    for (m, r) in methods.iter().zip(&runs) {
         let last = r.points.last().expect("round 0 is evaluated");
-        let best = r
-            .points
-            .iter()
-            .map(|q| q.test_accuracy)
-            .fold(0.0, f64::max);
+        let best = r.points.iter().map(|q| q.test_accuracy).fold(0.0, f64::max);
         let at97 = first_at(&r.points, 0.97);
         let _ = writeln!(
             table,
@@ -365,12 +474,13 @@ pub fn sgdm_mlp(out: &Path, _force: bool, quick: bool, quiet: bool) -> Result<u8
 Network experiment of the EF21-SGDM line (Fatkhullin, Tyurin & Richtarik, NeurIPS 2023), on MNIST.\n\n\
 ## Setup\n\n\
 * Model: MLP {layers:?} (ReLU, softmax cross-entropy), d = {d} parameters in {nb} tensors {blocks:?}; PyTorch's `nn.Linear` initialization, seed {seed}; forward/backward by candle (CPU, f32).\n\
-* Data: MNIST training set{rows_note}, pixels / 255, split contiguously in file order among n = {n} workers; test accuracy on {test} test images; train loss on the first {tr} training images.\n\
+* Data: MNIST training set{rows_note} (the last {val} images of the training file are held out for step-size selection), pixels / 255, split contiguously in file order among n = {n} workers; test accuracy on {test} test images; train loss on the first {tr} training images.\n\
 * Every worker draws a minibatch of B = {b} per round (uniform without replacement). EF21 family: g_i^0 = first minibatch gradient, sent dense.\n\
 * Compressor: Top-K per tensor with K = max(1, floor({ratio} d_b)) (the authors' deep-learning convention), f32 values; bits are counted from the encoded bytes (wire) and in the papers' convention (32 per value, indices free).\n\
-* Methods: EF21-SGDM (eta = {eta}), EF21-SGD, EF14-SGD, and uncompressed SGD with momentum (EF21-SGDM with the identity compressor: g_i = v_i, 32 d bits per round). Steps as in the table (not tuned per method).\n\
-* {rounds} rounds each, evaluated every {every} rounds.\n\n\
-## Results\n\n{table}\n{verdict}\n\
+* Methods: EF21-SGDM (eta = {eta}), EF21-SGD, EF14-SGD, and uncompressed SGD with momentum (EF21-SGDM with the identity compressor: g_i = v_i, 32 d bits per round).\n\
+* Step sizes: every method tried at gamma in {grid:?} for {tune} rounds (seed {tseed}); the step with the best accuracy on {val} held-out training images (the last ones of the file, never trained on) is kept (ties to the smaller step). Final runs (seed {seed}): {rounds}; evaluated every {every} rounds. The uncompressed baseline gets fewer rounds: it spends 32 d bits per round and is there for the bits axis.\n\n\
+## Step-size tuning\n\n{grid_table}\n\
+## Results (final runs)\n\n{table}\n{verdict}\n\
 Figure: `{svg}` / `{png}` (left: test accuracy, right: train loss, both against uplink bits per worker, log scale). Curves: `curves/*.jsonl`.\n\n\
 Wall time {secs:.0} s on {cores} threads (one run per thread).\n",
         quick_note = if quick { " (quick smoke run on 2,000 images, NOT the full experiment)" } else { "" },
@@ -379,22 +489,26 @@ Wall time {secs:.0} s on {cores} threads (one run per thread).\n",
         nb = spec.blocks().len(),
         blocks = spec.blocks(),
         seed = p.seed,
-        rows_note = p.train_rows.map(|r| format!(" (first {r} images)")).unwrap_or_else(|| " (60,000 images)".into()),
+        rows_note = p.train_rows.map(|r| format!(" (first {r} images)")).unwrap_or_else(|| format!(" (first {} images)", 60_000 - p.validation_rows)),
         n = p.workers,
         test = p.test_rows,
         tr = p.train_eval_rows,
         b = p.batch,
         ratio = p.ratio,
         eta = p.eta,
-        rounds = p.rounds,
+        rounds = methods.iter().map(|m| format!("{} {} rounds", m.label, m.rounds)).collect::<Vec<_>>().join(", "),
+        val = p.validation_rows,
         every = p.eval_every,
+        grid = p.grid,
+        tune = p.tune_rounds,
+        tseed = p.tune_seed,
         svg = svg.file_name().unwrap_or_default().to_string_lossy(),
         png = png.file_name().unwrap_or_default().to_string_lossy(),
         cores = cores(),
     );
     output::write_atomic(&out.join("README.md"), readme.as_bytes())?;
     if !quiet {
-        println!("{table}\n{verdict}");
+        println!("{grid_table}\n{table}\n{verdict}");
     }
     println!("figure: {}", png.display());
     Ok(0)

@@ -93,3 +93,48 @@ fn mnist_quick_runs_every_method() {
     assert!(out.join("curves/contiguous-B128-ef21-sgdm.jsonl").is_file());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `repro sgdm-mlp --quick`: tuning and final runs of the four methods on a
+/// small MNIST subset write the figure, the curves and a README whose table
+/// has a row per method; per-layer Top-1% sends far fewer bits than the
+/// uncompressed baseline.
+#[test]
+fn mlp_quick_writes_figure_curves_and_tables() {
+    let out = tmp("mlp");
+    let o = efkit(&[
+        "repro",
+        "sgdm-mlp",
+        "--quick",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["README.md", "sgdm_mlp.png", "sgdm_mlp.svg"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    for label in [
+        "| EF21-SGDM |",
+        "| EF21-SGD |",
+        "| EF14-SGD |",
+        "| SGDM (uncompressed) |",
+    ] {
+        assert_eq!(readme.matches(label).count(), 2, "{label} in both tables");
+    }
+    let last = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join("curves").join(name)).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let sgdm = last("ef21-sgdm.jsonl");
+    let dense = last("sgdm-uncompressed.jsonl");
+    let acc = sgdm["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(sgdm["round"], 60);
+    let ratio = dense["bits_up_wire"].as_f64().unwrap() / sgdm["bits_up_wire"].as_f64().unwrap();
+    assert!(
+        ratio > 10.0,
+        "uncompressed / per-layer Top-1% bits = {ratio}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

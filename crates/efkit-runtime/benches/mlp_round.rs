@@ -1,0 +1,154 @@
+//! One EF21-SGDM round of the MLP on MNIST against candle's forward/backward.
+//!
+//! Setting (issue "Momentum fixes error feedback", speed): MLP 784-256-10
+//! (d = 203,530), MNIST training set split among n = 10 workers, minibatch
+//! B = 64 per worker (`EFKIT_BENCH_BATCH` to change it), EF21-SGDM (eta = 0.1) with per-layer Top-1% and f32
+//! values. Measured in one run, interleaved, for T = 1 and 2 threads:
+//!
+//! * `round`: `cluster.step()`: the 10 workers' minibatch gradients
+//!   (f64 -> f32 parameters, batch gather, candle forward/backward, gradient
+//!   back to f64), momentum, per-layer Top-K of v_i - g_i, encoding, server
+//!   decoding, aggregation and step;
+//! * `oracle`: only the 10 calls `oracle.stochastic_grad` at one x
+//!   (sequential), i.e. the round minus the method;
+//! * `candle`: only candle's forward pass, loss and backward pass for the 10
+//!   batches, on parameter variables and batch tensors built beforehand.
+//!
+//! `1 - candle / round` is the share of a round spent outside candle's
+//! forward/backward. Minimum and median over the repetitions are printed
+//! (interference on a shared machine only adds time). Results:
+//! `bench/runs/2026-12-05-mlp.md`.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use efkit_core::oracle::Oracle;
+use efkit_core::rng::{stream, Purpose};
+use efkit_nn::{forward_backward, mnist_dense, MlpOracle, MlpSpec, Precision};
+use efkit_problems::idx::MnistSplit;
+use efkit_problems::split::SplitKind;
+use efkit_runtime::config::parse_with_hints;
+use efkit_runtime::setup::prepare;
+
+fn stats(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+fn main() {
+    let reps: usize = std::env::var("EFKIT_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    // B per worker (the reproduction uses 128)
+    let batch_size: usize = std::env::var("EFKIT_BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let spec = MlpSpec::new(&[784, 256, 10]).unwrap();
+    let train = mnist_dense(MnistSplit::Train).expect("MNIST");
+    let shards = train.shards(10, SplitKind::Contiguous, 1).unwrap();
+    let mut oracles: Vec<MlpOracle> = shards
+        .iter()
+        .map(|s| MlpOracle::new(spec.clone(), s.clone(), Precision::F32).unwrap())
+        .collect();
+    // candle-only inputs: one batch per worker, parameters as variables
+    let dev = Device::Cpu;
+    let x0 = spec.init(1);
+    let x32: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
+    let mut params = Vec::new();
+    let mut off = 0;
+    for w in spec.layers().windows(2) {
+        for shape in [vec![w[1], w[0]], vec![w[1]]] {
+            let len: usize = shape.iter().product();
+            params.push(Var::from_slice(&x32[off..off + len], shape, &dev).unwrap());
+            off += len;
+        }
+    }
+    let batches: Vec<(Tensor, Tensor)> = shards
+        .iter()
+        .map(|s| {
+            let b = s.head(batch_size);
+            (
+                Tensor::from_slice(&b.pixels, (batch_size, 784), &dev).unwrap(),
+                Tensor::from_slice(&b.labels, batch_size, &dev).unwrap(),
+            )
+        })
+        .collect();
+    println!("mlp_round: MLP 784-256-10 (d = {}), n = 10, B = {batch_size}, EF21-SGDM per-layer Top-1%, {reps} interleaved repetitions", spec.dim());
+    for threads in [1usize, 2] {
+        let cfg = parse_with_hints(&format!(
+            "seed = 1\nthreads = {threads}\n[problem]\nkind = \"mnist-mlp\"\nworkers = 10\nhidden = [256]\n\
+             [method]\nname = \"ef21-sgdm\"\neta = 0.1\nbatch = {batch_size}\ninit_batch = {batch_size}\n\
+             [compressor]\nname = \"top-k\"\nratio = 0.01\nper_layer = true\n\
+             [step]\nrule = \"absolute\"\nvalue = 0.1\n[init]\nkind = \"layers\"\n"
+        ))
+        .unwrap();
+        let mut c = prepare(&cfg).unwrap().cluster;
+        c.step().unwrap(); // round 0: dense initialization
+        c.step().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let d = spec.dim();
+        let mut grads = vec![vec![0.0; d]; 10];
+        let (mut t_round, mut t_oracle, mut t_candle) = (Vec::new(), Vec::new(), Vec::new());
+        let mut drawn = vec![Vec::new(); 10];
+        for r in 0..reps {
+            let t = Instant::now();
+            c.step().unwrap();
+            t_round.push(t.elapsed().as_secs_f64());
+            let x = c.server.state.x.clone();
+            let t = Instant::now();
+            pool.install(|| {
+                use rayon::prelude::*;
+                oracles
+                    .par_iter_mut()
+                    .zip(grads.par_iter_mut())
+                    .zip(drawn.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(i, ((o, g), dr))| {
+                        let mut rng = stream(7, Purpose::Sample, i as u64, r as u64);
+                        o.stochastic_grad(&x, batch_size, &mut rng, dr, g);
+                    });
+            });
+            t_oracle.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            pool.install(|| {
+                use rayon::prelude::*;
+                batches.par_iter().for_each(|(input, labels)| {
+                    let (_, store) = forward_backward(&params, input, labels, true).unwrap();
+                    std::hint::black_box(store);
+                });
+            });
+            t_candle.push(t.elapsed().as_secs_f64());
+        }
+        let (rmin, rmed) = stats(&mut t_round);
+        let (omin, omed) = stats(&mut t_oracle);
+        let (cmin, cmed) = stats(&mut t_candle);
+        println!("threads = {threads}");
+        println!(
+            "  round : min {:8.2} ms  median {:8.2} ms  ({:.1} rounds/s at the median)",
+            rmin * 1e3,
+            rmed * 1e3,
+            1.0 / rmed
+        );
+        println!(
+            "  oracle: min {:8.2} ms  median {:8.2} ms",
+            omin * 1e3,
+            omed * 1e3
+        );
+        println!(
+            "  candle: min {:8.2} ms  median {:8.2} ms",
+            cmin * 1e3,
+            cmed * 1e3
+        );
+        println!(
+            "  outside candle forward/backward: {:.1}% (min), {:.1}% (median); outside the oracle calls: {:.1}% (min)",
+            100.0 * (1.0 - cmin / rmin),
+            100.0 * (1.0 - cmed / rmed),
+            100.0 * (1.0 - omin / rmin)
+        );
+    }
+}
