@@ -23,9 +23,9 @@ use std::collections::BTreeSet;
 
 use efkit_core::bits::{BitReader, BitWriter};
 use efkit_core::compress::{
-    build, build_blockwise, catalogue, decode_one, encode_one, example_spec, fuzz_decode, CompressCtx,
-    CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx, Scratch, ValueFormat,
-    CATALOGUE_NAMES,
+    build, build_blockwise, catalogue, decode_one, encode_one, example_spec, fuzz_decode,
+    CompressCtx, CompressedVec, Compressor, CompressorClass, CompressorSpec, DecodeCtx, Scratch,
+    ValueFormat, CATALOGUE_NAMES,
 };
 use efkit_core::rng::{rng_from_key, Rng};
 use efkit_core::{CompressError, ParamError};

@@ -244,7 +244,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     let problem = match p.kind {
         ProblemKind::NoisyQuadratic => {
             if !p.dataset.is_empty() {
-                return Err(bad("problem.dataset", "noisy-quadratic is synthetic: remove `dataset`"));
+                return Err(bad(
+                    "problem.dataset",
+                    "noisy-quadratic is synthetic: remove `dataset`",
+                ));
             }
             if p.split != SplitKind::Contiguous {
                 return Err(not_for(kind, "split"));
@@ -292,7 +295,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         .value
         .ok_or_else(|| bad("step.value", "rule = \"absolute\" needs step.value"))?;
     if !(gamma > 0.0 && gamma.is_finite()) {
-        return Err(bad("step.value", format!("must be finite and > 0, got {gamma}")));
+        return Err(bad(
+            "step.value",
+            format!("must be finite and > 0, got {gamma}"),
+        ));
     }
     if cfg.server_compressor.is_some() {
         return Err(bad(
@@ -312,12 +318,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
             ))
         }
         #[cfg(feature = "nn")]
-        ("zeros", SgdmProblem::MnistMlp { .. }) => {
-            return Err(bad(
-                "init.kind",
-                "mnist-mlp needs init.kind = \"layers\" (at zero every hidden unit stays identical)",
-            ))
-        }
+        ("zeros", SgdmProblem::MnistMlp { .. }) => return Err(bad(
+            "init.kind",
+            "mnist-mlp needs init.kind = \"layers\" (at zero every hidden unit stays identical)",
+        )),
         _ => initial_point(cfg, d)?,
     };
     let rows = oracles.iter().map(|o| o.num_samples().unwrap_or(0)).sum();

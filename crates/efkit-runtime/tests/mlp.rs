@@ -129,7 +129,12 @@ fn mlp_runs_are_identical_for_one_and_two_threads() {
         for _ in 0..4 {
             c.step().unwrap();
         }
-        c.server.state.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        c.server
+            .state
+            .x
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(1), run(2));
 }
@@ -143,11 +148,16 @@ fn mlp_config_errors_name_the_key() {
     assert!(err(config(1, "", "zeros")).contains("init.kind"));
     assert!(err(config(1, "sigma = 1.0", "layers")).contains("problem.sigma"));
     assert!(err(config(1, "dataset = \"a9a\"", "layers")).contains("problem.dataset"));
-    assert!(err(config(1, "", "layers").replace("hidden = [6]", "hidden = [0]"))
-        .contains("problem.hidden"));
-    assert!(err(config(1, "", "layers").replace("rows = 60", "rows = 70000"))
-        .contains("problem.rows"));
-    assert!(err(config(1, "", "layers").replace("\"absolute\"", "\"theory\"")).contains("step.rule"));
+    assert!(
+        err(config(1, "", "layers").replace("hidden = [6]", "hidden = [0]"))
+            .contains("problem.hidden")
+    );
+    assert!(
+        err(config(1, "", "layers").replace("rows = 60", "rows = 70000")).contains("problem.rows")
+    );
+    assert!(
+        err(config(1, "", "layers").replace("\"absolute\"", "\"theory\"")).contains("step.rule")
+    );
     // per-layer compression needs layers
     let quad = "seed = 1\n[problem]\nkind = \"noisy-quadratic\"\nworkers = 1\ndim = 4\nnoise = \"gaussian\"\nsigma = 1.0\n[method]\nname = \"ef21-sgd\"\nbatch = 1\n[compressor]\nname = \"top-k\"\nk = 1\nper_layer = true\n[step]\nrule = \"absolute\"\nvalue = 0.1\n";
     assert!(err(quad.to_string()).contains("compressor.per_layer"));

@@ -69,7 +69,10 @@ pub fn build_blockwise(
     }
     let d: usize = sizes.iter().sum();
     if d > u32::MAX as usize {
-        return Err(ParamError::invalid("d", format!("dimension {d} exceeds 2^32 - 1")));
+        return Err(ParamError::invalid(
+            "d",
+            format!("dimension {d} exceeds 2^32 - 1"),
+        ));
     }
     let inner = CompressorSpec {
         per_layer: None,
@@ -265,8 +268,22 @@ mod tests {
         assert_eq!(c.name(), "top-k");
         assert!(c.describe().starts_with("per-layer[top-k"));
         // wire bits are the sum of the blocks' messages
-        let b1 = build(&CompressorSpec { per_layer: None, ..topk(0.25) }, 4).unwrap();
-        let b2 = build(&CompressorSpec { per_layer: None, ..topk(0.25) }, 2).unwrap();
+        let b1 = build(
+            &CompressorSpec {
+                per_layer: None,
+                ..topk(0.25)
+            },
+            4,
+        )
+        .unwrap();
+        let b2 = build(
+            &CompressorSpec {
+                per_layer: None,
+                ..topk(0.25)
+            },
+            2,
+        )
+        .unwrap();
         let mut w = BitWriter::new();
         let mut scratch = Default::default();
         let mut o = CompressedVec::default();
@@ -296,7 +313,10 @@ mod tests {
         let mut w = BitWriter::new();
         let mut out = CompressedVec::default();
         let e = c.compress(&x, &mut ctx, &mut out, &mut w).unwrap_err();
-        assert!(matches!(e, CompressError::NonFinite { index: 4, .. }), "{e}");
+        assert!(
+            matches!(e, CompressError::NonFinite { index: 4, .. }),
+            "{e}"
+        );
         assert_eq!(w.bit_len(), 0);
         assert!(matches!(
             c.compress(&x[..5], &mut ctx, &mut out, &mut w),
@@ -311,11 +331,17 @@ mod tests {
             per_layer: Some(true),
             ..CompressorSpec::named("qsgd")
         };
-        assert!(build_blockwise(&q, &[3]).unwrap_err().to_string().contains("per_layer"));
+        assert!(build_blockwise(&q, &[3])
+            .unwrap_err()
+            .to_string()
+            .contains("per_layer"));
         assert!(build_blockwise(&topk(0.5), &[3, 0]).is_err());
         assert!(build_blockwise(&topk(0.5), &[]).is_err());
         // plain `build` refuses per_layer (it has no layers)
-        assert!(build(&topk(0.5), 6).unwrap_err().to_string().contains("per_layer"));
+        assert!(build(&topk(0.5), 6)
+            .unwrap_err()
+            .to_string()
+            .contains("per_layer"));
         let u = CompressorSpec {
             k: Some(1),
             per_layer: Some(true),
