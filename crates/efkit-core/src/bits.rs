@@ -130,7 +130,8 @@ impl BitWriter {
     /// Writes an f64 by its bit pattern.
     #[inline]
     pub fn write_f64(&mut self, v: f64) {
-        self.write_bits(v.to_bits(), 64);
+        // one 8-byte store instead of eight byte pushes (dense model broadcasts)
+        self.write_u64_block(v.to_bits());
     }
 
     /// Writes the 64 bits of `v`, most significant first: the same bits as
@@ -341,7 +342,7 @@ impl<'a> BitReader<'a> {
 
     /// Reads an f64 bit pattern.
     pub fn read_f64(&mut self) -> Result<f64, DecodeError> {
-        Ok(f64::from_bits(self.read_bits(64)?))
+        Ok(f64::from_bits(self.read_u64_block()?))
     }
 
     /// Reads 64 bits: the same value and errors as `read_bits(64)`, with one

@@ -23,7 +23,7 @@
 //! computes in f64, which the finite-difference tests use.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
 use efkit_core::oracle::{sample_without_replacement, Oracle};
 use efkit_core::rng::{stream, Purpose, Rng};
 use rand::Rng as _;
@@ -199,7 +199,6 @@ pub struct MlpOracle {
     // reused buffers: the gathered batch and its labels
     batch_pixels: Vec<f32>,
     batch_labels: Vec<u32>,
-    params32: Vec<f32>,
     drawn: Vec<u32>,
 }
 
@@ -235,7 +234,6 @@ impl MlpOracle {
             device: Device::Cpu,
             batch_pixels: Vec::new(),
             batch_labels: Vec::new(),
-            params32: Vec::new(),
             drawn: Vec::new(),
         })
     }
@@ -252,13 +250,7 @@ impl MlpOracle {
 
     /// The parameter tensors of x, as candle variables.
     fn params(&mut self, x: &[f64]) -> candle_core::Result<Vec<Var>> {
-        make_params(
-            &self.spec,
-            x,
-            self.precision,
-            &mut self.params32,
-            &self.device,
-        )
+        make_params(&self.spec, x, self.precision, &self.device)
     }
 
     /// The batch `rows` as an input tensor and a label tensor.
@@ -304,19 +296,7 @@ impl MlpOracle {
                     .get(p.as_tensor())
                     .expect("every parameter takes part in the loss");
                 let n = t.elem_count();
-                let dst = &mut g[off..off + n];
-                match self.precision {
-                    Precision::F32 => {
-                        for (d, s) in dst.iter_mut().zip(t.flatten_all()?.to_vec1::<f32>()?) {
-                            *d += weight * f64::from(s);
-                        }
-                    }
-                    Precision::F64 => {
-                        for (d, s) in dst.iter_mut().zip(t.flatten_all()?.to_vec1::<f64>()?) {
-                            *d += weight * s;
-                        }
-                    }
-                }
+                add_scaled(t, weight, &mut g[off..off + n])?;
                 off += n;
             }
         }
@@ -366,8 +346,7 @@ impl MlpOracle {
             )));
         }
         let device = Device::Cpu;
-        let mut buf = Vec::new();
-        let params = make_params(spec, x, precision, &mut buf, &device).expect(SHAPES);
+        let params = make_params(spec, x, precision, &device).expect(SHAPES);
         let (mut loss, mut correct) = (0.0, 0usize);
         let mut a = 0;
         while a < data.n {
@@ -397,27 +376,61 @@ impl MlpOracle {
     }
 }
 
-/// The parameter tensors of x as candle variables (`buf`: f32 staging).
+/// Adds `weight` times the tensor `t` (f32 or f64, any layout) to `dst`,
+/// reading candle's CPU buffer in place when `t` is contiguous (the usual
+/// case for gradients) instead of copying it out first.
+fn add_scaled(t: &Tensor, weight: f64, dst: &mut [f64]) -> candle_core::Result<()> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            debug_assert_eq!(b - a, dst.len());
+            match cpu {
+                CpuStorage::F32(v) => {
+                    for (d, s) in dst.iter_mut().zip(&v[a..b]) {
+                        *d += weight * f64::from(*s);
+                    }
+                    return Ok(());
+                }
+                CpuStorage::F64(v) => {
+                    for (d, s) in dst.iter_mut().zip(&v[a..b]) {
+                        *d += weight * s;
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    } // the storage lock is released before the copying fallback
+    let flat = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    for (d, s) in dst.iter_mut().zip(flat) {
+        *d += weight * s;
+    }
+    Ok(())
+}
+
+/// The parameter tensors of x as candle variables. Each tensor's buffer is
+/// filled directly from x (converted to f32 when asked) and handed to candle
+/// without a second copy.
 fn make_params(
     spec: &MlpSpec,
     x: &[f64],
     precision: Precision,
-    buf: &mut Vec<f32>,
     device: &Device,
 ) -> candle_core::Result<Vec<Var>> {
     assert_eq!(x.len(), spec.dim(), "parameter vector length");
     let mut vars = Vec::with_capacity(2 * (spec.layers.len() - 1));
     let mut off = 0;
-    if precision == Precision::F32 {
-        buf.clear();
-        buf.extend(x.iter().map(|&v| v as f32));
-    }
     for w in spec.layers.windows(2) {
         for shape in [vec![w[1], w[0]], vec![w[1]]] {
             let len: usize = shape.iter().product();
+            let src = &x[off..off + len];
             let v = match precision {
-                Precision::F32 => Var::from_slice(&buf[off..off + len], shape, device)?,
-                Precision::F64 => Var::from_slice(&x[off..off + len], shape, device)?,
+                Precision::F32 => Var::from_vec(
+                    src.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+                    shape,
+                    device,
+                )?,
+                Precision::F64 => Var::from_slice(src, shape, device)?,
             };
             vars.push(v);
             off += len;

@@ -76,7 +76,15 @@ fn main() {
         })
         .collect();
     println!("mlp_round: MLP 784-256-10 (d = {}), n = 10, B = {batch_size}, EF21-SGDM per-layer Top-1%, {reps} interleaved repetitions", spec.dim());
-    for threads in [1usize, 2] {
+    // `EFKIT_BENCH_THREADS=1` measures one thread count only (for profiling)
+    let thread_counts: Vec<usize> = match std::env::var("EFKIT_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(t) => vec![t],
+        None => vec![1, 2],
+    };
+    for threads in thread_counts {
         let cfg = parse_with_hints(&format!(
             "seed = 1\nthreads = {threads}\n[problem]\nkind = \"mnist-mlp\"\nworkers = 10\nhidden = [256]\n\
              [method]\nname = \"ef21-sgdm\"\neta = 0.1\nbatch = {batch_size}\ninit_batch = {batch_size}\n\
