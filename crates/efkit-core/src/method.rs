@@ -27,6 +27,7 @@
 //! | `dcgd` | full gradient | none | plain | model | all |
 //! | `ef14` | full gradient | EF14 | plain | model | all |
 //! | `ef21` | full gradient | EF21 | plain | model | all |
+//! | `ef21-w` | full gradient / (n w_i), w_i = L_i / sum_j L_j | EF21, server g = sum_i w_i g_i | plain | model | all |
 //! | `ef21-plus` | full gradient | EF21+ | plain | model | all |
 //! | `sgd` | minibatch | none (identity C) | plain | model | all |
 //! | `ef21-sgd` | minibatch | EF21 | plain | model | all |
@@ -312,6 +313,9 @@ pub struct Parts {
     pub gamma: f64,
     /// Whether the uplink compressor must be the identity (GD, SGD).
     pub force_identity: bool,
+    /// EF21-W: weights w_i = L_i / sum_j L_j (set on the workers and the
+    /// server by the runtime, which knows the L_i).
+    pub weighted: bool,
 }
 
 /// A method as named in a config file: a preset name plus its parameters.
@@ -355,6 +359,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "dcgd",
     "ef14",
     "ef21",
+    "ef21-w",
     "ef21-plus",
     "sgd",
     "ef21-sgd",
@@ -438,6 +443,7 @@ impl MethodSpec {
             init: self.init,
             gamma,
             force_identity: false,
+            weighted: false,
         };
         match self.name.as_str() {
             "gd" => {
@@ -447,6 +453,7 @@ impl MethodSpec {
             "dcgd" => p.feedback = Feedback::None,
             "ef14" => p.feedback = Feedback::Ef14,
             "ef21" => {}
+            "ef21-w" => p.weighted = true,
             "ef21-plus" => p.feedback = Feedback::Ef21Plus,
             "sgd" => {
                 p.feedback = Feedback::None;
@@ -853,6 +860,10 @@ pub struct Worker {
     pub state: WorkerState,
     /// Buffers.
     pub scratch: WorkerScratch,
+    /// EF21-W: s_i = n w_i, the estimate is divided by it before the feedback
+    /// (`None`: unweighted). Configuration, not state: setup derives it from
+    /// the data, so checkpoints do not carry it.
+    pub weight_scale: Option<f64>,
 }
 
 impl Worker {
@@ -871,7 +882,11 @@ impl Worker {
             tmp2: vec![0.0; d],
             ..Default::default()
         };
-        Worker { state, scratch }
+        Worker {
+            state,
+            scratch,
+            weight_scale: None,
+        }
     }
 
     /// Runs the worker's part of round `rc.round`: applies the downlink, computes
@@ -1022,6 +1037,11 @@ impl Worker {
                 st.x_prev.clear();
                 st.x_prev.extend_from_slice(&st.x);
             }
+        }
+        // EF21-W: the worker tracks grad f_i / (n w_i) (Richtarik, Gasanov &
+        // Burlachenko 2024), so that sum_i w_i g_i estimates grad f
+        if let Some(s) = self.weight_scale {
+            sc.est.iter_mut().for_each(|v| *v /= s);
         }
         // 3. the feedback builds the message
         let mut rng_c = stream(rc.seed, Purpose::Compress, st.id as u64, rc.round);
@@ -1198,6 +1218,9 @@ pub struct Server {
     pub scratch: ServerScratch,
     /// Number of workers.
     pub n: usize,
+    /// EF21-W: s_i = n w_i of every worker; the server aggregates
+    /// g = (1/n) sum_i s_i g_i = sum_i w_i g_i (`None`: unweighted).
+    pub weight_scales: Option<Vec<f64>>,
 }
 
 impl Server {
@@ -1217,6 +1240,7 @@ impl Server {
                 ..Default::default()
             },
             n,
+            weight_scales: None,
         };
         s.prepare_model_downlink();
         s
@@ -1319,7 +1343,10 @@ impl Server {
             _ => {
                 for i in 0..self.n {
                     if let Some(up) = up(i) {
-                        up.vec.add_to(&mut sc.acc);
+                        match &self.weight_scales {
+                            Some(s) => up.vec.add_scaled_to(&mut sc.acc, s[i]),
+                            None => up.vec.add_to(&mut sc.acc),
+                        }
                         received = true;
                     }
                 }

@@ -8,7 +8,7 @@
 //! # Input layout
 //!
 //! ```text
-//! byte 0   preset: METHOD_NAMES[b % 16]
+//! byte 0   preset: METHOD_NAMES[b % METHOD_NAMES.len()]
 //! byte 1   codec: an entry of a fixed list of (d, compressor) pairs, d in {1, 6, 40}
 //! byte 2   flags: round t = b & 3; bit 2 set = compressed initialization
 //! byte 3   seed s of the shared-seed streams

@@ -177,6 +177,19 @@ impl Cluster {
         self.workers.len()
     }
 
+    /// EF21-W: sets the weights w_i (positive, summing to 1): worker i
+    /// divides its estimate by s_i = n w_i and the server aggregates
+    /// (1/n) sum_i s_i g_i = sum_i w_i g_i.
+    pub fn set_weights(&mut self, w: &[f64]) {
+        assert_eq!(w.len(), self.workers.len(), "one weight per worker");
+        let n = w.len() as f64;
+        let scales: Vec<f64> = w.iter().map(|wi| n * wi).collect();
+        for (worker, &s) in self.workers.iter_mut().zip(&scales) {
+            worker.weight_scale = Some(s);
+        }
+        self.server.weight_scales = Some(scales);
+    }
+
     /// The next round number.
     pub fn round(&self) -> u64 {
         self.server.state.round

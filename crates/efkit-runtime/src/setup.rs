@@ -219,8 +219,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
                 _ => unreachable!(),
             };
             let s = problem.smoothness()?;
+            // EF21-W's step uses the arithmetic mean L_AM in place of Ltilde
+            let l_mix = if probe.weighted { s.l_am() } else { s.l_tilde };
             let base = if cfg.step.rule == "theory" {
-                theory::ef21_stepsize(s.l, s.l_tilde, a)
+                theory::ef21_stepsize(s.l, l_mix, a)
             } else {
                 let mu = cfg.step.mu.or(s.mu).ok_or_else(|| {
                     bad(
@@ -229,7 +231,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
                     )
                 })?;
                 positive("step.mu", mu)?;
-                theory::ef21_pl_stepsize(s.l, s.l_tilde, a, mu)
+                theory::ef21_pl_stepsize(s.l, l_mix, a, mu)
             };
             (cfg.step.multiplier * base, Some(s.l), Some(s.l_tilde))
         }
@@ -265,7 +267,21 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         dense,
         downlink,
     };
-    let cluster = Cluster::new(
+    // EF21-W: w_i = L_i / sum_j L_j
+    let weights = if parts.weighted {
+        let s = problem.smoothness()?;
+        let total: f64 = s.l_i.iter().sum();
+        if !(total > 0.0) || s.l_i.iter().any(|l| !(*l > 0.0)) {
+            return Err(bad(
+                "method",
+                "ef21-w needs every worker's smoothness constant L_i > 0 (a worker with all-zero data has L_i = 0)",
+            ));
+        }
+        Some(s.l_i.iter().map(|l| l / total).collect::<Vec<f64>>())
+    } else {
+        None
+    };
+    let mut cluster = Cluster::new(
         parts,
         codecs,
         problem.into_oracles(),
@@ -273,6 +289,9 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         cfg.seed,
         cfg.threads,
     );
+    if let Some(w) = &weights {
+        cluster.set_weights(w);
+    }
     Ok(Prepared { cluster, info })
 }
 

@@ -385,6 +385,12 @@ pub fn cluster_from_oracles(
     }
     let n_local: Vec<Option<usize>> = oracles.iter().map(|o| o.num_samples()).collect();
     let parts = method.parts(gamma, n, &n_local)?;
+    if parts.weighted {
+        return Err(bad(
+            "method",
+            "ef21-w weighs workers by their smoothness constants L_i, known for the logistic and least-squares problems only",
+        ));
+    }
     if parts.downlink != DownlinkMode::Model {
         return Err(bad(
             "method",

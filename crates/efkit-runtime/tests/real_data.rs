@@ -273,3 +273,125 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
         );
     }
 }
+
+/// EF21-W (Richtarik, Gasanov & Burlachenko 2024; algorithms.md §8.2) against
+/// an independent computation, with the hard-threshold compressor: it is not
+/// positively homogeneous, so the weights change the trajectory. Weights
+/// w_i = L_i / sum_j L_j from the library's smoothness constants (checked
+/// against a dense eigen-solver elsewhere); everything else naive f64.
+#[test]
+fn golden_ef21_w_against_independent_computation() {
+    use efkit_problems::{Problem, ProblemConfig, ProblemKind};
+    let sh = shards();
+    let n = 20;
+    let d = 112;
+    let gamma = 0.5;
+    let rounds = 10;
+    let lambda_c = 0.02;
+    let p = Problem::build(&ProblemConfig::new("mushrooms", n, ProblemKind::Logistic)).unwrap();
+    let l_i = p.smoothness().unwrap().l_i;
+    let total: f64 = l_i.iter().sum();
+    let s: Vec<f64> = l_i.iter().map(|l| n as f64 * l / total).collect();
+    assert!(
+        s.iter().any(|v| (v - 1.0).abs() > 0.05),
+        "the shards' L_i differ, so the weights are not uniform: {s:?}"
+    );
+    let thr = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .map(|&x| if x.abs() >= lambda_c { x } else { 0.0 })
+            .collect()
+    };
+    // G_i^0 = grad f_i(x^0) / s_i (dense); g = (1/n) sum_i s_i G_i
+    let mut x = vec![0.0; d];
+    let mut gi: Vec<Vec<f64>> = sh
+        .iter()
+        .zip(&s)
+        .map(|(sh, si)| grad(sh, &x, 0.1).iter().map(|v| v / si).collect())
+        .collect();
+    let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
+    for _ in 0..rounds {
+        let g: Vec<f64> = (0..d)
+            .map(|k| (0..n).map(|i| s[i] * gi[i][k]).sum::<f64>() / n as f64)
+            .collect();
+        for k in 0..d {
+            x[k] -= gamma * g[k];
+        }
+        expect.push(mean_grad_norm_sq(&sh, &x));
+        for i in 0..n {
+            let gr = grad(&sh[i], &x, 0.1);
+            let diff: Vec<f64> = (0..d).map(|k| gr[k] / s[i] - gi[i][k]).collect();
+            let c = thr(&diff);
+            for k in 0..d {
+                gi[i][k] += c[k];
+            }
+        }
+    }
+    let cfg = |method: &str| {
+        parse_with_hints(&format!(
+            "[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 20\n[method]\nname = \"{method}\"\n[compressor]\nname = \"threshold\"\nlambda = {lambda_c}\nvalues = \"f64\"\n[step]\nrule = \"absolute\"\nvalue = {gamma}\n[stop]\nmax_rounds = {rounds}\n"
+        ))
+        .unwrap()
+    };
+    let (rows, _) = run(&cfg("ef21-w"));
+    assert_eq!(rows.len(), expect.len());
+    for (r, e) in rows.iter().zip(&expect) {
+        assert!(
+            rel_close(r.grad_norm_sq, *e),
+            "EF21-W round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e
+        );
+    }
+    // and the weights matter: plain EF21 with the same compressor differs
+    let (plain, _) = run(&cfg("ef21"));
+    assert!(plain
+        .iter()
+        .zip(&rows)
+        .any(|(a, b)| !rel_close(a.grad_norm_sq, b.grad_norm_sq)));
+}
+
+/// For a positively homogeneous compressor (Top-K) EF21-W is EF21 with
+/// g_i scaled by 1/(n w_i) (algorithms.md §12.3): the same iterates up to
+/// rounding. Its theory step uses L_AM in place of Ltilde (L_AM <= Ltilde,
+/// so the step is at least EF21's).
+#[test]
+fn ef21_w_with_top_k_is_ef21_and_takes_the_l_am_step() {
+    let (a, xa) = run(&zeros_config("ef21", "", 0.5, 15));
+    let (b, xb) = run(&zeros_config("ef21-w", "", 0.5, 15));
+    for (r, e) in b.iter().zip(&a) {
+        assert!(
+            (r.grad_norm_sq - e.grad_norm_sq).abs() <= 1e-9 * e.grad_norm_sq,
+            "round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e.grad_norm_sq
+        );
+        assert_eq!(r.bits_up_paper, e.bits_up_paper);
+    }
+    for (p, q) in xb.iter().zip(&xa) {
+        assert!((p - q).abs() <= 1e-9 * q.abs().max(1e-6));
+    }
+    let theory = |method: &str| {
+        let c = config(method, "", "name = \"top-k\"\nk = 1", 1, 1);
+        prepare(&c).unwrap().info
+    };
+    let (w, plain) = (theory("ef21-w"), theory("ef21"));
+    let (l, lt) = (plain.l.unwrap(), plain.l_tilde.unwrap());
+    let p = efkit_problems::Problem::build(&efkit_problems::ProblemConfig::new(
+        "mushrooms",
+        20,
+        efkit_problems::ProblemKind::Logistic,
+    ))
+    .unwrap();
+    let l_am = p.smoothness().unwrap().l_am();
+    assert!(l_am < lt, "L_AM {l_am} < Ltilde {lt}");
+    let alpha = 1.0 / 112.0;
+    let expect = 8.0 * efkit_core::theory::ef21_stepsize(l, l_am, alpha);
+    assert!(
+        (w.gamma - expect).abs() <= 1e-12 * expect,
+        "{} vs {expect}",
+        w.gamma
+    );
+    assert!(w.gamma > plain.gamma);
+}

@@ -396,3 +396,18 @@ fn ideal_method_is_biased_by_asymmetric_noise_only() {
     let p = plateau(sgdm, NoiseKind::Asymmetric);
     assert!(p < 0.0125, "sgdm, asymmetric: {p}");
 }
+
+/// EF21-W needs the L_i, which only the LibSVM problems compute: elsewhere it
+/// is refused before any work, naming the key.
+#[test]
+fn ef21_w_is_refused_without_smoothness_constants() {
+    let cfg = efkit_runtime::config::parse_with_hints(
+        "[problem]\nkind = \"noisy-quadratic\"\nworkers = 2\ndim = 5\nnoise = \"gaussian\"\nsigma = 1.0\n[method]\nname = \"ef21-w\"\n[compressor]\nname = \"top-k\"\nk = 1\n[step]\nrule = \"absolute\"\nvalue = 0.1\n",
+    )
+    .unwrap();
+    let e = efkit_runtime::setup::prepare(&cfg)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("method") && e.contains("ef21-w"), "{e}");
+}

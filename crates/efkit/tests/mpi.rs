@@ -210,6 +210,7 @@ fn every_method_is_bit_identical_over_mpi() {
         ),
         ("ef14", "", "name = \"top-k\"\nk = 2", ""),
         ("ef21", "", "name = \"rand-k\"\nk = 2", ""),
+        ("ef21-w", "", "name = \"top-k\"\nk = 2", ""),
         ("ef21-plus", "", "name = \"top-k\"\nk = 2", ""),
         ("sgd", "batch = 0.2", "name = \"identity\"", ""),
         ("ef21-sgd", "batch = 0.2", "name = \"top-k\"\nk = 2", ""),
@@ -793,4 +794,42 @@ fn ef21_resume_over_mpi_equals_the_uninterrupted_run() {
     ok(&o, "EF21-PP resume over MPI");
     assert_eq!(metric_rows(&killed), metric_rows(&reference));
     assert_eq!(summary(&killed), summary(&reference));
+}
+
+/// The problems built outside the LibSVM path (noisy quadratic, MNIST
+/// multiclass logistic regression, the candle MLP with per-layer Top-K) go
+/// through the same transport: bit-identical to in-process for P = 2.
+#[test]
+fn synthetic_mnist_and_mlp_problems_are_bit_identical_over_mpi() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "noisy-quadratic",
+            "[problem]\nkind = \"noisy-quadratic\"\nworkers = 4\ndim = 20\nnoise = \"asymmetric\"\nsigma = 1.0\n\
+             [method]\nname = \"ef21-sgdm\"\neta = 0.2\nbatch = 1\n[compressor]\nname = \"top-k\"\nk = 1\n",
+        ),
+        (
+            "mnist-logistic",
+            "[problem]\nkind = \"mnist-logistic\"\nworkers = 4\nrows = 400\n\
+             [method]\nname = \"ef21-sgd\"\nbatch = 16\n[compressor]\nname = \"top-k\"\nk = 50\n",
+        ),
+        (
+            "mnist-mlp",
+            "[problem]\nkind = \"mnist-mlp\"\nworkers = 4\nrows = 400\nhidden = [8]\n\
+             [method]\nname = \"ef21-sgdm\"\neta = 0.1\nbatch = 16\ninit_batch = 16\n\
+             [compressor]\nname = \"top-k\"\nratio = 0.05\nper_layer = true\n[init]\nkind = \"layers\"\n",
+        ),
+    ];
+    for (name, problem) in cases {
+        let body = format!(
+            "seed = 5\nthreads = 1\n{problem}[step]\nrule = \"absolute\"\nvalue = 0.1\n[stop]\nmax_rounds = 6\nlog_every = 2\n"
+        );
+        let cfg = config(dir.path(), name, &body);
+        let reference = dir.path().join(format!("ref-{name}"));
+        in_process(&cfg, &reference);
+        let out = dir.path().join(format!("mpi-{name}"));
+        let o = over_mpi(2, &cfg, &out, true);
+        ok(&o, &format!("{name} over MPI"));
+        assert_same_run(&reference, &out, name);
+    }
 }
