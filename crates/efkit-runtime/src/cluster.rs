@@ -31,7 +31,15 @@ pub struct RoundMetrics {
     pub participants: usize,
     /// Wall-clock seconds since the start of the run.
     pub seconds: f64,
+    /// Accuracy of x^t on the problem's test set, for problems that have one
+    /// (the MNIST MLP); absent from `metrics.jsonl` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
 }
+
+/// Accuracy of a model x on a held-out test set (set by the problem's setup;
+/// called at every logged round on the server's x).
+pub type TestEvaluator = Box<dyn FnMut(&[f64]) -> f64 + Send>;
 
 /// Why a run stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +137,8 @@ pub struct Cluster {
     participations: u64,
     last_participants: usize,
     counters: Vec<crate::driver::WorkerCounters>,
+    /// Test-set accuracy of the server's x for the metrics (if the problem has a test set).
+    pub test_evaluator: Option<TestEvaluator>,
 }
 
 impl Cluster {
@@ -169,6 +179,7 @@ impl Cluster {
             participations: 0,
             last_participants: 0,
             counters: Vec::with_capacity(n),
+            test_evaluator: None,
         }
     }
 
@@ -279,7 +290,12 @@ impl Cluster {
             last_participants: self.last_participants,
             total_samples: self.total_samples,
         };
-        crate::driver::round_metrics(eval, &self.counters, totals, seconds)
+        let mut m = crate::driver::round_metrics(eval, &self.counters, totals, seconds);
+        m.test_accuracy = self
+            .test_evaluator
+            .as_mut()
+            .map(|f| f(&self.server.state.x));
+        m
     }
 
     /// The complete algorithm state (server, workers, counters) as plain values.

@@ -342,6 +342,7 @@ pub fn round_metrics(
         },
         participants: t.last_participants,
         seconds,
+        test_accuracy: None,
     }
 }
 

@@ -1212,6 +1212,8 @@ pub(crate) fn pool_for(rt: &MpiRuntime, threads: usize) -> rayon::ThreadPool {
 /// One rank's share of a distributed run: its block of workers and oracles;
 /// on rank 0 also the server.
 pub struct MpiCluster {
+    /// Test-set accuracy for the metrics (rank 0; problems with a test set).
+    test_evaluator: Option<crate::cluster::TestEvaluator>,
     link: Link,
     parts: Parts,
     codecs: Codecs,
@@ -1290,6 +1292,7 @@ impl MpiCluster {
             oracles,
             seed,
             total_samples,
+            test_evaluator,
             ..
         } = cluster;
         let n = workers.len();
@@ -1322,6 +1325,8 @@ impl MpiCluster {
             oracles,
             pool,
             total_samples,
+            // only rank 0 writes metrics
+            test_evaluator: if root { test_evaluator } else { None },
             info: root.then_some(info),
             mask: Vec::with_capacity(n),
             idx: Vec::new(),
@@ -1684,7 +1689,9 @@ impl Rounds for RootRounds<'_> {
             total_samples: c.total_samples,
         };
         c.traffic_out.set(c.link.traffic);
-        round_metrics(eval, &c.counters, totals, seconds)
+        let mut m = round_metrics(eval, &c.counters, totals, seconds);
+        m.test_accuracy = c.test_evaluator.as_mut().map(|f| f(&c.server.state.x));
+        m
     }
 
     fn snapshot(&mut self, initial_loss: f64, elapsed: f64) -> ClusterState {

@@ -325,7 +325,8 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         _ => initial_point(cfg, d)?,
     };
     let rows = oracles.iter().map(|o| o.num_samples().unwrap_or(0)).sum();
-    let cluster = cluster_from_oracles(
+    #[allow(unused_mut)]
+    let mut cluster = cluster_from_oracles(
         oracles,
         &cfg.method,
         &cfg.compressor,
@@ -334,6 +335,16 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         cfg.seed,
         cfg.threads,
     )?;
+    // the network is judged by its accuracy on the 10,000 MNIST test images
+    #[cfg(feature = "nn")]
+    if let SgdmProblem::MnistMlp { hidden, .. } = &problem {
+        let spec = mlp_spec(hidden)?;
+        let test = efkit_nn::mnist_dense(efkit_problems::idx::MnistSplit::Test)?;
+        cluster.test_evaluator = Some(Box::new(move |x: &[f64]| {
+            efkit_nn::MlpOracle::evaluate(&spec, x, &test, efkit_nn::Precision::F32)
+                .map_or(f64::NAN, |(_, accuracy)| accuracy)
+        }));
+    }
     let alpha = if cluster.parts.force_identity {
         Some(1.0)
     } else {

@@ -162,3 +162,58 @@ fn mlp_config_errors_name_the_key() {
     let quad = "seed = 1\n[problem]\nkind = \"noisy-quadratic\"\nworkers = 1\ndim = 4\nnoise = \"gaussian\"\nsigma = 1.0\n[method]\nname = \"ef21-sgd\"\nbatch = 1\n[compressor]\nname = \"top-k\"\nk = 1\nper_layer = true\n[step]\nrule = \"absolute\"\nvalue = 0.1\n";
     assert!(err(quad.to_string()).contains("compressor.per_layer"));
 }
+
+/// Every logged round of an MLP run reports the accuracy of the server's x on
+/// the 10,000 MNIST test images, computed here independently by a plain
+/// argmax over the network's outputs; LibSVM problems report none.
+#[test]
+fn mlp_metrics_carry_the_test_accuracy() {
+    let mut c = prepare(&parse_with_hints(&config(1, "", "layers")).unwrap())
+        .unwrap()
+        .cluster;
+    for _ in 0..3 {
+        c.step().unwrap();
+    }
+    let m = c.metrics(0.0);
+    let got = m.test_accuracy.expect("mnist-mlp has a test set");
+    let test = mnist_dense(MnistSplit::Test).unwrap();
+    assert_eq!(test.n, 10_000);
+    // independent forward pass in f32, as the evaluator runs it
+    let x = &c.server.state.x;
+    let (w1, rest) = x.split_at(784 * HIDDEN);
+    let (b1, rest) = rest.split_at(HIDDEN);
+    let (w2, b2) = rest.split_at(10 * HIDDEN);
+    let mut correct = 0usize;
+    for j in 0..test.n {
+        let px = test.row(j);
+        let h: Vec<f32> = (0..HIDDEN)
+            .map(|u| {
+                let z: f32 = (0..784)
+                    .map(|k| w1[u * 784 + k] as f32 * px[k])
+                    .sum::<f32>()
+                    + b1[u] as f32;
+                z.max(0.0)
+            })
+            .collect();
+        let out: Vec<f32> = (0..10)
+            .map(|c| {
+                (0..HIDDEN)
+                    .map(|u| w2[c * HIDDEN + u] as f32 * h[u])
+                    .sum::<f32>()
+                    + b2[c] as f32
+            })
+            .collect();
+        let pred = (0..10).fold(0, |b, c| if out[c] > out[b] { c } else { b });
+        correct += usize::from(pred as u32 == test.labels[j]);
+    }
+    let expect = correct as f64 / test.n as f64;
+    // summation order differs from candle's: allow a few borderline images
+    assert!((got - expect).abs() <= 5e-4, "{got} vs {expect}");
+    assert!(got > 0.1, "3 rounds already beat chance: {got}");
+    // a LibSVM problem has no test set in the metrics
+    let logistic = "[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 2\n[method]\nname = \"ef21\"\n[compressor]\nname = \"top-k\"\nk = 1\n[step]\nrule = \"absolute\"\nvalue = 0.1\n";
+    let mut c = prepare(&parse_with_hints(logistic).unwrap())
+        .unwrap()
+        .cluster;
+    assert_eq!(c.metrics(0.0).test_accuracy, None);
+}

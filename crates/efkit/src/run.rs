@@ -225,7 +225,10 @@ fn drive(
                 return Control::Interrupt;
             }
             pb.set_position(m.round);
-            pb.set_message(format!("|grad|^2 = {:.3e}", m.grad_norm_sq));
+            pb.set_message(match m.test_accuracy {
+                Some(a) => format!("|grad|^2 = {:.3e}, test accuracy {a:.4}", m.grad_norm_sq),
+                None => format!("|grad|^2 = {:.3e}", m.grad_norm_sq),
+            });
             rows.push(m.clone());
             if INTERRUPTED.load(Ordering::SeqCst) {
                 Control::Interrupt
@@ -282,6 +285,9 @@ pub fn write_outputs(
         "message": summary.message,
         "setup": info,
     });
+    if let Some(acc) = last.and_then(|m| m.test_accuracy) {
+        json["test_accuracy"] = acc.into();
+    }
     if let Some((k, v)) = extra {
         json[k] = v;
     }
@@ -321,6 +327,9 @@ fn report(cfg: &Config, summary: &Summary, out: &Path) {
         last.map_or(f64::NAN, |m| m.bits_up_wire),
         out.display()
     );
+    if let Some(acc) = last.and_then(|m| m.test_accuracy) {
+        eprintln!("test accuracy {acc:.4}");
+    }
     if let Some(msg) = &summary.message {
         eprintln!("{msg}");
     }

@@ -902,6 +902,22 @@ fn example_configs_run() {
                 p.display(),
                 String::from_utf8_lossy(&o.stderr)
             );
+            // the network example reports its test accuracy, the others none
+            let s: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                    .unwrap();
+            let mlp = std::fs::read_to_string(&p)
+                .unwrap()
+                .contains("\"mnist-mlp\"");
+            let acc = s["test_accuracy"].as_f64();
+            assert_eq!(acc.is_some(), mlp, "{}: {s}", p.display());
+            if let Some(a) = acc {
+                assert!((0.0..=1.0).contains(&a), "{a}");
+                let last = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+                let last: serde_json::Value =
+                    serde_json::from_str(last.lines().last().unwrap()).unwrap();
+                assert_eq!(last["test_accuracy"].as_f64(), Some(a));
+            }
             n += 1;
         }
     }
