@@ -708,9 +708,10 @@ fn corrupted_checkpoint_is_refused() {
     );
 }
 
-#[test]
-fn sigint_finishes_the_round_and_exits_130() {
-    let d = tmp("sigint");
+/// Starts a long EF21 run, waits for its first metrics, sends `signal` (as
+/// `kill -SIGNAL`), and returns the finished process and its output directory.
+fn run_and_signal(name: &str, signal: &str) -> (Output, PathBuf) {
+    let d = tmp(name);
     let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 1_000_000));
     let out = d.join("out");
     let child = bin()
@@ -730,11 +731,16 @@ fn sigint_finishes_the_round_and_exits_130() {
     std::thread::sleep(Duration::from_millis(300));
     let pid = child.id();
     assert!(Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .unwrap()
         .success());
-    let o = child.wait_with_output().unwrap();
+    (child.wait_with_output().unwrap(), out)
+}
+
+#[test]
+fn sigint_finishes_the_round_and_exits_130() {
+    let (o, out) = run_and_signal("sigint", "INT");
     assert_eq!(o.status.code(), Some(130));
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -747,31 +753,7 @@ fn sigint_finishes_the_round_and_exits_130() {
 /// checkpoint is the state at the last logged round.
 #[test]
 fn sigterm_finishes_the_round_and_exits_130() {
-    let d = tmp("sigterm");
-    let cfg = write(&d, "c.toml", &long_config("name = \"ef21\"", 1_000_000));
-    let out = d.join("out");
-    let child = bin()
-        .args([
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "-q",
-        ])
-        .spawn()
-        .unwrap();
-    assert!(wait_for(
-        &out.join("metrics.jsonl"),
-        Duration::from_secs(30)
-    ));
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = child.id();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let o = child.wait_with_output().unwrap();
+    let (o, out) = run_and_signal("sigterm", "TERM");
     assert_eq!(
         o.status.code(),
         Some(130),
