@@ -403,6 +403,47 @@ pub fn decode_one(
     Ok(out)
 }
 
+/// For steady-state allocation tests: compresses `inputs` in turn for
+/// `rounds` rounds (one writer, output and scratch reused throughout, the
+/// private stream seeded with `key`) and returns, after each round, the
+/// capacities of every buffer a compression may grow: output values and
+/// indices, the four scratch vectors and the writer. Capacities rather than
+/// addresses: a growth may be done in place by the allocator.
+#[doc(hidden)]
+pub fn buffer_capacities(
+    c: &dyn Compressor,
+    inputs: &[Vec<f64>],
+    rounds: usize,
+    key: u64,
+) -> Vec<[usize; 7]> {
+    let mut rng = crate::rng::rng_from_key(key);
+    let mut scratch = Scratch::default();
+    let mut out = CompressedVec::default();
+    let mut w = BitWriter::new();
+    (0..rounds)
+        .map(|round| {
+            w.clear();
+            let mut ctx = CompressCtx {
+                rng: &mut rng,
+                shared_key: 0,
+                scratch: &mut scratch,
+            };
+            c.compress(&inputs[round % inputs.len()], &mut ctx, &mut out, &mut w)
+                .expect("finite inputs of the compressor's dimension");
+            w.finish();
+            [
+                out.values.capacity(),
+                out.indices.capacity(),
+                scratch.u32s.capacity(),
+                scratch.u64s.capacity(),
+                scratch.f64s.capacity(),
+                scratch.f64s2.capacity(),
+                w.capacity(),
+            ]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
