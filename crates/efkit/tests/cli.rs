@@ -525,6 +525,48 @@ fn wait_for(path: &Path, limit: Duration) -> bool {
     false
 }
 
+/// Runs `cfg` uninterrupted into `d/full`, and again into `d/part` with a
+/// checkpoint every 50 rounds, killed with SIGKILL `delay_ms` after its first
+/// checkpoint and resumed with `efkit resume`. Returns (full, part).
+fn run_killed_and_resumed(d: &Path, cfg: &Path, tag: &str, delay_ms: u64) -> (PathBuf, PathBuf) {
+    let full = d.join("full");
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        full.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let part = d.join("part");
+    let mut child = bin()
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            part.to_str().unwrap(),
+            "-q",
+            "--checkpoint-every",
+            "50",
+        ])
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)),
+        "no checkpoint appeared"
+    );
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let o = run(&["resume", part.to_str().unwrap(), "-q"]);
+    assert!(
+        o.status.success(),
+        "{tag}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (full, part)
+}
+
 /// SIGKILL at a random point, then `efkit resume`: metrics equal an
 /// uninterrupted run (ignoring seconds), for EF21, EF21-SGDM and EF21-PP.
 #[test]
@@ -537,42 +579,8 @@ fn kill_and_resume_equals_uninterrupted_run() {
     for (k, (tag, block)) in methods.iter().enumerate() {
         let d = tmp(&format!("resume-{tag}"));
         let cfg = write(&d, "c.toml", &long_config(block, 3000));
-        let full = d.join("full");
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            full.to_str().unwrap(),
-            "-q",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let part = d.join("part");
-        let mut child = bin()
-            .args([
-                "run",
-                cfg.to_str().unwrap(),
-                "--out",
-                part.to_str().unwrap(),
-                "-q",
-                "--checkpoint-every",
-                "50",
-            ])
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)),
-            "no checkpoint appeared"
-        );
         // a pseudo-random extra delay so the kill lands mid-run at different points
-        std::thread::sleep(Duration::from_millis(20 + 37 * k as u64));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let o = run(&["resume", part.to_str().unwrap(), "-q"]);
-        assert!(
-            o.status.success(),
-            "{tag}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let (full, part) = run_killed_and_resumed(&d, &cfg, tag, 20 + 37 * k as u64);
         assert_eq!(
             metrics_without_seconds(&full),
             metrics_without_seconds(&part),
@@ -627,41 +635,7 @@ fn kill_and_resume_safe_ef_equals_uninterrupted_run() {
     for (k, (tag, block)) in methods.iter().enumerate() {
         let d = tmp(&format!("resume-safe-{tag}"));
         let cfg = write(&d, "c.toml", &safe_config(block, 4000));
-        let full = d.join("full");
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            full.to_str().unwrap(),
-            "-q",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let part = d.join("part");
-        let mut child = bin()
-            .args([
-                "run",
-                cfg.to_str().unwrap(),
-                "--out",
-                part.to_str().unwrap(),
-                "-q",
-                "--checkpoint-every",
-                "50",
-            ])
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for(&part.join("checkpoint.json"), Duration::from_secs(60)),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(30 + 41 * k as u64));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let o = run(&["resume", part.to_str().unwrap(), "-q"]);
-        assert!(
-            o.status.success(),
-            "{tag}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let (full, part) = run_killed_and_resumed(&d, &cfg, tag, 30 + 41 * k as u64);
         let (a, b) = (
             metrics_without_seconds(&full),
             metrics_without_seconds(&part),
