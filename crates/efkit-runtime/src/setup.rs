@@ -203,6 +203,12 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         }
         (DownlinkMode::Model, None) => None,
     };
+    // L, L_i and Ltilde: for the theory steps and for EF21-W's weights (once)
+    let smoothness = if matches!(cfg.step.rule.as_str(), "theory" | "theory-pl") || probe.weighted {
+        Some(problem.smoothness()?)
+    } else {
+        None
+    };
     let (gamma, l, l_tilde) = match cfg.step.rule.as_str() {
         "absolute" => {
             let v = cfg
@@ -218,7 +224,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
                 (None, CompressorClass::Absolute { .. }) => return Err(bad("step.rule", format!("the theory step needs a contractive or unbiased compressor; `{}` is absolute: use rule = \"absolute\"", uplink.describe()))),
                 _ => unreachable!(),
             };
-            let s = problem.smoothness()?;
+            let s = smoothness.as_ref().expect("computed for the theory rules");
             // EF21-W's step uses the arithmetic mean L_AM in place of Ltilde
             let l_mix = if probe.weighted { s.l_am() } else { s.l_tilde };
             let base = if cfg.step.rule == "theory" {
@@ -269,7 +275,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     };
     // EF21-W: w_i = L_i / sum_j L_j
     let weights = if parts.weighted {
-        let s = problem.smoothness()?;
+        let s = smoothness.as_ref().expect("computed for ef21-w");
         let total: f64 = s.l_i.iter().sum();
         if !(total > 0.0) || s.l_i.iter().any(|l| !(*l > 0.0)) {
             return Err(bad(
