@@ -187,6 +187,15 @@ impl BitWriter {
         &self.buf
     }
 
+    /// Finishes and hands the bytes over by swapping buffers with `out`
+    /// (no copy: a dense model is 8 bytes per parameter); the writer keeps
+    /// `out`'s old buffer, cleared, for its next message.
+    pub fn finish_swap(&mut self, out: &mut Vec<u8>) {
+        self.finish();
+        std::mem::swap(&mut self.buf, out);
+        self.clear();
+    }
+
     /// The bytes of a finished writer (call [`BitWriter::finish`] first).
     pub fn bytes(&self) -> &[u8] {
         &self.buf
@@ -560,6 +569,25 @@ mod tests {
             v.write_bits(0b101, 3);
             assert_eq!(w.finish(), v.finish(), "keep {keep} of {all}");
         }
+    }
+
+    #[test]
+    fn finish_swap_hands_over_the_finished_bytes_and_clears() {
+        let mut w = BitWriter::new();
+        w.write_bits(0b101, 3);
+        w.write_f64(1.25);
+        let want = w.finish().to_vec();
+        let mut w = BitWriter::new();
+        w.write_bits(0b101, 3);
+        w.write_f64(1.25);
+        let mut out = vec![9u8; 100];
+        w.finish_swap(&mut out);
+        assert_eq!(out, want);
+        assert_eq!(w.bit_len(), 0);
+        // the writer kept out's old buffer: reused, not reallocated
+        assert!(w.capacity() >= 100);
+        w.write_bits(1, 1);
+        assert_eq!(w.finish(), &[0x80]);
     }
 
     #[test]

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::bits::{BitReader, BitWriter};
 use crate::compress::{CompressCtx, CompressedVec, Compressor, DecodeCtx, Scratch};
 use crate::error::{CompressError, DecodeError, ParamError};
-use crate::oracle::Oracle;
+use crate::oracle::{GradPiece, Oracle};
 use crate::rng::{stream, stream_key, Purpose};
 
 /// How a worker's minibatch size is given.
@@ -679,8 +679,7 @@ impl Wire {
 }
 
 fn finish_into(w: &mut BitWriter, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(w.finish());
+    w.finish_swap(out);
 }
 
 /// Encodes a model downlink (x as f64, lossless).
@@ -844,6 +843,31 @@ pub struct WorkerScratch {
     pub wire: Wire,
 }
 
+/// v = (1 - eta) v + eta grad and t = v - g, entry by entry in one pass.
+fn momentum_and_difference<T: Copy + Into<f64>>(
+    v: &mut [f64],
+    t: &mut [f64],
+    g: &[f64],
+    grad: &[T],
+    eta: f64,
+) {
+    for (((v, t), g), &gr) in v.iter_mut().zip(t.iter_mut()).zip(g).zip(grad) {
+        *v = (1.0 - eta) * *v + eta * gr.into();
+        *t = *v - g;
+    }
+}
+
+/// Which vector holds a worker's estimate h_i after the estimator ran.
+#[derive(Clone, Copy)]
+enum EstimateIn {
+    /// `scratch.est`.
+    Scratch,
+    /// `state.v` (momentum, PAGE).
+    V,
+    /// `state.u` (double momentum).
+    U,
+}
+
 /// Per-round context shared by all parties.
 #[derive(Debug, Clone, Copy)]
 pub struct RoundCtx {
@@ -928,6 +952,11 @@ impl Worker {
         let n_local = oracle.num_samples();
         let mut rng_sample = stream(rc.seed, Purpose::Sample, st.id as u64, rc.round);
         let loss;
+        // where the estimate h_i ends up: the momentum and PAGE estimators
+        // leave it in their state vector and are read there (no copy)
+        let mut est_in = EstimateIn::Scratch;
+        // whether sc.tmp already holds h_i - g_i (fused into the momentum step)
+        let mut diff_ready = false;
         match parts.estimator {
             Estimator::FullGradient => {
                 oracle.grad(&st.x, &mut sc.est);
@@ -977,24 +1006,50 @@ impl Worker {
                     }
                 } else {
                     let b = batch.resolve(n_local);
-                    loss = oracle.stochastic_grad(
-                        &st.x,
-                        b,
-                        &mut rng_sample,
-                        &mut sc.drawn,
-                        &mut sc.tmp,
-                    );
                     st.samples += b as u64;
-                    for (v, gr) in st.v.iter_mut().zip(&sc.tmp) {
-                        *v = (1.0 - eta) * *v + eta * gr;
+                    let double = matches!(parts.estimator, Estimator::DoubleMomentum { .. });
+                    if !double && parts.feedback == Feedback::Ef21 && self.weight_scale.is_none() {
+                        // EF21-SGDM's hot path: the oracle hands over its
+                        // gradient in place and one pass does the momentum
+                        // step and the difference v_i - g_i (the arithmetic
+                        // of the general path below, bit for bit)
+                        let (v, t, g) = (&mut st.v, &mut sc.tmp, &st.g);
+                        let mut sink = |off: usize, piece: GradPiece<'_>| {
+                            let end = off + piece.len();
+                            let (v, t, g) = (&mut v[off..end], &mut t[off..end], &g[off..end]);
+                            match piece {
+                                GradPiece::F32(gr) => momentum_and_difference(v, t, g, gr, eta),
+                                GradPiece::F64(gr) => momentum_and_difference(v, t, g, gr, eta),
+                            }
+                        };
+                        loss = oracle.stochastic_grad_with(
+                            &st.x,
+                            b,
+                            &mut rng_sample,
+                            &mut sc.drawn,
+                            &mut sc.tmp2,
+                            &mut sink,
+                        );
+                        diff_ready = true;
+                    } else {
+                        loss = oracle.stochastic_grad(
+                            &st.x,
+                            b,
+                            &mut rng_sample,
+                            &mut sc.drawn,
+                            &mut sc.tmp,
+                        );
+                        for (v, gr) in st.v.iter_mut().zip(&sc.tmp) {
+                            *v = (1.0 - eta) * *v + eta * gr;
+                        }
                     }
-                    if matches!(parts.estimator, Estimator::DoubleMomentum { .. }) {
+                    if double {
                         for (u, v) in st.u.iter_mut().zip(&st.v) {
                             *u = (1.0 - eta) * *u + eta * v;
                         }
-                        sc.est.copy_from_slice(&st.u);
+                        est_in = EstimateIn::U;
                     } else {
-                        sc.est.copy_from_slice(&st.v);
+                        est_in = EstimateIn::V;
                     }
                 }
             }
@@ -1032,7 +1087,7 @@ impl Worker {
                     for ((v, a), b) in st.v.iter_mut().zip(&sc.tmp).zip(&sc.tmp2) {
                         *v += a - b;
                     }
-                    sc.est.copy_from_slice(&st.v);
+                    est_in = EstimateIn::V;
                 }
                 st.x_prev.clear();
                 st.x_prev.extend_from_slice(&st.x);
@@ -1041,8 +1096,19 @@ impl Worker {
         // EF21-W: the worker tracks grad f_i / (n w_i) (Richtarik, Gasanov &
         // Burlachenko 2024), so that sum_i w_i g_i estimates grad f
         if let Some(s) = self.weight_scale {
+            match est_in {
+                EstimateIn::Scratch => {}
+                EstimateIn::V => sc.est.copy_from_slice(&st.v),
+                EstimateIn::U => sc.est.copy_from_slice(&st.u),
+            }
+            est_in = EstimateIn::Scratch;
             sc.est.iter_mut().for_each(|v| *v /= s);
         }
+        let est: &[f64] = match est_in {
+            EstimateIn::Scratch => &sc.est,
+            EstimateIn::V => &st.v,
+            EstimateIn::U => &st.u,
+        };
         // 3. the feedback builds the message
         let mut rng_c = stream(rc.seed, Purpose::Compress, st.id as u64, rc.round);
         let shared_key = uplink_shared_key(rc.seed, st.id, rc.round);
@@ -1061,16 +1127,14 @@ impl Worker {
         if dense_init_round(parts, rc.round) {
             codecs
                 .dense
-                .compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                .compress(est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
             st.g.iter_mut().for_each(|v| *v = 0.0);
             sc.up.vec.add_to(&mut st.g);
         } else {
             match parts.feedback {
-                Feedback::None => {
-                    uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?
-                }
+                Feedback::None => uplink.compress(est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?,
                 Feedback::Ef14 => {
-                    for ((t, e), h) in sc.tmp.iter_mut().zip(&st.g).zip(&sc.est) {
+                    for ((t, e), h) in sc.tmp.iter_mut().zip(&st.g).zip(est) {
                         *t = e + parts.gamma * h;
                     }
                     uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
@@ -1080,11 +1144,13 @@ impl Worker {
                 Feedback::Ef21 => {
                     if !st.initialized {
                         // compressed init: g_i^0 = C(h)
-                        uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                        uplink.compress(est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                         st.g.iter_mut().for_each(|v| *v = 0.0);
                     } else {
-                        for ((t, h), g) in sc.tmp.iter_mut().zip(&sc.est).zip(&st.g) {
-                            *t = h - g;
+                        if !diff_ready {
+                            for ((t, h), g) in sc.tmp.iter_mut().zip(est).zip(&st.g) {
+                                *t = h - g;
+                            }
                         }
                         uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                     }
@@ -1093,7 +1159,7 @@ impl Worker {
                 Feedback::Ef21Ideal => {
                     // the exact local gradient: what makes this method "ideal"
                     oracle.grad(&st.x, &mut sc.tmp2);
-                    for ((t, h), gf) in sc.tmp.iter_mut().zip(&sc.est).zip(&sc.tmp2) {
+                    for ((t, h), gf) in sc.tmp.iter_mut().zip(est).zip(&sc.tmp2) {
                         *t = h - gf;
                     }
                     // C(h - grad f_i(x)), then g_i = grad f_i(x) + C(...) sent dense
@@ -1107,12 +1173,12 @@ impl Worker {
                 }
                 Feedback::Ef21Plus => {
                     if !st.initialized {
-                        uplink.compress(&sc.est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
+                        uplink.compress(est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                         st.g.iter_mut().for_each(|v| *v = 0.0);
                         sc.up.vec.add_to(&mut st.g);
                     } else {
                         // Markov candidate m = g + C(h - g)
-                        for ((t, h), g) in sc.tmp.iter_mut().zip(&sc.est).zip(&st.g) {
+                        for ((t, h), g) in sc.tmp.iter_mut().zip(est).zip(&st.g) {
                             *t = h - g;
                         }
                         uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
@@ -1121,15 +1187,15 @@ impl Worker {
                         let dist_m: f64 = sc
                             .tmp2
                             .iter()
-                            .zip(&sc.est)
+                            .zip(est)
                             .map(|(a, b)| (a - b) * (a - b))
                             .sum();
                         // plain candidate b = C(h)
                         sc.alt_writer.clear();
-                        uplink.compress(&sc.est, &mut ctx, &mut sc.alt, &mut sc.alt_writer)?;
+                        uplink.compress(est, &mut ctx, &mut sc.alt, &mut sc.alt_writer)?;
                         let mut dist_b = 0.0;
                         sc.alt.to_dense(&mut sc.tmp);
-                        for (a, b) in sc.tmp.iter().zip(&sc.est) {
+                        for (a, b) in sc.tmp.iter().zip(est) {
                             dist_b += (a - b) * (a - b);
                         }
                         if dist_b < dist_m {
@@ -1364,6 +1430,20 @@ impl Server {
                 // x^{t+1} = x^t - (1/n) sum_i w_i (gamma is inside w_i)
                 for (x, a) in st.x.iter_mut().zip(&sc.acc) {
                     *x -= a * inv_n;
+                }
+                st.round = rc.round + 1;
+                self.prepare_model_downlink();
+                return Ok(());
+            }
+            Feedback::Ef21
+                if matches!(parts.server_step, ServerStep::Plain)
+                    && parts.downlink == DownlinkMode::Model =>
+            {
+                // EF21's hot path: the aggregate and the step in one pass
+                // (the same arithmetic as the two passes below)
+                for ((g, a), x) in st.g.iter_mut().zip(&sc.acc).zip(st.x.iter_mut()) {
+                    *g += a * inv_n;
+                    *x -= parts.gamma * *g;
                 }
                 st.round = rc.round + 1;
                 self.prepare_model_downlink();

@@ -48,6 +48,30 @@ pub trait Oracle: Send {
         grad: &mut [f64],
     ) -> f64;
 
+    /// [`Oracle::stochastic_grad`] handing the gradient to `sink` piece by
+    /// piece instead of writing it: `sink(offset, piece)` is called for
+    /// consecutive pieces that cover `0..dim` in order, each entry once, and
+    /// the pieces' values widened to f64 are bit for bit what
+    /// `stochastic_grad` would write (same `rng` draws, same `drawn`).
+    ///
+    /// Why: a network computes its gradient in its own (f32) buffers, and an
+    /// estimator that only folds the gradient into its state (momentum) can
+    /// read it there, saving a write and a read of a d-vector per round. The
+    /// default computes into `buf` (length dim) and hands it over whole.
+    fn stochastic_grad_with(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        buf: &mut [f64],
+        sink: &mut dyn FnMut(usize, GradPiece<'_>),
+    ) -> f64 {
+        let loss = self.stochastic_grad(x, batch, rng, drawn, buf);
+        sink(0, GradPiece::F64(buf));
+        loss
+    }
+
     /// The gradient of the samples `idx` (finite sums only; PAGE evaluates the
     /// same minibatch at two points). Returns the minibatch loss.
     ///
@@ -55,6 +79,43 @@ pub trait Oracle: Send {
     /// Streaming oracles panic; methods that need this check
     /// [`Oracle::num_samples`] when they are configured.
     fn indexed_grad(&mut self, x: &[f64], idx: &[u32], grad: &mut [f64]) -> f64;
+}
+
+/// The receiver of a gradient's pieces: `sink(offset, piece)`.
+pub type GradSink<'a> = dyn FnMut(usize, GradPiece<'_>) + 'a;
+
+/// Consecutive entries of a gradient, in the arithmetic the oracle computed
+/// them in (see [`Oracle::stochastic_grad_with`]).
+#[derive(Debug, Clone, Copy)]
+pub enum GradPiece<'a> {
+    /// Single precision (network oracles).
+    F32(&'a [f32]),
+    /// Double precision.
+    F64(&'a [f64]),
+}
+
+impl GradPiece<'_> {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            GradPiece::F32(v) => v.len(),
+            GradPiece::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether the piece is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Widens the piece into `dst` (same length).
+    pub fn write_to(&self, dst: &mut [f64]) {
+        assert_eq!(dst.len(), self.len(), "gradient piece length");
+        match self {
+            GradPiece::F32(v) => dst.iter_mut().zip(*v).for_each(|(d, &s)| *d = f64::from(s)),
+            GradPiece::F64(v) => dst.copy_from_slice(v),
+        }
+    }
 }
 
 /// Draws `batch` distinct indices out of `0..n` uniformly (Floyd's algorithm

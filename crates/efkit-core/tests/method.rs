@@ -345,3 +345,131 @@ fn ef21_plus_server_tracks_workers() {
         }
     }
 }
+
+/// A noisy quadratic whose gradients are f32 values, as a network's are:
+/// grad = round_f32(x - b + xi), xi from the sample stream. With `pieces`,
+/// `stochastic_grad_with` hands the gradient over in f32 pieces of 3 entries
+/// (as a network hands over its tensors) instead of the default whole f64
+/// buffer.
+struct F32Noisy {
+    b: Vec<f64>,
+    pieces: bool,
+}
+
+impl F32Noisy {
+    fn grad32(&self, x: &[f64], rng: &mut Rng) -> Vec<f32> {
+        use rand::Rng as _;
+        x.iter()
+            .zip(&self.b)
+            .map(|(xi, bi)| (xi - bi + rng.gen_range(-1.0..1.0)) as f32)
+            .collect()
+    }
+}
+
+impl Oracle for F32Noisy {
+    fn dim(&self) -> usize {
+        self.b.len()
+    }
+    fn num_samples(&self) -> Option<usize> {
+        None
+    }
+    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        Quadratic { b: self.b.clone() }.loss_grad(x, grad)
+    }
+    fn loss(&mut self, x: &[f64]) -> f64 {
+        Quadratic { b: self.b.clone() }.loss(x)
+    }
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        _b: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
+        drawn.clear();
+        for (g, v) in grad.iter_mut().zip(self.grad32(x, rng)) {
+            *g = f64::from(v);
+        }
+        0.0
+    }
+    fn stochastic_grad_with(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        buf: &mut [f64],
+        sink: &mut dyn FnMut(usize, efkit_core::oracle::GradPiece<'_>),
+    ) -> f64 {
+        if !self.pieces {
+            let l = self.stochastic_grad(x, batch, rng, drawn, buf);
+            sink(0, efkit_core::oracle::GradPiece::F64(buf));
+            return l;
+        }
+        drawn.clear();
+        let g = self.grad32(x, rng);
+        for (c, piece) in g.chunks(3).enumerate() {
+            sink(3 * c, efkit_core::oracle::GradPiece::F32(piece));
+        }
+        0.0
+    }
+    fn indexed_grad(&mut self, _x: &[f64], _idx: &[u32], _grad: &mut [f64]) -> f64 {
+        unreachable!("streaming oracle")
+    }
+}
+
+/// EF21-SGDM's fused worker path (the oracle hands its gradient over in
+/// place; momentum and difference in one pass) gives bit for bit the state
+/// and the messages of the general path, which a weight scale of exactly 1
+/// (EF21-W's division by s_i = 1) selects.
+#[test]
+fn ef21_sgdm_fused_path_equals_the_general_path() {
+    let d = 8;
+    let b: Vec<f64> = (0..d).map(|j| j as f64 - 3.5).collect();
+    let x0 = vec![0.25; d];
+    let mut m = MethodSpec::named("ef21-sgdm");
+    m.eta = Some(0.3);
+    m.batch = Some(efkit_core::method::BatchSize::Count(1));
+    let parts = m.parts(0.1, 1, &[None]).unwrap();
+    let codecs = codecs(build(&spec("top-k", Some(2)), d).unwrap(), d);
+    for pieces in [false, true] {
+        let mut fused = (
+            Worker::new(0, &x0),
+            Server::new(1, &x0),
+            F32Noisy {
+                b: b.clone(),
+                pieces,
+            },
+        );
+        let mut general = (
+            Worker::new(0, &x0),
+            Server::new(1, &x0),
+            F32Noisy {
+                b: b.clone(),
+                pieces,
+            },
+        );
+        general.0.weight_scale = Some(1.0);
+        general.1.weight_scales = Some(vec![1.0]);
+        for round in 0..6 {
+            let rc = RoundCtx { seed: 3, round };
+            for (w, s, o) in [&mut fused, &mut general]
+                .into_iter()
+                .map(|t| (&mut t.0, &mut t.1, &mut t.2))
+            {
+                let down = s.state.next_down.clone();
+                let wire = s.state.next_wire.clone();
+                w.step(&down, &wire, o, &parts, &codecs, rc).unwrap();
+                s.apply(&[Some(&w.scratch.up)], &parts, &codecs, rc)
+                    .unwrap();
+            }
+            assert_eq!(fused.0.state, general.0.state, "round {round}");
+            assert_eq!(fused.0.scratch.wire, general.0.scratch.wire);
+            assert_eq!(fused.1.state, general.1.state);
+        }
+        // the run did move: momentum and estimates are not trivial
+        assert!(fused.0.state.v.iter().any(|v| v.abs() > 0.1));
+        assert!(fused.1.state.x != x0);
+    }
+}

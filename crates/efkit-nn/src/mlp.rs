@@ -23,8 +23,8 @@
 //! computes in f64, which the finite-difference tests use.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
-use efkit_core::oracle::{sample_without_replacement, Oracle};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use efkit_core::oracle::{sample_without_replacement, GradPiece, GradSink, Oracle};
 use efkit_core::rng::{stream, Purpose, Rng};
 use rand::Rng as _;
 
@@ -149,6 +149,14 @@ impl Rows<'_> {
             Rows::Listed(r) => r.len(),
         }
     }
+
+    /// The shard row of the r-th batch entry.
+    fn get(&self, r: usize) -> usize {
+        match *self {
+            Rows::Range(a, _) => a + r,
+            Rows::Listed(rows) => rows[r] as usize,
+        }
+    }
 }
 
 /// The forward pass with parameters `params` (W_1, b_1, W_2, b_2, ... as
@@ -188,7 +196,13 @@ pub fn forward_backward(
 }
 
 /// Worker i's network on its shard of images.
-#[derive(Debug, Clone)]
+///
+/// The parameter tensors and the minibatch tensors are allocated once and
+/// refilled in place every call (a candle in-place op), so a minibatch gradient costs
+/// candle's forward/backward plus one conversion pass over x and one over the
+/// gradient, with no fresh buffers (whose page faults cost as much as the
+/// copies on a 200k-parameter network).
+#[derive(Debug)]
 pub struct MlpOracle {
     spec: MlpSpec,
     data: DenseImages,
@@ -196,10 +210,31 @@ pub struct MlpOracle {
     /// Samples per forward pass when the whole shard is evaluated.
     chunk: usize,
     device: Device,
-    // reused buffers: the gathered batch and its labels
-    batch_pixels: Vec<f32>,
-    batch_labels: Vec<u32>,
+    /// Reused buffer for the drawn minibatch rows.
     drawn: Vec<u32>,
+    /// This oracle's parameter variables, refilled from x each call.
+    params: Option<Vec<Var>>,
+    /// The last minibatch's input and label tensors (refilled when the
+    /// next batch has the same size).
+    batch_tensors: Option<(Tensor, Tensor)>,
+}
+
+impl Clone for MlpOracle {
+    /// A clone gets its own tensors: candle tensors share their buffers
+    /// when cloned, and two workers refilling one buffer would compute with
+    /// each other's parameters.
+    fn clone(&self) -> Self {
+        MlpOracle {
+            spec: self.spec.clone(),
+            data: self.data.clone(),
+            precision: self.precision,
+            chunk: self.chunk,
+            device: self.device.clone(),
+            drawn: Vec::new(),
+            params: None,
+            batch_tensors: None,
+        }
+    }
 }
 
 impl MlpOracle {
@@ -232,9 +267,9 @@ impl MlpOracle {
             precision,
             chunk: 2048,
             device: Device::Cpu,
-            batch_pixels: Vec::new(),
-            batch_labels: Vec::new(),
             drawn: Vec::new(),
+            params: None,
+            batch_tensors: None,
         })
     }
 
@@ -248,57 +283,85 @@ impl MlpOracle {
         &self.data
     }
 
-    /// The parameter tensors of x, as candle variables.
+    /// The parameter tensors of x, as candle variables: this oracle's own
+    /// variables, refilled in place.
     fn params(&mut self, x: &[f64]) -> candle_core::Result<Vec<Var>> {
-        make_params(&self.spec, x, self.precision, &self.device)
-    }
-
-    /// The batch `rows` as an input tensor and a label tensor.
-    fn batch(&mut self, rows: Rows<'_>) -> candle_core::Result<(Tensor, Tensor)> {
-        let f = self.data.features;
-        self.batch_pixels.clear();
-        self.batch_labels.clear();
-        match rows {
-            Rows::Range(a, b) => {
-                self.batch_pixels
-                    .extend_from_slice(&self.data.pixels[a * f..b * f]);
-                self.batch_labels.extend_from_slice(&self.data.labels[a..b]);
-            }
-            Rows::Listed(r) => {
-                for &j in r {
-                    self.batch_pixels
-                        .extend_from_slice(self.data.row(j as usize));
-                    self.batch_labels.push(self.data.labels[j as usize]);
+        assert_eq!(x.len(), self.spec.dim(), "parameter vector length");
+        match &self.params {
+            Some(vars) => {
+                let mut off = 0;
+                for v in vars {
+                    let n = v.elem_count();
+                    v.as_tensor()
+                        .inplace_op1(&fill_from_f64(&x[off..off + n]))?;
+                    off += n;
                 }
             }
+            None => self.params = Some(make_params(&self.spec, x, self.precision, &self.device)?),
         }
+        // clones share the buffers: cheap, and dropped before the next refill
+        Ok(self.params.clone().expect("set above"))
+    }
+
+    /// The batch `rows` as an input tensor and a label tensor: the tensors
+    /// of the previous batch refilled in place when it had as many rows.
+    fn batch(&mut self, rows: Rows<'_>) -> candle_core::Result<(Tensor, Tensor)> {
         let m = rows.len();
-        let input = Tensor::from_slice(&self.batch_pixels, (m, f), &self.device)?
-            .to_dtype(self.precision.dtype())?;
-        let labels = Tensor::from_slice(&self.batch_labels, m, &self.device)?;
+        let f = self.data.features;
+        let reusable = match &self.batch_tensors {
+            Some((input, _)) => input.dim(0)? == m,
+            None => false,
+        };
+        if !reusable {
+            self.batch_tensors = Some((
+                Tensor::zeros((m, f), self.precision.dtype(), &self.device)?,
+                Tensor::zeros(m, DType::U32, &self.device)?,
+            ));
+        }
+        let (input, labels) = self.batch_tensors.clone().expect("set above");
+        let data = &self.data;
+        input.inplace_op1(&InPlace(|storage: &mut CpuStorage| {
+            match storage {
+                CpuStorage::F32(v) => {
+                    for (r, dst) in v.chunks_exact_mut(f).enumerate() {
+                        dst.copy_from_slice(data.row(rows.get(r)));
+                    }
+                }
+                CpuStorage::F64(v) => {
+                    for (r, dst) in v.chunks_exact_mut(f).enumerate() {
+                        for (d, &p) in dst.iter_mut().zip(data.row(rows.get(r))) {
+                            *d = f64::from(p);
+                        }
+                    }
+                }
+                _ => candle_core::bail!("batch input: unexpected dtype"),
+            }
+            Ok(())
+        }))?;
+        labels.inplace_op1(&InPlace(|storage: &mut CpuStorage| {
+            let CpuStorage::U32(v) = storage else {
+                candle_core::bail!("batch labels: unexpected dtype")
+            };
+            for (r, y) in v.iter_mut().enumerate() {
+                *y = data.labels[rows.get(r)];
+            }
+            Ok(())
+        }))?;
         Ok((input, labels))
     }
 
-    /// Mean loss over `rows`; with `grad`, adds `weight` times the mean
-    /// gradient over `rows` to it.
+    /// Mean loss over `rows`; with a `sink`, also hands it the mean
+    /// gradient over `rows`, tensor by tensor ([`visit_grads`]).
     fn eval_rows(
         &mut self,
         params: &[Var],
         rows: Rows<'_>,
-        grad: Option<(&mut [f64], f64)>,
+        sink: Option<&mut GradSink<'_>>,
     ) -> candle_core::Result<f64> {
         let (input, labels) = self.batch(rows)?;
-        let (value, store) = forward_backward(params, &input, &labels, grad.is_some())?;
-        if let (Some((g, weight)), Some(store)) = (grad, store) {
-            let mut off = 0;
-            for p in params {
-                let t = store
-                    .get(p.as_tensor())
-                    .expect("every parameter takes part in the loss");
-                let n = t.elem_count();
-                add_scaled(t, weight, &mut g[off..off + n])?;
-                off += n;
-            }
+        let (value, store) = forward_backward(params, &input, &labels, sink.is_some())?;
+        if let (Some(sink), Some(store)) = (sink, store) {
+            visit_grads(params, &store, sink)?;
         }
         Ok(value)
     }
@@ -307,22 +370,30 @@ impl MlpOracle {
     /// chunks of `self.chunk` samples weighted by their share.
     fn full(&mut self, x: &[f64], mut grad: Option<&mut [f64]>) -> f64 {
         let params = self.params(x).expect(SHAPES);
-        if let Some(g) = grad.as_deref_mut() {
-            g.iter_mut().for_each(|v| *v = 0.0);
-        }
         let n = self.data.n;
         let mut loss = 0.0;
         let mut a = 0;
         while a < n {
             let b = (a + self.chunk).min(n);
             let w = (b - a) as f64 / n as f64;
-            let l = self
-                .eval_rows(
-                    &params,
-                    Rows::Range(a, b),
-                    grad.as_deref_mut().map(|g| (g, w)),
-                )
-                .expect(SHAPES);
+            let first = a == 0;
+            let l = match grad.as_deref_mut() {
+                Some(g) => {
+                    // the first chunk writes, the others add
+                    let mut sink = |off: usize, piece: GradPiece<'_>| {
+                        let dst = &mut g[off..off + piece.len()];
+                        match (piece, first) {
+                            (GradPiece::F32(v), true) => set_scaled(dst, v, w),
+                            (GradPiece::F32(v), false) => add_scaled(dst, v, w),
+                            (GradPiece::F64(v), true) => set_scaled(dst, v, w),
+                            (GradPiece::F64(v), false) => add_scaled(dst, v, w),
+                        }
+                    };
+                    self.eval_rows(&params, Rows::Range(a, b), Some(&mut sink))
+                }
+                None => self.eval_rows(&params, Rows::Range(a, b), None),
+            }
+            .expect(SHAPES);
             loss += w * l;
             a = b;
         }
@@ -376,36 +447,89 @@ impl MlpOracle {
     }
 }
 
-/// Adds `weight` times the tensor `t` (f32 or f64, any layout) to `dst`,
-/// reading candle's CPU buffer in place when `t` is contiguous (the usual
-/// case for gradients) instead of copying it out first.
-fn add_scaled(t: &Tensor, weight: f64, dst: &mut [f64]) -> candle_core::Result<()> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
-            debug_assert_eq!(b - a, dst.len());
-            match cpu {
-                CpuStorage::F32(v) => {
-                    for (d, s) in dst.iter_mut().zip(&v[a..b]) {
-                        *d += weight * f64::from(*s);
-                    }
-                    return Ok(());
+/// dst = weight * src.
+fn set_scaled<T: Copy + Into<f64>>(dst: &mut [f64], src: &[T], weight: f64) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = weight * s.into();
+    }
+}
+
+/// dst += weight * src.
+fn add_scaled<T: Copy + Into<f64>>(dst: &mut [f64], src: &[T], weight: f64) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += weight * s.into();
+    }
+}
+
+/// Hands `sink` the gradient of every parameter, in the flat order of x,
+/// read from candle's CPU buffers in place (a copy only for a
+/// non-contiguous tensor).
+fn visit_grads(
+    params: &[Var],
+    store: &GradStore,
+    sink: &mut GradSink<'_>,
+) -> candle_core::Result<()> {
+    let mut off = 0;
+    for p in params {
+        let t = store
+            .get(p.as_tensor())
+            .expect("every parameter takes part in the loss");
+        let n = t.elem_count();
+        {
+            let (storage, layout) = t.storage_and_layout();
+            if let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+                let piece = match cpu {
+                    CpuStorage::F32(v) => Some(GradPiece::F32(&v[a..b])),
+                    CpuStorage::F64(v) => Some(GradPiece::F64(&v[a..b])),
+                    _ => None,
+                };
+                if let Some(piece) = piece {
+                    debug_assert_eq!(piece.len(), n);
+                    sink(off, piece);
+                    off += n;
+                    continue;
                 }
-                CpuStorage::F64(v) => {
-                    for (d, s) in dst.iter_mut().zip(&v[a..b]) {
-                        *d += weight * s;
-                    }
-                    return Ok(());
-                }
-                _ => {}
             }
-        }
-    } // the storage lock is released before the copying fallback
-    let flat = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    for (d, s) in dst.iter_mut().zip(flat) {
-        *d += weight * s;
+        } // the storage lock is released before the copying fallback
+        let flat = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        sink(off, GradPiece::F64(&flat));
+        off += n;
     }
     Ok(())
+}
+
+/// An in-place write into a contiguous CPU tensor (candle's in-place custom
+/// op): refills a tensor without allocating a new one.
+struct InPlace<F>(F);
+
+impl<F: Fn(&mut CpuStorage) -> candle_core::Result<()>> InplaceOp1 for InPlace<F> {
+    fn name(&self) -> &'static str {
+        "efkit-refill"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        if layout.contiguous_offsets() != Some((0, layout.shape().elem_count())) {
+            candle_core::bail!("efkit-refill: the tensor is not a whole contiguous buffer")
+        }
+        (self.0)(storage)
+    }
+}
+
+/// The in-place op writing the parameter values `src` (rounded to f32 for
+/// an f32 tensor) into a tensor with as many entries.
+fn fill_from_f64(src: &[f64]) -> InPlace<impl Fn(&mut CpuStorage) -> candle_core::Result<()> + '_> {
+    InPlace(move |storage: &mut CpuStorage| {
+        match storage {
+            CpuStorage::F32(v) if v.len() == src.len() => {
+                for (d, &s) in v.iter_mut().zip(src) {
+                    *d = s as f32;
+                }
+            }
+            CpuStorage::F64(v) if v.len() == src.len() => v.copy_from_slice(src),
+            _ => candle_core::bail!("parameter refill: dtype or length mismatch"),
+        }
+        Ok(())
+    })
 }
 
 /// The parameter tensors of x as candle variables. Each tensor's buffer is
@@ -474,14 +598,31 @@ impl Oracle for MlpOracle {
         self.indexed_grad(x, drawn, grad)
     }
 
+    fn stochastic_grad_with(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        _buf: &mut [f64],
+        sink: &mut dyn FnMut(usize, GradPiece<'_>),
+    ) -> f64 {
+        sample_without_replacement(self.data.n, batch, rng, drawn);
+        let params = self.params(x).expect(SHAPES);
+        self.eval_rows(&params, Rows::Listed(drawn), Some(sink))
+            .expect(SHAPES)
+    }
+
     fn indexed_grad(&mut self, x: &[f64], idx: &[u32], grad: &mut [f64]) -> f64 {
         let params = self.params(x).expect(SHAPES);
-        grad.iter_mut().for_each(|v| *v = 0.0);
         let mut rows = std::mem::take(&mut self.drawn);
         rows.clear();
         rows.extend_from_slice(idx);
+        let mut sink = |off: usize, piece: GradPiece<'_>| {
+            piece.write_to(&mut grad[off..off + piece.len()]);
+        };
         let loss = self
-            .eval_rows(&params, Rows::Listed(&rows), Some((grad, 1.0)))
+            .eval_rows(&params, Rows::Listed(&rows), Some(&mut sink))
             .expect(SHAPES);
         self.drawn = rows;
         loss
@@ -655,6 +796,103 @@ mod tests {
         let mut g3 = vec![0.0; d];
         o.indexed_grad(&x, &d1, &mut g3);
         assert_eq!(g1, g3);
+    }
+
+    #[test]
+    fn gradient_pieces_are_the_written_gradient() {
+        let spec = MlpSpec::new(&[6, 5, 3]).unwrap();
+        let data = tiny_data(20, 6, 3, 8);
+        let x = spec.init(2);
+        let d = spec.dim();
+        for precision in [Precision::F32, Precision::F64] {
+            let mut o = MlpOracle::new(spec.clone(), data.clone(), precision).unwrap();
+            let mut want = vec![0.0; d];
+            let mut drawn_a = Vec::new();
+            let la = o.stochastic_grad(
+                &x,
+                7,
+                &mut stream(4, Purpose::Sample, 0, 1),
+                &mut drawn_a,
+                &mut want,
+            );
+            // pieces in order, covering 0..d once, equal to the written gradient
+            let mut got = vec![f64::NAN; d];
+            let mut next = 0;
+            let mut drawn_b = Vec::new();
+            let lb = o.stochastic_grad_with(
+                &x,
+                7,
+                &mut stream(4, Purpose::Sample, 0, 1),
+                &mut drawn_b,
+                &mut [],
+                &mut |off, piece| {
+                    assert_eq!(off, next);
+                    assert_eq!(
+                        matches!(piece, GradPiece::F32(_)),
+                        precision == Precision::F32
+                    );
+                    piece.write_to(&mut got[off..off + piece.len()]);
+                    next = off + piece.len();
+                },
+            );
+            assert_eq!(next, d);
+            assert_eq!(drawn_a, drawn_b);
+            assert_eq!(la.to_bits(), lb.to_bits());
+            assert!(want
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+
+    #[test]
+    fn clones_and_reused_tensors_do_not_leak_between_calls() {
+        let spec = MlpSpec::new(&[6, 4, 3]).unwrap();
+        let data = tiny_data(12, 6, 3, 5);
+        let d = spec.dim();
+        let (x1, x2) = (spec.init(1), spec.init(2));
+        let fresh = |x: &[f64], rows: &[u32]| {
+            let mut g = vec![0.0; d];
+            let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+            let l = o.indexed_grad(x, rows, &mut g);
+            (l, g)
+        };
+        // one oracle and its clone, called in turn at different points and
+        // batches (the refilled parameter and batch tensors of one must not
+        // show up in the other, nor stale values in the next call)
+        let mut a = MlpOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+        a.indexed_grad(&x1, &[0, 1, 2], &mut vec![0.0; d]);
+        let mut b = a.clone();
+        b.indexed_grad(&x2, &[0], &mut vec![0.0; d]);
+        // the clone refilled its own parameters, not a's
+        let w1 = a.params.as_ref().unwrap()[0]
+            .as_tensor()
+            .flatten_all()
+            .unwrap();
+        let want: Vec<f32> = x1[..w1.elem_count()].iter().map(|&v| v as f32).collect();
+        assert_eq!(w1.to_vec1::<f32>().unwrap(), want);
+        for (which, x, rows) in [
+            (0, &x1, &[3u32, 4, 5][..]),
+            (1, &x2, &[0, 7, 9][..]),
+            (0, &x2, &[1, 2][..]),
+            (1, &x1, &[3, 4, 5][..]),
+        ] {
+            let o = if which == 0 { &mut a } else { &mut b };
+            let mut g = vec![0.0; d];
+            let l = o.indexed_grad(x, rows, &mut g);
+            assert_eq!((l, g), fresh(x, rows));
+        }
+        // the full gradient (chunked) after minibatches, and minibatches after it
+        a.chunk = 5;
+        let mut full = vec![0.0; d];
+        let lf = a.loss_grad(&x1, &mut full);
+        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+        o.chunk = 5;
+        let mut want = vec![0.0; d];
+        assert_eq!((lf, full), (o.loss_grad(&x1, &mut want), want));
+        let mut g = vec![0.0; d];
+        let l = a.indexed_grad(&x2, &[8, 9], &mut g);
+        assert_eq!((l, g), fresh(&x2, &[8, 9]));
     }
 
     #[test]
