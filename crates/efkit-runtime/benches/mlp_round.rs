@@ -21,10 +21,10 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use efkit_core::oracle::Oracle;
 use efkit_core::rng::{stream, Purpose};
-use efkit_nn::{forward_backward, mnist_dense, MlpOracle, MlpSpec, Precision};
+use efkit_nn::{mnist_dense, Network, NetworkOracle, Precision};
 use efkit_problems::idx::MnistSplit;
 use efkit_problems::split::SplitKind;
 use efkit_runtime::config::parse_with_hints;
@@ -45,26 +45,17 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
-    let spec = MlpSpec::new(&[784, 256, 10]).unwrap();
+    let spec = Network::mlp(&[784, 256, 10]).unwrap();
     let train = mnist_dense(MnistSplit::Train).expect("MNIST");
     let shards = train.shards(10, SplitKind::Contiguous, 1).unwrap();
-    let mut oracles: Vec<MlpOracle> = shards
+    let mut oracles: Vec<NetworkOracle> = shards
         .iter()
-        .map(|s| MlpOracle::new(spec.clone(), s.clone(), Precision::F32).unwrap())
+        .map(|s| NetworkOracle::new(spec.clone(), s.clone(), Precision::F32).unwrap())
         .collect();
     // candle-only inputs: one batch per worker, parameters as variables
     let dev = Device::Cpu;
     let x0 = spec.init(1);
-    let x32: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
-    let mut params = Vec::new();
-    let mut off = 0;
-    for w in spec.layers().windows(2) {
-        for shape in [vec![w[1], w[0]], vec![w[1]]] {
-            let len: usize = shape.iter().product();
-            params.push(Var::from_slice(&x32[off..off + len], shape, &dev).unwrap());
-            off += len;
-        }
-    }
+    let params = spec.params(&x0, Precision::F32).unwrap();
     let batches: Vec<(Tensor, Tensor)> = shards
         .iter()
         .map(|s| {
@@ -126,7 +117,7 @@ fn main() {
             pool.install(|| {
                 use rayon::prelude::*;
                 batches.par_iter().for_each(|(input, labels)| {
-                    let (_, store) = forward_backward(&params, input, labels, true).unwrap();
+                    let (_, store) = spec.forward_backward(&params, input, labels, true).unwrap();
                     std::hint::black_box(store);
                 });
             });

@@ -43,6 +43,8 @@ pub enum ProblemKind {
     MnistLogistic,
     /// A multilayer perceptron on MNIST (`hidden` widths; feature `nn`).
     MnistMlp,
+    /// A LeNet-style CNN on MNIST (`channels`, `hidden`; feature `nn`).
+    MnistCnn,
 }
 
 impl ProblemKind {
@@ -63,6 +65,7 @@ impl ProblemKind {
             ProblemKind::NoisyQuadratic => "noisy-quadratic",
             ProblemKind::MnistLogistic => "mnist-logistic",
             ProblemKind::MnistMlp => "mnist-mlp",
+            ProblemKind::MnistCnn => "mnist-cnn",
         }
     }
 }
@@ -108,7 +111,7 @@ fn identity_spec() -> CompressorSpec {
 #[serde(deny_unknown_fields)]
 pub struct ProblemConfig {
     /// `logistic` (nonconvex regularizer), `least-squares`, `noisy-quadratic`,
-    /// `mnist-logistic` or `mnist-mlp`.
+    /// `mnist-logistic`, `mnist-mlp` or `mnist-cnn`.
     pub kind: ProblemKind,
     /// A bundled dataset name (`efkit data list`) or a path to a LibSVM file
     /// (logistic, least squares; the MNIST kinds use the bundled MNIST and
@@ -139,9 +142,13 @@ pub struct ProblemConfig {
     /// Use only the first `rows` training images (MNIST kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<usize>,
-    /// Hidden layer widths (mnist-mlp; default [256]).
+    /// Hidden layer widths (mnist-mlp: default [256]; mnist-cnn: the dense
+    /// layers after the convolutions, default [64]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Vec<usize>>,
+    /// Channels of the 5x5 convolutions (mnist-cnn; default [8, 16]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<usize>>,
 }
 
 /// Step-size rule.

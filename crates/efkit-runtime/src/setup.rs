@@ -126,6 +126,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         ("sigma", cfg.problem.sigma.is_some()),
         ("rows", cfg.problem.rows.is_some()),
         ("hidden", cfg.problem.hidden.is_some()),
+        ("channels", cfg.problem.channels.is_some()),
     ] {
         if set {
             return Err(bad(

@@ -65,6 +65,25 @@ pub enum SgdmProblem {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rows: Option<usize>,
     },
+    #[cfg(feature = "nn")]
+    /// A LeNet-style CNN on the MNIST training set: 5x5 convolutions to
+    /// `channels` (ReLU, 2x2 average pooling), dense layers `hidden` (ReLU),
+    /// 10 classes; f32 with candle ([`efkit_nn`]).
+    MnistCnn {
+        /// Channels of the convolutions.
+        channels: Vec<usize>,
+        /// Widths of the dense hidden layers.
+        hidden: Vec<usize>,
+        /// How the training images are split among the workers.
+        #[serde(default)]
+        split: SplitKind,
+        /// Seed of a shuffled split.
+        #[serde(default)]
+        split_seed: u64,
+        /// Use only the first `rows` training images (default: all 60,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<usize>,
+    },
     /// MNIST multiclass logistic regression with the nonconvex regularizer (d = 7,840).
     MnistLogistic {
         /// Regularization weight lambda.
@@ -89,17 +108,34 @@ impl SgdmProblem {
             SgdmProblem::MnistLogistic { .. } => "mnist-logistic",
             #[cfg(feature = "nn")]
             SgdmProblem::MnistMlp { .. } => "mnist-mlp",
+            #[cfg(feature = "nn")]
+            SgdmProblem::MnistCnn { .. } => "mnist-cnn",
+        }
+    }
+
+    /// The network of the `mnist-mlp` and `mnist-cnn` problems (`None` for
+    /// the others).
+    #[cfg(feature = "nn")]
+    pub fn network(&self) -> Result<Option<efkit_nn::Network>, SetupError> {
+        match self {
+            SgdmProblem::MnistMlp { hidden, .. } => mlp_spec(hidden).map(Some),
+            SgdmProblem::MnistCnn {
+                channels, hidden, ..
+            } => efkit_nn::Network::cnn(28, channels, 5, hidden, 10)
+                .map(Some)
+                .map_err(|e| bad("problem.channels", e.to_string())),
+            _ => Ok(None),
         }
     }
 }
 
 /// The network of an `mnist-mlp` problem: 784 inputs, `hidden`, 10 classes.
 #[cfg(feature = "nn")]
-pub fn mlp_spec(hidden: &[usize]) -> Result<efkit_nn::MlpSpec, SetupError> {
+pub fn mlp_spec(hidden: &[usize]) -> Result<efkit_nn::Network, SetupError> {
     let mut layers = vec![784];
     layers.extend_from_slice(hidden);
     layers.push(10);
-    efkit_nn::MlpSpec::new(&layers).map_err(|e| bad("problem.hidden", e.to_string()))
+    efkit_nn::Network::mlp(&layers).map_err(|e| bad("problem.hidden", e.to_string()))
 }
 
 /// Everything a run of the momentum experiments needs.
@@ -171,12 +207,18 @@ pub fn build_oracles(
         }
         #[cfg(feature = "nn")]
         SgdmProblem::MnistMlp {
-            ref hidden,
             split,
             split_seed,
             rows,
+            ..
+        }
+        | SgdmProblem::MnistCnn {
+            split,
+            split_seed,
+            rows,
+            ..
         } => {
-            let spec = mlp_spec(hidden)?;
+            let spec = problem.network()?.expect("a network problem");
             let mut train = efkit_nn::mnist_dense(efkit_problems::idx::MnistSplit::Train)?;
             if let Some(r) = rows {
                 if r == 0 || r > train.n {
@@ -197,7 +239,7 @@ pub fn build_oracles(
                 .shards(workers, split, split_seed)?
                 .into_iter()
                 .map(|s| {
-                    efkit_nn::MlpOracle::new(spec.clone(), s, efkit_nn::Precision::F32)
+                    efkit_nn::NetworkOracle::new(spec.clone(), s, efkit_nn::Precision::F32)
                         .map(|o| Box::new(o) as Box<dyn Oracle>)
                         .map_err(|e| bad("problem", e.to_string()))
                 })
@@ -225,6 +267,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     let allowed: &[&str] = match p.kind {
         ProblemKind::NoisyQuadratic => &["dim", "noise", "sigma"],
         ProblemKind::MnistLogistic => &["lambda", "rows"],
+        ProblemKind::MnistCnn => &["hidden", "channels", "rows"],
         _ => &["hidden", "rows"],
     };
     for (key, set) in [
@@ -233,6 +276,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         ("sigma", p.sigma.is_some()),
         ("rows", p.rows.is_some()),
         ("hidden", p.hidden.is_some()),
+        ("channels", p.channels.is_some()),
         ("lambda", p.lambda.is_some()),
         ("features", p.features.is_some()),
     ] {
@@ -277,6 +321,14 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
             split_seed: cfg.seed,
             rows: p.rows,
         },
+        #[cfg(feature = "nn")]
+        ProblemKind::MnistCnn => SgdmProblem::MnistCnn {
+            channels: p.channels.clone().unwrap_or_else(|| vec![8, 16]),
+            hidden: p.hidden.clone().unwrap_or_else(|| vec![64]),
+            split: p.split,
+            split_seed: cfg.seed,
+            rows: p.rows,
+        },
         _ => {
             return Err(bad(
                 "problem.kind",
@@ -308,19 +360,24 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     }
     let oracles = build_oracles(&problem, p.workers)?;
     let d = oracles[0].dim();
-    let x0 = match (cfg.init.kind.as_str(), &problem) {
+    #[cfg(feature = "nn")]
+    let network = problem.network()?;
+    #[cfg(not(feature = "nn"))]
+    let network: Option<std::convert::Infallible> = None;
+    let x0 = match (cfg.init.kind.as_str(), &network) {
         #[cfg(feature = "nn")]
-        ("layers", SgdmProblem::MnistMlp { hidden, .. }) => mlp_spec(hidden)?.init(cfg.seed),
+        ("layers", Some(net)) => net.init(cfg.seed),
         ("layers", _) => {
             return Err(bad(
                 "init.kind",
-                "`layers` (the network initialization) is for mnist-mlp",
+                "`layers` (the network initialization) is for mnist-mlp and mnist-cnn",
             ))
         }
-        #[cfg(feature = "nn")]
-        ("zeros", SgdmProblem::MnistMlp { .. }) => return Err(bad(
+        ("zeros", Some(_)) => return Err(bad(
             "init.kind",
-            "mnist-mlp needs init.kind = \"layers\" (at zero every hidden unit stays identical)",
+            format!(
+                "{kind} needs init.kind = \"layers\" (at zero every hidden unit stays identical)"
+            ),
         )),
         _ => initial_point(cfg, d)?,
     };
@@ -337,11 +394,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     )?;
     // the network is judged by its accuracy on the 10,000 MNIST test images
     #[cfg(feature = "nn")]
-    if let SgdmProblem::MnistMlp { hidden, .. } = &problem {
-        let spec = mlp_spec(hidden)?;
+    if let Some(spec) = network {
         let test = efkit_nn::mnist_dense(efkit_problems::idx::MnistSplit::Test)?;
         cluster.test_evaluator = Some(Box::new(move |x: &[f64]| {
-            efkit_nn::MlpOracle::evaluate(&spec, x, &test, efkit_nn::Precision::F32)
+            efkit_nn::NetworkOracle::evaluate(&spec, x, &test, efkit_nn::Precision::F32)
                 .map_or(f64::NAN, |(_, accuracy)| accuracy)
         }));
     }

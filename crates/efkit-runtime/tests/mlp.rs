@@ -1,4 +1,4 @@
-//! The `mnist-mlp` problem through the config path: EF21-SGDM with per-layer
+//! The `mnist-mlp` and `mnist-cnn` problems through the config path: EF21-SGDM with per-layer
 //! Top-K on a small MLP matches an independent computation (momentum,
 //! per-tensor Top-K and averaging written out here; gradients from the
 //! network oracle, itself checked against finite differences in efkit-nn),
@@ -7,7 +7,7 @@
 #![cfg(feature = "nn")]
 
 use efkit_core::oracle::Oracle;
-use efkit_nn::{mnist_dense, MlpOracle, MlpSpec, Precision};
+use efkit_nn::{mnist_dense, Network, NetworkOracle, Precision};
 use efkit_problems::idx::MnistSplit;
 use efkit_problems::split::SplitKind;
 use efkit_runtime::config::parse_with_hints;
@@ -51,20 +51,20 @@ fn ef21_sgdm_on_an_mlp_matches_an_independent_computation() {
     let mut c = prepare(&parse_with_hints(&config(1, "", "layers")).unwrap())
         .unwrap()
         .cluster;
-    let spec = MlpSpec::new(&[784, HIDDEN, 10]).unwrap();
+    let spec = Network::mlp(&[784, HIDDEN, 10]).unwrap();
     let d = spec.dim();
     assert_eq!(c.server.state.x, spec.init(4));
     // independent: the same shards, full local batches (batch = 1.0)
     let train = mnist_dense(MnistSplit::Train).unwrap().head(ROWS);
-    let mut oracles: Vec<MlpOracle> = train
+    let mut oracles: Vec<NetworkOracle> = train
         .shards(WORKERS, SplitKind::Contiguous, 4)
         .unwrap()
         .into_iter()
-        .map(|s| MlpOracle::new(spec.clone(), s, Precision::F32).unwrap())
+        .map(|s| NetworkOracle::new(spec.clone(), s, Precision::F32).unwrap())
         .collect();
     let blocks = spec.blocks();
     let mut x = spec.init(4);
-    let grad = |o: &mut MlpOracle, x: &[f64]| {
+    let grad = |o: &mut NetworkOracle, x: &[f64]| {
         let mut g = vec![0.0; d];
         o.loss_grad(x, &mut g);
         g
@@ -216,4 +216,59 @@ fn mlp_metrics_carry_the_test_accuracy() {
         .unwrap()
         .cluster;
     assert_eq!(c.metrics(0.0).test_accuracy, None);
+}
+
+fn cnn_config(threads: usize, problem_extra: &str) -> String {
+    format!(
+        "seed = 2\nthreads = {threads}\n[problem]\nkind = \"mnist-cnn\"\nworkers = 2\nchannels = [2, 4]\nhidden = [8]\nrows = 400\n{problem_extra}\n\
+[method]\nname = \"ef21-sgdm\"\neta = 0.5\nbatch = 16\n\
+[compressor]\nname = \"top-k\"\nratio = 0.1\nper_layer = true\n\
+[step]\nrule = \"absolute\"\nvalue = 1.0\n[init]\nkind = \"layers\"\n[stop]\nmax_rounds = 5\n"
+    )
+}
+
+/// The `mnist-cnn` problem through the config path: the network's tensors
+/// are the compressor's blocks, its start is the layers' initialization,
+/// runs are bit-identical for 1 and 2 threads, training lowers the loss,
+/// and the metrics carry the test accuracy.
+#[test]
+fn cnn_problem_trains_per_layer_and_is_thread_independent() {
+    let spec = Network::cnn(28, &[2, 4], 5, &[8], 10).unwrap();
+    let run = |threads| {
+        let mut c = prepare(&parse_with_hints(&cnn_config(threads, "")).unwrap())
+            .unwrap()
+            .cluster;
+        assert_eq!(c.oracles[0].blocks(), Some(spec.blocks()));
+        assert_eq!(c.server.state.x, spec.init(2));
+        let before = c.evaluate().0;
+        for _ in 0..60 {
+            c.step().unwrap();
+        }
+        let m = c.metrics(0.0);
+        (before, m, c.server.state.x.clone())
+    };
+    let (before, m1, x1) = run(1);
+    let (_, m2, x2) = run(2);
+    assert_eq!(x1, x2);
+    assert_eq!(m1.loss.to_bits(), m2.loss.to_bits());
+    assert!(m1.loss < 0.9 * before, "{} vs {before}", m1.loss);
+    let acc = m1.test_accuracy.expect("mnist-cnn has a test set");
+    assert!(acc > 0.2, "60 rounds beat chance: {acc}");
+    // one message per tensor per worker: 8 tensors (4 weights, 4 biases)
+    assert_eq!(spec.blocks().len(), 8);
+}
+
+#[test]
+fn cnn_config_errors_name_the_key() {
+    let err = |s: String| match prepare(&parse_with_hints(&s).unwrap()) {
+        Ok(_) => panic!("accepted:\n{s}"),
+        Err(e) => e.to_string(),
+    };
+    // three 5x5 convolutions leave nothing to pool on 28x28 images
+    assert!(err(cnn_config(1, "").replace("[2, 4]", "[2, 4, 8]")).contains("problem.channels"));
+    assert!(err(cnn_config(1, "").replace("[2, 4]", "[]")).contains("problem.channels"));
+    assert!(err(cnn_config(1, "lambda = 0.1")).contains("problem.lambda"));
+    // channels belong to the CNN only
+    assert!(err(config(1, "channels = [4]", "layers")).contains("problem.channels"));
+    assert!(err(cnn_config(1, "").replace("\"layers\"", "\"zeros\"")).contains("init.kind"));
 }

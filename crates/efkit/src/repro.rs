@@ -255,6 +255,7 @@ pub fn logreg_config(
             sigma: None,
             rows: None,
             hidden: None,
+            channels: None,
         },
         method: MethodSpec::named(method),
         compressor,

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use efkit_core::compress::CompressorSpec;
 use efkit_core::method::{BatchSize, MethodSpec};
 use efkit_core::oracle::Oracle;
-use efkit_nn::{mnist_dense, DenseImages, MlpOracle, MlpSpec, Precision};
+use efkit_nn::{mnist_dense, DenseImages, Network, NetworkOracle, Precision};
 use efkit_problems::idx::MnistSplit;
 use efkit_problems::split::SplitKind;
 use efkit_runtime::setup_sgdm::cluster_from_oracles;
@@ -125,11 +125,11 @@ impl MlpParams {
         }
     }
 
-    fn spec(&self) -> MlpSpec {
+    fn spec(&self) -> Network {
         let mut layers = vec![784];
         layers.extend_from_slice(&self.hidden);
         layers.push(10);
-        MlpSpec::new(&layers).expect("fixed widths")
+        Network::mlp(&layers).expect("fixed widths")
     }
 
     fn method_spec(&self, m: &MlpMethod) -> MethodSpec {
@@ -195,7 +195,7 @@ fn run_one(
     let oracles: Vec<Box<dyn Oracle>> = shards
         .iter()
         .map(|s| {
-            MlpOracle::new(spec.clone(), s.clone(), Precision::F32)
+            NetworkOracle::new(spec.clone(), s.clone(), Precision::F32)
                 .map(|o| Box::new(o) as Box<dyn Oracle>)
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
@@ -216,9 +216,9 @@ fn run_one(
     let mut train_secs = 0.0;
     let eval = |c: &efkit_runtime::Cluster, round: u64, secs: f64| -> Result<MlpPoint> {
         let x = &c.server.state.x;
-        let (test_loss, test_accuracy) = MlpOracle::evaluate(&spec, x, test, Precision::F32)
+        let (test_loss, test_accuracy) = NetworkOracle::evaluate(&spec, x, test, Precision::F32)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (train_loss, _) = MlpOracle::evaluate(&spec, x, train_eval, Precision::F32)
+        let (train_loss, _) = NetworkOracle::evaluate(&spec, x, train_eval, Precision::F32)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let sum = |f: fn(&efkit_core::method::WorkerState) -> u64| {
             c.workers.iter().map(|w| f(&w.state) as f64).sum::<f64>() / n
@@ -484,7 +484,7 @@ Network experiment of the EF21-SGDM line (Fatkhullin, Tyurin & Richtarik, NeurIP
 Figure: `{svg}` / `{png}` (left: test accuracy, right: train loss, both against uplink bits per worker, log scale). Curves: `curves/*.jsonl`.\n\n\
 Wall time {secs:.0} s on {cores} threads (one run per thread).\n",
         quick_note = if quick { " (quick smoke run on 2,000 images, NOT the full experiment)" } else { "" },
-        layers = spec.layers(),
+        layers = { let mut w = vec![784]; w.extend_from_slice(&p.hidden); w.push(10); w },
         d = spec.dim(),
         nb = spec.blocks().len(),
         blocks = spec.blocks(),

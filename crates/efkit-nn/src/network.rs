@@ -1,18 +1,24 @@
-//! A multilayer perceptron as an efkit oracle.
+//! Image classifiers as efkit oracles: a multilayer perceptron and a small
+//! convolutional network.
 //!
-//! For layer widths (d_0, d_1, ..., d_L) the network is
+//! A network is a list of layers ([`Layer`]) applied to a flat image a:
 //!
-//!   h_0 = a,  h_l = relu(W_l h_{l-1} + b_l) (l < L),  z = W_L h_{L-1} + b_L,
+//!   dense:        h_l = W_l h_{l-1} + b_l,  W_l in R^{d_l x d_{l-1}},
+//!   convolution:  h_l = pool(relu(W_l * h_{l-1} + b_l)), W_l in R^{c_l x c_{l-1} x k x k}
+//!                 (valid cross-correlation, stride 1; pool: 2x2 average),
 //!
-//! with W_l in R^{d_l x d_{l-1}}, and the loss of a sample (a, y) is the
-//! softmax cross-entropy -log softmax(z)_y. Worker i's objective is the mean
-//! over its shard, f_i(x) = (1/N_i) sum_j loss_j(x), and a stochastic gradient
-//! is the mean over a minibatch drawn uniformly without replacement
+//! with a ReLU after every layer but the last, whose outputs z are the
+//! logits; the loss of a sample (a, y) is the softmax cross-entropy
+//! -log softmax(z)_y. [`Network::mlp`] builds the perceptron of widths
+//! (d_0, ..., d_L); [`Network::cnn`] a LeNet-style network (convolutions,
+//! then dense layers). Worker i's objective is the mean over its shard,
+//! f_i(x) = (1/N_i) sum_j loss_j(x), and a stochastic gradient is the mean
+//! over a minibatch drawn uniformly without replacement
 //! ([`efkit_core::oracle::sample_without_replacement`]), as for every finite
 //! sum in efkit.
 //!
 //! The flat parameter vector x lists, layer after layer, W_l row-major then
-//! b_l ([`MlpSpec::blocks`] gives the tensor sizes in that order), so a
+//! b_l ([`Network::blocks`] gives the tensor sizes in that order), so a
 //! per-layer compressor compresses each tensor separately, as the deep-learning
 //! experiments of the EF21-SGDM paper (Fatkhullin, Tyurin & Richtarik,
 //! NeurIPS 2023, §10 of algorithms.md) do.
@@ -20,7 +26,8 @@
 //! The forward and backward passes are candle's (CPU). Training runs in f32
 //! ([`Precision::F32`], the usual choice for networks): x is rounded to f32 on
 //! the way in and the gradient widened to f64 on the way out; [`Precision::F64`]
-//! computes in f64, which the finite-difference tests use.
+//! computes in f64, which the finite-difference tests use (they also check
+//! candle's convolution and pooling gradients against a hand-written network).
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
@@ -32,7 +39,7 @@ use crate::data::DenseImages;
 
 /// Errors in a network's definition or data.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum MlpError {
+pub enum NetworkError {
     /// The layer widths are not a valid network.
     #[error("layers: {0}")]
     Layers(String),
@@ -59,59 +66,182 @@ impl Precision {
     }
 }
 
-/// The widths of a perceptron: inputs, hidden layers, classes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MlpSpec {
-    layers: Vec<usize>,
+/// One layer of a network. Every layer but the last is followed by a ReLU;
+/// every convolution by the ReLU and then a 2x2 average pooling (stride 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// z = W h + b with W in R^{outputs x inputs} (row-major).
+    Dense {
+        /// Input width.
+        inputs: usize,
+        /// Output width.
+        outputs: usize,
+    },
+    /// A valid (unpadded, stride 1) convolution of `channels_in` square
+    /// images of side `side` with `channels_out` filters of side `kernel`;
+    /// W is `[channels_out, channels_in, kernel, kernel]`.
+    Conv {
+        /// Input channels.
+        channels_in: usize,
+        /// Output channels (filters).
+        channels_out: usize,
+        /// Filter side.
+        kernel: usize,
+        /// Side of the input images.
+        side: usize,
+    },
 }
 
-impl MlpSpec {
-    /// A network with widths `layers` = (inputs, hidden..., classes); at least
-    /// two entries, each >= 1, and at least 2 classes.
-    pub fn new(layers: &[usize]) -> Result<MlpSpec, MlpError> {
+impl Layer {
+    /// Shapes of the weight and the bias.
+    fn shapes(&self) -> [Vec<usize>; 2] {
+        match *self {
+            Layer::Dense { inputs, outputs } => [vec![outputs, inputs], vec![outputs]],
+            Layer::Conv {
+                channels_in,
+                channels_out,
+                kernel,
+                ..
+            } => [
+                vec![channels_out, channels_in, kernel, kernel],
+                vec![channels_out],
+            ],
+        }
+    }
+
+    /// Inputs per output unit (PyTorch's fan-in).
+    fn fan_in(&self) -> usize {
+        match *self {
+            Layer::Dense { inputs, .. } => inputs,
+            Layer::Conv {
+                channels_in,
+                kernel,
+                ..
+            } => channels_in * kernel * kernel,
+        }
+    }
+}
+
+/// A feed-forward classifier of images: a multilayer perceptron
+/// ([`Network::mlp`]) or a small convolutional network ([`Network::cnn`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Pixels per image.
+    inputs: usize,
+    layers: Vec<Layer>,
+}
+
+impl Network {
+    /// A perceptron with widths `layers` = (inputs, hidden..., classes); at
+    /// least two entries, each >= 1, and at least 2 classes.
+    pub fn mlp(layers: &[usize]) -> Result<Network, NetworkError> {
         if layers.len() < 2 {
-            return Err(MlpError::Layers(format!(
+            return Err(NetworkError::Layers(format!(
                 "need at least inputs and classes, got {layers:?}"
             )));
         }
         if let Some(k) = layers.iter().position(|&w| w == 0) {
-            return Err(MlpError::Layers(format!("width {k} is 0 in {layers:?}")));
+            return Err(NetworkError::Layers(format!(
+                "width {k} is 0 in {layers:?}"
+            )));
         }
-        if *layers.last().unwrap() < 2 {
-            return Err(MlpError::Layers("need at least 2 classes".into()));
+        Network::checked(
+            layers[0],
+            layers
+                .windows(2)
+                .map(|w| Layer::Dense {
+                    inputs: w[0],
+                    outputs: w[1],
+                })
+                .collect(),
+        )
+    }
+
+    /// A LeNet-style network on one-channel `side` x `side` images: for each
+    /// entry c of `channels` a `kernel` x `kernel` convolution to c channels,
+    /// ReLU and 2x2 average pooling; then dense layers of widths `hidden`
+    /// (ReLU) and `classes` outputs. Every convolution must leave an image of
+    /// side >= 2 to pool.
+    pub fn cnn(
+        side: usize,
+        channels: &[usize],
+        kernel: usize,
+        hidden: &[usize],
+        classes: usize,
+    ) -> Result<Network, NetworkError> {
+        if channels.is_empty() || channels.contains(&0) || kernel == 0 || hidden.contains(&0) {
+            return Err(NetworkError::Layers(format!(
+                "channels {channels:?}, kernel {kernel} and hidden {hidden:?} must be non-empty and positive"
+            )));
         }
-        let spec = MlpSpec {
-            layers: layers.to_vec(),
-        };
-        if spec.blocks().iter().any(|&b| b > u32::MAX as usize) {
-            return Err(MlpError::Layers(
+        let mut layers = Vec::new();
+        let (mut s, mut c) = (side, 1);
+        for &out in channels {
+            if s < kernel + 1 {
+                return Err(NetworkError::Layers(format!(
+                    "a {kernel}x{kernel} convolution of {s}x{s} images leaves less than 2x2 to pool"
+                )));
+            }
+            layers.push(Layer::Conv {
+                channels_in: c,
+                channels_out: out,
+                kernel,
+                side: s,
+            });
+            let convolved = s - kernel + 1;
+            s = convolved / 2; // 2x2 pooling drops an odd last row and column
+            c = out;
+        }
+        let mut width = c * s * s;
+        for &h in hidden.iter().chain(std::iter::once(&classes)) {
+            layers.push(Layer::Dense {
+                inputs: width,
+                outputs: h,
+            });
+            width = h;
+        }
+        Network::checked(side * side, layers)
+    }
+
+    fn checked(inputs: usize, layers: Vec<Layer>) -> Result<Network, NetworkError> {
+        let net = Network { inputs, layers };
+        if net.classes() < 2 {
+            return Err(NetworkError::Layers("need at least 2 classes".into()));
+        }
+        if net.blocks().iter().any(|&b| b > u32::MAX as usize) {
+            return Err(NetworkError::Layers(
                 "a tensor has more than 2^32 - 1 entries".into(),
             ));
         }
-        Ok(spec)
+        Ok(net)
     }
 
-    /// The widths.
-    pub fn layers(&self) -> &[usize] {
+    /// The layers, input to output.
+    pub fn layers(&self) -> &[Layer] {
         &self.layers
     }
 
-    /// Number of inputs.
+    /// Number of inputs (pixels).
     pub fn inputs(&self) -> usize {
-        self.layers[0]
+        self.inputs
     }
 
     /// Number of classes.
     pub fn classes(&self) -> usize {
-        *self.layers.last().unwrap()
+        match self.layers.last() {
+            Some(Layer::Dense { outputs, .. }) => *outputs,
+            _ => 0,
+        }
+    }
+
+    /// Shapes of the parameter tensors in flat order: W_1, b_1, W_2, b_2, ...
+    pub fn shapes(&self) -> Vec<Vec<usize>> {
+        self.layers.iter().flat_map(|l| l.shapes()).collect()
     }
 
     /// Sizes of the parameter tensors in flat order: W_1, b_1, W_2, b_2, ...
     pub fn blocks(&self) -> Vec<usize> {
-        self.layers
-            .windows(2)
-            .flat_map(|w| [w[0] * w[1], w[1]])
-            .collect()
+        self.shapes().iter().map(|s| s.iter().product()).collect()
     }
 
     /// Number of parameters d.
@@ -119,19 +249,92 @@ impl MlpSpec {
         self.blocks().iter().sum()
     }
 
-    /// The initial point of PyTorch's `nn.Linear`: every entry of W_l and b_l
-    /// uniform on [-1/sqrt(d_{l-1}), 1/sqrt(d_{l-1})], from the stream
-    /// `(seed, Setup, worker = u64::MAX - 1, round 0)`.
+    /// The initial point of PyTorch's `nn.Linear` and `nn.Conv2d`: every
+    /// entry of W_l and b_l uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]
+    /// (fan_in: inputs of a dense layer, in-channels x kernel area of a
+    /// convolution), from the stream `(seed, Setup, worker = u64::MAX - 1,
+    /// round 0)`.
     pub fn init(&self, seed: u64) -> Vec<f64> {
         let mut rng = stream(seed, Purpose::Setup, u64::MAX - 1, 0);
         let mut x = Vec::with_capacity(self.dim());
-        for w in self.layers.windows(2) {
-            let bound = 1.0 / (w[0] as f64).sqrt();
-            for _ in 0..(w[0] * w[1] + w[1]) {
+        for l in &self.layers {
+            let bound = 1.0 / (l.fan_in() as f64).sqrt();
+            let [w, b] = l.shapes();
+            let count = w.iter().product::<usize>() + b.iter().product::<usize>();
+            for _ in 0..count {
                 x.push(rng.gen_range(-bound..bound));
             }
         }
         x
+    }
+
+    /// The parameter tensors of x as candle variables (W_1, b_1, ...), in
+    /// the arithmetic `precision`.
+    pub fn params(&self, x: &[f64], precision: Precision) -> candle_core::Result<Vec<Var>> {
+        make_params(self, x, precision, &Device::Cpu)
+    }
+
+    /// The forward pass with parameters `params` ([`Network::params`]) on
+    /// the batch `input` (`[m, inputs]`): the logits `[m, classes]`.
+    pub fn forward(&self, params: &[Var], input: &Tensor) -> candle_core::Result<Tensor> {
+        let last = self.layers.len() - 1;
+        let mut h = input.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let w = params[2 * l].as_tensor();
+            let b = params[2 * l + 1].as_tensor();
+            h = match *layer {
+                Layer::Dense { .. } => {
+                    if h.rank() > 2 {
+                        h = h.flatten_from(1)?;
+                    }
+                    h.matmul(&w.t()?)?.broadcast_add(b)?
+                }
+                Layer::Conv {
+                    channels_in,
+                    channels_out,
+                    side,
+                    ..
+                } => {
+                    if h.rank() == 2 {
+                        h = h.reshape((h.dim(0)?, channels_in, side, side))?;
+                    }
+                    h.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((
+                        1,
+                        channels_out,
+                        1,
+                        1,
+                    ))?)?
+                }
+            };
+            if l < last {
+                h = h.relu()?;
+            }
+            if matches!(layer, Layer::Conv { .. }) {
+                h = h.avg_pool2d(2)?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// Candle's part of a gradient: forward pass, mean cross-entropy and
+    /// (with `backward`) the backward pass. Returns the loss and the
+    /// gradients.
+    pub fn forward_backward(
+        &self,
+        params: &[Var],
+        input: &Tensor,
+        labels: &Tensor,
+        backward: bool,
+    ) -> candle_core::Result<(f64, Option<GradStore>)> {
+        let logits = self.forward(params, input)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let store = if backward {
+            Some(loss.backward()?)
+        } else {
+            None
+        };
+        Ok((value, store))
     }
 }
 
@@ -159,42 +362,6 @@ impl Rows<'_> {
     }
 }
 
-/// The forward pass with parameters `params` (W_1, b_1, W_2, b_2, ... as
-/// candle variables) on the batch `input` (`[m, inputs]`): the logits
-/// `[m, classes]`.
-pub fn forward(params: &[Var], input: &Tensor) -> candle_core::Result<Tensor> {
-    let layers = params.len() / 2;
-    let mut h = input.clone();
-    for l in 0..layers {
-        let w = params[2 * l].as_tensor();
-        let b = params[2 * l + 1].as_tensor();
-        h = h.matmul(&w.t()?)?.broadcast_add(b)?;
-        if l + 1 < layers {
-            h = h.relu()?;
-        }
-    }
-    Ok(h)
-}
-
-/// Candle's part of a gradient: forward pass, mean cross-entropy and (with
-/// `backward`) the backward pass. Returns the loss and the gradients.
-pub fn forward_backward(
-    params: &[Var],
-    input: &Tensor,
-    labels: &Tensor,
-    backward: bool,
-) -> candle_core::Result<(f64, Option<GradStore>)> {
-    let logits = forward(params, input)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
-    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let store = if backward {
-        Some(loss.backward()?)
-    } else {
-        None
-    };
-    Ok((value, store))
-}
-
 /// Worker i's network on its shard of images.
 ///
 /// The parameter tensors and the minibatch tensors are allocated once and
@@ -203,8 +370,8 @@ pub fn forward_backward(
 /// gradient, with no fresh buffers (whose page faults cost as much as the
 /// copies on a 200k-parameter network).
 #[derive(Debug)]
-pub struct MlpOracle {
-    spec: MlpSpec,
+pub struct NetworkOracle {
+    spec: Network,
     data: DenseImages,
     precision: Precision,
     /// Samples per forward pass when the whole shard is evaluated.
@@ -219,12 +386,12 @@ pub struct MlpOracle {
     batch_tensors: Option<(Tensor, Tensor)>,
 }
 
-impl Clone for MlpOracle {
+impl Clone for NetworkOracle {
     /// A clone gets its own tensors: candle tensors share their buffers
     /// when cloned, and two workers refilling one buffer would compute with
     /// each other's parameters.
     fn clone(&self) -> Self {
-        MlpOracle {
+        NetworkOracle {
             spec: self.spec.clone(),
             data: self.data.clone(),
             precision: self.precision,
@@ -237,31 +404,35 @@ impl Clone for MlpOracle {
     }
 }
 
-impl MlpOracle {
+impl NetworkOracle {
     /// The oracle of `spec` on `data` (pixels must match the input width).
-    pub fn new(spec: MlpSpec, data: DenseImages, precision: Precision) -> Result<Self, MlpError> {
+    pub fn new(
+        spec: Network,
+        data: DenseImages,
+        precision: Precision,
+    ) -> Result<Self, NetworkError> {
         if data.features != spec.inputs() {
-            return Err(MlpError::Data(format!(
+            return Err(NetworkError::Data(format!(
                 "images have {} pixels, the network {} inputs",
                 data.features,
                 spec.inputs()
             )));
         }
         if data.n == 0 {
-            return Err(MlpError::Data("no images".into()));
+            return Err(NetworkError::Data("no images".into()));
         }
         if let Some(j) = data
             .labels
             .iter()
             .position(|&y| y as usize >= spec.classes())
         {
-            return Err(MlpError::Data(format!(
+            return Err(NetworkError::Data(format!(
                 "image {j} has label {} but the network has {} classes",
                 data.labels[j],
                 spec.classes()
             )));
         }
-        Ok(MlpOracle {
+        Ok(NetworkOracle {
             spec,
             data,
             precision,
@@ -274,7 +445,7 @@ impl MlpOracle {
     }
 
     /// The network.
-    pub fn spec(&self) -> &MlpSpec {
+    pub fn spec(&self) -> &Network {
         &self.spec
     }
 
@@ -359,7 +530,9 @@ impl MlpOracle {
         sink: Option<&mut GradSink<'_>>,
     ) -> candle_core::Result<f64> {
         let (input, labels) = self.batch(rows)?;
-        let (value, store) = forward_backward(params, &input, &labels, sink.is_some())?;
+        let (value, store) = self
+            .spec
+            .forward_backward(params, &input, &labels, sink.is_some())?;
         if let (Some(sink), Some(store)) = (sink, store) {
             visit_grads(params, &store, sink)?;
         }
@@ -403,13 +576,13 @@ impl MlpOracle {
     /// Mean loss and accuracy of the parameters x on `data` (e.g. the test
     /// set), forward passes only, in chunks of 2,048 images.
     pub fn evaluate(
-        spec: &MlpSpec,
+        spec: &Network,
         x: &[f64],
         data: &DenseImages,
         precision: Precision,
-    ) -> Result<(f64, f64), MlpError> {
+    ) -> Result<(f64, f64), NetworkError> {
         if data.features != spec.inputs() || data.n == 0 {
-            return Err(MlpError::Data(format!(
+            return Err(NetworkError::Data(format!(
                 "{} images of {} pixels for a network with {} inputs",
                 data.n,
                 data.features,
@@ -427,7 +600,7 @@ impl MlpOracle {
                 .and_then(|t| t.to_dtype(precision.dtype()))
                 .expect(SHAPES);
             let labels = Tensor::from_slice(&data.labels[a..b], b - a, &device).expect(SHAPES);
-            let logits = forward(&params, &input).expect(SHAPES);
+            let logits = spec.forward(&params, &input).expect(SHAPES);
             let l = candle_nn::loss::cross_entropy(&logits, &labels)
                 .and_then(|t| t.to_dtype(DType::F64)?.to_scalar::<f64>())
                 .expect(SHAPES);
@@ -536,36 +709,34 @@ fn fill_from_f64(src: &[f64]) -> InPlace<impl Fn(&mut CpuStorage) -> candle_core
 /// filled directly from x (converted to f32 when asked) and handed to candle
 /// without a second copy.
 fn make_params(
-    spec: &MlpSpec,
+    net: &Network,
     x: &[f64],
     precision: Precision,
     device: &Device,
 ) -> candle_core::Result<Vec<Var>> {
-    assert_eq!(x.len(), spec.dim(), "parameter vector length");
-    let mut vars = Vec::with_capacity(2 * (spec.layers.len() - 1));
+    assert_eq!(x.len(), net.dim(), "parameter vector length");
+    let mut vars = Vec::with_capacity(2 * net.layers.len());
     let mut off = 0;
-    for w in spec.layers.windows(2) {
-        for shape in [vec![w[1], w[0]], vec![w[1]]] {
-            let len: usize = shape.iter().product();
-            let src = &x[off..off + len];
-            let v = match precision {
-                Precision::F32 => Var::from_vec(
-                    src.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
-                    shape,
-                    device,
-                )?,
-                Precision::F64 => Var::from_slice(src, shape, device)?,
-            };
-            vars.push(v);
-            off += len;
-        }
+    for shape in net.shapes() {
+        let len: usize = shape.iter().product();
+        let src = &x[off..off + len];
+        let v = match precision {
+            Precision::F32 => Var::from_vec(
+                src.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+                shape,
+                device,
+            )?,
+            Precision::F64 => Var::from_slice(src, shape, device)?,
+        };
+        vars.push(v);
+        off += len;
     }
     Ok(vars)
 }
 
 const SHAPES: &str = "MLP tensors: shapes are fixed and checked at construction";
 
-impl Oracle for MlpOracle {
+impl Oracle for NetworkOracle {
     fn dim(&self) -> usize {
         self.spec.dim()
     }
@@ -647,22 +818,81 @@ mod tests {
     }
 
     /// The same network written out by hand in f64 (no candle): mean loss.
-    fn reference_loss(spec: &MlpSpec, x: &[f64], data: &DenseImages) -> f64 {
+    /// Activations are flat, channel-major (channel, row, column).
+    fn reference_loss(spec: &Network, x: &[f64], data: &DenseImages) -> f64 {
         let mut total = 0.0;
+        let last = spec.layers().len() - 1;
         for j in 0..data.n {
             let mut h: Vec<f64> = data.row(j).iter().map(|&p| f64::from(p)).collect();
             let mut off = 0;
-            let layers = spec.layers();
-            for l in 1..layers.len() {
-                let (din, dout) = (layers[l - 1], layers[l]);
-                let w = &x[off..off + din * dout];
-                let b = &x[off + din * dout..off + din * dout + dout];
-                off += din * dout + dout;
-                let mut z: Vec<f64> = (0..dout)
-                    .map(|o| b[o] + (0..din).map(|k| w[o * din + k] * h[k]).sum::<f64>())
-                    .collect();
-                if l + 1 < layers.len() {
+            for (l, layer) in spec.layers().iter().enumerate() {
+                let mut z = match *layer {
+                    Layer::Dense { inputs, outputs } => {
+                        let w = &x[off..off + inputs * outputs];
+                        let b = &x[off + inputs * outputs..off + inputs * outputs + outputs];
+                        off += inputs * outputs + outputs;
+                        (0..outputs)
+                            .map(|o| {
+                                b[o] + (0..inputs).map(|k| w[o * inputs + k] * h[k]).sum::<f64>()
+                            })
+                            .collect::<Vec<f64>>()
+                    }
+                    Layer::Conv {
+                        channels_in: ci,
+                        channels_out: co,
+                        kernel: k,
+                        side: s,
+                    } => {
+                        let w = &x[off..off + co * ci * k * k];
+                        let b = &x[off + co * ci * k * k..off + co * ci * k * k + co];
+                        off += co * ci * k * k + co;
+                        let t = s - k + 1;
+                        let mut z = vec![0.0; co * t * t];
+                        for o in 0..co {
+                            for r in 0..t {
+                                for c in 0..t {
+                                    let mut acc = b[o];
+                                    for ch in 0..ci {
+                                        for p in 0..k {
+                                            for q in 0..k {
+                                                acc += w[((o * ci + ch) * k + p) * k + q]
+                                                    * h[(ch * s + r + p) * s + c + q];
+                                            }
+                                        }
+                                    }
+                                    z[(o * t + r) * t + c] = acc;
+                                }
+                            }
+                        }
+                        z
+                    }
+                };
+                if l < last {
                     z.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                if let Layer::Conv {
+                    channels_out: co,
+                    kernel: k,
+                    side: s,
+                    ..
+                } = *layer
+                {
+                    let t = s - k + 1;
+                    let u = t / 2;
+                    let mut pooled = vec![0.0; co * u * u];
+                    for o in 0..co {
+                        for r in 0..u {
+                            for c in 0..u {
+                                let at = |rr: usize, cc: usize| z[(o * t + rr) * t + cc];
+                                pooled[(o * u + r) * u + c] = 0.25
+                                    * (at(2 * r, 2 * c)
+                                        + at(2 * r, 2 * c + 1)
+                                        + at(2 * r + 1, 2 * c)
+                                        + at(2 * r + 1, 2 * c + 1));
+                            }
+                        }
+                    }
+                    z = pooled;
                 }
                 h = z;
             }
@@ -675,7 +905,7 @@ mod tests {
 
     #[test]
     fn spec_layout_and_validation() {
-        let s = MlpSpec::new(&[784, 256, 10]).unwrap();
+        let s = Network::mlp(&[784, 256, 10]).unwrap();
         assert_eq!(s.blocks(), vec![784 * 256, 256, 2560, 10]);
         assert_eq!(s.dim(), 203_530);
         let x = s.init(3);
@@ -684,43 +914,84 @@ mod tests {
         assert!(x[784 * 256 + 256..].iter().any(|v| v.abs() > 1.0 / 28.0));
         assert_eq!(x, s.init(3));
         assert_ne!(x, s.init(4));
-        assert!(MlpSpec::new(&[5]).is_err());
-        assert!(MlpSpec::new(&[5, 0, 3]).is_err());
-        assert!(MlpSpec::new(&[5, 1]).is_err());
-        let bad = MlpOracle::new(s.clone(), tiny_data(3, 5, 2, 1), Precision::F32);
-        assert!(matches!(bad, Err(MlpError::Data(_))));
-        let bad = MlpOracle::new(
-            MlpSpec::new(&[5, 2]).unwrap(),
+        assert!(Network::mlp(&[5]).is_err());
+        assert!(Network::mlp(&[5, 0, 3]).is_err());
+        assert!(Network::mlp(&[5, 1]).is_err());
+        let bad = NetworkOracle::new(s.clone(), tiny_data(3, 5, 2, 1), Precision::F32);
+        assert!(matches!(bad, Err(NetworkError::Data(_))));
+        let bad = NetworkOracle::new(
+            Network::mlp(&[5, 2]).unwrap(),
             tiny_data(3, 5, 3, 1),
             Precision::F32,
         );
-        assert!(matches!(bad, Err(MlpError::Data(m)) if m.contains("label")));
+        assert!(matches!(bad, Err(NetworkError::Data(m)) if m.contains("label")));
+        // the MNIST CNN: 28 -> 24 -> 12 -> 8 -> 4, then 16 * 16 = 256 inputs
+        let c = Network::cnn(28, &[8, 16], 5, &[64], 10).unwrap();
+        assert_eq!(
+            c.blocks(),
+            vec![8 * 25, 8, 16 * 8 * 25, 16, 256 * 64, 64, 640, 10]
+        );
+        assert_eq!(c.dim(), 20_522);
+        assert_eq!(c.inputs(), 784);
+        assert_eq!(c.classes(), 10);
+        let x = c.init(1);
+        // conv1 fan-in 25, conv2 200
+        assert!(x[..208].iter().all(|v| v.abs() < 0.2) && x[..208].iter().any(|v| v.abs() > 0.15));
+        assert!(x[208..208 + 3216]
+            .iter()
+            .all(|v| v.abs() < 1.0 / 200f64.sqrt()));
+        assert!(Network::cnn(28, &[8, 16, 32], 5, &[64], 10).is_err()); // 4x4 left: no 5x5 conv
+        assert!(Network::cnn(28, &[], 5, &[64], 10).is_err());
+        assert!(Network::cnn(28, &[8], 0, &[64], 10).is_err());
+        assert!(Network::cnn(28, &[8], 5, &[64], 1).is_err());
+    }
+
+    #[test]
+    fn cnn_loss_matches_a_hand_written_network() {
+        let spec = Network::cnn(10, &[2, 3], 3, &[4], 3).unwrap();
+        let data = tiny_data(5, 100, 3, 3);
+        let x = spec.init(2);
+        let want = reference_loss(&spec, &x, &data);
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        assert!((o.loss(&x) - want).abs() <= 1e-12 * want.abs());
+        let mut o32 = NetworkOracle::new(spec, data, Precision::F32).unwrap();
+        assert!((o32.loss(&x) - want).abs() <= 1e-5 * want.abs());
     }
 
     #[test]
     fn loss_matches_a_hand_written_network() {
-        let spec = MlpSpec::new(&[6, 5, 4, 3]).unwrap();
+        let spec = Network::mlp(&[6, 5, 4, 3]).unwrap();
         let data = tiny_data(9, 6, 3, 2);
         let x = spec.init(5);
-        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
         let want = reference_loss(&spec, &x, &data);
         let got = o.loss(&x);
         assert!((got - want).abs() <= 1e-12 * want.abs(), "{got} vs {want}");
         // f32 agrees to f32 accuracy
-        let mut o32 = MlpOracle::new(spec, data, Precision::F32).unwrap();
+        let mut o32 = NetworkOracle::new(spec, data, Precision::F32).unwrap();
         assert!((o32.loss(&x) - want).abs() <= 1e-5 * want.abs());
     }
 
     #[test]
     fn gradients_match_finite_differences() {
-        let spec = MlpSpec::new(&[6, 5, 4, 3]).unwrap();
-        let data = tiny_data(11, 6, 3, 7);
+        // a perceptron, and a CNN with two convolutions (10x10 -> 8x8 -> 4x4
+        // -> 2x2 -> 1x1) and a hidden dense layer
+        for (spec, pixels) in [
+            (Network::mlp(&[6, 5, 4, 3]).unwrap(), 6),
+            (Network::cnn(10, &[2, 3], 3, &[4], 3).unwrap(), 100),
+        ] {
+            check_gradient(&spec, &tiny_data(11, pixels, 3, 7));
+        }
+    }
+
+    fn check_gradient(spec: &Network, data: &DenseImages) {
+        let (spec, data) = (spec.clone(), data.clone());
         let mut rng = stream(9, Purpose::Setup, 0, 0);
         // a generic point (no ReLU exactly at its kink)
         let x: Vec<f64> = (0..spec.dim())
             .map(|_| 0.5 * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng))
             .collect();
-        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
         let mut g = vec![0.0; spec.dim()];
         let f0 = o.loss_grad(&x, &mut g);
         assert!((f0 - reference_loss(&spec, &x, &data)).abs() < 1e-12);
@@ -738,7 +1009,7 @@ mod tests {
         }
         assert!(worst < 1e-6, "worst relative error {worst}");
         // the f32 network gives the same gradient to f32 accuracy
-        let mut o32 = MlpOracle::new(spec.clone(), data, Precision::F32).unwrap();
+        let mut o32 = NetworkOracle::new(spec.clone(), data, Precision::F32).unwrap();
         let mut g32 = vec![0.0; spec.dim()];
         o32.loss_grad(&x, &mut g32);
         let scale = g.iter().map(|v| v.abs()).fold(0.0, f64::max);
@@ -750,10 +1021,10 @@ mod tests {
 
     #[test]
     fn minibatch_and_chunked_gradients_are_means() {
-        let spec = MlpSpec::new(&[6, 4, 3]).unwrap();
+        let spec = Network::mlp(&[6, 4, 3]).unwrap();
         let data = tiny_data(10, 6, 3, 4);
         let x = spec.init(1);
-        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F64).unwrap();
         let d = spec.dim();
         let mut full = vec![0.0; d];
         let l_full = o.loss_grad(&x, &mut full);
@@ -800,12 +1071,12 @@ mod tests {
 
     #[test]
     fn gradient_pieces_are_the_written_gradient() {
-        let spec = MlpSpec::new(&[6, 5, 3]).unwrap();
+        let spec = Network::mlp(&[6, 5, 3]).unwrap();
         let data = tiny_data(20, 6, 3, 8);
         let x = spec.init(2);
         let d = spec.dim();
         for precision in [Precision::F32, Precision::F64] {
-            let mut o = MlpOracle::new(spec.clone(), data.clone(), precision).unwrap();
+            let mut o = NetworkOracle::new(spec.clone(), data.clone(), precision).unwrap();
             let mut want = vec![0.0; d];
             let mut drawn_a = Vec::new();
             let la = o.stochastic_grad(
@@ -847,20 +1118,20 @@ mod tests {
 
     #[test]
     fn clones_and_reused_tensors_do_not_leak_between_calls() {
-        let spec = MlpSpec::new(&[6, 4, 3]).unwrap();
+        let spec = Network::mlp(&[6, 4, 3]).unwrap();
         let data = tiny_data(12, 6, 3, 5);
         let d = spec.dim();
         let (x1, x2) = (spec.init(1), spec.init(2));
         let fresh = |x: &[f64], rows: &[u32]| {
             let mut g = vec![0.0; d];
-            let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+            let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
             let l = o.indexed_grad(x, rows, &mut g);
             (l, g)
         };
         // one oracle and its clone, called in turn at different points and
         // batches (the refilled parameter and batch tensors of one must not
         // show up in the other, nor stale values in the next call)
-        let mut a = MlpOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+        let mut a = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
         a.indexed_grad(&x1, &[0, 1, 2], &mut vec![0.0; d]);
         let mut b = a.clone();
         b.indexed_grad(&x2, &[0], &mut vec![0.0; d]);
@@ -886,7 +1157,7 @@ mod tests {
         a.chunk = 5;
         let mut full = vec![0.0; d];
         let lf = a.loss_grad(&x1, &mut full);
-        let mut o = MlpOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
         o.chunk = 5;
         let mut want = vec![0.0; d];
         assert_eq!((lf, full), (o.loss_grad(&x1, &mut want), want));
@@ -897,7 +1168,7 @@ mod tests {
 
     #[test]
     fn evaluate_counts_correct_predictions() {
-        let spec = MlpSpec::new(&[2, 2]).unwrap();
+        let spec = Network::mlp(&[2, 2]).unwrap();
         // a linear classifier: class = argmax(x_0 - x_1, x_1 - x_0)
         let x = vec![1.0, -1.0, -1.0, 1.0, 0.0, 0.0];
         let data = DenseImages {
@@ -906,7 +1177,7 @@ mod tests {
             pixels: vec![1.0, 0.0, 0.0, 1.0, 0.9, 0.1, 0.2, 0.8],
             labels: vec![0, 1, 1, 1],
         };
-        let (loss, acc) = MlpOracle::evaluate(&spec, &x, &data, Precision::F64).unwrap();
+        let (loss, acc) = NetworkOracle::evaluate(&spec, &x, &data, Precision::F64).unwrap();
         assert_eq!(acc, 0.75);
         assert!((loss - reference_loss(&spec, &x, &data)).abs() < 1e-12);
     }
