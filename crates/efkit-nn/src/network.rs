@@ -268,6 +268,29 @@ impl Network {
         x
     }
 
+    /// Images per forward pass when a whole data set is evaluated: 2,048,
+    /// or fewer for a CNN so that the unfolded patches of a chunk
+    /// ([`conv_as_matmul`]) stay near 16 MiB (about 150 MNIST images).
+    pub fn eval_chunk(&self) -> usize {
+        let patch_floats: usize = self
+            .layers
+            .iter()
+            .map(|l| match *l {
+                Layer::Conv {
+                    channels_in,
+                    kernel,
+                    side,
+                    ..
+                } => (side - kernel + 1).pow(2) * channels_in * kernel * kernel,
+                Layer::Dense { .. } => 0,
+            })
+            .sum();
+        match patch_floats {
+            0 => 2048,
+            p => ((1 << 22) / p).clamp(32, 2048),
+        }
+    }
+
     /// The parameter tensors of x as candle variables (W_1, b_1, ...), in
     /// the arithmetic `precision`.
     pub fn params(&self, x: &[f64], precision: Precision) -> candle_core::Result<Vec<Var>> {
@@ -293,17 +316,17 @@ impl Network {
                     channels_in,
                     channels_out,
                     side,
-                    ..
+                    kernel,
                 } => {
-                    if h.rank() == 2 {
-                        h = h.reshape((h.dim(0)?, channels_in, side, side))?;
-                    }
-                    h.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((
-                        1,
-                        channels_out,
-                        1,
-                        1,
-                    ))?)?
+                    let m = h.dim(0)?;
+                    let conv = conv_as_matmul(
+                        &h.reshape((m, channels_in * side * side))?,
+                        w,
+                        channels_in,
+                        side,
+                        kernel,
+                    )?;
+                    conv.broadcast_add(&b.reshape((1, channels_out, 1, 1))?)?
                 }
             };
             if l < last {
@@ -336,6 +359,49 @@ impl Network {
         };
         Ok((value, store))
     }
+}
+
+/// The valid (unpadded, stride 1) cross-correlation of the images `h`
+/// (`[m, channels * side * side]`, channel-major) with the filters `w`
+/// (`[out, channels, kernel, kernel]`): `[m, out, t, t]`, t = side - kernel + 1.
+///
+/// Computed as a matrix product with the unfolded patches (im2col: one
+/// `index_select` gathers every patch), not with candle's direct `conv2d`,
+/// whose CPU backward pass (a direct transposed convolution) made a CNN
+/// round several times slower; gather, matmul and reshape all have cheap
+/// gradients.
+fn conv_as_matmul(
+    h: &Tensor,
+    w: &Tensor,
+    channels: usize,
+    side: usize,
+    kernel: usize,
+) -> candle_core::Result<Tensor> {
+    let m = h.dim(0)?;
+    let out = w.dim(0)?;
+    let t = side - kernel + 1;
+    let patch = channels * kernel * kernel;
+    // for output position (r, c), entry (ch, p, q) of its patch is pixel
+    // (ch, r + p, c + q) of the image
+    let mut idx = Vec::with_capacity(t * t * patch);
+    for r in 0..t {
+        for c in 0..t {
+            for ch in 0..channels {
+                for p in 0..kernel {
+                    for q in 0..kernel {
+                        idx.push(((ch * side + r + p) * side + c + q) as u32);
+                    }
+                }
+            }
+        }
+    }
+    let idx = Tensor::from_vec(idx, t * t * patch, h.device())?;
+    let patches = h.index_select(&idx, 1)?.reshape((m * t * t, patch))?;
+    patches
+        .matmul(&w.reshape((out, patch))?.t()?)? // [m t t, out]
+        .reshape((m, t * t, out))?
+        .transpose(1, 2)?
+        .reshape((m, out, t, t))
 }
 
 /// Rows of a shard to evaluate: all of them, or the listed ones.
@@ -433,10 +499,10 @@ impl NetworkOracle {
             )));
         }
         Ok(NetworkOracle {
+            chunk: spec.eval_chunk(),
             spec,
             data,
             precision,
-            chunk: 2048,
             device: Device::Cpu,
             drawn: Vec::new(),
             params: None,
@@ -574,7 +640,7 @@ impl NetworkOracle {
     }
 
     /// Mean loss and accuracy of the parameters x on `data` (e.g. the test
-    /// set), forward passes only, in chunks of 2,048 images.
+    /// set), forward passes only, in chunks of [`Network::eval_chunk`] images.
     pub fn evaluate(
         spec: &Network,
         x: &[f64],
@@ -594,7 +660,7 @@ impl NetworkOracle {
         let (mut loss, mut correct) = (0.0, 0usize);
         let mut a = 0;
         while a < data.n {
-            let b = (a + 2048).min(data.n);
+            let b = (a + spec.eval_chunk()).min(data.n);
             let f = data.features;
             let input = Tensor::from_slice(&data.pixels[a * f..b * f], (b - a, f), &device)
                 .and_then(|t| t.to_dtype(precision.dtype()))
