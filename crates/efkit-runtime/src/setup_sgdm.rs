@@ -373,12 +373,14 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
                 "`layers` (the network initialization) is for mnist-mlp and mnist-cnn",
             ))
         }
-        ("zeros", Some(_)) => return Err(bad(
-            "init.kind",
-            format!(
+        ("zeros", Some(_)) => {
+            return Err(bad(
+                "init.kind",
+                format!(
                 "{kind} needs init.kind = \"layers\" (at zero every hidden unit stays identical)"
             ),
-        )),
+            ))
+        }
         _ => initial_point(cfg, d)?,
     };
     let rows = oracles.iter().map(|o| o.num_samples().unwrap_or(0)).sum();

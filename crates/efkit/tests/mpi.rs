@@ -800,7 +800,7 @@ fn ef21_resume_over_mpi_equals_the_uninterrupted_run() {
 /// multiclass logistic regression, the candle MLP with per-layer Top-K) go
 /// through the same transport: bit-identical to in-process for P = 2.
 #[test]
-fn synthetic_mnist_and_mlp_problems_are_bit_identical_over_mpi() {
+fn synthetic_mnist_and_network_problems_are_bit_identical_over_mpi() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str)] = &[
         (
@@ -816,6 +816,12 @@ fn synthetic_mnist_and_mlp_problems_are_bit_identical_over_mpi() {
         (
             "mnist-mlp",
             "[problem]\nkind = \"mnist-mlp\"\nworkers = 4\nrows = 400\nhidden = [8]\n\
+             [method]\nname = \"ef21-sgdm\"\neta = 0.1\nbatch = 16\ninit_batch = 16\n\
+             [compressor]\nname = \"top-k\"\nratio = 0.05\nper_layer = true\n[init]\nkind = \"layers\"\n",
+        ),
+        (
+            "mnist-cnn",
+            "[problem]\nkind = \"mnist-cnn\"\nworkers = 4\nrows = 400\nchannels = [2, 4]\nhidden = [8]\n\
              [method]\nname = \"ef21-sgdm\"\neta = 0.1\nbatch = 16\ninit_batch = 16\n\
              [compressor]\nname = \"top-k\"\nratio = 0.05\nper_layer = true\n[init]\nkind = \"layers\"\n",
         ),
