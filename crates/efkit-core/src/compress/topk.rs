@@ -9,7 +9,9 @@
 //! Selection is O(d) and allocation-free in steady state. For d >= 2^14 a
 //! strided sample first proposes a lower threshold and one pass collects the
 //! candidates above it (see `select_by_sample`; exact, with the method below as
-//! fallback when the sample overshoots). The general method: for finite x the
+//! fallback when the sample overshoots); the input's finiteness check rides on
+//! that pass, since non-finite entries have the largest keys and are always
+//! candidates. The general method: for finite x the
 //! bit pattern of |x| read as an unsigned integer is monotone in |x|, so one pass
 //! builds a histogram of the top bits of `|x|.to_bits()` (at most 2^16 buckets),
 //! a scan from the top finds the bucket holding the K-th largest magnitude, a
@@ -23,8 +25,10 @@
 //! format. Paper bits: 32 K (indices free, algorithms.md §3.3).
 
 use super::registry::{only_keys, resolve_k, value_format, CompressorSpec};
-use super::sparse_codec::{check_input, read_sparse, round_checked, write_sparse};
-use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
+use super::sparse_codec::{check_len, read_sparse, round_checked, write_sparse};
+use super::{
+    check_finite, CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat,
+};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
 
@@ -83,10 +87,53 @@ pub(crate) fn select_top_k(
         idx.extend(0..d as u32);
         return;
     }
-    if d >= SAMPLE_MIN_D && select_by_sample(x, k, cand, idx) {
+    if d >= SAMPLE_MIN_D && select_by_sample(x, k, cand, idx) == Sampled::Selected {
         return;
     }
     select_by_histogram(x, k, hist, cand, idx);
+}
+
+/// [`select_top_k`] on an input not yet checked for finiteness: fails on a
+/// non-finite entry exactly as [`check_finite`] does (naming the first one),
+/// but where the sampled selection runs it needs no separate pass for that:
+/// a non-finite entry's magnitude key exceeds every finite threshold, so the
+/// candidate collection sees each of them.
+pub(crate) fn select_top_k_checked(
+    x: &[f64],
+    k: usize,
+    hist: &mut Vec<u32>,
+    cand: &mut Vec<u64>,
+    idx: &mut Vec<u32>,
+) -> Result<(), CompressError> {
+    let d = x.len();
+    if k == 0 || k >= d || d < SAMPLE_MIN_D {
+        check_finite(x)?;
+        select_top_k(x, k, hist, cand, idx);
+        return Ok(());
+    }
+    match select_by_sample(x, k, cand, idx) {
+        Sampled::Selected => Ok(()),
+        Sampled::NonFinite => check_finite(x),
+        Sampled::Fallback => {
+            check_finite(x)?;
+            select_by_histogram(x, k, hist, cand, idx);
+            Ok(())
+        }
+    }
+}
+
+/// The magnitude key of infinity: non-finite values have keys >= this.
+const MAG_INF: u64 = f64::INFINITY.to_bits() << 1;
+
+/// Outcome of the sampled selection.
+#[derive(Debug, PartialEq, Eq)]
+enum Sampled {
+    /// `idx` holds the top K.
+    Selected,
+    /// Too few candidates: use the histogram method (`idx` is empty).
+    Fallback,
+    /// x has a non-finite entry (`idx` is empty).
+    NonFinite,
 }
 
 /// Keeps, in order, the members of `idx` with magnitude > `t` and the first
@@ -121,12 +168,14 @@ fn kth_largest(cand: &mut [u64], need: usize) -> (u64, usize) {
     (t, greater)
 }
 
-/// Appends to `idx`, in order, every j with mag(x_j) >= t (x finite).
+/// Appends to `idx`, in order, every j with mag(x_j) >= t (t the key of a
+/// finite value; x may hold non-finite entries, which are all appended).
 ///
-/// Chunks of 8 are screened with a float comparison |x_j| >= |t| (equivalent to
-/// the integer key order for finite values, and vectorisable), and only chunks
-/// with a hit are scanned one by one.
+/// Chunks of 8 are screened with a float comparison !(|x_j| < |t|) (the
+/// integer key order for finite values, true for NaN; vectorisable), and only
+/// chunks with a hit are scanned one by one.
 #[inline]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(a < b)` is meant: true for NaN
 fn collect_at_least(x: &[f64], t: u64, idx: &mut Vec<u32>) {
     idx.clear();
     let tf = f64::from_bits(t >> 1);
@@ -135,7 +184,8 @@ fn collect_at_least(x: &[f64], t: u64, idx: &mut Vec<u32>) {
     for c in &mut chunks {
         let mut hit = false;
         for &v in c {
-            hit |= v.abs() >= tf;
+            // `!(<)` so that NaN entries are looked at too (their keys pass)
+            hit |= !(v.abs() < tf);
         }
         if hit {
             for (i, &v) in c.iter().enumerate() {
@@ -161,7 +211,7 @@ fn collect_at_least(x: &[f64], t: u64, idx: &mut Vec<u32>) {
 /// exact selection among them finishes; otherwise returns false and the caller
 /// falls back to the histogram method. The result is exact either way; only
 /// the speed depends on the data (typically one pass over x).
-fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>) -> bool {
+fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>) -> Sampled {
     let d = x.len();
     let s = (d / 64).clamp(1024, 16384).min(d);
     let stride = d / s;
@@ -170,10 +220,19 @@ fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>
     let mu = s as f64 * k as f64 / d as f64;
     let r = ((mu + 4.0 * mu.sqrt() + 4.0).ceil() as usize).clamp(1, s);
     let (_, &mut t_lo, _) = cand.select_nth_unstable_by(r - 1, |a, b| b.cmp(a));
+    idx.clear();
+    if t_lo >= MAG_INF {
+        // the sample itself holds non-finite entries
+        return Sampled::NonFinite;
+    }
     collect_at_least(x, t_lo, idx);
     if idx.len() < k {
         idx.clear();
-        return false;
+        return Sampled::Fallback;
+    }
+    if idx.iter().any(|&j| mag(x[j as usize]) >= MAG_INF) {
+        idx.clear();
+        return Sampled::NonFinite;
     }
     if idx.len() > k {
         cand.clear();
@@ -182,7 +241,7 @@ fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>
         compact(x, idx, t, k - greater);
     }
     debug_assert_eq!(idx.len(), k);
-    true
+    Sampled::Selected
 }
 
 /// Histogram (radix) selection, O(d) for any input: see the module docs.
@@ -288,10 +347,11 @@ impl Compressor for TopK {
         out: &mut CompressedVec,
         w: &mut BitWriter,
     ) -> Result<(), CompressError> {
-        check_input(x, self.d)?;
+        check_len(x, self.d)?;
         out.reset_sparse(self.d);
         let s = &mut *ctx.scratch;
-        select_top_k(x, self.k, &mut s.u32s, &mut s.u64s, &mut out.indices);
+        // the finiteness check rides on the selection (one pass fewer)
+        select_top_k_checked(x, self.k, &mut s.u32s, &mut s.u64s, &mut out.indices)?;
         out.values.reserve(self.k);
         for &j in &out.indices {
             let v = round_checked(self.fmt, x[j as usize], j as usize)?;
@@ -385,6 +445,48 @@ mod tests {
             };
             select_top_k(&x, k, &mut h, &mut c, &mut idx);
             assert_eq!(idx, naive(&x, k), "trial {trial} d={d} k={k}");
+        }
+    }
+
+    /// The checked selection fails exactly as `check_finite` does (same
+    /// first index, same value) wherever the non-finite entries sit: in the
+    /// strided sample, between sample points, first, last, one or several,
+    /// large or small K (sampled, fallback and small-d paths); and selects as
+    /// the unchecked one on finite input.
+    #[test]
+    fn checked_selection_reports_the_first_non_finite_entry() {
+        let mut rng = crate::rng::rng_from_key(9);
+        let (mut h, mut c, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for trial in 0..60 {
+            let d = if trial % 5 == 0 {
+                rng.gen_range(100..SAMPLE_MIN_D)
+            } else {
+                rng.gen_range(SAMPLE_MIN_D..2 * SAMPLE_MIN_D)
+            };
+            let k = match trial % 3 {
+                0 => rng.gen_range(1..20),
+                1 => d / 100,
+                _ => rng.gen_range(1..d),
+            };
+            let mut x: Vec<f64> = (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            select_top_k_checked(&x, k, &mut h, &mut c, &mut idx).unwrap();
+            assert_eq!(idx, naive(&x, k), "finite, trial {trial}");
+            let stride = d / (d / 64).clamp(1024, 16384).min(d);
+            let bad = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN][rng.gen_range(0..4)];
+            let spots: Vec<usize> = match trial % 4 {
+                0 => vec![0],
+                1 => vec![d - 1],
+                2 => vec![stride * rng.gen_range(0..d / stride)], // a sample point
+                _ => (0..rng.gen_range(1..40))
+                    .map(|_| rng.gen_range(0..d))
+                    .collect(),
+            };
+            for &j in &spots {
+                x[j] = bad;
+            }
+            let got = select_top_k_checked(&x, k, &mut h, &mut c, &mut idx).unwrap_err();
+            let want = check_finite(&x).unwrap_err();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "trial {trial}");
         }
     }
 
