@@ -800,7 +800,7 @@ fn make_params(
     Ok(vars)
 }
 
-const SHAPES: &str = "MLP tensors: shapes are fixed and checked at construction";
+const SHAPES: &str = "network tensors: shapes are fixed and checked at construction";
 
 impl Oracle for NetworkOracle {
     fn dim(&self) -> usize {
