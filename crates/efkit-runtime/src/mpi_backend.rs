@@ -549,6 +549,56 @@ pub(crate) fn status_code(s: Status) -> u64 {
     }
 }
 
+/// A follower rank's part of each command of rank 0 (for both method
+/// families: EF21 and Safe-EF clusters answer the same commands).
+pub(crate) trait Follower {
+    /// The rank's link.
+    fn link(&mut self) -> &mut Link;
+    /// `CMD_STEP` with its header.
+    fn step(&mut self, header: [u64; 4]);
+    /// `CMD_EVAL`.
+    fn eval(&mut self);
+    /// `CMD_SNAPSHOT`.
+    fn snapshot(&mut self);
+}
+
+/// Serves rank 0's commands until `CMD_STOP`; returns the status it sent.
+/// An unknown command aborts the job.
+pub(crate) fn serve_root(f: &mut impl Follower) -> Status {
+    loop {
+        let h = f.link().recv_header();
+        match h[0] {
+            CMD_STEP => f.step(h),
+            CMD_EVAL => f.eval(),
+            CMD_SNAPSHOT => f.snapshot(),
+            CMD_STOP => return status_of(h[1]),
+            other => f.link().rt.abort(
+                &format!("unknown command {other} from rank 0"),
+                EXIT_ABORTED,
+            ),
+        }
+    }
+}
+
+impl Follower for MpiCluster {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    fn step(&mut self, h: [u64; 4]) {
+        // errors were reported to rank 0 inside the round
+        let _ = self.round_body(h[1], h[2] as usize, h[3]);
+    }
+
+    fn eval(&mut self) {
+        self.eval_body();
+    }
+
+    fn snapshot(&mut self) {
+        let _ = self.gather_states();
+    }
+}
+
 pub(crate) fn status_of(c: u64) -> Status {
     match c {
         0 => Status::Converged,
@@ -1431,23 +1481,7 @@ impl MpiCluster {
                 .send_header([CMD_STOP, status_code(summary.status), 0, 0]);
             Outcome::Root(summary)
         } else {
-            loop {
-                let h = self.link.recv_header();
-                match h[0] {
-                    CMD_STEP => {
-                        let _ = self.round_body(h[1], h[2] as usize, h[3]);
-                    }
-                    CMD_EVAL => self.eval_body(),
-                    CMD_SNAPSHOT => {
-                        let _ = self.gather_states();
-                    }
-                    CMD_STOP => break Outcome::Follower(status_of(h[1])),
-                    other => self.link.rt.abort(
-                        &format!("unknown command {other} from rank 0"),
-                        EXIT_ABORTED,
-                    ),
-                }
-            }
+            Outcome::Follower(serve_root(self))
         };
         self.link.rt.watchdog.arm(false);
         outcome

@@ -57,8 +57,8 @@ use rayon::prelude::*;
 
 use crate::cluster::{Control, Status};
 use crate::mpi_backend::{
-    allocated, pool_for, status_code, status_of, Link, MpiRuntime, Traffic, CMD_ABORT, CMD_DOWN,
-    CMD_EVAL, CMD_SNAPSHOT, CMD_STEP, CMD_STOP, EXIT_ABORTED,
+    allocated, pool_for, serve_root, status_code, Follower, Link, MpiRuntime, Traffic, CMD_ABORT,
+    CMD_DOWN, CMD_EVAL, CMD_SNAPSHOT, CMD_STEP, CMD_STOP, EXIT_ABORTED,
 };
 use crate::safe::{
     counters, drive_safe, mean_pairs, safe_metrics, SafeClusterState, SafeMetrics, SafePrepared,
@@ -256,23 +256,7 @@ impl MpiSafeCluster {
                 .send_header([CMD_STOP, status_code(summary.status), 0, 0]);
             SafeOutcome::Root(summary)
         } else {
-            loop {
-                let h = self.link.recv_header();
-                match h[0] {
-                    CMD_STEP => {
-                        let _ = self.round_body(h[1]);
-                    }
-                    CMD_EVAL => self.eval_body(),
-                    CMD_SNAPSHOT => {
-                        let _ = self.gather_states();
-                    }
-                    CMD_STOP => break SafeOutcome::Follower(status_of(h[1])),
-                    other => self.link.rt.abort(
-                        &format!("unknown command {other} from rank 0"),
-                        EXIT_ABORTED,
-                    ),
-                }
-            }
+            SafeOutcome::Follower(serve_root(self))
         };
         self.link.rt.watchdog.arm(false);
         outcome
@@ -617,5 +601,23 @@ impl SafeRounds for RootRounds<'_> {
             workers,
             elapsed,
         }
+    }
+}
+impl Follower for MpiSafeCluster {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    fn step(&mut self, h: [u64; 4]) {
+        // errors were reported to rank 0 inside the round
+        let _ = self.round_body(h[1]);
+    }
+
+    fn eval(&mut self) {
+        self.eval_body();
+    }
+
+    fn snapshot(&mut self) {
+        let _ = self.gather_states();
     }
 }
