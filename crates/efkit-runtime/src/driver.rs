@@ -137,63 +137,161 @@ pub fn drive<R: Rounds + ?Sized>(
             };
         }
     }
+    let mut adapter = Ef21Loop { r, initial_loss };
+    let end = round_loop(
+        &mut adapter,
+        &LoopLimits {
+            max_rounds: rules.max_rounds,
+            time_limit: rules.time_limit,
+            log_every,
+            checkpoint_every,
+        },
+        start,
+        elapsed0,
+        &mut last,
+        check,
+        on_log,
+        on_checkpoint,
+    );
+    Summary {
+        status: end.status,
+        rounds: end.rounds,
+        last,
+        message: end.message,
+    }
+}
+
+/// One method family's rounds as [`round_loop`] sees them.
+pub(crate) trait LoopRounds {
+    /// Metrics of a logged round.
+    type Metrics;
+    /// The full state for a checkpoint.
+    type State;
+    /// The next round number.
+    fn round(&self) -> u64;
+    /// Runs the next round.
+    fn step(&mut self) -> Result<(), String>;
+    /// The metrics now, `seconds` into the run.
+    fn metrics(&mut self, seconds: f64) -> Self::Metrics;
+    /// The state now, `elapsed` seconds into the run.
+    fn snapshot(&mut self, elapsed: f64) -> Self::State;
+}
+
+/// The EF21 family for [`round_loop`]: its snapshots also carry f(x^0).
+struct Ef21Loop<'a, R: Rounds + ?Sized> {
+    r: &'a mut R,
+    initial_loss: f64,
+}
+
+impl<R: Rounds + ?Sized> LoopRounds for Ef21Loop<'_, R> {
+    type Metrics = RoundMetrics;
+    type State = ClusterState;
+
+    fn round(&self) -> u64 {
+        self.r.round()
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.r.step()
+    }
+
+    fn metrics(&mut self, seconds: f64) -> RoundMetrics {
+        self.r.metrics(seconds)
+    }
+
+    fn snapshot(&mut self, elapsed: f64) -> ClusterState {
+        self.r.snapshot(self.initial_loss, elapsed)
+    }
+}
+
+/// Limits of [`round_loop`].
+pub(crate) struct LoopLimits {
+    pub(crate) max_rounds: u64,
+    pub(crate) time_limit: Option<f64>,
+    /// Log every this many rounds (>= 1).
+    pub(crate) log_every: u64,
+    pub(crate) checkpoint_every: Option<u64>,
+}
+
+/// How [`round_loop`] ended: the fields of a summary besides the last metrics.
+pub(crate) struct LoopEnd {
+    pub(crate) status: Status,
+    pub(crate) rounds: u64,
+    pub(crate) message: Option<String>,
+}
+
+/// The rounds after round 0, shared by both method families' drivers: run
+/// a round (an error ends the run as diverged); log it every `log_every`
+/// rounds, at the round limit and when time is up, keeping the metrics in
+/// `last` and stopping with `judge`'s status and message if it returns one;
+/// checkpoint every `checkpoint_every` rounds and when `on_log` interrupts (a
+/// failed checkpoint is reported in the end message); stop at the round
+/// limit, on interruption or when time is up.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn round_loop<R: LoopRounds>(
+    r: &mut R,
+    limits: &LoopLimits,
+    start: std::time::Instant,
+    elapsed0: f64,
+    last: &mut Option<R::Metrics>,
+    judge: impl Fn(&R::Metrics) -> Option<(Status, Option<String>)>,
+    mut on_log: impl FnMut(&R::Metrics) -> Control,
+    mut on_checkpoint: impl FnMut(&R::State) -> Result<(), String>,
+) -> LoopEnd {
     let mut checkpoint_err: Option<String> = None;
     loop {
         let t = r.round();
-        if t >= rules.max_rounds {
-            return Summary {
+        if t >= limits.max_rounds {
+            return LoopEnd {
                 status: Status::MaxRounds,
                 rounds: t,
-                last,
                 message: checkpoint_err,
             };
         }
         if let Err(msg) = r.step() {
-            return Summary {
+            return LoopEnd {
                 status: Status::Diverged,
                 rounds: r.round(),
-                last,
                 message: Some(format!("diverged: {msg}")),
             };
         }
         let t = r.round();
         let elapsed = elapsed0 + start.elapsed().as_secs_f64();
-        let time_up = rules.time_limit.is_some_and(|limit| elapsed >= limit);
+        let time_up = limits.time_limit.is_some_and(|limit| elapsed >= limit);
         let mut ctl = Control::Continue;
-        if t % log_every == 0 || t >= rules.max_rounds || time_up {
+        if t.is_multiple_of(limits.log_every) || t >= limits.max_rounds || time_up {
             let m = r.metrics(elapsed);
-            let stop = check(&m);
+            let stop = judge(&m);
             ctl = on_log(&m);
-            last = Some(m);
+            *last = Some(m);
             if let Some((status, message)) = stop {
-                return Summary {
+                return LoopEnd {
                     status,
                     rounds: t,
-                    last,
                     message,
                 };
             }
         }
-        let want_ckpt =
-            checkpoint_every.is_some_and(|c| c > 0 && t % c == 0) || ctl == Control::Interrupt;
+        let want_ckpt = limits
+            .checkpoint_every
+            .is_some_and(|c| c > 0 && t.is_multiple_of(c))
+            || ctl == Control::Interrupt;
         if want_ckpt {
-            if let Err(e) = on_checkpoint(&r.snapshot(initial_loss, elapsed)) {
+            if let Err(e) = on_checkpoint(&r.snapshot(elapsed)) {
                 checkpoint_err = Some(format!("checkpoint at round {t} failed: {e}"));
             }
         }
         if ctl == Control::Interrupt {
-            return Summary {
+            return LoopEnd {
                 status: Status::Interrupted,
                 rounds: t,
-                last,
                 message: checkpoint_err,
             };
         }
         if time_up {
-            return Summary {
+            return LoopEnd {
                 status: Status::TimeLimit,
                 rounds: t,
-                last,
                 message: checkpoint_err,
             };
         }

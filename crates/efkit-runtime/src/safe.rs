@@ -57,6 +57,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Control, Status};
+use crate::driver::{round_loop, LoopLimits, LoopRounds};
 use crate::setup::SetupError;
 
 // ---------------------------------------------------------------------------
@@ -611,66 +612,50 @@ pub fn drive_safe<R: SafeRounds + ?Sized>(
             };
         }
     }
-    let mut checkpoint_err: Option<String> = None;
-    loop {
-        let t = r.round();
-        if t >= rules.max_rounds {
-            return SafeSummary {
-                status: Status::MaxRounds,
-                rounds: t,
-                last,
-                message: checkpoint_err,
-            };
-        }
-        if let Err(msg) = r.step() {
-            return SafeSummary {
-                status: Status::Diverged,
-                rounds: r.round(),
-                last,
-                message: Some(format!("diverged: {msg}")),
-            };
-        }
-        let t = r.round();
-        let elapsed = elapsed0 + start.elapsed().as_secs_f64();
-        let time_up = rules.time_limit.is_some_and(|l| elapsed >= l);
-        let mut ctl = Control::Continue;
-        if t % log_every == 0 || t >= rules.max_rounds || time_up {
-            let m = r.metrics(elapsed);
-            ctl = on_log(&m);
-            let b = bad(&m);
-            last = Some(m);
-            if let Some(msg) = b {
-                return SafeSummary {
-                    status: Status::Diverged,
-                    rounds: t,
-                    last,
-                    message: Some(msg),
-                };
-            }
-        }
-        let want_ckpt =
-            checkpoint_every.is_some_and(|c| c > 0 && t % c == 0) || ctl == Control::Interrupt;
-        if want_ckpt {
-            if let Err(e) = on_checkpoint(&r.snapshot(elapsed)) {
-                checkpoint_err = Some(format!("checkpoint at round {t} failed: {e}"));
-            }
-        }
-        if ctl == Control::Interrupt {
-            return SafeSummary {
-                status: Status::Interrupted,
-                rounds: t,
-                last,
-                message: checkpoint_err,
-            };
-        }
-        if time_up {
-            return SafeSummary {
-                status: Status::TimeLimit,
-                rounds: t,
-                last,
-                message: checkpoint_err,
-            };
-        }
+    let end = round_loop(
+        &mut SafeLoop(r),
+        &LoopLimits {
+            max_rounds: rules.max_rounds,
+            time_limit: rules.time_limit,
+            log_every,
+            checkpoint_every,
+        },
+        start,
+        elapsed0,
+        &mut last,
+        |m| bad(m).map(|msg| (Status::Diverged, Some(msg))),
+        on_log,
+        on_checkpoint,
+    );
+    SafeSummary {
+        status: end.status,
+        rounds: end.rounds,
+        last,
+        message: end.message,
+    }
+}
+
+/// The Safe-EF family for the shared round loop.
+struct SafeLoop<'a, R: SafeRounds + ?Sized>(&'a mut R);
+
+impl<R: SafeRounds + ?Sized> LoopRounds for SafeLoop<'_, R> {
+    type Metrics = SafeMetrics;
+    type State = SafeClusterState;
+
+    fn round(&self) -> u64 {
+        self.0.round()
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.0.step()
+    }
+
+    fn metrics(&mut self, seconds: f64) -> SafeMetrics {
+        self.0.metrics(seconds)
+    }
+
+    fn snapshot(&mut self, elapsed: f64) -> SafeClusterState {
+        self.0.snapshot(elapsed)
     }
 }
 
