@@ -111,6 +111,22 @@ pub struct ClusterState {
     pub elapsed: f64,
 }
 
+/// The thread pool of an in-process cluster: `threads` threads, or one per
+/// core for 0 (counted here, not taken from rayon's default, which follows
+/// `RAYON_NUM_THREADS`: the CLI sets that variable to keep candle's own
+/// threading out of the way of the worker threads).
+pub fn worker_pool(threads: usize) -> rayon::ThreadPool {
+    let threads = if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
 /// Server, workers and their oracles in one process.
 pub struct Cluster {
     /// The method parts.
@@ -157,10 +173,7 @@ impl Cluster {
             .iter()
             .map(|o| o.num_samples().unwrap_or(0) as u64)
             .sum();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
+        let pool = worker_pool(threads);
         Cluster {
             parts,
             codecs,

@@ -217,10 +217,7 @@ impl SafeCluster {
             oracles.iter().all(|o| o.dim() == d),
             "oracle dimensions differ from x0"
         );
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
+        let pool = crate::cluster::worker_pool(threads);
         SafeCluster {
             server: SafeServer::new(n, x0, &parts),
             workers: (0..n).map(|i| SafeWorker::new(i, x0, &parts)).collect(),

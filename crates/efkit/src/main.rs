@@ -167,6 +167,16 @@ impl XAxis {
 }
 
 fn main() -> ExitCode {
+    // efkit runs one worker per pool thread, and each worker's network
+    // computes its forward/backward pass on that thread: candle's own
+    // threading (its matrix products follow RAYON_NUM_THREADS) would put two
+    // threads on every core and gains little at these sizes (measured in
+    // bench/runs/2026-12-05-mlp-inplace.md: a round 1.6x faster with it off).
+    // Results do not depend on it. Set before any thread starts; a user's own
+    // value is kept.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
