@@ -843,17 +843,26 @@ pub struct WorkerScratch {
     pub wire: Wire,
 }
 
-/// v = (1 - eta) v + eta grad and t = v - g, entry by entry in one pass.
-fn momentum_and_difference<T: Copy + Into<f64>>(
+/// v = (1 - eta) v + eta grad, and with `diff = (t, g)` also t = v - g, in
+/// one pass.
+fn momentum_step<T: Copy + Into<f64>>(
     v: &mut [f64],
-    t: &mut [f64],
-    g: &[f64],
     grad: &[T],
     eta: f64,
+    diff: Option<(&mut [f64], &[f64])>,
 ) {
-    for (((v, t), g), &gr) in v.iter_mut().zip(t.iter_mut()).zip(g).zip(grad) {
-        *v = (1.0 - eta) * *v + eta * gr.into();
-        *t = *v - g;
+    match diff {
+        Some((t, g)) => {
+            for (((v, t), g), &gr) in v.iter_mut().zip(t.iter_mut()).zip(g).zip(grad) {
+                *v = (1.0 - eta) * *v + eta * gr.into();
+                *t = *v - g;
+            }
+        }
+        None => {
+            for (v, &gr) in v.iter_mut().zip(grad) {
+                *v = (1.0 - eta) * *v + eta * gr.into();
+            }
+        }
     }
 }
 
@@ -1008,41 +1017,30 @@ impl Worker {
                     let b = batch.resolve(n_local);
                     st.samples += b as u64;
                     let double = matches!(parts.estimator, Estimator::DoubleMomentum { .. });
-                    if !double && parts.feedback == Feedback::Ef21 && self.weight_scale.is_none() {
-                        // EF21-SGDM's hot path: the oracle hands over its
-                        // gradient in place and one pass does the momentum
-                        // step and the difference v_i - g_i (the arithmetic
-                        // of the general path below, bit for bit)
-                        let (v, t, g) = (&mut st.v, &mut sc.tmp, &st.g);
-                        let mut sink = |off: usize, piece: GradPiece<'_>| {
-                            let end = off + piece.len();
-                            let (v, t, g) = (&mut v[off..end], &mut t[off..end], &g[off..end]);
-                            match piece {
-                                GradPiece::F32(gr) => momentum_and_difference(v, t, g, gr, eta),
-                                GradPiece::F64(gr) => momentum_and_difference(v, t, g, gr, eta),
-                            }
-                        };
-                        loss = oracle.stochastic_grad_with(
-                            &st.x,
-                            b,
-                            &mut rng_sample,
-                            &mut sc.drawn,
-                            &mut sc.tmp2,
-                            &mut sink,
-                        );
-                        diff_ready = true;
-                    } else {
-                        loss = oracle.stochastic_grad(
-                            &st.x,
-                            b,
-                            &mut rng_sample,
-                            &mut sc.drawn,
-                            &mut sc.tmp,
-                        );
-                        for (v, gr) in st.v.iter_mut().zip(&sc.tmp) {
-                            *v = (1.0 - eta) * *v + eta * gr;
+                    // The oracle hands over its gradient in place; one pass
+                    // does the momentum step and, for EF21-SGDM, also the
+                    // difference v_i - g_i the feedback needs (the same
+                    // arithmetic as separate passes, bit for bit).
+                    diff_ready =
+                        !double && parts.feedback == Feedback::Ef21 && self.weight_scale.is_none();
+                    let (v, t, g) = (&mut st.v, &mut sc.tmp, &st.g);
+                    let mut sink = |off: usize, piece: GradPiece<'_>| {
+                        let end = off + piece.len();
+                        let v = &mut v[off..end];
+                        let diff = diff_ready.then(|| (&mut t[off..end], &g[off..end]));
+                        match piece {
+                            GradPiece::F32(gr) => momentum_step(v, gr, eta, diff),
+                            GradPiece::F64(gr) => momentum_step(v, gr, eta, diff),
                         }
-                    }
+                    };
+                    loss = oracle.stochastic_grad_with(
+                        &st.x,
+                        b,
+                        &mut rng_sample,
+                        &mut sc.drawn,
+                        &mut sc.tmp2,
+                        &mut sink,
+                    );
                     if double {
                         for (u, v) in st.u.iter_mut().zip(&st.v) {
                             *u = (1.0 - eta) * *u + eta * v;

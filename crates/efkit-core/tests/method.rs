@@ -419,10 +419,11 @@ impl Oracle for F32Noisy {
     }
 }
 
-/// EF21-SGDM's fused worker path (the oracle hands its gradient over in
-/// place; momentum and difference in one pass) gives bit for bit the state
-/// and the messages of the general path, which a weight scale of exactly 1
-/// (EF21-W's division by s_i = 1) selects.
+/// EF21-SGDM's fused worker path (momentum and difference v_i - g_i in one
+/// pass over the gradient the oracle hands over, as f64 or in f32 pieces)
+/// gives bit for bit the state and the messages of the general path
+/// (momentum, then the difference in the feedback), which a weight scale of
+/// exactly 1 (EF21-W's division by s_i = 1) selects.
 #[test]
 fn ef21_sgdm_fused_path_equals_the_general_path() {
     let d = 8;

@@ -443,8 +443,6 @@ pub struct NetworkOracle {
     /// Samples per forward pass when the whole shard is evaluated.
     chunk: usize,
     device: Device,
-    /// Reused buffer for the drawn minibatch rows.
-    drawn: Vec<u32>,
     /// This oracle's parameter variables, refilled from x each call.
     params: Option<Vec<Var>>,
     /// The last minibatch's input and label tensors (refilled when the
@@ -463,7 +461,6 @@ impl Clone for NetworkOracle {
             precision: self.precision,
             chunk: self.chunk,
             device: self.device.clone(),
-            drawn: Vec::new(),
             params: None,
             batch_tensors: None,
         }
@@ -504,7 +501,6 @@ impl NetworkOracle {
             data,
             precision,
             device: Device::Cpu,
-            drawn: Vec::new(),
             params: None,
             batch_tensors: None,
         })
@@ -538,6 +534,18 @@ impl NetworkOracle {
         }
         // clones share the buffers: cheap, and dropped before the next refill
         Ok(self.params.clone().expect("set above"))
+    }
+
+    /// Loss of the samples `idx` at x; their mean gradient goes to `sink`.
+    fn indexed_grad_with(
+        &mut self,
+        x: &[f64],
+        idx: &[u32],
+        sink: &mut dyn FnMut(usize, GradPiece<'_>),
+    ) -> f64 {
+        let params = self.params(x).expect(SHAPES);
+        self.eval_rows(&params, Rows::Listed(idx), Some(sink))
+            .expect(SHAPES)
     }
 
     /// The batch `rows` as an input tensor and a label tensor: the tensors
@@ -845,24 +853,13 @@ impl Oracle for NetworkOracle {
         sink: &mut dyn FnMut(usize, GradPiece<'_>),
     ) -> f64 {
         sample_without_replacement(self.data.n, batch, rng, drawn);
-        let params = self.params(x).expect(SHAPES);
-        self.eval_rows(&params, Rows::Listed(drawn), Some(sink))
-            .expect(SHAPES)
+        self.indexed_grad_with(x, drawn, sink)
     }
 
     fn indexed_grad(&mut self, x: &[f64], idx: &[u32], grad: &mut [f64]) -> f64 {
-        let params = self.params(x).expect(SHAPES);
-        let mut rows = std::mem::take(&mut self.drawn);
-        rows.clear();
-        rows.extend_from_slice(idx);
-        let mut sink = |off: usize, piece: GradPiece<'_>| {
+        self.indexed_grad_with(x, idx, &mut |off, piece| {
             piece.write_to(&mut grad[off..off + piece.len()]);
-        };
-        let loss = self
-            .eval_rows(&params, Rows::Listed(&rows), Some(&mut sink))
-            .expect(SHAPES);
-        self.drawn = rows;
-        loss
+        })
     }
 }
 
