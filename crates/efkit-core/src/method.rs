@@ -41,6 +41,8 @@
 //! | `ef21-sgdm` | momentum | EF21 | plain | model | all |
 //! | `ef21-sgd2m` | double momentum | EF21 | plain | model | all |
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bits::{BitReader, BitWriter};
@@ -656,8 +658,10 @@ pub struct Downlink {
     pub is_model: bool,
     /// For estimate messages: whether `vec` replaces g (dense init) or is added to it.
     pub replace: bool,
-    /// The model (when `is_model`).
-    pub x: Vec<f64>,
+    /// The model (when `is_model`), shared: every worker of a process keeps
+    /// a reference to the one decoded copy instead of copying it (a network's
+    /// model is megabytes, and n workers would copy it every round).
+    pub x: Arc<Vec<f64>>,
     /// The estimate message (EF21-BC).
     pub vec: CompressedVec,
 }
@@ -680,6 +684,18 @@ impl Wire {
 
 fn finish_into(w: &mut BitWriter, out: &mut Vec<u8>) {
     w.finish_swap(out);
+}
+
+/// An empty vector to fill in place of `x`: `x`'s own buffer when nobody
+/// else holds it, a fresh one otherwise (the workers still hold last round's
+/// model until they apply the next downlink).
+fn writable(x: &mut Arc<Vec<f64>>) -> &mut Vec<f64> {
+    if Arc::get_mut(x).is_none() {
+        *x = Arc::new(Vec::with_capacity(x.len()));
+    }
+    let v = Arc::get_mut(x).expect("unique after replacement");
+    v.clear();
+    v
 }
 
 /// Encodes a model downlink (x as f64, lossless).
@@ -706,13 +722,13 @@ pub fn decode_downlink(
     match tag {
         TAG_MODEL => {
             out.is_model = true;
-            out.x.clear();
+            let x = writable(&mut out.x);
             for _ in 0..d {
                 let v = r.read_f64()?;
                 if !v.is_finite() {
                     return Err(DecodeError::invalid("model", "non-finite model entry"));
                 }
-                out.x.push(v);
+                x.push(v);
             }
         }
         TAG_ESTIMATE_DENSE | TAG_ESTIMATE_DELTA => {
@@ -798,8 +814,10 @@ pub fn downlink_shared_key(seed: u64, round: u64) -> u64 {
 pub struct WorkerState {
     /// Worker id i.
     pub id: usize,
-    /// Local copy of the model x^t.
-    pub x: Vec<f64>,
+    /// The model x^t as this worker knows it: with a model downlink, a
+    /// reference to the broadcast copy (shared, not copied); with compressed
+    /// downlinks (EF21-BC), the worker's own reconstruction.
+    pub x: Arc<Vec<f64>>,
     /// EF21: g_i; EF14: the error e_i.
     pub g: Vec<f64>,
     /// Momentum v_i (SGDM/SGD2M) or the PAGE estimator v_i.
@@ -905,7 +923,7 @@ impl Worker {
         let d = x0.len();
         let state = WorkerState {
             id,
-            x: x0.to_vec(),
+            x: Arc::new(x0.to_vec()),
             g: vec![0.0; d],
             ..Default::default()
         };
@@ -943,7 +961,7 @@ impl Worker {
         st.rounds_participated += 1;
         // 1. apply the downlink
         if down.is_model {
-            st.x.copy_from_slice(&down.x);
+            st.x = Arc::clone(&down.x);
         } else {
             if st.g_server.len() != d {
                 st.g_server = vec![0.0; d];
@@ -953,7 +971,8 @@ impl Worker {
             } else {
                 down.vec.add_to(&mut st.g_server);
             }
-            for (x, g) in st.x.iter_mut().zip(&st.g_server) {
+            // copies the model only if it is still shared with a model downlink
+            for (x, g) in Arc::make_mut(&mut st.x).iter_mut().zip(&st.g_server) {
                 *x -= parts.gamma * g;
             }
         }
@@ -1211,23 +1230,26 @@ impl Worker {
         }
         st.initialized = true;
         // 4. encode: [EF21+ flag] [compressed vector]
-        let payload_bits = sc.writer.bit_len();
-        let mut w = std::mem::take(&mut sc.alt_writer);
-        w.clear();
         if parts.feedback == Feedback::Ef21Plus && rc.round > 0 {
+            let payload_bits = sc.writer.bit_len();
+            let mut w = std::mem::take(&mut sc.alt_writer);
+            w.clear();
             w.write_bit(sc.up.replace);
+            // copy the payload bits after the one-bit header
+            let payload = sc.writer.finish();
+            let mut rr = BitReader::new(payload);
+            let mut left = payload_bits;
+            while left > 0 {
+                let take = left.min(64) as u32;
+                w.write_bits(rr.read_bits(take).expect("own payload"), take);
+                left -= take as u64;
+            }
+            finish_into(&mut w, &mut sc.wire.bytes);
+            sc.alt_writer = w;
+        } else {
+            // no header: the payload is the message (handed over, not copied)
+            finish_into(&mut sc.writer, &mut sc.wire.bytes);
         }
-        // copy the payload bits after the header
-        let payload = sc.writer.finish();
-        let mut rr = BitReader::new(payload);
-        let mut left = payload_bits;
-        while left > 0 {
-            let take = left.min(64) as u32;
-            w.write_bits(rr.read_bits(take).expect("own payload"), take);
-            left -= take as u64;
-        }
-        finish_into(&mut w, &mut sc.wire.bytes);
-        sc.alt_writer = w;
         let used: &dyn Compressor = if dense_uplink(parts, rc.round) {
             codecs.dense.as_ref()
         } else {
@@ -1313,8 +1335,7 @@ impl Server {
     fn prepare_model_downlink(&mut self) {
         let st = &mut self.state;
         st.next_down.is_model = true;
-        st.next_down.x.clear();
-        st.next_down.x.extend_from_slice(&st.x);
+        writable(&mut st.next_down.x).extend_from_slice(&st.x);
         encode_model(&st.x, &mut self.scratch.writer, &mut st.next_wire);
     }
 

@@ -60,6 +60,8 @@
 //! from the input, so C(C(x)) != C(x) in general; for them the invariants
 //! 1–4 are what the decoder guarantees.
 
+use std::sync::Arc;
+
 use std::sync::OnceLock;
 
 use crate::bits::BitWriter;
@@ -499,7 +501,7 @@ fn check_downlink(case: &Case, round: u64, seed: u64, msg: &[u8]) -> Result<Down
     let mut reused = Downlink {
         is_model: false,
         replace: true,
-        x: vec![7.5; d + 2],
+        x: Arc::new(vec![7.5; d + 2]),
         vec: dirty_vec(d),
     };
     let res_reused = decode(msg, &mut reused);
@@ -527,7 +529,7 @@ fn check_downlink(case: &Case, round: u64, seed: u64, msg: &[u8]) -> Result<Down
             fresh
                 .x
                 .iter()
-                .zip(&reused.x)
+                .zip(reused.x.iter())
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{}: reused buffers decode to another model",
             what()

@@ -173,7 +173,7 @@ fn estimate_downlink_needs_a_server_compressor() {
     encode_model(&x, &mut BitWriter::new(), &mut wire);
     decode_downlink(&wire.bytes, d, &model_only_codecs(d), 0, &mut out).unwrap();
     assert!(out.is_model);
-    assert_eq!(out.x, x);
+    assert_eq!(out.x[..], x);
 }
 
 /// Writes the real messages as a seed corpus for the fuzz target `message`:

@@ -289,7 +289,7 @@ fn bc_downlink_bits_equal_the_encoded_downlink() {
             assert_eq!(w.state.bits_down_wire - bw, bits, "round {t}");
             assert_eq!(w.state.bits_down_paper - bp, wire.paper_bits, "round {t}");
             // the workers rebuilt the server's x^t (and, from round 1, its estimate g^t) from the messages alone
-            assert_eq!(w.state.x, server_x, "round {t}");
+            assert_eq!(*w.state.x, server_x, "round {t}");
             if t > 0 {
                 assert_eq!(w.state.g_server, server_g, "round {t}");
             }
@@ -447,5 +447,37 @@ fn page_default_p_is_mean_tau_over_tau_plus_n_and_the_coin_uses_it() {
             "batch {batch}, shared {shared}: {got} full gradients, expected {} +- {sd}",
             draws * p
         );
+    }
+}
+
+/// With a model downlink the workers hold the broadcast model itself (one
+/// shared copy per process, not n copies per round) and it equals the
+/// server's x^t; EF21-BC workers, who step their own reconstruction, own it.
+#[test]
+fn model_downlink_is_shared_not_copied() {
+    use std::sync::Arc;
+    let mut c = cluster(&config("mushrooms", 5, "ef21", "", TOP1, 1.0, ""));
+    for t in 0..3 {
+        let server_x = c.server.state.x.clone();
+        c.step().unwrap();
+        for w in &c.workers {
+            assert!(Arc::ptr_eq(&w.state.x, &c.workers[0].state.x), "round {t}");
+            assert_eq!(*w.state.x, server_x, "round {t}");
+        }
+        // the next broadcast is a new buffer: last round's stays intact
+        assert_eq!(*c.server.state.next_down.x, c.server.state.x);
+        assert!(!Arc::ptr_eq(
+            &c.server.state.next_down.x,
+            &c.workers[0].state.x
+        ));
+    }
+    let tail = "[server_compressor]\nname = \"top-k\"\nk = 4\n";
+    let mut c = cluster(&config("mushrooms", 5, "ef21-bc", "", TOP1, 1.0, tail));
+    for _ in 0..3 {
+        c.step().unwrap();
+    }
+    for w in &c.workers[1..] {
+        assert!(!Arc::ptr_eq(&w.state.x, &c.workers[0].state.x));
+        assert_eq!(w.state.x, c.workers[0].state.x);
     }
 }
