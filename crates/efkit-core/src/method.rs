@@ -686,9 +686,21 @@ fn finish_into(w: &mut BitWriter, out: &mut Vec<u8>) {
     w.finish_swap(out);
 }
 
+impl Downlink {
+    /// Makes the model buffer writable without allocating in steady state:
+    /// while the workers still hold last round's model, the next one goes
+    /// into `spare` (the buffer of the round before, which they have let go
+    /// of), and last round's becomes the spare. Call before refilling `x`
+    /// (the server, and MPI ranks before decoding).
+    pub fn recycle_model(&mut self, spare: &mut Arc<Vec<f64>>) {
+        if Arc::get_mut(&mut self.x).is_none() {
+            std::mem::swap(&mut self.x, spare);
+        }
+    }
+}
+
 /// An empty vector to fill in place of `x`: `x`'s own buffer when nobody
-/// else holds it, a fresh one otherwise (the workers still hold last round's
-/// model until they apply the next downlink).
+/// else holds it, a fresh one otherwise (see [`Downlink::recycle_model`]).
 fn writable(x: &mut Arc<Vec<f64>>) -> &mut Vec<f64> {
     if Arc::get_mut(x).is_none() {
         *x = Arc::new(Vec::with_capacity(x.len()));
@@ -1289,6 +1301,8 @@ pub struct ServerState {
 /// Reusable buffers of the server.
 #[derive(Debug, Default)]
 pub struct ServerScratch {
+    /// The model buffer of the round before last (see [`Downlink::recycle_model`]).
+    spare_model: Arc<Vec<f64>>,
     acc: Vec<f64>,
     tmp: Vec<f64>,
     writer: BitWriter,
@@ -1335,6 +1349,7 @@ impl Server {
     fn prepare_model_downlink(&mut self) {
         let st = &mut self.state;
         st.next_down.is_model = true;
+        st.next_down.recycle_model(&mut self.scratch.spare_model);
         writable(&mut st.next_down.x).extend_from_slice(&st.x);
         encode_model(&st.x, &mut self.scratch.writer, &mut st.next_wire);
     }

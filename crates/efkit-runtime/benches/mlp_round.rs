@@ -17,7 +17,7 @@
 //! `1 - candle / round` is the share of a round spent outside candle's
 //! forward/backward. Minimum and median over the repetitions are printed
 //! (interference on a shared machine only adds time). Results:
-//! `bench/runs/2026-12-05-mlp.md`.
+//! `bench/runs/2026-12-05-mlp.md`, `2026-12-05-mlp-inplace.md`, `2026-12-05-mlp-shared-model.md`.
 
 use std::time::Instant;
 

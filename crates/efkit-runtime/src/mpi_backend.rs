@@ -1280,6 +1280,8 @@ pub struct MpiCluster {
     mask: Vec<bool>,
     idx: Vec<u32>,
     down: Downlink,
+    /// The decoded model of the round before last (see `Downlink::recycle_model`).
+    spare_model: Arc<Vec<f64>>,
     down_wire: Wire,
     errs: Vec<Option<String>>,
     ups: Vec<Uplink>,
@@ -1381,6 +1383,7 @@ impl MpiCluster {
             mask: Vec::with_capacity(n),
             idx: Vec::new(),
             down: Downlink::default(),
+            spare_model: Arc::default(),
             down_wire: Wire::default(),
             errs: vec![None; hosted],
             ups: if root {
@@ -1521,6 +1524,7 @@ impl MpiCluster {
             round,
         };
         let lo = self.lo;
+        self.down.recycle_model(&mut self.spare_model);
         match decode_downlink(
             &self.down_wire.bytes,
             self.d,

@@ -452,12 +452,14 @@ fn page_default_p_is_mean_tau_over_tau_plus_n_and_the_coin_uses_it() {
 
 /// With a model downlink the workers hold the broadcast model itself (one
 /// shared copy per process, not n copies per round) and it equals the
-/// server's x^t; EF21-BC workers, who step their own reconstruction, own it.
+/// server's x^t (that the server recycles its model buffers instead of
+/// allocating is checked in `steady_alloc.rs`); EF21-BC workers, who step
+/// their own reconstruction, own theirs.
 #[test]
 fn model_downlink_is_shared_not_copied() {
     use std::sync::Arc;
     let mut c = cluster(&config("mushrooms", 5, "ef21", "", TOP1, 1.0, ""));
-    for t in 0..3 {
+    for t in 0..6 {
         let server_x = c.server.state.x.clone();
         c.step().unwrap();
         for w in &c.workers {
