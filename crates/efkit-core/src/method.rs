@@ -362,6 +362,8 @@ pub const METHOD_NAMES: &[&str] = &[
     "ef14",
     "ef21",
     "ef21-w",
+    "ef21-w-sgd",
+    "ef21-w-pp",
     "ef21-plus",
     "sgd",
     "ef21-sgd",
@@ -435,6 +437,26 @@ impl MethodSpec {
             }
             Ok(eta)
         };
+        let participation = || -> Result<Participation, ParamError> {
+            let f = self.participation.ok_or_else(|| {
+                ParamError::invalid(
+                    "method.participation",
+                    format!("`{}` needs a participation fraction in (0, 1]", self.name),
+                )
+            })?;
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(ParamError::invalid(
+                    "method.participation",
+                    format!("must be in (0, 1], got {f}"),
+                ));
+            }
+            Ok(if self.independent.unwrap_or(false) {
+                Participation::Independent { p: f }
+            } else {
+                let k = ((f * n as f64).floor() as usize).max(1);
+                Participation::Nice { k }
+            })
+        };
         let finite_sum = n_local.iter().all(|m| m.is_some());
         let mut p = Parts {
             estimator: Estimator::FullGradient,
@@ -506,25 +528,17 @@ impl MethodSpec {
                     shared_coin: self.shared_coin.unwrap_or(true),
                 };
             }
-            "ef21-pp" => {
-                let f = self.participation.ok_or_else(|| {
-                    ParamError::invalid(
-                        "method.participation",
-                        "ef21-pp needs a participation fraction in (0, 1]",
-                    )
-                })?;
-                if !(f > 0.0 && f <= 1.0) {
-                    return Err(ParamError::invalid(
-                        "method.participation",
-                        format!("must be in (0, 1], got {f}"),
-                    ));
-                }
-                p.participation = if self.independent.unwrap_or(false) {
-                    Participation::Independent { p: f }
-                } else {
-                    let k = ((f * n as f64).floor() as usize).max(1);
-                    Participation::Nice { k }
-                };
+            "ef21-pp" => p.participation = participation()?,
+            // EF21-W's stochastic and partial-participation variants
+            // (Richtarik, Gasanov & Burlachenko 2024): the weights compose
+            // with the minibatch estimator and with client sampling
+            "ef21-w-sgd" => {
+                p.weighted = true;
+                p.estimator = Estimator::Minibatch(batch()?);
+            }
+            "ef21-w-pp" => {
+                p.weighted = true;
+                p.participation = participation()?;
             }
             "ef21-bc" => p.downlink = DownlinkMode::CompressedEstimate,
             "ef21-hb" => {
@@ -599,6 +613,7 @@ impl MethodSpec {
                 n,
                 "sgd"
                     | "ef21-sgd"
+                    | "ef21-w-sgd"
                     | "ef14-sgd"
                     | "ef21-page"
                     | "ef21-sgdm"
@@ -613,12 +628,9 @@ impl MethodSpec {
         )?;
         unused("p", self.p.is_some(), n == "ef21-page")?;
         unused("shared_coin", self.shared_coin.is_some(), n == "ef21-page")?;
-        unused(
-            "participation",
-            self.participation.is_some(),
-            n == "ef21-pp",
-        )?;
-        unused("independent", self.independent.is_some(), n == "ef21-pp")?;
+        let pp = matches!(n, "ef21-pp" | "ef21-w-pp");
+        unused("participation", self.participation.is_some(), pp)?;
+        unused("independent", self.independent.is_some(), pp)?;
         unused("prox", self.prox.is_some(), n == "ef21-prox")?;
         Ok(p)
     }

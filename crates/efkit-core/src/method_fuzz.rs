@@ -171,7 +171,7 @@ fn codec_list() -> Vec<(usize, CompressorSpec, CompressorSpec)> {
 fn method_spec(name: &str) -> MethodSpec {
     let mut m = MethodSpec::named(name);
     match name {
-        "sgd" | "ef21-sgd" | "ef14-sgd" | "ef21-sgd-ideal" | "ef21-page" => {
+        "sgd" | "ef21-sgd" | "ef21-w-sgd" | "ef14-sgd" | "ef21-sgd-ideal" | "ef21-page" => {
             m.batch = Some(BatchSize::Count(2));
         }
         "ef21-sgdm" | "ef21-sgd2m" => {
@@ -179,7 +179,7 @@ fn method_spec(name: &str) -> MethodSpec {
             m.eta = Some(0.5);
         }
         "ef21-hb" => m.eta = Some(0.5),
-        "ef21-pp" => m.participation = Some(0.5),
+        "ef21-pp" | "ef21-w-pp" => m.participation = Some(0.5),
         "ef21-prox" => m.prox = Some(Regularizer::L1 { lambda: 0.01 }),
         _ => {}
     }

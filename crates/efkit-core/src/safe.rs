@@ -819,13 +819,23 @@ impl SafeServer {
     /// For the primal-dual rule (it has no phase 1).
     pub fn decide(&mut self, scalars: &[&[u8]], parts: &SafeParts) -> Result<bool, DecodeError> {
         assert_eq!(scalars.len(), self.n, "one constraint value per worker");
+        self.decide_with(|i| scalars[i], parts)
+    }
+
+    /// [`SafeServer::decide`] with worker i's message given by `scalar(i)`
+    /// (no slice of references has to be built each round).
+    pub fn decide_with<'a>(
+        &mut self,
+        scalar: impl Fn(usize) -> &'a [u8],
+        parts: &SafeParts,
+    ) -> Result<bool, DecodeError> {
         let threshold = match parts.rule {
             Rule::Switching { threshold } => threshold,
             Rule::PrimalDual { .. } => panic!("decide() is the switching rule's phase 1"),
         };
         let mut sum = 0.0;
-        for b in scalars {
-            sum += decode_scalar(b, parts.scalar_format)?;
+        for i in 0..self.n {
+            sum += decode_scalar(scalar(i), parts.scalar_format)?;
         }
         let st = &mut self.state;
         st.ghat = sum / self.n as f64;
@@ -854,14 +864,25 @@ impl SafeServer {
         rc: RoundCtx,
     ) -> Result<(), SafeError> {
         assert_eq!(ups.len(), self.n, "one uplink per worker");
+        self.apply_with(|i| ups[i], parts, codecs, rc)
+    }
+
+    /// [`SafeServer::apply`] with worker i's uplink given by `up(i)`.
+    pub fn apply_with<'a>(
+        &mut self,
+        up: impl Fn(usize) -> &'a [u8],
+        parts: &SafeParts,
+        codecs: &SafeCodecs,
+        rc: RoundCtx,
+    ) -> Result<(), SafeError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
         let d = st.x.len();
         let inv_n = 1.0 / self.n as f64;
         sc.acc.iter_mut().for_each(|v| *v = 0.0);
         let mut gsum = 0.0;
-        for (i, b) in ups.iter().enumerate() {
-            if let Some(s) = decode_vector_uplink(b, parts, codecs, i, rc, &mut sc.vec)? {
+        for i in 0..self.n {
+            if let Some(s) = decode_vector_uplink(up(i), parts, codecs, i, rc, &mut sc.vec)? {
                 gsum += s;
             }
             sc.vec.add_to(&mut sc.acc);

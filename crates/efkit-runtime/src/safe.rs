@@ -284,12 +284,8 @@ impl SafeCluster {
                                 .map_err(|e| err(i, format!("constraint value: {e}")))
                         })
                 })?;
-                let scalars: Vec<&[u8]> = workers
-                    .iter()
-                    .map(|w| w.scratch.scalar_wire.bytes.as_slice())
-                    .collect();
                 server
-                    .decide(&scalars, parts)
+                    .decide_with(|i| workers[i].scratch.scalar_wire.bytes.as_slice(), parts)
                     .map_err(|e| format!("server, round {round}: {e}"))?;
                 let flag_bytes = &server.state.flag_wire.bytes;
                 // phase 2: subgradient of f or g, compressed
@@ -346,12 +342,13 @@ impl SafeCluster {
                 })?;
             }
         }
-        let ups: Vec<&[u8]> = workers
-            .iter()
-            .map(|w| w.scratch.vector_wire.bytes.as_slice())
-            .collect();
         server
-            .apply(&ups, parts, codecs, rc)
+            .apply_with(
+                |i| workers[i].scratch.vector_wire.bytes.as_slice(),
+                parts,
+                codecs,
+                rc,
+            )
             .map_err(|e: SafeError| format!("server, round {round}: {e}"))?;
         let model = &server.state.model_wire;
         self.pool.install(|| {

@@ -395,3 +395,122 @@ fn ef21_w_with_top_k_is_ef21_and_takes_the_l_am_step() {
     );
     assert!(w.gamma > plain.gamma);
 }
+
+/// EF21-W's variants reduce to EF21-W bit for bit: EF21-W-SGD with full
+/// batches, EF21-W-PP with every client taking part; and, for a positively
+/// homogeneous compressor (Top-K), each is its unweighted method up to
+/// rounding (g_i scaled by 1/(n w_i)), while the weights still act (the
+/// trajectories differ from the unweighted ones with a threshold compressor,
+/// checked in the golden EF21-W-PP test).
+#[test]
+fn ef21_w_variants_reduce_exactly() {
+    let weighted = |m: &str, extra: &str| run(&config(m, extra, TOP1_F64, 30, 2));
+    let (base, xb) = weighted("ef21-w", "");
+    for (m, extra) in [
+        ("ef21-w-sgd", "batch = 1.0"),
+        ("ef21-w-pp", "participation = 1.0"),
+    ] {
+        let (rows, x) = weighted(m, extra);
+        assert!(bits_eq(&x, &xb), "{m}: final x differs");
+        assert_eq!(rows, base, "{m}");
+    }
+    for (w, plain, extra) in [
+        ("ef21-w-sgd", "ef21-sgd", "batch = 0.1"),
+        ("ef21-w-pp", "ef21-pp", "participation = 0.3"),
+    ] {
+        // the same step for both (the theory rule would give EF21-W the L_AM step)
+        let (a, xa) = run(&zeros_config(w, extra, 0.5, 25));
+        let (b, xb) = run(&zeros_config(plain, extra, 0.5, 25));
+        for (r, e) in a.iter().zip(&b) {
+            assert!(
+                (r.grad_norm_sq - e.grad_norm_sq).abs() <= 1e-9 * e.grad_norm_sq,
+                "{w} round {}: {} vs {}",
+                r.round,
+                r.grad_norm_sq,
+                e.grad_norm_sq
+            );
+            assert_eq!(r.bits_up_paper, e.bits_up_paper, "{w}");
+            assert_eq!(r.participants, e.participants, "{w}");
+        }
+        for (p, q) in xa.iter().zip(&xb) {
+            assert!((p - q).abs() <= 1e-9 * q.abs().max(1e-6), "{w}");
+        }
+    }
+}
+
+/// EF21-W-PP against an independent computation with the hard-threshold
+/// compressor (not positively homogeneous, so the weights change the
+/// trajectory): participants C(grad f_i(x)/s_i - G_i), the others keep G_i,
+/// g = (1/n) sum_i s_i G_i. The participant sets come from the library's
+/// `Server::participants` (a pure function of seed and round, tested in
+/// extensions.rs); everything else is naive f64.
+#[test]
+fn golden_ef21_w_pp_against_independent_computation() {
+    use efkit_core::method::{MethodSpec, Server};
+    use efkit_problems::{Problem, ProblemConfig, ProblemKind};
+    let sh = shards();
+    let (n, d, gamma, rounds, lambda_c, seed) = (20, 112, 0.5, 12, 0.02, 5u64);
+    let p = Problem::build(&ProblemConfig::new("mushrooms", n, ProblemKind::Logistic)).unwrap();
+    let l_i = p.smoothness().unwrap().l_i;
+    let total: f64 = l_i.iter().sum();
+    let s: Vec<f64> = l_i.iter().map(|l| n as f64 * l / total).collect();
+    let thr = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .map(|&x| if x.abs() >= lambda_c { x } else { 0.0 })
+            .collect()
+    };
+    let mut spec = MethodSpec::named("ef21-w-pp");
+    spec.participation = Some(0.25);
+    let parts = spec.parts(gamma, n, &vec![Some(1); n]).unwrap();
+    let sampler = Server::new(n, &[0.0]);
+    let (mut mask, mut idx) = (Vec::new(), Vec::new());
+    let mut x = vec![0.0; d];
+    let mut gi: Vec<Vec<f64>> = sh
+        .iter()
+        .zip(&s)
+        .map(|(sh, si)| grad(sh, &x, 0.1).iter().map(|v| v / si).collect())
+        .collect();
+    let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
+    for t in 1..=rounds {
+        let g: Vec<f64> = (0..d)
+            .map(|k| (0..n).map(|i| s[i] * gi[i][k]).sum::<f64>() / n as f64)
+            .collect();
+        for k in 0..d {
+            x[k] -= gamma * g[k];
+        }
+        expect.push(mean_grad_norm_sq(&sh, &x));
+        sampler.participants(&parts, seed, t, &mut mask, &mut idx);
+        assert_eq!(mask.iter().filter(|&&b| b).count(), 5);
+        for i in (0..n).filter(|&i| mask[i]) {
+            let gr = grad(&sh[i], &x, 0.1);
+            let diff: Vec<f64> = (0..d).map(|k| gr[k] / s[i] - gi[i][k]).collect();
+            let c = thr(&diff);
+            for k in 0..d {
+                gi[i][k] += c[k];
+            }
+        }
+    }
+    let cfg = |method: &str| {
+        parse_with_hints(&format!(
+            "seed = {seed}\n[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 20\n[method]\nname = \"{method}\"\nparticipation = 0.25\n[compressor]\nname = \"threshold\"\nlambda = {lambda_c}\nvalues = \"f64\"\n[step]\nrule = \"absolute\"\nvalue = {gamma}\n[stop]\nmax_rounds = {rounds}\n"
+        ))
+        .unwrap()
+    };
+    let (rows, _) = run(&cfg("ef21-w-pp"));
+    assert_eq!(rows.len(), expect.len());
+    for (r, e) in rows.iter().zip(&expect) {
+        assert!(
+            rel_close(r.grad_norm_sq, *e),
+            "EF21-W-PP round {}: {} vs {}",
+            r.round,
+            r.grad_norm_sq,
+            e
+        );
+    }
+    // the weights matter: plain EF21-PP with the same compressor differs
+    let (plain, _) = run(&cfg("ef21-pp"));
+    assert!(plain
+        .iter()
+        .zip(&rows)
+        .any(|(a, b)| !rel_close(a.grad_norm_sq, b.grad_norm_sq)));
+}

@@ -211,6 +211,13 @@ fn every_method_is_bit_identical_over_mpi() {
         ("ef14", "", "name = \"top-k\"\nk = 2", ""),
         ("ef21", "", "name = \"rand-k\"\nk = 2", ""),
         ("ef21-w", "", "name = \"top-k\"\nk = 2", ""),
+        ("ef21-w-sgd", "batch = 0.2", "name = \"rand-k\"\nk = 2", ""),
+        (
+            "ef21-w-pp",
+            "participation = 0.5",
+            "name = \"top-k\"\nk = 2",
+            "",
+        ),
         ("ef21-plus", "", "name = \"top-k\"\nk = 2", ""),
         ("sgd", "batch = 0.2", "name = \"identity\"", ""),
         ("ef21-sgd", "batch = 0.2", "name = \"top-k\"\nk = 2", ""),
