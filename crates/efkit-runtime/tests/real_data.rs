@@ -274,20 +274,23 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
     }
 }
 
-/// EF21-W (Richtarik, Gasanov & Burlachenko 2024; algorithms.md §8.2) against
-/// an independent computation, with the hard-threshold compressor: it is not
-/// positively homogeneous, so the weights change the trajectory. Weights
-/// w_i = L_i / sum_j L_j from the library's smoothness constants (checked
-/// against a dense eigen-solver elsewhere); everything else naive f64.
-#[test]
-fn golden_ef21_w_against_independent_computation() {
+/// EF21-W (Richtarik, Gasanov & Burlachenko 2024; algorithms.md §8.2) by
+/// naive f64 on mushrooms (n = 20, x^0 = 0) with the hard-threshold
+/// compressor, which is not positively homogeneous, so the weights change the
+/// trajectory: G_i^0 = grad f_i(x^0) / s_i (dense), s_i = n w_i with
+/// w_i = L_i / sum_j L_j (the library's smoothness constants, checked against
+/// a dense eigen-solver elsewhere); each round x -= gamma (1/n) sum_i s_i G_i,
+/// then the workers with `takes_part(t)[i]` set G_i += C(grad f_i(x) / s_i -
+/// G_i) and the others keep G_i. Returns ||grad f(x^t)||^2 for t = 0..=rounds.
+fn ef21_w_reference(
+    gamma: f64,
+    rounds: u64,
+    lambda_c: f64,
+    mut takes_part: impl FnMut(u64) -> Vec<bool>,
+) -> Vec<f64> {
     use efkit_problems::{Problem, ProblemConfig, ProblemKind};
     let sh = shards();
-    let n = 20;
-    let d = 112;
-    let gamma = 0.5;
-    let rounds = 10;
-    let lambda_c = 0.02;
+    let (n, d) = (20, 112);
     let p = Problem::build(&ProblemConfig::new("mushrooms", n, ProblemKind::Logistic)).unwrap();
     let l_i = p.smoothness().unwrap().l_i;
     let total: f64 = l_i.iter().sum();
@@ -301,7 +304,6 @@ fn golden_ef21_w_against_independent_computation() {
             .map(|&x| if x.abs() >= lambda_c { x } else { 0.0 })
             .collect()
     };
-    // G_i^0 = grad f_i(x^0) / s_i (dense); g = (1/n) sum_i s_i G_i
     let mut x = vec![0.0; d];
     let mut gi: Vec<Vec<f64>> = sh
         .iter()
@@ -309,7 +311,7 @@ fn golden_ef21_w_against_independent_computation() {
         .map(|(sh, si)| grad(sh, &x, 0.1).iter().map(|v| v / si).collect())
         .collect();
     let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
-    for _ in 0..rounds {
+    for t in 1..=rounds {
         let g: Vec<f64> = (0..d)
             .map(|k| (0..n).map(|i| s[i] * gi[i][k]).sum::<f64>() / n as f64)
             .collect();
@@ -317,7 +319,8 @@ fn golden_ef21_w_against_independent_computation() {
             x[k] -= gamma * g[k];
         }
         expect.push(mean_grad_norm_sq(&sh, &x));
-        for i in 0..n {
+        let mask = takes_part(t);
+        for i in (0..n).filter(|&i| mask[i]) {
             let gr = grad(&sh[i], &x, 0.1);
             let diff: Vec<f64> = (0..d).map(|k| gr[k] / s[i] - gi[i][k]).collect();
             let c = thr(&diff);
@@ -326,52 +329,86 @@ fn golden_ef21_w_against_independent_computation() {
             }
         }
     }
-    let cfg = |method: &str| {
+    expect
+}
+
+/// Runs `method` (`extra` in its section) with the threshold compressor and
+/// compares every round with `expect`; the unweighted `plain` method with
+/// the same compressor must differ (the weights act).
+fn check_weighted_golden(
+    method: &str,
+    plain: &str,
+    extra: &str,
+    seed: u64,
+    gamma: f64,
+    lambda_c: f64,
+    expect: &[f64],
+) {
+    let cfg = |m: &str| {
         parse_with_hints(&format!(
-            "[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 20\n[method]\nname = \"{method}\"\n[compressor]\nname = \"threshold\"\nlambda = {lambda_c}\nvalues = \"f64\"\n[step]\nrule = \"absolute\"\nvalue = {gamma}\n[stop]\nmax_rounds = {rounds}\n"
+            "seed = {seed}\n[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 20\n[method]\nname = \"{m}\"\n{extra}\n[compressor]\nname = \"threshold\"\nlambda = {lambda_c}\nvalues = \"f64\"\n[step]\nrule = \"absolute\"\nvalue = {gamma}\n[stop]\nmax_rounds = {}\n",
+            expect.len() - 1
         ))
         .unwrap()
     };
-    let (rows, _) = run(&cfg("ef21-w"));
+    let (rows, _) = run(&cfg(method));
     assert_eq!(rows.len(), expect.len());
-    for (r, e) in rows.iter().zip(&expect) {
+    for (r, e) in rows.iter().zip(expect) {
         assert!(
             rel_close(r.grad_norm_sq, *e),
-            "EF21-W round {}: {} vs {}",
+            "{method} round {}: {} vs {}",
             r.round,
             r.grad_norm_sq,
             e
         );
     }
-    // and the weights matter: plain EF21 with the same compressor differs
-    let (plain, _) = run(&cfg("ef21"));
-    assert!(plain
+    let (unweighted, _) = run(&cfg(plain));
+    assert!(unweighted
         .iter()
         .zip(&rows)
         .any(|(a, b)| !rel_close(a.grad_norm_sq, b.grad_norm_sq)));
 }
 
-/// For a positively homogeneous compressor (Top-K) EF21-W is EF21 with
-/// g_i scaled by 1/(n w_i) (algorithms.md §12.3): the same iterates up to
-/// rounding. Its theory step uses L_AM in place of Ltilde (L_AM <= Ltilde,
-/// so the step is at least EF21's).
+/// EF21-W against the independent computation (every worker every round).
 #[test]
-fn ef21_w_with_top_k_is_ef21_and_takes_the_l_am_step() {
-    let (a, xa) = run(&zeros_config("ef21", "", 0.5, 15));
-    let (b, xb) = run(&zeros_config("ef21-w", "", 0.5, 15));
-    for (r, e) in b.iter().zip(&a) {
-        assert!(
-            (r.grad_norm_sq - e.grad_norm_sq).abs() <= 1e-9 * e.grad_norm_sq,
-            "round {}: {} vs {}",
-            r.round,
-            r.grad_norm_sq,
-            e.grad_norm_sq
-        );
-        assert_eq!(r.bits_up_paper, e.bits_up_paper);
-    }
-    for (p, q) in xb.iter().zip(&xa) {
-        assert!((p - q).abs() <= 1e-9 * q.abs().max(1e-6));
-    }
+fn golden_ef21_w_against_independent_computation() {
+    let expect = ef21_w_reference(0.5, 10, 0.02, |_| vec![true; 20]);
+    check_weighted_golden("ef21-w", "ef21", "", 3, 0.5, 0.02, &expect);
+}
+
+/// EF21-W-PP against the independent computation, 5 of 20 clients a round.
+/// The participant sets come from the library's `Server::participants` (a
+/// pure function of seed and round, tested in extensions.rs).
+#[test]
+fn golden_ef21_w_pp_against_independent_computation() {
+    use efkit_core::method::{MethodSpec, Server};
+    let (n, seed) = (20, 5u64);
+    let mut spec = MethodSpec::named("ef21-w-pp");
+    spec.participation = Some(0.25);
+    let parts = spec.parts(0.5, n, &vec![Some(1); n]).unwrap();
+    let sampler = Server::new(n, &[0.0]);
+    let (mut mask, mut idx) = (Vec::new(), Vec::new());
+    let expect = ef21_w_reference(0.5, 12, 0.02, |t| {
+        sampler.participants(&parts, seed, t, &mut mask, &mut idx);
+        assert_eq!(mask.iter().filter(|&&b| b).count(), 5);
+        mask.clone()
+    });
+    check_weighted_golden(
+        "ef21-w-pp",
+        "ef21-pp",
+        "participation = 0.25",
+        seed,
+        0.5,
+        0.02,
+        &expect,
+    );
+}
+
+/// EF21-W's theory step uses L_AM in place of Ltilde (L_AM <= Ltilde, so the
+/// step is at least EF21's). (With Top-K EF21-W is EF21 up to rounding:
+/// `ef21_w_variants_reduce_exactly`.)
+#[test]
+fn ef21_w_takes_the_l_am_step() {
     let theory = |method: &str| {
         let c = config(method, "", "name = \"top-k\"\nk = 1", 1, 1);
         prepare(&c).unwrap().info
@@ -398,10 +435,10 @@ fn ef21_w_with_top_k_is_ef21_and_takes_the_l_am_step() {
 
 /// EF21-W's variants reduce to EF21-W bit for bit: EF21-W-SGD with full
 /// batches, EF21-W-PP with every client taking part; and, for a positively
-/// homogeneous compressor (Top-K), each is its unweighted method up to
-/// rounding (g_i scaled by 1/(n w_i)), while the weights still act (the
-/// trajectories differ from the unweighted ones with a threshold compressor,
-/// checked in the golden EF21-W-PP test).
+/// homogeneous compressor (Top-K), EF21-W and both variants are their
+/// unweighted methods up to rounding (g_i scaled by 1/(n w_i); algorithms.md
+/// §12.3), while with the threshold compressor the weights act (the golden
+/// tests above).
 #[test]
 fn ef21_w_variants_reduce_exactly() {
     let weighted = |m: &str, extra: &str| run(&config(m, extra, TOP1_F64, 30, 2));
@@ -415,6 +452,7 @@ fn ef21_w_variants_reduce_exactly() {
         assert_eq!(rows, base, "{m}");
     }
     for (w, plain, extra) in [
+        ("ef21-w", "ef21", ""),
         ("ef21-w-sgd", "ef21-sgd", "batch = 0.1"),
         ("ef21-w-pp", "ef21-pp", "participation = 0.3"),
     ] {
@@ -436,81 +474,4 @@ fn ef21_w_variants_reduce_exactly() {
             assert!((p - q).abs() <= 1e-9 * q.abs().max(1e-6), "{w}");
         }
     }
-}
-
-/// EF21-W-PP against an independent computation with the hard-threshold
-/// compressor (not positively homogeneous, so the weights change the
-/// trajectory): participants C(grad f_i(x)/s_i - G_i), the others keep G_i,
-/// g = (1/n) sum_i s_i G_i. The participant sets come from the library's
-/// `Server::participants` (a pure function of seed and round, tested in
-/// extensions.rs); everything else is naive f64.
-#[test]
-fn golden_ef21_w_pp_against_independent_computation() {
-    use efkit_core::method::{MethodSpec, Server};
-    use efkit_problems::{Problem, ProblemConfig, ProblemKind};
-    let sh = shards();
-    let (n, d, gamma, rounds, lambda_c, seed) = (20, 112, 0.5, 12, 0.02, 5u64);
-    let p = Problem::build(&ProblemConfig::new("mushrooms", n, ProblemKind::Logistic)).unwrap();
-    let l_i = p.smoothness().unwrap().l_i;
-    let total: f64 = l_i.iter().sum();
-    let s: Vec<f64> = l_i.iter().map(|l| n as f64 * l / total).collect();
-    let thr = |v: &[f64]| -> Vec<f64> {
-        v.iter()
-            .map(|&x| if x.abs() >= lambda_c { x } else { 0.0 })
-            .collect()
-    };
-    let mut spec = MethodSpec::named("ef21-w-pp");
-    spec.participation = Some(0.25);
-    let parts = spec.parts(gamma, n, &vec![Some(1); n]).unwrap();
-    let sampler = Server::new(n, &[0.0]);
-    let (mut mask, mut idx) = (Vec::new(), Vec::new());
-    let mut x = vec![0.0; d];
-    let mut gi: Vec<Vec<f64>> = sh
-        .iter()
-        .zip(&s)
-        .map(|(sh, si)| grad(sh, &x, 0.1).iter().map(|v| v / si).collect())
-        .collect();
-    let mut expect = vec![mean_grad_norm_sq(&sh, &x)];
-    for t in 1..=rounds {
-        let g: Vec<f64> = (0..d)
-            .map(|k| (0..n).map(|i| s[i] * gi[i][k]).sum::<f64>() / n as f64)
-            .collect();
-        for k in 0..d {
-            x[k] -= gamma * g[k];
-        }
-        expect.push(mean_grad_norm_sq(&sh, &x));
-        sampler.participants(&parts, seed, t, &mut mask, &mut idx);
-        assert_eq!(mask.iter().filter(|&&b| b).count(), 5);
-        for i in (0..n).filter(|&i| mask[i]) {
-            let gr = grad(&sh[i], &x, 0.1);
-            let diff: Vec<f64> = (0..d).map(|k| gr[k] / s[i] - gi[i][k]).collect();
-            let c = thr(&diff);
-            for k in 0..d {
-                gi[i][k] += c[k];
-            }
-        }
-    }
-    let cfg = |method: &str| {
-        parse_with_hints(&format!(
-            "seed = {seed}\n[problem]\nkind = \"logistic\"\ndataset = \"mushrooms\"\nworkers = 20\n[method]\nname = \"{method}\"\nparticipation = 0.25\n[compressor]\nname = \"threshold\"\nlambda = {lambda_c}\nvalues = \"f64\"\n[step]\nrule = \"absolute\"\nvalue = {gamma}\n[stop]\nmax_rounds = {rounds}\n"
-        ))
-        .unwrap()
-    };
-    let (rows, _) = run(&cfg("ef21-w-pp"));
-    assert_eq!(rows.len(), expect.len());
-    for (r, e) in rows.iter().zip(&expect) {
-        assert!(
-            rel_close(r.grad_norm_sq, *e),
-            "EF21-W-PP round {}: {} vs {}",
-            r.round,
-            r.grad_norm_sq,
-            e
-        );
-    }
-    // the weights matter: plain EF21-PP with the same compressor differs
-    let (plain, _) = run(&cfg("ef21-pp"));
-    assert!(plain
-        .iter()
-        .zip(&rows)
-        .any(|(a, b)| !rel_close(a.grad_norm_sq, b.grad_norm_sq)));
 }
