@@ -28,6 +28,8 @@
 //! | `ef14` | full gradient | EF14 | plain | model | all |
 //! | `ef21` | full gradient | EF21 | plain | model | all |
 //! | `ef21-w` | full gradient / (n w_i), w_i = L_i / sum_j L_j | EF21, server g = sum_i w_i g_i | plain | model | all |
+//! | `ef21-w-sgd` | minibatch / (n w_i) | EF21, weighted | plain | model | all |
+//! | `ef21-w-pp` | full gradient / (n w_i) | EF21, weighted | plain | model | sampled |
 //! | `ef21-plus` | full gradient | EF21+ | plain | model | all |
 //! | `sgd` | minibatch | none (identity C) | plain | model | all |
 //! | `ef21-sgd` | minibatch | EF21 | plain | model | all |
@@ -378,6 +380,152 @@ pub const METHOD_NAMES: &[&str] = &[
     "ef21-sgd-ideal",
 ];
 
+/// A preset as users see it: what it is and which `[method]` keys it reads
+/// (`init` applies to every preset). [`MethodSpec::parts`] rejects a key a
+/// preset does not read, from this table.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// The name in `[method] name`.
+    pub name: &'static str,
+    /// One line: the method and its paper.
+    pub summary: &'static str,
+    /// Keys it needs.
+    pub required: &'static [&'static str],
+    /// Keys it reads when given.
+    pub optional: &'static [&'static str],
+}
+
+impl Preset {
+    /// Whether the preset reads `key`.
+    pub fn reads(&self, key: &str) -> bool {
+        self.required.contains(&key) || self.optional.contains(&key)
+    }
+}
+
+/// Every preset, in the order of [`METHOD_NAMES`].
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "gd",
+        summary: "gradient descent (uncompressed full gradients)",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "dcgd",
+        summary: "distributed compressed GD, no error feedback",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "ef14",
+        summary: "error feedback of Seide et al. 2014 (error accumulator)",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21",
+        summary: "EF21 (Richtarik, Sokolov & Fatkhullin 2021)",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-w",
+        summary: "EF21 with weights w_i = L_i / sum_j L_j (Richtarik, Gasanov & Burlachenko 2024)",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-w-sgd",
+        summary: "EF21-W with minibatch gradients",
+        required: &["batch"],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-w-pp",
+        summary: "EF21-W with partial participation",
+        required: &["participation"],
+        optional: &["independent"],
+    },
+    Preset {
+        name: "ef21-plus",
+        summary: "EF21+ (the better of the EF21 and plain compressed candidates)",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "sgd",
+        summary: "minibatch SGD (uncompressed)",
+        required: &["batch"],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-sgd",
+        summary: "EF21 with minibatch gradients (EF21 B&W, Fatkhullin et al. 2021)",
+        required: &["batch"],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-page",
+        summary: "EF21 with the PAGE variance-reduced estimator (EF21 B&W)",
+        required: &["batch"],
+        optional: &["p", "shared_coin"],
+    },
+    Preset {
+        name: "ef21-pp",
+        summary: "EF21 with partial participation (EF21 B&W)",
+        required: &["participation"],
+        optional: &["independent"],
+    },
+    Preset {
+        name: "ef21-bc",
+        summary: "EF21 with bidirectional compression (EF21 B&W; needs [server_compressor])",
+        required: &[],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-hb",
+        summary: "EF21 with heavy-ball momentum on the server (EF21 B&W)",
+        required: &["eta"],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-prox",
+        summary: "EF21 with a proximal step (EF21 B&W)",
+        required: &["prox"],
+        optional: &[],
+    },
+    Preset {
+        name: "ef14-sgd",
+        summary: "EF14 with minibatch gradients",
+        required: &["batch"],
+        optional: &[],
+    },
+    Preset {
+        name: "ef21-sgdm",
+        summary: "EF21 with momentum (Fatkhullin, Tyurin & Richtarik 2023)",
+        required: &["eta", "batch"],
+        optional: &["init_batch"],
+    },
+    Preset {
+        name: "ef21-sgd2m",
+        summary: "EF21 with double momentum (Fatkhullin, Tyurin & Richtarik 2023)",
+        required: &["eta", "batch"],
+        optional: &["init_batch"],
+    },
+    Preset {
+        name: "ef21-sgd-ideal",
+        summary:
+            "EF21-SGD that knows the exact local gradient (the EF21-SGDM paper's analysis device)",
+        required: &["batch"],
+        optional: &[],
+    },
+];
+
+/// The preset called `name`.
+pub fn preset(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == name)
+}
+
 impl MethodSpec {
     /// A spec with only a name and defaults.
     pub fn named(name: &str) -> Self {
@@ -590,48 +738,24 @@ impl MethodSpec {
             }
         }
         // Parameters given to a preset that does not use them are an error, not silently ignored.
-        let unused = |key: &str, present: bool, used: bool| -> Result<(), ParamError> {
-            if present && !used {
-                Err(ParamError::invalid(
+        let preset = preset(&self.name).expect("the name was matched above");
+        for (key, present) in [
+            ("eta", self.eta.is_some()),
+            ("batch", self.batch.is_some()),
+            ("init_batch", self.init_batch.is_some()),
+            ("p", self.p.is_some()),
+            ("shared_coin", self.shared_coin.is_some()),
+            ("participation", self.participation.is_some()),
+            ("independent", self.independent.is_some()),
+            ("prox", self.prox.is_some()),
+        ] {
+            if present && !preset.reads(key) {
+                return Err(ParamError::invalid(
                     format!("method.{key}"),
                     format!("not used by method `{}`", self.name),
-                ))
-            } else {
-                Ok(())
+                ));
             }
-        };
-        let n = self.name.as_str();
-        unused(
-            "eta",
-            self.eta.is_some(),
-            matches!(n, "ef21-hb" | "ef21-sgdm" | "ef21-sgd2m"),
-        )?;
-        unused(
-            "batch",
-            self.batch.is_some(),
-            matches!(
-                n,
-                "sgd"
-                    | "ef21-sgd"
-                    | "ef21-w-sgd"
-                    | "ef14-sgd"
-                    | "ef21-page"
-                    | "ef21-sgdm"
-                    | "ef21-sgd2m"
-                    | "ef21-sgd-ideal"
-            ),
-        )?;
-        unused(
-            "init_batch",
-            self.init_batch.is_some(),
-            matches!(n, "ef21-sgdm" | "ef21-sgd2m"),
-        )?;
-        unused("p", self.p.is_some(), n == "ef21-page")?;
-        unused("shared_coin", self.shared_coin.is_some(), n == "ef21-page")?;
-        let pp = matches!(n, "ef21-pp" | "ef21-w-pp");
-        unused("participation", self.participation.is_some(), pp)?;
-        unused("independent", self.independent.is_some(), pp)?;
-        unused("prox", self.prox.is_some(), n == "ef21-prox")?;
+        }
         Ok(p)
     }
 }

@@ -53,7 +53,7 @@ use thiserror::Error;
 use crate::bits::{BitReader, BitWriter};
 use crate::compress::{CompressCtx, CompressedVec, Compressor, DecodeCtx, Scratch, ValueFormat};
 use crate::error::{CompressError, DecodeError, ParamError};
-use crate::method::{downlink_shared_key, uplink_shared_key, Regularizer, RoundCtx, Wire};
+use crate::method::{downlink_shared_key, uplink_shared_key, Preset, Regularizer, RoundCtx, Wire};
 use crate::rng::{stream, Purpose};
 
 /// A Safe-EF round failed.
@@ -174,6 +174,58 @@ pub const SAFE_METHOD_NAMES: &[&str] = &[
     "compressed-sgd",
     "ef21-switching",
     "primal-dual",
+];
+
+/// Every Safe-EF-family preset, in the order of [`SAFE_METHOD_NAMES`], with
+/// the `[method]` keys it reads (none is required: the step and threshold
+/// default to the theory's).
+pub const SAFE_PRESETS: &[Preset] = &[
+    Preset {
+        name: "safe-ef",
+        summary: "Safe-EF: switching subgradient with EF14 uplinks (Islamov, As & Fatkhullin 2025)",
+        required: &[],
+        optional: SWITCHING_KEYS,
+    },
+    Preset {
+        name: "parallel-sgd",
+        summary: "switching subgradient, uncompressed (baseline)",
+        required: &[],
+        optional: SWITCHING_KEYS,
+    },
+    Preset {
+        name: "compressed-sgd",
+        summary: "switching subgradient, compressed without error feedback (baseline)",
+        required: &[],
+        optional: SWITCHING_KEYS,
+    },
+    Preset {
+        name: "ef21-switching",
+        summary: "switching subgradient with EF21 uplinks (baseline)",
+        required: &[],
+        optional: SWITCHING_KEYS,
+    },
+    Preset {
+        name: "primal-dual",
+        summary: "primal-dual subgradient with EF14 uplinks (baseline)",
+        required: &[],
+        optional: &[
+            "batch",
+            "step",
+            "step_multiplier",
+            "dual_step_multiplier",
+            "lambda0",
+            "scalar_values",
+        ],
+    },
+];
+
+const SWITCHING_KEYS: &[&str] = &[
+    "batch",
+    "step",
+    "step_multiplier",
+    "threshold",
+    "threshold_multiplier",
+    "scalar_values",
 ];
 
 /// A Safe-EF-family method as named in a config file.

@@ -474,3 +474,65 @@ fn ef21_sgdm_fused_path_equals_the_general_path() {
         assert!(fused.1.state.x != x0);
     }
 }
+
+/// The preset table is what `MethodSpec::parts` enforces: every preset is
+/// listed once, in `METHOD_NAMES` order; it accepts exactly the keys the
+/// table says it reads and fails without each required key, naming it.
+#[test]
+fn preset_table_matches_what_parts_accepts() {
+    use efkit_core::method::{BatchSize, MethodSpec, Regularizer, METHOD_NAMES, PRESETS};
+    let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    assert_eq!(names, METHOD_NAMES);
+    let set = |m: &mut MethodSpec, key: &str| match key {
+        "eta" => m.eta = Some(0.5),
+        "batch" => m.batch = Some(BatchSize::Count(2)),
+        "init_batch" => m.init_batch = Some(BatchSize::Count(2)),
+        "p" => m.p = Some(0.5),
+        "shared_coin" => m.shared_coin = Some(true),
+        "participation" => m.participation = Some(0.5),
+        "independent" => m.independent = Some(true),
+        "prox" => m.prox = Some(Regularizer::L1 { lambda: 0.01 }),
+        other => panic!("unknown key {other}"),
+    };
+    let keys = [
+        "eta",
+        "batch",
+        "init_batch",
+        "p",
+        "shared_coin",
+        "participation",
+        "independent",
+        "prox",
+    ];
+    let n_local = [Some(10); 4];
+    for p in PRESETS {
+        let base = || {
+            let mut m = MethodSpec::named(p.name);
+            p.required.iter().for_each(|k| set(&mut m, k));
+            m
+        };
+        base()
+            .parts(0.1, 4, &n_local)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        for key in keys {
+            let mut m = base();
+            set(&mut m, key);
+            match m.parts(0.1, 4, &n_local) {
+                Ok(_) => assert!(p.reads(key), "{} accepts {key}", p.name),
+                Err(e) => {
+                    assert!(!p.reads(key), "{} rejects {key}: {e}", p.name);
+                    assert!(e.to_string().contains(&format!("method.{key}")), "{e}");
+                }
+            }
+        }
+        for key in p.required {
+            let mut m = MethodSpec::named(p.name);
+            p.required
+                .iter()
+                .filter(|k| *k != key)
+                .for_each(|k| set(&mut m, k));
+            let e = m.parts(0.1, 4, &n_local).unwrap_err().to_string();
+            assert!(e.contains(&format!("method.{key}")), "{}: {e}", p.name);
+        }
+    }
+}

@@ -635,3 +635,46 @@ fn the_reference_solution_is_feasible_and_certified() {
         assert!(f + rf.lambda * g.max(0.0) >= rf.lower_bound - 1e-12);
     }
 }
+
+/// The Safe-EF preset table is what `SafeSpec::parts` enforces for the keys
+/// whose presence it can see: every preset is listed once, in
+/// `SAFE_METHOD_NAMES` order; the switching methods reject the primal-dual
+/// keys and primal-dual rejects the threshold, naming the key.
+#[test]
+fn safe_preset_table_matches_what_parts_accepts() {
+    use efkit_core::safe::{SAFE_METHOD_NAMES, SAFE_PRESETS};
+    let names: Vec<&str> = SAFE_PRESETS.iter().map(|p| p.name).collect();
+    assert_eq!(names, SAFE_METHOD_NAMES);
+    let theory = SafeTheory {
+        m: 1.0,
+        r: 1.0,
+        rounds: 100,
+        alpha: 0.1,
+        alpha_server: 1.0,
+    };
+    for p in SAFE_PRESETS {
+        for key in [
+            "threshold",
+            "dual_step_multiplier",
+            "lambda0",
+            "batch",
+            "step",
+        ] {
+            let mut s = SafeSpec::named(p.name);
+            match key {
+                "threshold" => s.threshold = Some(0.1),
+                "dual_step_multiplier" => s.dual_step_multiplier = Some(1.0),
+                "lambda0" => s.lambda0 = Some(0.5),
+                "batch" => s.batch = Some(4),
+                _ => s.step = Some(0.1),
+            }
+            match s.parts(Some(&theory), None) {
+                Ok(_) => assert!(p.reads(key), "{} accepts {key}", p.name),
+                Err(e) => {
+                    assert!(!p.reads(key), "{} rejects {key}: {e}", p.name);
+                    assert!(e.to_string().contains(&format!("method.{key}")), "{e}");
+                }
+            }
+        }
+    }
+}

@@ -119,6 +119,8 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// The method presets: what each is and the `[method]` keys it reads.
+    Methods,
     /// The compressor catalogue with each class and constant for dimension D.
     Compressors {
         /// The dimension d.
@@ -249,6 +251,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             DataCommand::List => run::cmd_data_list(),
             DataCommand::Inspect { name } => run::cmd_data_inspect(&name),
         },
+        Command::Methods => run::cmd_methods(),
         Command::Compressors { dim } => run::cmd_compressors(dim),
     }
 }

@@ -473,6 +473,34 @@ pub fn cmd_data_inspect(name: &str) -> Result<u8> {
 }
 
 /// `efkit compressors`.
+/// `efkit methods`: every preset with its `[method]` keys.
+pub fn cmd_methods() -> Result<u8> {
+    let keys = |p: &efkit_core::method::Preset| {
+        let mut k: Vec<String> = p
+            .required
+            .iter()
+            .map(|k| format!("{k} (required)"))
+            .collect();
+        k.extend(p.optional.iter().map(|k| k.to_string()));
+        if k.is_empty() {
+            "-".to_string()
+        } else {
+            k.join(", ")
+        }
+    };
+    println!("EF21 family (any [compressor]; every preset also reads `init`):");
+    for p in efkit_core::method::PRESETS {
+        println!("  {:<16} {}", p.name, p.summary);
+        println!("  {:<16}   keys: {}", "", keys(p));
+    }
+    println!("Safe-EF family (constrained problems: neyman-pearson, l1-regression):");
+    for p in efkit_core::safe::SAFE_PRESETS {
+        println!("  {:<16} {}", p.name, p.summary);
+        println!("  {:<16}   keys: {}", "", keys(p));
+    }
+    Ok(0)
+}
+
 pub fn cmd_compressors(dim: usize) -> Result<u8> {
     if dim == 0 {
         return Err(UserError("--dim must be >= 1".into()).into());

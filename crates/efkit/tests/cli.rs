@@ -782,6 +782,24 @@ fn data_compressors_and_plot_commands() {
         s.contains("scaled-rand-k") && s.contains("omega=9.9000e1"),
         "{s}"
     );
+    // the preset listing names every preset of both families with its keys
+    let o = run(&["methods"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    for name in efkit_core::method::METHOD_NAMES
+        .iter()
+        .chain(efkit_core::safe::SAFE_METHOD_NAMES)
+    {
+        assert!(
+            s.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{name} "))),
+            "{name} missing in: {s}"
+        );
+    }
+    assert!(
+        s.contains("eta (required), batch (required), init_batch"),
+        "{s}"
+    );
     // plot two runs
     let d = tmp("plot");
     let cfg = write(&d, "c.toml", BASE);
