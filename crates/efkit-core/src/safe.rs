@@ -243,9 +243,10 @@ pub struct SafeSpec {
     /// An absolute step size (overrides the theory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<f64>,
-    /// Multiplier of the theory threshold c(gamma) (0: threshold c = 0).
-    #[serde(default = "one")]
-    pub threshold_multiplier: f64,
+    /// Multiplier of the theory threshold c(gamma) (0: threshold c = 0;
+    /// default 1). Switching methods only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_multiplier: Option<f64>,
     /// An absolute threshold (overrides the theory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
@@ -272,7 +273,7 @@ impl SafeSpec {
             batch: None,
             step_multiplier: 1.0,
             step: None,
-            threshold_multiplier: 1.0,
+            threshold_multiplier: None,
             threshold: None,
             dual_step_multiplier: None,
             lambda0: None,
@@ -323,10 +324,11 @@ impl SafeSpec {
             }
         };
         pos("method.step_multiplier", self.step_multiplier)?;
-        if !(self.threshold_multiplier >= 0.0 && self.threshold_multiplier.is_finite()) {
+        let threshold_multiplier = self.threshold_multiplier.unwrap_or(1.0);
+        if !(threshold_multiplier >= 0.0 && threshold_multiplier.is_finite()) {
             return Err(ParamError::invalid(
                 "method.threshold_multiplier",
-                format!("must be finite and >= 0, got {}", self.threshold_multiplier),
+                format!("must be finite and >= 0, got {threshold_multiplier}"),
             ));
         }
         if let Some(b) = self.batch {
@@ -357,6 +359,12 @@ impl SafeSpec {
                     "not used by method `primal-dual`",
                 ));
             }
+            if self.threshold_multiplier.is_some() {
+                return Err(ParamError::invalid(
+                    "method.threshold_multiplier",
+                    "not used by method `primal-dual`",
+                ));
+            }
             let m = self.dual_step_multiplier.unwrap_or(1.0);
             pos("method.dual_step_multiplier", m)?;
             Rule::PrimalDual {
@@ -378,7 +386,7 @@ impl SafeSpec {
             }
             let threshold = match (self.threshold, theory) {
                 (Some(c), _) => c,
-                (None, Some(t)) => self.threshold_multiplier * t.threshold(gamma),
+                (None, Some(t)) => threshold_multiplier * t.threshold(gamma),
                 (None, None) => {
                     return Err(ParamError::invalid(
                         "method.threshold",

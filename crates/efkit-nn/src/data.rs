@@ -93,7 +93,7 @@ mod tests {
         // the first test image is a 7 (the IDX file's first label)
         assert_eq!(t.labels[0], 7);
         assert!(t.pixels.iter().all(|p| (0.0..=1.0).contains(p)));
-        assert!(t.row(0).iter().any(|&p| p == 1.0));
+        assert!(t.row(0).contains(&1.0));
         let sh = t.head(103).shards(10, SplitKind::Contiguous, 0).unwrap();
         assert_eq!(sh.iter().map(|s| s.n).collect::<Vec<_>>()[9], 13);
         assert_eq!(sh[1].row(0), t.row(10));

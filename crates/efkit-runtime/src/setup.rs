@@ -249,9 +249,8 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
             ))
         }
     };
-    if cfg.step.rule != "absolute" && cfg.step.value.is_some() {
+    if let (false, Some(v)) = (cfg.step.rule == "absolute", cfg.step.value) {
         // a resolved config carries the step it used; it must agree
-        let v = cfg.step.value.unwrap();
         if v != gamma {
             return Err(bad("step.value", format!("given {v} but rule `{}` gives {gamma}; use rule = \"absolute\" to set the step", cfg.step.rule)));
         }

@@ -639,7 +639,7 @@ fn the_reference_solution_is_feasible_and_certified() {
 /// The Safe-EF preset table is what `SafeSpec::parts` enforces for the keys
 /// whose presence it can see: every preset is listed once, in
 /// `SAFE_METHOD_NAMES` order; the switching methods reject the primal-dual
-/// keys and primal-dual rejects the threshold, naming the key.
+/// keys and primal-dual rejects the threshold keys, naming the key.
 #[test]
 fn safe_preset_table_matches_what_parts_accepts() {
     use efkit_core::safe::{SAFE_METHOD_NAMES, SAFE_PRESETS};
@@ -655,6 +655,7 @@ fn safe_preset_table_matches_what_parts_accepts() {
     for p in SAFE_PRESETS {
         for key in [
             "threshold",
+            "threshold_multiplier",
             "dual_step_multiplier",
             "lambda0",
             "batch",
@@ -663,6 +664,7 @@ fn safe_preset_table_matches_what_parts_accepts() {
             let mut s = SafeSpec::named(p.name);
             match key {
                 "threshold" => s.threshold = Some(0.1),
+                "threshold_multiplier" => s.threshold_multiplier = Some(0.5),
                 "dual_step_multiplier" => s.dual_step_multiplier = Some(1.0),
                 "lambda0" => s.lambda0 = Some(0.5),
                 "batch" => s.batch = Some(4),

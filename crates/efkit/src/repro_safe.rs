@@ -115,7 +115,7 @@ fn config(
     let mut m = SafeSpec::named(method);
     m.step_multiplier = multiplier;
     if method != "primal-dual" {
-        m.threshold_multiplier = 0.0;
+        m.threshold_multiplier = Some(0.0);
     }
     SafeConfig {
         seed,
