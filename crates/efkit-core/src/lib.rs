@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod bits;
+pub mod compact;
 pub mod compress;
 pub mod error;
 pub mod method;

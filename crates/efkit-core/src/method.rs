@@ -797,6 +797,7 @@ pub struct Downlink {
     /// The model (when `is_model`), shared: every worker of a process keeps
     /// a reference to the one decoded copy instead of copying it (a network's
     /// model is megabytes, and n workers would copy it every round).
+    #[serde(with = "crate::compact::arc_f64s")]
     pub x: Arc<Vec<f64>>,
     /// The estimate message (EF21-BC).
     pub vec: CompressedVec,
@@ -806,6 +807,7 @@ pub struct Downlink {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Wire {
     /// The bytes that travel.
+    #[serde(with = "crate::compact::bytes")]
     pub bytes: Vec<u8>,
     /// Bits in the papers' convention (32 per value, indices free).
     pub paper_bits: u64,
@@ -965,16 +967,22 @@ pub struct WorkerState {
     /// The model x^t as this worker knows it: with a model downlink, a
     /// reference to the broadcast copy (shared, not copied); with compressed
     /// downlinks (EF21-BC), the worker's own reconstruction.
+    #[serde(with = "crate::compact::arc_f64s")]
     pub x: Arc<Vec<f64>>,
     /// EF21: g_i; EF14: the error e_i.
+    #[serde(with = "crate::compact::f64s")]
     pub g: Vec<f64>,
     /// Momentum v_i (SGDM/SGD2M) or the PAGE estimator v_i.
+    #[serde(with = "crate::compact::f64s")]
     pub v: Vec<f64>,
     /// Second momentum u_i (SGD2M).
+    #[serde(with = "crate::compact::f64s")]
     pub u: Vec<f64>,
     /// PAGE: the previous iterate.
+    #[serde(with = "crate::compact::f64s")]
     pub x_prev: Vec<f64>,
     /// EF21-BC: mirror of the server's broadcast estimate g.
+    #[serde(with = "crate::compact::f64s")]
     pub g_server: Vec<f64>,
     /// Whether round 0 has run.
     pub initialized: bool,
@@ -1415,16 +1423,20 @@ impl Worker {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerState {
     /// The model x^t.
+    #[serde(with = "crate::compact::f64s")]
     pub x: Vec<f64>,
     /// The aggregate g^t = mean_i g_i^t (EF21 family); for EF21-BC the
     /// workers' aggregate gtilde.
+    #[serde(with = "crate::compact::f64s")]
     pub g: Vec<f64>,
     /// EF21+ only: every worker's g_i (the server needs them when a worker
     /// replaces its estimate).
     pub g_i: Vec<Vec<f64>>,
     /// Heavy-ball momentum v.
+    #[serde(with = "crate::compact::f64s")]
     pub v: Vec<f64>,
     /// EF21-BC: the broadcast estimate g mirrored by the workers.
+    #[serde(with = "crate::compact::f64s")]
     pub g_bc: Vec<f64>,
     /// The next round number.
     pub round: u64,

@@ -498,8 +498,10 @@ pub struct SafeWorkerState {
     /// Worker id i.
     pub id: usize,
     /// The model w^t as the worker knows it.
+    #[serde(with = "crate::compact::f64s")]
     pub w: Vec<f64>,
     /// EF14: the error e_i; EF21: the estimate g_i; unused otherwise.
+    #[serde(with = "crate::compact::f64s")]
     pub e: Vec<f64>,
     /// primal-dual: lambda^t as received.
     pub lambda: f64,
@@ -801,10 +803,13 @@ impl SafeWorker {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SafeServerState {
     /// The exact iterate x^t.
+    #[serde(with = "crate::compact::f64s")]
     pub x: Vec<f64>,
     /// The broadcast model w^t (what the workers hold).
+    #[serde(with = "crate::compact::f64s")]
     pub w: Vec<f64>,
     /// EF21: the aggregate g = mean_i g_i.
+    #[serde(with = "crate::compact::f64s")]
     pub g: Vec<f64>,
     /// primal-dual: lambda^t.
     pub lambda: f64,
@@ -813,6 +818,7 @@ pub struct SafeServerState {
     /// mean_i g_i(w^t) as received in the current round.
     pub ghat: f64,
     /// Sum of w^t over the productive rounds (all rounds for primal-dual).
+    #[serde(with = "crate::compact::f64s")]
     pub avg_sum: Vec<f64>,
     /// Number of productive rounds.
     pub productive: u64,

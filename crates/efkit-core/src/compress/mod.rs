@@ -165,6 +165,7 @@ pub struct CompressedVec {
     /// Coordinates of the stored values (sparse form).
     pub indices: Vec<u32>,
     /// Stored values.
+    #[serde(with = "crate::compact::f64s")]
     pub values: Vec<f64>,
 }
 
