@@ -263,6 +263,18 @@ mod tests {
         assert!(json.contains(&format!("\"v\":\"{coded}\"")), "{json}");
     }
 
+    proptest::proptest! {
+        /// Any bytes round-trip; any string decodes or is refused, never panics,
+        /// and what decodes re-encodes to the same string (one encoding per value).
+        #[test]
+        fn base64_round_trips_and_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..200), s in "[A-Za-z0-9+/=!]{0,40}") {
+            proptest::prop_assert_eq!(decode_base64(&encode_base64(&b)).unwrap(), b);
+            if let Some(d) = decode_base64(&s) {
+                proptest::prop_assert_eq!(encode_base64(&d), s);
+            }
+        }
+    }
+
     #[test]
     fn plain_arrays_still_load_and_bad_strings_are_errors() {
         let old = r#"{"v":[1.5,-2.0],"a":[0.25],"b":[7,8]}"#;
