@@ -76,7 +76,7 @@ pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn f64s_from_le(bytes: &[u8]) -> Option<Vec<f64>> {
+fn f64s_from_le(bytes: Vec<u8>) -> Option<Vec<f64>> {
     if bytes.len() % 8 != 0 {
         return None;
     }
@@ -88,22 +88,27 @@ fn f64s_from_le(bytes: &[u8]) -> Option<Vec<f64>> {
     )
 }
 
-struct F64sVisitor;
+/// Reads a vector either as a base64 string (decoded by `from_bytes`) or as a
+/// plain sequence of numbers.
+struct Base64OrSeq<T> {
+    from_bytes: fn(Vec<u8>) -> Option<Vec<T>>,
+    expecting: &'static str,
+}
 
-impl<'de> Visitor<'de> for F64sVisitor {
-    type Value = Vec<f64>;
+impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Base64OrSeq<T> {
+    type Value = Vec<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a base64 string of little-endian f64s or an array of numbers")
+        f.write_str(self.expecting)
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<f64>, E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<T>, E> {
         decode_base64(s)
-            .and_then(|b| f64s_from_le(&b))
-            .ok_or_else(|| E::custom("not base64 of a whole number of little-endian f64s"))
+            .and_then(self.from_bytes)
+            .ok_or_else(|| E::custom(format!("expected {}", self.expecting)))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f64>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
         while let Some(x) = seq.next_element()? {
             v.push(x);
@@ -111,6 +116,29 @@ impl<'de> Visitor<'de> for F64sVisitor {
         Ok(v)
     }
 }
+
+/// [`Base64OrSeq`] through the deserializer: `deserialize_any` where the
+/// format describes itself (JSON), a sequence otherwise.
+fn read_vec<'de, D: Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+    v: Base64OrSeq<T>,
+) -> Result<Vec<T>, D::Error> {
+    if d.is_human_readable() {
+        d.deserialize_any(v)
+    } else {
+        d.deserialize_seq(v)
+    }
+}
+
+const F64S: Base64OrSeq<f64> = Base64OrSeq {
+    from_bytes: f64s_from_le,
+    expecting: "a base64 string of little-endian f64s or an array of numbers",
+};
+
+const BYTES: Base64OrSeq<u8> = Base64OrSeq {
+    from_bytes: Some,
+    expecting: "a base64 string or an array of bytes",
+};
 
 /// `Vec<f64>` as one base64 string (human-readable formats).
 pub mod f64s {
@@ -128,11 +156,7 @@ pub mod f64s {
 
     /// Reads a base64 string or an array of numbers.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-        if d.is_human_readable() {
-            d.deserialize_any(F64sVisitor)
-        } else {
-            d.deserialize_seq(F64sVisitor)
-        }
+        read_vec(d, F64S)
     }
 }
 
@@ -151,28 +175,6 @@ pub mod arc_f64s {
     }
 }
 
-struct BytesVisitor;
-
-impl<'de> Visitor<'de> for BytesVisitor {
-    type Value = Vec<u8>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a base64 string or an array of bytes")
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<u8>, E> {
-        decode_base64(s).ok_or_else(|| E::custom("not base64"))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-        while let Some(x) = seq.next_element()? {
-            v.push(x);
-        }
-        Ok(v)
-    }
-}
-
 /// `Vec<u8>` as one base64 string (human-readable formats).
 pub mod bytes {
     use super::*;
@@ -188,11 +190,7 @@ pub mod bytes {
 
     /// Reads a base64 string or an array of numbers 0..=255.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        if d.is_human_readable() {
-            d.deserialize_any(BytesVisitor)
-        } else {
-            d.deserialize_seq(BytesVisitor)
-        }
+        read_vec(d, BYTES)
     }
 }
 

@@ -357,28 +357,19 @@ pub struct MethodSpec {
     pub init: InitMode,
 }
 
-/// The preset names.
-pub const METHOD_NAMES: &[&str] = &[
-    "gd",
-    "dcgd",
-    "ef14",
-    "ef21",
-    "ef21-w",
-    "ef21-w-sgd",
-    "ef21-w-pp",
-    "ef21-plus",
-    "sgd",
-    "ef21-sgd",
-    "ef21-page",
-    "ef21-pp",
-    "ef21-bc",
-    "ef21-hb",
-    "ef21-prox",
-    "ef14-sgd",
-    "ef21-sgdm",
-    "ef21-sgd2m",
-    "ef21-sgd-ideal",
-];
+/// The preset names, in the order of [`PRESETS`] (derived from it).
+pub const METHOD_NAMES: &[&str] = &preset_names::<{ PRESETS.len() }>(PRESETS);
+
+/// The `name`s of `presets` (`N` = its length), at compile time.
+pub(crate) const fn preset_names<const N: usize>(presets: &[Preset]) -> [&'static str; N] {
+    let mut names = [""; N];
+    let mut i = 0;
+    while i < N {
+        names[i] = presets[i].name;
+        i += 1;
+    }
+    names
+}
 
 /// A preset as users see it: what it is and which `[method]` keys it reads
 /// (`init` applies to every preset). [`MethodSpec::parts`] rejects a key a
@@ -402,7 +393,7 @@ impl Preset {
     }
 }
 
-/// Every preset, in the order of [`METHOD_NAMES`].
+/// Every preset; [`METHOD_NAMES`] lists their names in this order.
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "gd",
@@ -820,10 +811,6 @@ impl Wire {
     }
 }
 
-fn finish_into(w: &mut BitWriter, out: &mut Vec<u8>) {
-    w.finish_swap(out);
-}
-
 impl Downlink {
     /// Makes the model buffer writable without allocating in steady state:
     /// while the workers still hold last round's model, the next one goes
@@ -855,7 +842,7 @@ pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
     for &v in x {
         w.write_f64(v);
     }
-    finish_into(w, &mut wire.bytes);
+    w.finish_swap(&mut wire.bytes);
     wire.paper_bits = 0; // the papers do not count the model broadcast
 }
 
@@ -1400,11 +1387,11 @@ impl Worker {
                 w.write_bits(rr.read_bits(take).expect("own payload"), take);
                 left -= take as u64;
             }
-            finish_into(&mut w, &mut sc.wire.bytes);
+            w.finish_swap(&mut sc.wire.bytes);
             sc.alt_writer = w;
         } else {
             // no header: the payload is the message (handed over, not copied)
-            finish_into(&mut sc.writer, &mut sc.wire.bytes);
+            sc.writer.finish_swap(&mut sc.wire.bytes);
         }
         let used: &dyn Compressor = if dense_uplink(parts, rc.round) {
             codecs.dense.as_ref()
@@ -1564,7 +1551,6 @@ impl Server {
         let inv_n = 1.0 / self.n as f64;
         // sum of the received vectors, in worker order
         sc.acc.iter_mut().for_each(|v| *v = 0.0);
-        let mut received = false;
         match parts.feedback {
             Feedback::Ef21Plus => {
                 if st.g_i.len() != self.n {
@@ -1595,12 +1581,10 @@ impl Server {
                             Some(s) => up.vec.add_scaled_to(&mut sc.acc, s[i]),
                             None => up.vec.add_to(&mut sc.acc),
                         }
-                        received = true;
                     }
                 }
             }
         }
-        let _ = received;
         match parts.feedback {
             Feedback::None | Feedback::Ef21Ideal => {
                 // DCGD / GD / SGD: g^t = (1/n) sum_i c_i; EF21-SGD-ideal: g^t = (1/n) sum_i g_i
@@ -1679,7 +1663,7 @@ impl Server {
                 down.vec.add_to(&mut st.g_bc);
                 st.next_wire.paper_bits = cm.paper_bits(&down.vec);
             }
-            finish_into(&mut sc.writer, &mut st.next_wire.bytes);
+            sc.writer.finish_swap(&mut st.next_wire.bytes);
             &st.g_bc
         } else {
             &st.g

@@ -53,7 +53,9 @@ use thiserror::Error;
 use crate::bits::{BitReader, BitWriter};
 use crate::compress::{CompressCtx, CompressedVec, Compressor, DecodeCtx, Scratch, ValueFormat};
 use crate::error::{CompressError, DecodeError, ParamError};
-use crate::method::{downlink_shared_key, uplink_shared_key, Preset, Regularizer, RoundCtx, Wire};
+use crate::method::{
+    downlink_shared_key, preset_names, uplink_shared_key, Preset, Regularizer, RoundCtx, Wire,
+};
 use crate::rng::{stream, Purpose};
 
 /// A Safe-EF round failed.
@@ -168,15 +170,9 @@ pub struct SafeCodecs {
 }
 
 /// The method names of [`SafeSpec`].
-pub const SAFE_METHOD_NAMES: &[&str] = &[
-    "safe-ef",
-    "parallel-sgd",
-    "compressed-sgd",
-    "ef21-switching",
-    "primal-dual",
-];
+pub const SAFE_METHOD_NAMES: &[&str] = &preset_names::<{ SAFE_PRESETS.len() }>(SAFE_PRESETS);
 
-/// Every Safe-EF-family preset, in the order of [`SAFE_METHOD_NAMES`], with
+/// Every Safe-EF-family preset ([`SAFE_METHOD_NAMES`] lists their names), with
 /// the `[method]` keys it reads (none is required: the step and threshold
 /// default to the theory's).
 pub const SAFE_PRESETS: &[Preset] = &[
