@@ -153,7 +153,7 @@ pub enum ServerStep {
 
 /// A simple convex regularizer r with a closed-form prox.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Regularizer {
     /// r = 0.
     Zero,
@@ -554,7 +554,7 @@ impl MethodSpec {
                     format!("`{}` needs a minibatch size", self.name),
                 )
             })?;
-            check_batch("method.batch", b)?;
+            check_batch("method.batch", b, n_local)?;
             Ok(b)
         };
         let eta_in = |lo_open: bool, hi_closed: bool| -> Result<f64, ParamError> {
@@ -700,7 +700,7 @@ impl MethodSpec {
                 let b = batch()?;
                 let init_batch = match self.init_batch {
                     Some(ib) => {
-                        check_batch("method.init_batch", ib)?;
+                        check_batch("method.init_batch", ib, n_local)?;
                         ib
                     }
                     None if finite_sum => BatchSize::Fraction(1.0),
@@ -751,13 +751,31 @@ impl MethodSpec {
     }
 }
 
-fn check_batch(key: &str, b: BatchSize) -> Result<(), ParamError> {
+/// Checks a batch size against the workers' sample counts `n_local` (`None`:
+/// a streaming oracle): a count larger than a worker's data, or a fraction
+/// of a stream, would silently run a different batch.
+fn check_batch(key: &str, b: BatchSize, n_local: &[Option<usize>]) -> Result<(), ParamError> {
     match b {
         BatchSize::Count(0) => Err(ParamError::invalid(key, "batch size must be >= 1")),
         BatchSize::Fraction(f) if !(f > 0.0 && f <= 1.0) => Err(ParamError::invalid(
             key,
             format!("batch fraction must be in (0, 1], got {f}"),
         )),
+        BatchSize::Fraction(f) if n_local.iter().any(Option::is_none) => Err(ParamError::invalid(
+            key,
+            format!("a fraction ({f}) needs finite local data sets; this problem streams samples: give a count"),
+        )),
+        BatchSize::Count(c) => match n_local
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| n.filter(|&n| c > n).map(|n| (i, n)))
+        {
+            Some((i, n)) => Err(ParamError::invalid(
+                key,
+                format!("{c} is more than worker {i}'s {n} samples (a fraction such as 1.0 takes each worker's whole data)"),
+            )),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }
@@ -1398,8 +1416,13 @@ impl Worker {
         } else {
             uplink
         };
-        sc.wire.paper_bits = used.paper_bits(&sc.up.vec)
-            + u64::from(parts.feedback == Feedback::Ef21Plus && rc.round > 0);
+        // The papers' counters start at zero after the dense g_i^0 (`it * k * 32`,
+        // algorithms.md §3.3) and count values only (no EF21+ flag bit).
+        sc.wire.paper_bits = if dense_init_round(parts, rc.round) {
+            0
+        } else {
+            used.paper_bits(&sc.up.vec)
+        };
         st.bits_up_wire += sc.wire.wire_bits();
         st.bits_up_paper += sc.wire.paper_bits;
         Ok(loss)
@@ -1648,7 +1671,13 @@ impl Server {
                 down.replace = true;
                 st.g_bc = vec![0.0; d];
                 down.vec.to_dense(&mut st.g_bc);
-                st.next_wire.paper_bits = codecs.dense.paper_bits(&down.vec);
+                // the initial dense broadcast is free in the papers' count, as is
+                // the workers' dense g_i^0 (algorithms.md §3.3)
+                st.next_wire.paper_bits = if rc.round == 0 {
+                    0
+                } else {
+                    codecs.dense.paper_bits(&down.vec)
+                };
             } else {
                 sc.writer.write_bits(TAG_ESTIMATE_DELTA, 2);
                 for ((t, a), b) in sc.tmp.iter_mut().zip(&st.g).zip(&st.g_bc) {

@@ -320,6 +320,20 @@ impl SafeSpec {
             }
         };
         pos("method.step_multiplier", self.step_multiplier)?;
+        // an absolute value and its multiplier together: one would be ignored
+        // (step_multiplier = 1 is its default and in every resolved config)
+        if self.step.is_some() && self.step_multiplier != 1.0 {
+            return Err(ParamError::invalid(
+                "method.step_multiplier",
+                "method.step is an absolute step, used as given; remove one of the two",
+            ));
+        }
+        if self.threshold.is_some() && self.threshold_multiplier.is_some() {
+            return Err(ParamError::invalid(
+                "method.threshold_multiplier",
+                "method.threshold is an absolute threshold, used as given; remove one of the two",
+            ));
+        }
         let threshold_multiplier = self.threshold_multiplier.unwrap_or(1.0);
         if !(threshold_multiplier >= 0.0 && threshold_multiplier.is_finite()) {
             return Err(ParamError::invalid(

@@ -14,9 +14,13 @@
 //!
 //! With alpha = 1 (no compression) beta = 0 and the nonconvex rule reduces to 1/L,
 //! which is what the authors' code special-cases for K = d.
+//!
+//! Every function here needs 0 < alpha <= 1 (outside it theta or beta is not
+//! defined); the setup checks it before calling and names the compressor.
 
 /// theta(alpha) = 1 - sqrt(1 - alpha).
 pub fn theta(alpha: f64) -> f64 {
+    debug_assert!(alpha > 0.0 && alpha <= 1.0, "alpha = {alpha} outside (0, 1]");
     1.0 - (1.0 - alpha).sqrt()
 }
 

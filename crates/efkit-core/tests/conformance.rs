@@ -170,6 +170,30 @@ fn sample_specs(d: usize) -> Vec<CompressorSpec> {
             s.levels = Some(3);
             s.values = Some(F16)
         }),
+        // C/(1 + omega) of unbiased compressors (`contractive = true`)
+        spec("scaled-rand-k", |s| {
+            s.ratio = Some(0.25);
+            s.contractive = Some(true)
+        }),
+        spec("scaled-rand-k", |s| {
+            s.ratio = Some(0.25);
+            s.per_layer = Some(true);
+            s.contractive = Some(true)
+        }),
+        spec("bernoulli", |s| {
+            s.p = Some(0.3);
+            s.values = Some(F64);
+            s.contractive = Some(true)
+        }),
+        spec("qsgd", |s| {
+            s.levels = Some(2);
+            s.contractive = Some(true)
+        }),
+        spec("natural-dithering", |s| {
+            s.levels = Some(3);
+            s.contractive = Some(true)
+        }),
+        spec("natural", |s| s.contractive = Some(true)),
         spec("scaled-sign", |_| {}),
         spec("scaled-sign", |s| s.values = Some(F16)),
         spec("scaled-sign", |s| s.values = Some(F64)),
@@ -804,6 +828,28 @@ fn class_constants_and_paper_bits() {
         CompressorClass::Contractive { alpha: 1.0 / df },
         None,
     );
+    // C/(1 + omega): contractive with alpha = 1/(1 + omega), same bits as C
+    check(
+        spec("scaled-rand-k", |s| {
+            s.k = Some(5);
+            s.contractive = Some(true)
+        }),
+        CompressorClass::Contractive { alpha: 5.0 / df },
+        Some(160),
+    );
+    check(
+        spec("natural", |s| s.contractive = Some(true)),
+        CompressorClass::Contractive { alpha: 1.0 / 1.125 },
+        Some(9 * d as u64),
+    );
+    check(
+        spec("bernoulli", |s| {
+            s.p = Some(0.25);
+            s.contractive = Some(true)
+        }),
+        CompressorClass::Contractive { alpha: 0.25 },
+        None,
+    );
     // natural dithering, l2, s = 3: omega = 1/8 + (d^(1/2)/4) min(1, d^(1/2)/4)
     let t = df.sqrt() / 4.0;
     check(
@@ -1143,5 +1189,77 @@ proptest! {
             Err(CompressError::Shape(_)) if max_abs(&x) * 1e3 > format_of(s).2 => {}
             Err(e) => panic!("{}: {e}", h.what("proptest")),
         }
+    }
+}
+
+/// The alpha error feedback may use: the contractive constant, 1 - omega for
+/// an unbiased compressor with omega < 1 (E||C(x) - x||^2 <= omega ||x||^2),
+/// none for omega >= 1, where only C/(1 + omega) contracts.
+#[test]
+fn alpha_as_error_feedback_applies_the_operator() {
+    assert_eq!(CompressorClass::Contractive { alpha: 0.3 }.alpha(), Some(0.3));
+    assert_eq!(CompressorClass::Unbiased { omega: 0.125 }.alpha(), Some(0.875));
+    assert_eq!(CompressorClass::Unbiased { omega: 0.0 }.alpha(), Some(1.0));
+    assert_eq!(CompressorClass::Unbiased { omega: 1.0 }.alpha(), None);
+    assert_eq!(CompressorClass::Unbiased { omega: 9.0 }.alpha(), None);
+    assert_eq!(CompressorClass::Absolute { delta2: 1.0 }.alpha(), None);
+    // `contractive` only applies to unbiased compressors; `false` is the plain one
+    let d = 16;
+    let err = build(
+        &spec("top-k", |s| {
+            s.k = Some(2);
+            s.contractive = Some(true)
+        }),
+        d,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("contractive"), "{err}");
+    let plain = build(
+        &spec("qsgd", |s| {
+            s.levels = Some(2);
+            s.contractive = Some(false)
+        }),
+        d,
+    )
+    .unwrap();
+    assert!(matches!(plain.class(), CompressorClass::Unbiased { .. }));
+}
+
+/// Scaled Rand-K divided by 1 + omega = d/K is plain Rand-K: the same
+/// coordinates (the same random draws), the values (d/K) x_j (K/d) = x_j up
+/// to rounding, and the same bits.
+#[test]
+fn shrunk_scaled_rand_k_is_rand_k() {
+    let d = 50;
+    let x: Vec<f64> = (0..d).map(|j| ((j * 7919) % 23) as f64 - 11.3).collect();
+    let shrunk = build(
+        &spec("scaled-rand-k", |s| {
+            s.k = Some(6);
+            s.values = Some(ValueFormat::F64);
+            s.contractive = Some(true)
+        }),
+        d,
+    )
+    .unwrap();
+    let plain = build(
+        &spec("rand-k", |s| {
+            s.k = Some(6);
+            s.values = Some(ValueFormat::F64)
+        }),
+        d,
+    )
+    .unwrap();
+    for seed in 0..20 {
+        let a = encode_one(shrunk.as_ref(), &x, &mut rng_from_key(seed), 0).unwrap();
+        let b = encode_one(plain.as_ref(), &x, &mut rng_from_key(seed), 0).unwrap();
+        assert_eq!(a.value.indices, b.value.indices);
+        for (u, v) in a.value.values.iter().zip(&b.value.values) {
+            assert!((u - v).abs() <= 1e-14 * v.abs(), "{u} vs {v}");
+        }
+        assert_eq!(a.wire_bits, b.wire_bits);
+        assert_eq!(a.paper_bits, b.paper_bits);
+        // the receiver decodes the sender's value bit for bit
+        let dec = decode_one(shrunk.as_ref(), &a.bytes, 0).unwrap();
+        assert_eq!(dec, a.value);
     }
 }

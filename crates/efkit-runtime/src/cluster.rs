@@ -111,6 +111,22 @@ pub struct ClusterState {
     pub elapsed: f64,
 }
 
+/// The most worker threads a config may ask for: far more than any machine's
+/// cores, and few enough that a typo (`threads = 100000`) is an error rather
+/// than thousands of threads that make the machine unresponsive.
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks `threads` (0 = one per core) against [`MAX_THREADS`].
+pub fn check_threads(threads: usize) -> Result<(), String> {
+    if threads > MAX_THREADS {
+        Err(format!(
+            "{threads} threads is more than the {MAX_THREADS} allowed (0 = one per core; results do not depend on it)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The thread pool of an in-process cluster: `threads` threads, or one per
 /// core for 0 (counted here, not taken from rayon's default, which follows
 /// `RAYON_NUM_THREADS`: the CLI sets that variable to keep candle's own

@@ -928,6 +928,12 @@ pub fn build_problem(cfg: &SafeProblemConfig, seed: u64) -> Result<ConstrainedPr
 
 /// Validates `cfg`, builds the problem, the theory step and the cluster (x^0 = 0).
 pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
+    crate::cluster::check_threads(cfg.threads).map_err(|r| bad("threads", r))?;
+    if let Some(f) = cfg.f_star {
+        if !f.is_finite() {
+            return Err(bad("f_star", format!("must be finite, got {f}")));
+        }
+    }
     if cfg.stop.max_rounds == 0 {
         return Err(bad("stop.max_rounds", "must be >= 1"));
     }

@@ -4,7 +4,7 @@
 //! n <= rows, positive steps, known names), and each error names the key.
 
 use efkit_core::compress::{build, CompressorClass, CompressorSpec};
-use efkit_core::method::{Codecs, DownlinkMode};
+use efkit_core::method::{Codecs, DownlinkMode, Regularizer, ServerStep};
 use efkit_core::rng::{stream, Purpose};
 use efkit_core::theory;
 use efkit_problems::libsvm::LibsvmOptions;
@@ -57,7 +57,7 @@ pub struct SetupInfo {
     pub l: Option<f64>,
     /// Ltilde (when computed).
     pub l_tilde: Option<f64>,
-    /// alpha of the uplink compressor (contractive or 1/(1+omega)).
+    /// alpha of the uplink compressor as applied (`CompressorClass::alpha`).
     pub alpha: Option<f64>,
     /// The uplink compressor, resolved.
     pub compressor: String,
@@ -114,6 +114,19 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         ));
     }
     positive("step.multiplier", cfg.step.multiplier)?;
+    crate::cluster::check_threads(cfg.threads).map_err(|r| bad("threads", r))?;
+    if cfg.step.mu.is_some() && cfg.step.rule != "theory-pl" {
+        return Err(bad(
+            "step.mu",
+            format!("only rule = \"theory-pl\" reads it (rule is `{}`)", cfg.step.rule),
+        ));
+    }
+    if cfg.step.multiplier != 1.0 && cfg.step.rule == "absolute" {
+        return Err(bad(
+            "step.multiplier",
+            "rule = \"absolute\" takes step.value as the step; the multiplier scales the theory rules only",
+        ));
+    }
     if cfg.problem.workers == 0 {
         return Err(bad("problem.workers", "must be >= 1"));
     }
@@ -221,9 +234,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         }
         "theory" | "theory-pl" => {
             let a = match (alpha, uplink.class()) {
-                (Some(a), _) => a,
-                (None, CompressorClass::Absolute { .. }) => return Err(bad("step.rule", format!("the theory step needs a contractive or unbiased compressor; `{}` is absolute: use rule = \"absolute\"", uplink.describe()))),
-                _ => unreachable!(),
+                (Some(a), _) if a > 0.0 && a <= 1.0 => a,
+                (_, CompressorClass::Absolute { .. }) => return Err(bad("step.rule", format!("the theory step needs a contractive compressor; `{}` is absolute: use rule = \"absolute\"", uplink.describe()))),
+                (_, CompressorClass::Unbiased { omega }) => return Err(bad("step.rule", format!("the theory step needs a contractive compressor; `{}` is unbiased with omega = {omega} >= 1, so error feedback with it does not contract: set `contractive = true` in [compressor] to send C/(1+omega) (alpha = 1/(1+omega)), or use rule = \"absolute\"", uplink.describe()))),
+                (_, CompressorClass::Contractive { alpha }) => return Err(bad("step.rule", format!("the theory step needs 0 < alpha <= 1; `{}` has alpha = {alpha} (a layer's compressor is not contractive: set `contractive = true` in [compressor], or use rule = \"absolute\")", uplink.describe()))),
             };
             let s = smoothness.as_ref().expect("computed for the theory rules");
             // EF21-W's step uses the arithmetic mean L_AM in place of Ltilde
@@ -256,7 +270,16 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         }
     }
     let parts = cfg.method.parts(gamma, n, &n_local)?;
-    let x0 = initial_point(cfg, d)?;
+    let mut x0 = initial_point(cfg, d)?;
+    // EF21-Prox with an indicator r: the iterates live in its set, so x^0 is
+    // projected onto it (r(x^0) would be infinite otherwise; the projection
+    // is the prox of an indicator for any step)
+    if let ServerStep::Prox {
+        reg: reg @ (Regularizer::Box { .. } | Regularizer::Ball { .. }),
+    } = parts.server_step
+    {
+        reg.prox(&mut x0, gamma);
+    }
     let info = SetupInfo {
         n,
         d,
@@ -301,8 +324,30 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     Ok(Prepared { cluster, info })
 }
 
+/// Rejects `[init]` keys that the chosen kind does not read (a typo such as
+/// `std` with `kind = "zeros"` must not run a different experiment silently).
+/// `std = 1` is its default and appears in every resolved config, so only
+/// other values count as set.
+pub(crate) fn check_init_keys(cfg: &Config) -> Result<(), SetupError> {
+    let kind = cfg.init.kind.as_str();
+    if kind != "gaussian" && cfg.init.std != 1.0 {
+        return Err(bad(
+            "init.std",
+            format!("only init.kind = \"gaussian\" reads it (kind is `{kind}`)"),
+        ));
+    }
+    if kind != "file" && cfg.init.path.is_some() {
+        return Err(bad(
+            "init.path",
+            format!("only init.kind = \"file\" reads it (kind is `{kind}`)"),
+        ));
+    }
+    Ok(())
+}
+
 /// The initial point of a config.
 pub fn initial_point(cfg: &Config, d: usize) -> Result<Vec<f64>, SetupError> {
+    check_init_keys(cfg)?;
     match cfg.init.kind.as_str() {
         "zeros" => Ok(vec![0.0; d]),
         "gaussian" => {

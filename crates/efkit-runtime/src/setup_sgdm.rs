@@ -129,6 +129,29 @@ impl SgdmProblem {
     }
 }
 
+/// The MNIST images of `split`, checked against the network's input size
+/// (other IDX files in the MNIST directory must not train or test silently
+/// on the wrong shape or on nothing).
+#[cfg(feature = "nn")]
+fn mnist_images(
+    split: efkit_problems::idx::MnistSplit,
+    spec: &efkit_nn::Network,
+) -> Result<efkit_nn::DenseImages, SetupError> {
+    let images = efkit_nn::mnist_dense(split)?;
+    if images.n == 0 || images.features != spec.inputs() {
+        return Err(bad(
+            "problem",
+            format!(
+                "the MNIST {split:?} set has {} images of {} pixels; the network needs at least one image of {} pixels",
+                images.n,
+                images.features,
+                spec.inputs()
+            ),
+        ));
+    }
+    Ok(images)
+}
+
 /// The network of an `mnist-mlp` problem: 784 inputs, `hidden`, 10 classes.
 #[cfg(feature = "nn")]
 pub fn mlp_spec(hidden: &[usize]) -> Result<efkit_nn::Network, SetupError> {
@@ -219,7 +242,7 @@ pub fn build_oracles(
             ..
         } => {
             let spec = problem.network()?.expect("a network problem");
-            let mut train = efkit_nn::mnist_dense(efkit_problems::idx::MnistSplit::Train)?;
+            let mut train = mnist_images(efkit_problems::idx::MnistSplit::Train, &spec)?;
             if let Some(r) = rows {
                 if r == 0 || r > train.n {
                     return Err(bad(
@@ -364,6 +387,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     let network = problem.network()?;
     #[cfg(not(feature = "nn"))]
     let network: Option<std::convert::Infallible> = None;
+    crate::setup::check_init_keys(cfg)?;
     let x0 = match (cfg.init.kind.as_str(), &network) {
         #[cfg(feature = "nn")]
         ("layers", Some(net)) => net.init(cfg.seed),
@@ -397,7 +421,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     // the network is judged by its accuracy on the 10,000 MNIST test images
     #[cfg(feature = "nn")]
     if let Some(spec) = network {
-        let test = efkit_nn::mnist_dense(efkit_problems::idx::MnistSplit::Test)?;
+        let test = mnist_images(efkit_problems::idx::MnistSplit::Test, &spec)?;
         cluster.test_evaluator = Some(Box::new(move |x: &[f64]| {
             efkit_nn::NetworkOracle::evaluate(&spec, x, &test, efkit_nn::Precision::F32)
                 .map_or(f64::NAN, |(_, accuracy)| accuracy)

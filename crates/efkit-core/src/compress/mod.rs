@@ -40,6 +40,7 @@ mod topk_quant;
 mod dither;
 mod natural;
 mod rank;
+mod shrunk;
 mod sign;
 
 /// How a transmitted real value is written on the wire.
@@ -139,14 +140,18 @@ pub enum CompressorClass {
 }
 
 impl CompressorClass {
-    /// The contraction constant usable by EF21's theory: alpha for contractive
-    /// compressors, 1/(1 + omega) for unbiased ones after scaling by 1/(1+omega)
-    /// (algorithms.md §3.1); `None` for absolute compressors.
+    /// The contraction constant of the operator as error feedback applies it
+    /// (EF21's theory needs 0 < alpha <= 1): alpha for contractive
+    /// compressors; for an unbiased one, 1 - omega when omega < 1 (then
+    /// E||C(x) - x||^2 <= omega ||x||^2 = (1 - alpha) ||x||^2) and `None` when
+    /// omega >= 1, where C itself is not contractive (`contractive = true`
+    /// sends C/(1 + omega), which is, with alpha = 1/(1 + omega)); `None` for
+    /// absolute compressors.
     pub fn alpha(&self) -> Option<f64> {
         match *self {
             CompressorClass::Contractive { alpha } => Some(alpha),
-            CompressorClass::Unbiased { omega } => Some(1.0 / (1.0 + omega)),
-            CompressorClass::Absolute { .. } => None,
+            CompressorClass::Unbiased { omega } if omega < 1.0 => Some(1.0 - omega),
+            CompressorClass::Unbiased { .. } | CompressorClass::Absolute { .. } => None,
         }
     }
 }

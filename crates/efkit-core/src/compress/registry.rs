@@ -89,6 +89,10 @@ pub struct CompressorSpec {
     /// parameters are layered (networks); see [`super::build_blockwise`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_layer: Option<bool>,
+    /// Send C/(1 + omega) instead of the unbiased C: contractive with
+    /// alpha = 1/(1 + omega), which EF21's theory needs (algorithms.md §3.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contractive: Option<bool>,
 }
 
 impl CompressorSpec {
@@ -115,6 +119,7 @@ impl CompressorSpec {
             ("values", self.values.is_some()),
             ("quantizer", self.quantizer.is_some()),
             ("per_layer", self.per_layer.is_some()),
+            ("contractive", self.contractive.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -206,6 +211,18 @@ pub fn build(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>, Par
             ..spec.clone()
         };
         return build(&plain, d);
+    }
+    if let Some(shrink) = spec.contractive {
+        let plain = CompressorSpec {
+            contractive: None,
+            ..spec.clone()
+        };
+        let inner = build(&plain, d)?;
+        return if shrink {
+            super::shrunk::shrink(inner, spec)
+        } else {
+            Ok(inner)
+        };
     }
     match spec.name.as_str() {
         "identity" => super::identity::from_spec(spec, d),
