@@ -13,10 +13,24 @@
 //! The file is written to a temporary name and renamed, so a crash leaves the
 //! previous checkpoint or the complete new one; a damaged file is detected by
 //! its checksum and refused.
+//!
+//! A checksum only proves that the file is the one written, not that it fits
+//! the run it is resumed into: the payload may also carry a `"config"` key, a
+//! [`ConfigStamp`] of the resolved config ([`write_stamped`]), so that a
+//! resumption under an edited config is refused by name; [`check_state`] and
+//! [`check_safe_state`] check every vector of a restored state against the
+//! config's dimension and worker count (a hand-edited, re-checksummed file
+//! must give an error, not a panic mid-round). The key is optional (files
+//! written before it existed have none, and older builds ignore it), so the
+//! format version stays 2.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+
+use efkit_core::compress::CompressedVec;
+use efkit_core::method::{DownlinkMode, Estimator, Feedback, Parts, ServerStep};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -101,6 +115,320 @@ pub fn read_safe(path: &Path) -> Result<SafeCheckpoint, CheckpointError> {
     read_payload(path)
 }
 
+/// Writes `ck` (a [`Checkpoint`] or [`SafeCheckpoint`]) to `path` atomically
+/// with the stamp of the config it was taken under, under the payload key
+/// `"config"` ([`read_stamped`] gives it back).
+pub fn write_stamped<T: Serialize>(
+    path: &Path,
+    ck: &T,
+    stamp: &ConfigStamp,
+) -> Result<(), CheckpointError> {
+    #[derive(Serialize)]
+    struct Stamped<'a, T> {
+        #[serde(flatten)]
+        ck: &'a T,
+        config: &'a ConfigStamp,
+    }
+    write_payload(path, &Stamped { ck, config: stamp })
+}
+
+/// Reads and verifies a checkpoint ([`Checkpoint`] or [`SafeCheckpoint`])
+/// and the config stamp it carries (`None` for files written without one).
+pub fn read_stamped<T: DeserializeOwned>(
+    path: &Path,
+) -> Result<(T, Option<ConfigStamp>), CheckpointError> {
+    #[derive(Deserialize)]
+    struct StampOnly {
+        #[serde(default)]
+        config: Option<ConfigStamp>,
+    }
+    let (bytes, start) = verified(path)?;
+    let payload = &bytes[start..];
+    let corrupt = |e: serde_json::Error| CheckpointError::Corrupt {
+        path: path.display().to_string(),
+        reason: format!("bad payload: {e}"),
+    };
+    // two passes: the state types ignore the extra key, and the stamp pass
+    // skips the state without building it
+    let stamp: StampOnly = serde_json::from_slice(payload).map_err(corrupt)?;
+    let ck: T = serde_json::from_slice(payload).map_err(corrupt)?;
+    Ok((ck, stamp.config))
+}
+
+/// The settings of the run a checkpoint belongs to: every leaf of the
+/// resolved config as a dotted key (`method.name`, `problem.workers`) and
+/// its value as inline TOML, except the keys in [`RESUMABLE_KEYS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigStamp(pub BTreeMap<String, String>);
+
+/// Top-level config keys that may change between a run and its resumption:
+/// they do not change the iterates (`stop` extends or shortens the run,
+/// `threads` only the speed).
+pub const RESUMABLE_KEYS: &[&str] = &["stop", "threads"];
+
+/// A config could not be turned into a [`ConfigStamp`].
+#[derive(Debug, Error)]
+#[error("cannot fingerprint the config: {0}")]
+pub struct StampError(String);
+
+impl ConfigStamp {
+    /// The stamp of a config (`Config`, `SafeConfig`), taken from its TOML
+    /// form: what `config.toml` holds, so a file written by a run and read
+    /// back gives the same stamp (floats round-trip exactly).
+    pub fn of<C: Serialize>(cfg: &C) -> Result<Self, StampError> {
+        let text = toml::to_string(cfg).map_err(|e| StampError(e.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e| StampError(format!("{e}")))?;
+        let mut out = BTreeMap::new();
+        for (k, v) in table {
+            if !RESUMABLE_KEYS.contains(&k.as_str()) {
+                flatten(k, v, &mut out);
+            }
+        }
+        Ok(ConfigStamp(out))
+    }
+
+    /// What differs between `self` (the checkpoint's) and `now` (the config
+    /// it is resumed with), one entry per key:
+    /// `method.name = "ef21" in the checkpoint, "ef14" in the config`.
+    pub fn changes(&self, now: &ConfigStamp) -> Vec<String> {
+        let keys: std::collections::BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
+        let show = |v: Option<&String>| v.map_or("absent".to_string(), |v| v.clone());
+        keys.into_iter()
+            .filter(|k| self.0.get(*k) != now.0.get(*k))
+            .map(|k| {
+                format!(
+                    "{k} = {} in the checkpoint, {} in the config",
+                    show(self.0.get(k)),
+                    show(now.0.get(k))
+                )
+            })
+            .collect()
+    }
+}
+
+fn flatten(key: String, v: toml::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                flatten(format!("{key}.{k}"), v, out);
+            }
+        }
+        v => {
+            out.insert(key, v.to_string());
+        }
+    }
+}
+
+/// A checkpoint's state does not fit the run it is resumed into (wrong
+/// dimension, worker count, or a vector that is not well formed).
+#[derive(Debug, Error)]
+#[error("checkpoint does not match the config: {0}")]
+pub struct Mismatch(pub String);
+
+/// Rounds beyond this are not a checkpoint of a real run (2^53: the round
+/// counts are also used as floats, exact up to here).
+pub const MAX_ROUND: u64 = 1 << 53;
+
+fn need_len(what: &str, len: usize, d: usize) -> Result<(), Mismatch> {
+    if len == d {
+        Ok(())
+    } else {
+        Err(Mismatch(format!("{what} has {len} entries, d = {d}")))
+    }
+}
+
+/// A vector the method allocates on first use: empty until then.
+fn lazy_len(what: &str, len: usize, d: usize, needed: bool) -> Result<(), Mismatch> {
+    if len == d || (len == 0 && !needed) {
+        Ok(())
+    } else {
+        Err(Mismatch(format!("{what} has {len} entries, d = {d}")))
+    }
+}
+
+/// Checks that a compressed vector is well formed and of dimension `d`
+/// (the invariant of `CompressedVec`: dense with `dim` values, or sparse with
+/// strictly increasing indices below `dim`, one value each).
+fn check_compressed(what: &str, v: &CompressedVec, d: usize) -> Result<(), Mismatch> {
+    if v.dim != d {
+        return Err(Mismatch(format!("{what} has dimension {}, d = {d}", v.dim)));
+    }
+    if v.dense {
+        if !v.indices.is_empty() || v.values.len() != v.dim {
+            return Err(Mismatch(format!(
+                "{what} is dense with {} values and {} indices, d = {d}",
+                v.values.len(),
+                v.indices.len()
+            )));
+        }
+        return Ok(());
+    }
+    if v.indices.len() != v.values.len() {
+        return Err(Mismatch(format!(
+            "{what} has {} indices but {} values",
+            v.indices.len(),
+            v.values.len()
+        )));
+    }
+    if let Some(w) = v.indices.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(Mismatch(format!(
+            "{what}: indices not strictly increasing ({} then {})",
+            w[0], w[1]
+        )));
+    }
+    if let Some(&i) = v.indices.iter().find(|&&i| i as usize >= d) {
+        return Err(Mismatch(format!("{what}: index {i} out of range, d = {d}")));
+    }
+    Ok(())
+}
+
+/// Checks an EF21-family state against the run it is restored into: `n`
+/// workers, dimension `d`, the method's `parts` (which vectors a round reads).
+/// Every vector a round reads has length d, the others length d or 0 (not
+/// allocated yet), worker ids are in order, the pending downlink is well
+/// formed and of the kind the method sends, the counters are consistent with
+/// the round. Restoring a state that passes cannot index out of bounds.
+pub fn check_state(s: &ClusterState, n: usize, d: usize, parts: &Parts) -> Result<(), Mismatch> {
+    if s.workers.len() != n {
+        return Err(Mismatch(format!(
+            "it has {} workers, the config has {n}",
+            s.workers.len()
+        )));
+    }
+    let sv = &s.server;
+    let round = sv.round;
+    if round > MAX_ROUND {
+        return Err(Mismatch(format!("round {round} is not a plausible round")));
+    }
+    // after round 0 every worker has run (round 0 includes all) and the
+    // lazily allocated vectors of the method exist
+    let started = round > 0;
+    need_len("server x", sv.x.len(), d)?;
+    need_len("server g", sv.g.len(), d)?;
+    let ef21_plus = parts.feedback == Feedback::Ef21Plus;
+    if !(sv.g_i.is_empty() && !(started && ef21_plus)) {
+        if sv.g_i.len() != n {
+            return Err(Mismatch(format!(
+                "server g_i has {} vectors, n = {n}",
+                sv.g_i.len()
+            )));
+        }
+        for (i, gi) in sv.g_i.iter().enumerate() {
+            need_len(&format!("server g_i[{i}]"), gi.len(), d)?;
+        }
+    }
+    let heavy_ball = matches!(parts.server_step, ServerStep::HeavyBall { .. });
+    lazy_len("server v", sv.v.len(), d, started && heavy_ball)?;
+    let bc = parts.downlink == DownlinkMode::CompressedEstimate;
+    lazy_len("server g_bc", sv.g_bc.len(), d, started && bc)?;
+    let down = &sv.next_down;
+    // EF21-BC broadcasts the model before round 0 and estimates after it;
+    // every other method always broadcasts the model
+    let model_expected = !(bc && started);
+    if down.is_model != model_expected {
+        return Err(Mismatch(format!(
+            "the pending downlink is {}, but this method sends {} before round {round}",
+            if down.is_model {
+                "a model"
+            } else {
+                "an estimate"
+            },
+            if model_expected {
+                "the model"
+            } else {
+                "an estimate"
+            }
+        )));
+    }
+    if down.is_model {
+        need_len("the pending downlink's model x", down.x.len(), d)?;
+        // the estimate part is unused: empty or well formed
+        if down.vec.dim != 0 {
+            check_compressed("the pending downlink's estimate", &down.vec, d)?;
+        }
+    } else {
+        lazy_len("the pending downlink's model x", down.x.len(), d, false)?;
+        check_compressed("the pending downlink's estimate", &down.vec, d)?;
+    }
+    if s.last_participants > n {
+        return Err(Mismatch(format!(
+            "{} participants in the last round, n = {n}",
+            s.last_participants
+        )));
+    }
+    let (momentum, double, page) = match parts.estimator {
+        Estimator::Momentum { .. } => (true, false, false),
+        Estimator::DoubleMomentum { .. } => (true, true, false),
+        Estimator::Page { .. } => (false, false, true),
+        _ => (false, false, false),
+    };
+    for (i, w) in s.workers.iter().enumerate() {
+        if w.id != i {
+            return Err(Mismatch(format!("worker {i} has id {}", w.id)));
+        }
+        let f = |name: &str| format!("worker {i} {name}");
+        need_len(&f("x"), w.x.len(), d)?;
+        need_len(&f("g"), w.g.len(), d)?;
+        let init = w.initialized;
+        if init != started {
+            return Err(Mismatch(format!(
+                "worker {i} is {}initialized at round {round}",
+                if init { "" } else { "not " }
+            )));
+        }
+        lazy_len(&f("v"), w.v.len(), d, init && (momentum || page))?;
+        lazy_len(&f("u"), w.u.len(), d, init && double)?;
+        lazy_len(&f("x_prev"), w.x_prev.len(), d, init && page)?;
+        // reset by the worker when it is not of length d
+        lazy_len(&f("g_server"), w.g_server.len(), d, false)?;
+        if w.rounds_participated > round {
+            return Err(Mismatch(format!(
+                "worker {i} took part in {} rounds, the checkpoint is at round {round}",
+                w.rounds_participated
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Safe-EF-family state against the run it is restored into (`n`
+/// workers, dimension `d`): every vector of length d, worker ids in order,
+/// a plausible round. Names the first field that does not fit.
+pub fn check_safe_state(s: &SafeClusterState, n: usize, d: usize) -> Result<(), Mismatch> {
+    if s.workers.len() != n {
+        return Err(Mismatch(format!(
+            "it has {} workers, the config has {n}",
+            s.workers.len()
+        )));
+    }
+    let sv = &s.server;
+    if sv.round > MAX_ROUND {
+        return Err(Mismatch(format!(
+            "round {} is not a plausible round",
+            sv.round
+        )));
+    }
+    if sv.productive > sv.round {
+        return Err(Mismatch(format!(
+            "{} productive rounds at round {}",
+            sv.productive, sv.round
+        )));
+    }
+    need_len("server x", sv.x.len(), d)?;
+    need_len("server w", sv.w.len(), d)?;
+    need_len("server g", sv.g.len(), d)?;
+    need_len("server avg_sum", sv.avg_sum.len(), d)?;
+    for (i, w) in s.workers.iter().enumerate() {
+        if w.id != i {
+            return Err(Mismatch(format!("worker {i} has id {}", w.id)));
+        }
+        need_len(&format!("worker {i} w"), w.w.len(), d)?;
+        need_len(&format!("worker {i} e"), w.e.len(), d)?;
+    }
+    Ok(())
+}
+
 /// Writes any payload in the checkpoint format (header with checksum, JSON),
 /// atomically (temporary file, fsync, rename).
 pub fn write_payload<T: Serialize>(path: &Path, ck: &T) -> Result<(), CheckpointError> {
@@ -130,6 +458,16 @@ pub fn write_payload<T: Serialize>(path: &Path, ck: &T) -> Result<(), Checkpoint
 /// Reads a file written by [`write_payload`], verifying the header, the
 /// length and the checksum before parsing the payload.
 pub fn read_payload<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
+    let (bytes, start) = verified(path)?;
+    serde_json::from_slice(&bytes[start..]).map_err(|e| CheckpointError::Corrupt {
+        path: path.display().to_string(),
+        reason: format!("bad payload: {e}"),
+    })
+}
+
+/// The file's bytes and where its payload starts, after verifying the
+/// header, the length and the checksum.
+fn verified(path: &Path) -> Result<(Vec<u8>, usize), CheckpointError> {
     let p = path.display().to_string();
     let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
         path: p.clone(),
@@ -170,7 +508,7 @@ pub fn read_payload<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointErr
     if fnv1a64(payload) != sum {
         return Err(corrupt("checksum mismatch".into()));
     }
-    serde_json::from_slice(payload).map_err(|e| corrupt(format!("bad payload: {e}")))
+    Ok((bytes, nl + 1))
 }
 
 #[cfg(test)]
@@ -205,6 +543,103 @@ mod tests {
             serde_json::Value::Array(a) => a.iter_mut().for_each(to_version_1),
             _ => {}
         }
+    }
+
+    /// The state of every EF21-family preset, at round 0 and after a few
+    /// rounds, passes [`check_state`] (no false alarms), and a vector of the
+    /// wrong length is named.
+    #[test]
+    fn every_preset_state_passes_the_shape_check() {
+        for p in efkit_core::method::PRESETS {
+            let mut method = format!("name = \"{}\"\n", p.name);
+            for k in p.required {
+                method.push_str(match *k {
+                    "eta" => "eta = 0.3\n",
+                    "batch" => "batch = 8\n",
+                    "participation" => "participation = 0.5\n",
+                    "prox" => "prox = { kind = \"l1\", lambda = 0.01 }\n",
+                    other => panic!("{}: add a value for `{other}`", p.name),
+                });
+            }
+            let server = if p.name == "ef21-bc" {
+                "[server_compressor]\nname = \"top-k\"\nk = 5\n"
+            } else {
+                ""
+            };
+            // the uncompressed presets (gd, sgd) refuse a compressor
+            let compressor = if matches!(p.name, "gd" | "sgd") {
+                ""
+            } else {
+                "[compressor]\nname = \"top-k\"\nk = 3\n"
+            };
+            let cfg = parse_with_hints(&format!(
+                "seed = 3\n[problem]\nkind = \"logistic\"\ndataset = \"phishing\"\nworkers = 4\n\
+                 [method]\n{method}{compressor}{server}\
+                 [step]\nrule = \"absolute\"\nvalue = 0.1\n"
+            ))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            let mut c = prepare(&cfg)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.name))
+                .cluster;
+            let (n, d) = (c.n(), c.server.state.x.len());
+            for round in 0..4 {
+                let s = c.snapshot(0.0, 0.0);
+                check_state(&s, n, d, &c.parts)
+                    .unwrap_or_else(|e| panic!("{} at round {round}: {e}", p.name));
+                c.step().unwrap();
+            }
+            let mut s = c.snapshot(0.0, 0.0);
+            s.workers[1].g.pop();
+            let e = check_state(&s, n, d, &c.parts).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("worker 1 g has {} entries, d = {d}", d - 1)),
+                "{e}"
+            );
+        }
+    }
+
+    /// A stamp names the keys that changed, and ignores [stop] and threads.
+    #[test]
+    fn config_stamp_names_what_changed() {
+        let base = "seed = 2\nthreads = 1\n[problem]\nkind = \"logistic\"\ndataset = \"phishing\"\nworkers = 4\n\
+                    [method]\nname = \"ef21\"\n[stop]\nmax_rounds = 10\n";
+        let a = ConfigStamp::of(&parse_with_hints(base).unwrap()).unwrap();
+        let same = base
+            .replace("max_rounds = 10", "max_rounds = 99")
+            .replace("threads = 1", "threads = 2");
+        assert_eq!(
+            ConfigStamp::of(&parse_with_hints(&same).unwrap()).unwrap(),
+            a
+        );
+        let other = base
+            .replace("\"ef21\"", "\"ef14\"")
+            .replace("workers = 4", "workers = 5");
+        let changes = a.changes(&ConfigStamp::of(&parse_with_hints(&other).unwrap()).unwrap());
+        assert_eq!(
+            changes,
+            [
+                "method.name = \"ef21\" in the checkpoint, \"ef14\" in the config",
+                "problem.workers = 4 in the checkpoint, 5 in the config"
+            ]
+        );
+        // written and read back with the checkpoint
+        let dir = std::env::temp_dir().join(format!("efkit-ck-stamp-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(CHECKPOINT_FILE);
+        let ck = Checkpoint {
+            state: prepare(&parse_with_hints(base).unwrap())
+                .unwrap()
+                .cluster
+                .snapshot(1.0, 0.0),
+        };
+        write_stamped(&path, &ck, &a).unwrap();
+        let (back, stamp): (Checkpoint, _) = read_stamped(&path).unwrap();
+        assert_eq!((back, stamp), (ck.clone(), Some(a)));
+        // and a checkpoint without one reads as None
+        write(&path, &ck).unwrap();
+        let (_, stamp): (Checkpoint, _) = read_stamped(&path).unwrap();
+        assert_eq!(stamp, None);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A checkpoint reads back to the same state bit for bit, in the current

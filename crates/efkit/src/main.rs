@@ -123,9 +123,9 @@ enum Command {
     Methods,
     /// The compressor catalogue with each class and constant for dimension D.
     Compressors {
-        /// The dimension d.
+        /// The dimension d (1 to 4294967295).
         #[arg(long, default_value_t = 1000)]
-        dim: usize,
+        dim: u64,
     },
 }
 

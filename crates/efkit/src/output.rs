@@ -40,6 +40,21 @@ pub fn holds_run(dir: &Path) -> bool {
     RUN_FILES.iter().any(|f| dir.join(f).exists())
 }
 
+/// Creates `dir` (and its parents) and checks that files can be created in
+/// it: an output directory that cannot be written is the user's to fix (a
+/// [`crate::UserError`] naming it), found before any work starts.
+pub fn ensure_writable_dir(dir: &Path, what: &str) -> Result<()> {
+    let user = |e: std::io::Error| {
+        crate::UserError(format!("cannot create {what} {}: {e}", dir.display()))
+    };
+    fs::create_dir_all(dir).map_err(user)?;
+    let probe = dir.join(format!(".efkit-write-test.{}", std::process::id()));
+    File::create(&probe)
+        .map_err(|e| crate::UserError(format!("{what} {} is not writable: {e}", dir.display())))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Prepares the output directory: creates it, refuses an existing run unless
 /// `force` (then removes the old run files).
 pub fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
@@ -64,9 +79,7 @@ pub fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
             }
         }
     }
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    Ok(())
+    ensure_writable_dir(dir, "output directory")
 }
 
 /// A fresh timestamped directory under `runs/`.
@@ -136,4 +149,86 @@ impl JsonLines {
         self.file.flush()?;
         Ok(())
     }
+}
+
+/// The rows of a run's `metrics.jsonl` kept by a resumption: every
+/// well-formed line up to the checkpoint's round (later lines are redone).
+pub struct KeptRows<T> {
+    /// The rows, in file order.
+    pub rows: Vec<T>,
+    /// A note for stderr when the last line was cut (what a kill can leave)
+    /// and is dropped.
+    pub note: Option<String>,
+}
+
+/// Reads the metrics lines of `path` with `round(row) <= max_round`, for
+/// both method families. A missing file gives no rows. The last line may be
+/// cut by a kill: it is dropped (with a note). Any other line that does not
+/// parse is a [`crate::UserError`] naming it: dropping it, or the lines after
+/// it, would lose results, so the file is left for the user to repair.
+pub fn read_rows<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    max_round: u64,
+    round: impl Fn(&T) -> u64,
+) -> Result<KeptRows<T>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(KeptRows {
+                rows: Vec::new(),
+                note: None,
+            })
+        }
+        Err(e) => bail!(crate::UserError(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    };
+    let last = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, _)| i)
+        .last();
+    let mut rows = Vec::new();
+    let mut note = None;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<T>(line) {
+            Ok(m) => {
+                if round(&m) <= max_round {
+                    rows.push(m);
+                }
+            }
+            Err(e) if Some(i) == last => {
+                note = Some(format!(
+                    "note: {} line {} is incomplete ({e}), probably cut by a kill; it is dropped",
+                    path.display(),
+                    i + 1
+                ));
+            }
+            Err(e) => bail!(crate::UserError(format!(
+                "{} line {}: {e}; repair or delete that line, then resume again (nothing was changed)",
+                path.display(),
+                i + 1
+            ))),
+        }
+    }
+    Ok(KeptRows { rows, note })
+}
+
+/// Rewrites `path` atomically with the kept rows of a resumption (printing
+/// the note on a dropped last line) and opens it for appending.
+pub fn rewrite_kept<T: serde::Serialize>(path: &Path, kept: &KeptRows<T>) -> Result<JsonLines> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        ensure_writable_dir(dir, "run directory")?;
+    }
+    let mut lines = JsonLines::create_atomic(path, &kept.rows)?;
+    lines.sync()?;
+    if let Some(note) = &kept.note {
+        eprintln!("{note}");
+    }
+    Ok(lines)
 }

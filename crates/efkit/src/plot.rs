@@ -196,7 +196,9 @@ pub fn series_from_metrics(
     s
 }
 
-fn lookup_f64(row: &serde_json::Value, key: &str) -> Option<f64> {
+/// `key` of a metrics row as a number: verbatim, or as a dotted path into
+/// nested objects (`"eval.loss"`).
+pub fn lookup_f64(row: &serde_json::Value, key: &str) -> Option<f64> {
     if let Some(v) = row.get(key) {
         return v.as_f64();
     }

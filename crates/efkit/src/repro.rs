@@ -206,7 +206,7 @@ pub fn cmd_repro(
         ))
         .into());
     }
-    std::fs::create_dir_all(&out)?;
+    output::ensure_writable_dir(&out, "output directory")?;
     match name {
         ReproName::Ef21 => repro_ef21(&out, force, quick, quiet),
         ReproName::BwPage => crate::repro_bw::bw_page(&out, force, quick, quiet),

@@ -29,7 +29,7 @@
 //! multiplier 0 (c = 0). Everything printed is measured; nothing is hard-coded.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use efkit_core::compress::CompressorSpec;
@@ -176,16 +176,30 @@ fn label(method: &str) -> &'static str {
     }
 }
 
+/// Refuses to start when one of the run directories `dirs` already holds a
+/// run and `force` is not given (`cmd_repro` only sees the reproduction's
+/// README.md, which an interrupted reproduction has not written yet): checked
+/// before any work, as `efkit run` does for its `--out`.
+fn refuse_existing_runs(dirs: &[PathBuf], force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    if let Some(d) = dirs.iter().find(|d| output::holds_run(d)) {
+        return Err(crate::UserError(format!(
+            "{} already holds a run; use --force to overwrite the reproduction's runs or choose another --out",
+            d.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// `efkit repro safe-ef`.
 pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
-    let _ = force; // cmd_repro already refused an existing reproduction without --force
     let n = 16;
     let rounds: u64 = if quick { 1500 } else { 30_000 };
     let tune_rounds = rounds / 5;
-    let rf = reference(out, quiet)?;
-    let r = rf.x_star.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let problem = np_problem(n);
-    let comps = [(0.1, "Top-10%"), (0.01, "Top-1%")];
+    let comps: [(f64, &str); 2] = [(0.1, "Top-10%"), (0.01, "Top-1%")];
     // (method, compressor index or None for identity, grid)
     let mut plan: Vec<(&str, Option<usize>, Vec<f64>)> =
         vec![("parallel-sgd", None, vec![0.25, 1.0, 4.0, 16.0])];
@@ -194,6 +208,21 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
             plan.push((m, Some(ci), vec![4.0, 16.0, 64.0, 256.0]));
         }
     }
+    let run_dir = |m: &str, ci: Option<usize>| {
+        out.join(format!(
+            "{}-{}",
+            m,
+            ci.map_or("identity".to_string(), |c| format!(
+                "top{}",
+                (comps[c].0 * 100.0).round() as u32
+            ))
+        ))
+    };
+    let dirs: Vec<PathBuf> = plan.iter().map(|(m, ci, _)| run_dir(m, *ci)).collect();
+    refuse_existing_runs(&dirs, force)?;
+    let rf = reference(out, quiet)?;
+    let r = rf.x_star.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let problem = np_problem(n);
     let comp_of =
         |ci: Option<usize>| ci.map_or(CompressorSpec::named("identity"), |c| topk(comps[c].0));
     // 1. tuning on the first fifth (theory horizon = the full run)
@@ -272,16 +301,7 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
         eprintln!("full runs: {} runs of {rounds} rounds", finals.len());
     }
     let results = par_map(&finals, cores(), |(pi, cfg)| {
-        let (m, ci, _) = &plan[*pi];
-        let dir = out.join(format!(
-            "{}-{}",
-            m,
-            ci.map_or("identity".to_string(), |c| format!(
-                "top{}",
-                (comps[c].0 * 100.0).round() as u32
-            ))
-        ));
-        run_safe(cfg, &dir, true)
+        run_safe(cfg, &dirs[*pi], force)
     });
     let mut runs = Vec::new();
     for ((pi, cfg), res) in finals.iter().zip(results) {
@@ -344,20 +364,10 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
     for (pi, _, s, rows) in &runs {
         let (m, ci, _) = &plan[*pi];
         let last = rows.last().context("no metrics")?;
-        let gamma = std::fs::read_to_string(
-            out.join(format!(
-                "{}-{}",
-                m,
-                ci.map_or("identity".to_string(), |c| format!(
-                    "top{}",
-                    (comps[c].0 * 100.0).round() as u32
-                ))
-            ))
-            .join("summary.json"),
-        )
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["setup"]["gamma"].as_f64());
+        let gamma = std::fs::read_to_string(dirs[*pi].join("summary.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["setup"]["gamma"].as_f64());
         let _ = writeln!(
             table,
             "| {} | {} | {} | {} | {} | {} | {:.3e} | {:.3e} | {:.3e} | {:.3e} | {:?} |",
@@ -427,9 +437,15 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
 
 /// `efkit repro safe-ef-scaling`.
 pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
-    let _ = force; // cmd_repro already refused an existing reproduction without --force
     let workers = [1usize, 2, 4, 8, 16, 32];
     let seeds: Vec<u64> = (1..=5).collect();
+    let run_dir = |n: usize, seed: u64| out.join(format!("n{n:02}-seed{seed}"));
+    let dirs: Vec<PathBuf> = workers
+        .iter()
+        .flat_map(|&n| seeds.iter().map(move |&s| (n, s)))
+        .map(|(n, s)| run_dir(n, s))
+        .collect();
+    refuse_existing_runs(&dirs, force)?;
     let rounds: u64 = if quick { 800 } else { 30_000 };
     let batch = 8;
     let multiplier = 16.0;
@@ -481,7 +497,7 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
         );
     }
     let results = par_map(&jobs, cores(), |(n, seed, c)| {
-        run_safe(c, &out.join(format!("n{n:02}-seed{seed}")), true)
+        run_safe(c, &run_dir(*n, *seed), force)
     });
     let mut by_n: Vec<Vec<Vec<SafeMetrics>>> = vec![Vec::new(); workers.len()];
     for ((n, _, _), res) in jobs.iter().zip(results) {

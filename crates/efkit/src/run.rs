@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use efkit_runtime::checkpoint;
+use efkit_runtime::checkpoint::{self, ConfigStamp};
 use efkit_runtime::config::Config;
 use efkit_runtime::setup;
 use efkit_runtime::{Control, RoundMetrics, Status, Summary};
@@ -13,6 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::output::{self, JsonLines};
 use crate::plot;
 use crate::{UserError, XAxis, EXIT_DIVERGED, EXIT_INTERRUPTED};
+
+/// The largest dimension `efkit compressors --dim` accepts (indices are u32).
+pub const MAX_DIM: u64 = u32::MAX as u64;
 
 /// Set by SIGINT/SIGTERM: the current round finishes, then the run stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -52,12 +55,18 @@ pub fn apply_overrides(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Reads a config file with overrides; every problem is a [`UserError`].
-pub fn load_config(path: &Path, sets: &[String]) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UserError(format!("cannot read config {}: {e}", path.display())))?;
+/// Reads a config file's text. Read it once and parse the text: a pipe,
+/// `/dev/stdin` or a process substitution gives its content only once.
+pub fn read_config_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| UserError(format!("cannot read config {}: {e}", path.display())).into())
+}
+
+/// Parses the text of the config file `path` with overrides; every problem
+/// is a [`UserError`].
+pub fn parse_config(text: &str, path: &Path, sets: &[String]) -> Result<Config> {
     let mut doc: toml::Table =
-        toml::from_str(&text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
+        toml::from_str(text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
     apply_overrides(&mut doc, sets)?;
     let cfg: Config = Config::deserialize_table(doc)
         .map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
@@ -92,29 +101,65 @@ pub fn run_config(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Summary
     output::prepare_dir(out, opts.force)?;
     let mut resolved = cfg.clone();
     resolved.step.value.get_or_insert(prepared.info.gamma);
+    // the stamp of what config.toml holds, which a resumption compares
+    let stamp = ConfigStamp::of(&resolved)?;
     output::write_atomic(&out.join("config.toml"), resolved.to_toml().as_bytes())?;
     let metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
-    drive(prepared, cfg, out, opts, metrics, Vec::new(), None)
+    drive(prepared, cfg, out, opts, metrics, Vec::new(), None, &stamp)
 }
 
-/// What a resumed EF21-family run starts from: the config, the checkpoint,
-/// the metrics lines up to the checkpoint's round, and `metrics.jsonl`
-/// rewritten with them and open for appending (later lines are redone).
-pub struct Resumed {
-    /// The run's config.
-    pub cfg: Config,
-    /// The checkpoint.
-    pub checkpoint: checkpoint::Checkpoint,
-    /// The metrics lines kept.
-    pub rows: Vec<RoundMetrics>,
-    /// `metrics.jsonl`, open for appending.
-    pub metrics: JsonLines,
+/// Whether the checkpoint of the run in `dir` can be resumed under the
+/// config (stamp `now`, round limit `max_rounds`): it was taken under the
+/// same config, the run is not finished, the round is plausible. Every
+/// problem is a [`UserError`]; a checkpoint without a stamp (written by an
+/// older efkit) is accepted with a note on stderr.
+pub fn check_resumable(
+    dir: &Path,
+    stamp: Option<&ConfigStamp>,
+    now: &ConfigStamp,
+    round: u64,
+    max_rounds: u64,
+) -> Result<()> {
+    let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let cfg_path = dir.join("config.toml");
+    match stamp {
+        Some(s) => {
+            let changes = s.changes(now);
+            if !changes.is_empty() {
+                return Err(UserError(format!(
+                    "{} does not match the config the checkpoint {} was taken under:\n  {}\nresuming would continue the old state under other settings; restore those keys (only [stop] and `threads` may change between a run and its resumption), or start a new run with `efkit run`",
+                    cfg_path.display(),
+                    ck_path.display(),
+                    changes.join("\n  ")
+                ))
+                .into());
+            }
+        }
+        None => eprintln!(
+            "note: {} records no config (written by an older efkit); {} is assumed unchanged since the run started",
+            ck_path.display(),
+            cfg_path.display()
+        ),
+    }
+    if round > checkpoint::MAX_ROUND {
+        return Err(UserError(format!(
+            "checkpoint {} is at round {round}, which no run reaches: the file was edited or damaged",
+            ck_path.display()
+        ))
+        .into());
+    }
+    if round >= max_rounds {
+        return Err(UserError(format!(
+            "run already finished at round {round} (stop.max_rounds = {max_rounds} in {}); nothing to resume (raise stop.max_rounds to continue it)",
+            cfg_path.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
-/// Reads `dir`'s config and checkpoint and trims its metrics (every problem
-/// is a [`UserError`]); used by both backends.
-pub fn open_resumed(dir: &Path) -> Result<Resumed> {
-    let cfg = load_config(&dir.join("config.toml"), &[])?;
+/// The checkpoint file of `dir`, or a [`UserError`] saying how to get one.
+pub fn checkpoint_path(dir: &Path) -> Result<PathBuf> {
     let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
     if !ck_path.exists() {
         return Err(UserError(format!(
@@ -124,48 +169,97 @@ pub fn open_resumed(dir: &Path) -> Result<Resumed> {
         ))
         .into());
     }
-    let ck = checkpoint::read(&ck_path).map_err(|e| UserError(e.to_string()))?;
+    Ok(ck_path)
+}
+
+/// What a resumed EF21-family run starts from: the config, the checkpoint
+/// and the metrics lines up to the checkpoint's round. Nothing in the run
+/// directory has changed yet: [`Resumed::restore`] checks the state against
+/// the cluster built from the config and restores it, and only then
+/// [`Resumed::commit`] rewrites `metrics.jsonl` (a resumption that fails
+/// before leaves every file as it was).
+pub struct Resumed {
+    /// The run's config.
+    pub cfg: Config,
+    /// The checkpoint.
+    pub checkpoint: checkpoint::Checkpoint,
+    /// The metrics lines kept (and a note when a cut last line was dropped).
+    pub kept: output::KeptRows<RoundMetrics>,
+    /// The stamp of `cfg`, for the checkpoints of the continuation.
+    pub stamp: ConfigStamp,
+    dir: PathBuf,
+}
+
+/// Reads `dir`'s config (text already read, `config_text`), checkpoint and
+/// metrics, and checks that the checkpoint can be resumed under the config
+/// (every problem is a [`UserError`]); writes nothing. Used by both backends.
+pub fn open_resumed(dir: &Path, config_text: &str) -> Result<Resumed> {
+    let cfg = parse_config(config_text, &dir.join("config.toml"), &[])?;
+    let ck_path = checkpoint_path(dir)?;
+    let (ck, stamp): (checkpoint::Checkpoint, _) =
+        checkpoint::read_stamped(&ck_path).map_err(|e| UserError(e.to_string()))?;
+    let now = ConfigStamp::of(&cfg)?;
     let round = ck.state.server.round;
+    check_resumable(dir, stamp.as_ref(), &now, round, cfg.stop.max_rounds)?;
     // keep the metrics up to the checkpoint's round; later lines are redone
-    let metrics_path = dir.join("metrics.jsonl");
-    let old = plot::read_metrics(&metrics_path).unwrap_or_default();
-    let mut rows: Vec<RoundMetrics> = Vec::new();
-    for v in old {
-        let m: RoundMetrics = serde_json::from_value(v)
-            .map_err(|e| UserError(format!("{}: {e}", metrics_path.display())))?;
-        if m.round <= round {
-            rows.push(m);
-        }
-    }
-    let mut metrics = JsonLines::create_atomic(&metrics_path, &rows)?;
-    metrics.sync()?;
+    let kept = output::read_rows(&dir.join("metrics.jsonl"), round, |m: &RoundMetrics| {
+        m.round
+    })?;
     Ok(Resumed {
         cfg,
         checkpoint: ck,
-        rows,
-        metrics,
+        kept,
+        stamp: now,
+        dir: dir.to_path_buf(),
     })
+}
+
+impl Resumed {
+    /// Checks the checkpoint's state against `cluster` (built from the
+    /// config: its dimension, worker count and method) and restores it;
+    /// returns the initial loss and elapsed seconds of the interrupted run.
+    pub fn restore(&mut self, cluster: &mut efkit_runtime::Cluster) -> Result<(f64, f64)> {
+        let ck_path = self.dir.join(checkpoint::CHECKPOINT_FILE);
+        let state = std::mem::replace(
+            &mut self.checkpoint.state,
+            efkit_runtime::ClusterState {
+                server: Default::default(),
+                workers: Vec::new(),
+                participations: 0,
+                last_participants: 0,
+                initial_loss: 0.0,
+                elapsed: 0.0,
+            },
+        );
+        let d = cluster.server.state.x.len();
+        checkpoint::check_state(&state, cluster.n(), d, &cluster.parts)
+            .map_err(|e| UserError(format!("{}: {e}", ck_path.display())))?;
+        let resume = (state.initial_loss, state.elapsed);
+        cluster
+            .restore(state)
+            .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+        Ok(resume)
+    }
+
+    /// Rewrites `metrics.jsonl` with the kept lines (later lines are redone)
+    /// and opens it for appending; call once everything is validated.
+    pub fn commit(self) -> Result<(Config, Vec<RoundMetrics>, JsonLines, ConfigStamp)> {
+        let metrics = output::rewrite_kept(&self.dir.join("metrics.jsonl"), &self.kept)?;
+        Ok((self.cfg, self.kept.rows, metrics, self.stamp))
+    }
 }
 
 /// `efkit resume DIR`: continues a run from its checkpoint.
 pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
     install_signal_handler();
-    if crate::run_safe::is_safe_config(&dir.join("config.toml")) {
-        return crate::run_safe::cmd_resume(dir);
+    let text = read_config_text(&dir.join("config.toml"))?;
+    if crate::run_safe::is_safe_text(&text) {
+        return crate::run_safe::cmd_resume(dir, &text);
     }
-    let Resumed {
-        cfg,
-        checkpoint: ck,
-        rows,
-        metrics,
-    } = open_resumed(dir)?;
-    let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
-    let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
-    let (initial_loss, elapsed) = (ck.state.initial_loss, ck.state.elapsed);
-    prepared
-        .cluster
-        .restore(ck.state)
-        .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+    let mut resumed = open_resumed(dir, &text)?;
+    let mut prepared = setup::prepare(&resumed.cfg).map_err(|e| UserError(e.to_string()))?;
+    let (initial_loss, elapsed) = resumed.restore(&mut prepared.cluster)?;
+    let (cfg, rows, metrics, stamp) = resumed.commit()?;
     let opts = RunOptions {
         quiet,
         force: true,
@@ -179,11 +273,13 @@ pub fn cmd_resume(dir: &Path, quiet: bool) -> Result<u8> {
         metrics,
         rows,
         Some((initial_loss, elapsed)),
+        &stamp,
     )?;
     report(&cfg, &summary, dir);
     Ok(exit_code(&summary))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive(
     prepared: setup::Prepared,
     cfg: &Config,
@@ -192,6 +288,7 @@ fn drive(
     mut metrics: JsonLines,
     mut rows: Vec<RoundMetrics>,
     resume: Option<(f64, f64)>,
+    stamp: &ConfigStamp,
 ) -> Result<Summary> {
     let mut cluster = prepared.cluster;
     let pb = if opts.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -237,11 +334,12 @@ fn drive(
             }
         },
         |state| {
-            checkpoint::write(
+            checkpoint::write_stamped(
                 &ck_path,
                 &checkpoint::Checkpoint {
                     state: state.clone(),
                 },
+                stamp,
             )
             .map_err(|e| e.to_string())
         },
@@ -355,10 +453,11 @@ pub fn cmd_run(
     checkpoint_every: Option<u64>,
     quiet: bool,
 ) -> Result<u8> {
-    if let Some(doc) = safe_method_doc(config, sets)? {
+    let text = read_config_text(config)?;
+    if let Some(doc) = safe_method_doc(&text, sets)? {
         return cmd_run_safe(doc, config, out, force, threads, checkpoint_every);
     }
-    let mut cfg = load_config(config, sets)?;
+    let mut cfg = parse_config(&text, config, sets)?;
     if let Some(t) = threads {
         cfg.threads = t;
     }
@@ -379,13 +478,10 @@ pub fn cmd_run(
     Ok(exit_code(&summary))
 }
 
-/// The config document (with overrides) when its method is a Safe-EF-family
-/// method (constrained problems have their own config schema).
-pub fn safe_method_doc(path: &Path, sets: &[String]) -> Result<Option<toml::Table>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(None);
-    };
-    let Ok(mut doc) = toml::from_str::<toml::Table>(&text) else {
+/// The config document (with overrides) when the config text's method is a
+/// Safe-EF-family method (constrained problems have their own config schema).
+pub fn safe_method_doc(text: &str, sets: &[String]) -> Result<Option<toml::Table>> {
+    let Ok(mut doc) = toml::from_str::<toml::Table>(text) else {
         return Ok(None);
     };
     apply_overrides(&mut doc, sets)?;
@@ -422,18 +518,64 @@ fn cmd_run_safe(
     Ok(crate::run_safe::report(&cfg, &summary, &out, ""))
 }
 
-/// `efkit plot`.
+/// `efkit plot`. Bad input is refused before anything is drawn: an `--out`
+/// that is a directory (it is a file stem), an unwritable place, a run
+/// without metrics rows, or an axis key with no numeric value in a run (the
+/// error lists the keys that have some).
 pub fn cmd_plot(dirs: &[PathBuf], x: XAxis, y: &str, out: &Path) -> Result<u8> {
     let (xk, xl) = x.key();
+    // the extensions are appended to the stem: `p/` or `p/.` would write
+    // `p/.svg` or `p/..svg`, hidden files no one asked for
+    let raw = out.as_os_str().to_string_lossy();
+    let last = raw
+        .rsplit(['/', std::path::MAIN_SEPARATOR])
+        .next()
+        .unwrap_or("");
+    if matches!(last, "" | "." | "..") {
+        return Err(UserError(format!(
+            "--out {}: expected a file stem (writes STEM.svg and STEM.png), not a directory; e.g. --out {}",
+            out.display(),
+            Path::new(raw.trim_end_matches(['/', std::path::MAIN_SEPARATOR])).join("plot").display()
+        ))
+        .into());
+    }
     let mut series = Vec::new();
     for d in dirs {
         let path = d.join("metrics.jsonl");
         let rows = plot::read_metrics(&path).map_err(|e| UserError(format!("{e:#}")))?;
+        if rows.is_empty() {
+            return Err(UserError(format!("{} has no metrics rows", path.display())).into());
+        }
+        for key in [xk, y] {
+            if !rows.iter().any(|r| plot::lookup_f64(r, key).is_some()) {
+                return Err(UserError(format!(
+                    "{}: no numeric values of `{key}`; keys with numeric values: {}",
+                    path.display(),
+                    numeric_keys(&rows).join(", ")
+                ))
+                .into());
+            }
+        }
         let label = d
             .file_name()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| d.display().to_string());
-        series.push(plot::series_from_metrics(&rows, xk, y, &label));
+        let s = plot::series_from_metrics(&rows, xk, y, &label);
+        // the y axis is logarithmic: a series with nothing positive draws nothing
+        if !s.y.iter().any(|v| v.is_finite() && *v > 0.0) {
+            return Err(UserError(format!(
+                "{}: no row has both a `{xk}` value and a positive `{y}` value to draw on the log y axis",
+                path.display()
+            ))
+            .into());
+        }
+        series.push(s);
+    }
+    // an unwritable place is the user's to fix: refuse it by name
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        output::ensure_writable_dir(parent, "plot directory")?;
+    } else {
+        output::ensure_writable_dir(Path::new("."), "plot directory")?;
     }
     let panel = plot::Panel {
         title: String::new(),
@@ -446,6 +588,22 @@ pub fn cmd_plot(dirs: &[PathBuf], x: XAxis, y: &str, out: &Path) -> Result<u8> {
     let (svg, png) = plot::render(&[panel], 1, out)?;
     println!("{}\n{}", svg.display(), png.display());
     Ok(0)
+}
+
+/// The top-level keys of `rows` that hold a number in some row (sorted).
+fn numeric_keys(rows: &[serde_json::Value]) -> Vec<String> {
+    let mut keys: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.as_object())
+        .flat_map(|o| {
+            o.iter()
+                .filter(|(_, v)| v.is_number())
+                .map(|(k, _)| k.clone())
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// `efkit data list`.
@@ -472,7 +630,6 @@ pub fn cmd_data_inspect(name: &str) -> Result<u8> {
     Ok(0)
 }
 
-/// `efkit compressors`.
 /// `efkit methods`: every preset with its `[method]` keys.
 pub fn cmd_methods() -> Result<u8> {
     let keys = |p: &efkit_core::method::Preset| {
@@ -501,10 +658,19 @@ pub fn cmd_methods() -> Result<u8> {
     Ok(0)
 }
 
-pub fn cmd_compressors(dim: usize) -> Result<u8> {
-    if dim == 0 {
-        return Err(UserError("--dim must be >= 1".into()).into());
-    }
+/// `efkit compressors`: the catalogue for dimension `dim`.
+pub fn cmd_compressors(dim: u64) -> Result<u8> {
+    // indices travel as u32: a larger d has no compressor, and a huge one
+    // would only make the constants' computation crawl
+    let dim = match usize::try_from(dim) {
+        Ok(d) if (1..=MAX_DIM).contains(&dim) => d,
+        _ => {
+            return Err(UserError(format!(
+                "--dim {dim}: the dimension must be between 1 and {MAX_DIM}"
+            ))
+            .into())
+        }
+    };
     println!("compressor catalogue for d = {dim}");
     println!(
         "{:<20} {:<12} {:>14}  description",

@@ -117,7 +117,7 @@ mod with_mpi {
     use std::sync::atomic::Ordering;
 
     use anyhow::Result;
-    use efkit_runtime::checkpoint::{self, SafeCheckpoint};
+    use efkit_runtime::checkpoint::{self, ConfigStamp, SafeCheckpoint};
     use efkit_runtime::config::Config;
     use efkit_runtime::mpi_backend::{
         launch, Launched, MpiCluster, MpiError, MpiRuntime, MpiSafeCluster, RootJob, SetupFailure,
@@ -129,7 +129,7 @@ mod with_mpi {
     use indicatif::{ProgressBar, ProgressStyle};
 
     use crate::output::{self, JsonLines};
-    use crate::run::{self, load_config, INTERRUPTED};
+    use crate::run::{self, INTERRUPTED};
     use crate::run_safe;
     use crate::UserError;
 
@@ -162,6 +162,9 @@ mod with_mpi {
         transport: JsonLines,
         /// The checkpoint's round when the run resumes.
         resumed_from: Option<u64>,
+        /// The stamp of the config as `config.toml` holds it, written into
+        /// every checkpoint.
+        stamp: ConfigStamp,
         family: Family,
     }
 
@@ -204,6 +207,7 @@ mod with_mpi {
         output::prepare_dir(&out, force)?;
         let mut resolved = cfg.clone();
         resolved.step.value.get_or_insert(prepared.info.gamma);
+        let stamp = ConfigStamp::of(&resolved)?;
         output::write_atomic(&out.join("config.toml"), resolved.to_toml().as_bytes())?;
         let metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
         let transport = JsonLines::create(&out.join("transport.jsonl"))?;
@@ -213,6 +217,7 @@ mod with_mpi {
                 metrics,
                 transport,
                 resumed_from: None,
+                stamp,
                 family: Family::Ef21 {
                     cfg,
                     rows: Vec::new(),
@@ -238,6 +243,7 @@ mod with_mpi {
         let prepared = prepare_safe(&cfg).map_err(|e| UserError(e.to_string()))?;
         let out = out.unwrap_or_else(|| output::fresh_dir(&cfg.method.name));
         output::prepare_dir(&out, force)?;
+        let stamp = ConfigStamp::of(&cfg)?;
         output::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let metrics = JsonLines::create(&out.join("metrics.jsonl"))?;
         let transport = JsonLines::create(&out.join("transport.jsonl"))?;
@@ -247,6 +253,7 @@ mod with_mpi {
                 metrics,
                 transport,
                 resumed_from: None,
+                stamp,
                 family: Family::Safe {
                     cfg: cfg.clone(),
                     rows: Vec::new(),
@@ -262,7 +269,7 @@ mod with_mpi {
     }
 
     /// `transport.jsonl` of a resumed run: the lines up to `round` kept,
-    /// open for appending.
+    /// open for appending (call once everything is validated).
     fn trim_transport(dir: &Path, round: u64) -> Result<JsonLines> {
         let path = dir.join("transport.jsonl");
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -275,23 +282,19 @@ mod with_mpi {
     }
 
     /// Rank 0's setup of the continuation of the run in `dir` from its
-    /// checkpoint (either family; the checkpoint may come from either backend).
+    /// checkpoint (either family; the checkpoint may come from either
+    /// backend). Everything is read and checked (config, setup, checkpoint
+    /// against the config) before `metrics.jsonl` and `transport.jsonl` are
+    /// trimmed, so a resumption that fails leaves the directory as it was.
     fn setup_resume(dir: &Path, ranks: usize) -> Result<(RootSide, RootJob)> {
-        let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
-        if run_safe::is_safe_config(&dir.join("config.toml")) {
-            let run_safe::Resumed {
-                cfg,
-                checkpoint,
-                rows,
-                lines,
-            } = run_safe::open_resumed(dir)?;
-            check_ranks(cfg.problem.workers, ranks)?;
-            let mut prepared = prepare_safe(&cfg).map_err(|e| UserError(e.to_string()))?;
-            let (round, elapsed) = (checkpoint.safe.server.round, checkpoint.safe.elapsed);
-            prepared
-                .cluster
-                .restore(checkpoint.safe)
-                .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+        let text = run::read_config_text(&dir.join("config.toml"))?;
+        if run_safe::is_safe_text(&text) {
+            let mut resumed = run_safe::open_resumed(dir, &text)?;
+            check_ranks(resumed.cfg.problem.workers, ranks)?;
+            let mut prepared = prepare_safe(&resumed.cfg).map_err(|e| UserError(e.to_string()))?;
+            let round = resumed.checkpoint.safe.server.round;
+            let elapsed = resumed.restore(&mut prepared.cluster)?;
+            let (cfg, rows, lines, stamp) = resumed.commit()?;
             let transport = trim_transport(dir, round)?;
             return Ok((
                 RootSide {
@@ -299,6 +302,7 @@ mod with_mpi {
                     metrics: lines,
                     transport,
                     resumed_from: Some(round),
+                    stamp,
                     family: Family::Safe {
                         cfg: cfg.clone(),
                         rows,
@@ -312,20 +316,12 @@ mod with_mpi {
                 },
             ));
         }
-        let run::Resumed {
-            cfg,
-            checkpoint,
-            rows,
-            metrics,
-        } = run::open_resumed(dir)?;
-        check_ranks(cfg.problem.workers, ranks)?;
-        let mut prepared = setup::prepare(&cfg).map_err(|e| UserError(e.to_string()))?;
-        let st = checkpoint.state;
-        let (round, initial_loss, elapsed) = (st.server.round, st.initial_loss, st.elapsed);
-        prepared
-            .cluster
-            .restore(st)
-            .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+        let mut resumed = run::open_resumed(dir, &text)?;
+        check_ranks(resumed.cfg.problem.workers, ranks)?;
+        let mut prepared = setup::prepare(&resumed.cfg).map_err(|e| UserError(e.to_string()))?;
+        let round = resumed.checkpoint.state.server.round;
+        let (initial_loss, elapsed) = resumed.restore(&mut prepared.cluster)?;
+        let (cfg, rows, metrics, stamp) = resumed.commit()?;
         let mut resolved = cfg.clone();
         resolved.step.value.get_or_insert(prepared.info.gamma);
         let transport = trim_transport(dir, round)?;
@@ -335,6 +331,7 @@ mod with_mpi {
                 metrics,
                 transport,
                 resumed_from: Some(round),
+                stamp,
                 family: Family::Ef21 {
                     cfg,
                     rows,
@@ -497,6 +494,7 @@ mod with_mpi {
             mut metrics,
             mut transport,
             resumed_from,
+            stamp,
             family,
         } = side;
         let Family::Ef21 {
@@ -537,11 +535,12 @@ mod with_mpi {
                 }
             },
             |state| {
-                checkpoint::write(
+                checkpoint::write_stamped(
                     &ck_path,
                     &checkpoint::Checkpoint {
                         state: state.clone(),
                     },
+                    &stamp,
                 )
                 .map_err(|e| e.to_string())
             },
@@ -602,6 +601,7 @@ mod with_mpi {
             mut metrics,
             mut transport,
             resumed_from,
+            stamp,
             family,
         } = side;
         let Family::Safe {
@@ -641,11 +641,12 @@ mod with_mpi {
                 }
             },
             |state| {
-                checkpoint::write_safe(
+                checkpoint::write_stamped(
                     &ck_path,
                     &SafeCheckpoint {
                         safe: state.clone(),
                     },
+                    &stamp,
                 )
                 .map_err(|e| e.to_string())
             },
@@ -688,7 +689,9 @@ mod with_mpi {
         quiet: bool,
     ) -> Result<u8> {
         let setup = |ranks: usize| -> Result<(RootSide, RootJob)> {
-            if let Some(doc) = run::safe_method_doc(config, sets)? {
+            // read once: a pipe or /dev/stdin gives its content only once
+            let text = run::read_config_text(config)?;
+            if let Some(doc) = run::safe_method_doc(&text, sets)? {
                 let text = toml::to_string(&doc)?;
                 let mut cfg = run_safe::parse(&text, config)?;
                 if let Some(t) = threads {
@@ -699,7 +702,7 @@ mod with_mpi {
                 }
                 return setup_safe(cfg, out, force, ranks);
             }
-            let mut cfg = load_config(config, sets)?;
+            let mut cfg = run::parse_config(&text, config, sets)?;
             if let Some(t) = threads {
                 cfg.threads = t;
             }

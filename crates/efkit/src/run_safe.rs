@@ -10,12 +10,14 @@
 //! continues: the metrics equal those of an uninterrupted run bit for bit
 //! (seconds aside), because the state holds every value a later round reads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
-use efkit_runtime::checkpoint::{self, SafeCheckpoint};
-use efkit_runtime::safe::{prepare_safe, safe_stop, SafeConfig, SafeMetrics, SafeSummary};
+use anyhow::Result;
+use efkit_runtime::checkpoint::{self, ConfigStamp, SafeCheckpoint};
+use efkit_runtime::safe::{
+    prepare_safe, safe_stop, SafeCluster, SafeClusterState, SafeConfig, SafeMetrics, SafeSummary,
+};
 use efkit_runtime::{Control, Status};
 
 use crate::output::{self, JsonLines};
@@ -27,13 +29,10 @@ pub fn parse(text: &str, path: &Path) -> Result<SafeConfig> {
         .map_err(|e| UserError(format!("config {}: {e}", path.display())).into())
 }
 
-/// Whether the config file `path` is a Safe-EF-family config (its
-/// `[method].name` is one of `efkit_core::safe::SAFE_METHOD_NAMES`).
-pub fn is_safe_config(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    let Ok(doc) = toml::from_str::<toml::Table>(&text) else {
+/// Whether the config text is a Safe-EF-family config (its `[method].name`
+/// is one of `efkit_core::safe::SAFE_METHOD_NAMES`).
+pub fn is_safe_text(text: &str) -> bool {
+    let Ok(doc) = toml::from_str::<toml::Table>(text) else {
         return false;
     };
     let name = doc
@@ -49,40 +48,21 @@ pub fn is_safe_config(path: &Path) -> bool {
 pub fn run(cfg: &SafeConfig, dir: &Path, force: bool) -> Result<(SafeSummary, Vec<SafeMetrics>)> {
     let mut prepared = prepare_safe(cfg).map_err(|e| UserError(e.to_string()))?;
     output::prepare_dir(dir, force)?;
+    let stamp = ConfigStamp::of(cfg)?;
     output::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let lines = JsonLines::create(&dir.join("metrics.jsonl"))?;
     let mut rows = Vec::new();
-    let summary = drive(&mut prepared.cluster, cfg, dir, lines, &mut rows, None)?;
+    let summary = drive(
+        &mut prepared.cluster,
+        cfg,
+        dir,
+        lines,
+        &mut rows,
+        None,
+        &stamp,
+    )?;
     write_summary(dir, &summary, &rows, &prepared.info, None)?;
     Ok((summary, rows))
-}
-
-/// Reads the metrics lines of `path` with round <= `max_round` into `rows`.
-pub fn read_rows(path: &Path, max_round: u64, rows: &mut Vec<SafeMetrics>) -> Result<()> {
-    rows.clear();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let count = text.lines().count();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let m: SafeMetrics = match serde_json::from_str(line) {
-            Ok(m) => m,
-            // a line cut by a kill is the last one: drop it
-            Err(_) if i + 1 == count => break,
-            Err(e) => {
-                return Err(UserError(format!("{} line {}: {e}", path.display(), i + 1)).into())
-            }
-        };
-        if m.round <= max_round {
-            rows.push(m);
-        }
-    }
-    Ok(())
 }
 
 /// The rounds loop with metrics lines and checkpoints (shared by run and resume).
@@ -93,6 +73,7 @@ fn drive(
     mut lines: JsonLines,
     rows: &mut Vec<SafeMetrics>,
     resume: Option<f64>,
+    stamp: &ConfigStamp,
 ) -> Result<SafeSummary> {
     let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
     let mut write_err = None;
@@ -113,11 +94,12 @@ fn drive(
             }
         },
         |state| {
-            checkpoint::write_safe(
+            checkpoint::write_stamped(
                 &ck_path,
                 &SafeCheckpoint {
                     safe: state.clone(),
                 },
+                stamp,
             )
             .map_err(|e| e.to_string())
         },
@@ -150,66 +132,80 @@ pub fn write_summary(
     )
 }
 
-/// What a resumed run starts from: the config, the checkpoint and the kept
-/// metrics (`metrics.jsonl` rewritten with the lines up to the checkpoint's
-/// round, later lines are redone).
+/// What a resumed Safe-EF run starts from: the config, the checkpoint and
+/// the kept metrics. Nothing in the run directory has changed yet (see
+/// `crate::run::Resumed`): [`Resumed::restore`] checks and restores the
+/// state, then [`Resumed::commit`] rewrites `metrics.jsonl`.
 pub struct Resumed {
     /// The run's config.
     pub cfg: SafeConfig,
     /// The checkpoint.
     pub checkpoint: SafeCheckpoint,
-    /// The metrics lines kept.
-    pub rows: Vec<SafeMetrics>,
-    /// `metrics.jsonl`, open for appending after the kept lines.
-    pub lines: JsonLines,
+    /// The metrics lines kept (and a note when a cut last line was dropped).
+    pub kept: output::KeptRows<SafeMetrics>,
+    /// The stamp of `cfg`, for the checkpoints of the continuation.
+    pub stamp: ConfigStamp,
+    dir: PathBuf,
 }
 
-/// Reads `dir`'s config and checkpoint and trims its metrics (every problem
-/// is a [`UserError`]).
-pub fn open_resumed(dir: &Path) -> Result<Resumed> {
-    let cfg_path = dir.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path)
-        .map_err(|e| UserError(format!("cannot read config {}: {e}", cfg_path.display())))?;
-    let cfg = parse(&text, &cfg_path)?;
-    let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
-    if !ck_path.exists() {
-        return Err(UserError(format!(
-            "{} has no checkpoint ({}); run with --checkpoint-every N to write one",
-            dir.display(),
-            ck_path.display()
-        ))
-        .into());
-    }
-    let checkpoint = checkpoint::read_safe(&ck_path).map_err(|e| UserError(e.to_string()))?;
-    let metrics_path = dir.join("metrics.jsonl");
-    let mut rows = Vec::new();
-    read_rows(&metrics_path, checkpoint.safe.server.round, &mut rows)?;
-    let mut lines = JsonLines::create_atomic(&metrics_path, &rows)?;
-    lines.sync()?;
+/// Reads `dir`'s config (text already read, `config_text`), checkpoint and
+/// metrics, and checks that the checkpoint can be resumed under the config
+/// (every problem is a [`UserError`]); writes nothing.
+pub fn open_resumed(dir: &Path, config_text: &str) -> Result<Resumed> {
+    let cfg = parse(config_text, &dir.join("config.toml"))?;
+    let ck_path = crate::run::checkpoint_path(dir)?;
+    let (checkpoint, stamp): (SafeCheckpoint, _) =
+        checkpoint::read_stamped(&ck_path).map_err(|e| UserError(e.to_string()))?;
+    let now = ConfigStamp::of(&cfg)?;
+    let round = checkpoint.safe.server.round;
+    crate::run::check_resumable(dir, stamp.as_ref(), &now, round, cfg.stop.max_rounds)?;
+    let kept = output::read_rows(&dir.join("metrics.jsonl"), round, |m: &SafeMetrics| m.round)?;
     Ok(Resumed {
         cfg,
         checkpoint,
-        rows,
-        lines,
+        kept,
+        stamp: now,
+        dir: dir.to_path_buf(),
     })
 }
 
-/// `efkit resume DIR` for a Safe-EF run, in-process.
-pub fn cmd_resume(dir: &Path) -> Result<u8> {
-    let Resumed {
-        cfg,
-        checkpoint,
-        mut rows,
-        lines,
-    } = open_resumed(dir)?;
-    let mut prepared = prepare_safe(&cfg).map_err(|e| UserError(e.to_string()))?;
-    let elapsed = checkpoint.safe.elapsed;
-    prepared.cluster.restore(checkpoint.safe).map_err(|e| {
-        UserError(format!(
-            "checkpoint {}: {e}",
-            dir.join(checkpoint::CHECKPOINT_FILE).display()
-        ))
-    })?;
+impl Resumed {
+    /// Checks the checkpoint's state against `cluster` (built from the
+    /// config) and restores it; returns the elapsed seconds of the
+    /// interrupted run.
+    pub fn restore(&mut self, cluster: &mut SafeCluster) -> Result<f64> {
+        let ck_path = self.dir.join(checkpoint::CHECKPOINT_FILE);
+        let state = std::mem::replace(
+            &mut self.checkpoint.safe,
+            SafeClusterState {
+                server: Default::default(),
+                workers: Vec::new(),
+                elapsed: 0.0,
+            },
+        );
+        checkpoint::check_safe_state(&state, cluster.n(), cluster.server.state.x.len())
+            .map_err(|e| UserError(format!("{}: {e}", ck_path.display())))?;
+        let elapsed = state.elapsed;
+        cluster
+            .restore(state)
+            .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
+        Ok(elapsed)
+    }
+
+    /// Rewrites `metrics.jsonl` with the kept lines (later lines are redone)
+    /// and opens it for appending; call once everything is validated.
+    pub fn commit(self) -> Result<(SafeConfig, Vec<SafeMetrics>, JsonLines, ConfigStamp)> {
+        let lines = output::rewrite_kept(&self.dir.join("metrics.jsonl"), &self.kept)?;
+        Ok((self.cfg, self.kept.rows, lines, self.stamp))
+    }
+}
+
+/// `efkit resume DIR` for a Safe-EF run (config text `config_text`), in-process.
+pub fn cmd_resume(dir: &Path, config_text: &str) -> Result<u8> {
+    let mut resumed = open_resumed(dir, config_text)?;
+    let mut prepared = prepare_safe(&resumed.cfg).map_err(|e| UserError(e.to_string()))?;
+    let elapsed = resumed.restore(&mut prepared.cluster)?;
+    let (cfg, mut rows, lines, stamp) = resumed.commit()?;
     let summary = drive(
         &mut prepared.cluster,
         &cfg,
@@ -217,6 +213,7 @@ pub fn cmd_resume(dir: &Path) -> Result<u8> {
         lines,
         &mut rows,
         Some(elapsed),
+        &stamp,
     )?;
     write_summary(dir, &summary, &rows, &prepared.info, None)?;
     Ok(report(&cfg, &summary, dir, ""))
