@@ -168,6 +168,20 @@ impl XAxis {
     }
 }
 
+/// For the listing commands: a reader that closes the pipe early
+/// (`efkit compressors | head`) ends the program quietly, as it does other
+/// command-line tools, instead of a panic in `println!` (Rust ignores SIGPIPE
+/// by default). Only here: runs keep the default, so a broken MPI or output
+/// pipe is an error they report.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any
+    // output; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     // efkit runs one worker per pool thread, and each worker's network
     // computes its forward/backward pass on that thread: candle's own
@@ -247,11 +261,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             quick,
         } => repro::cmd_repro(name, out, force, quick, cli.quiet),
         Command::Plot { dirs, x, y, out } => run::cmd_plot(&dirs, x, &y, &out),
-        Command::Data { command } => match command {
-            DataCommand::List => run::cmd_data_list(),
-            DataCommand::Inspect { name } => run::cmd_data_inspect(&name),
-        },
-        Command::Methods => run::cmd_methods(),
-        Command::Compressors { dim } => run::cmd_compressors(dim),
+        Command::Data { command } => {
+            quiet_on_closed_pipe();
+            match command {
+                DataCommand::List => run::cmd_data_list(),
+                DataCommand::Inspect { name } => run::cmd_data_inspect(&name),
+            }
+        }
+        Command::Methods => {
+            quiet_on_closed_pipe();
+            run::cmd_methods()
+        }
+        Command::Compressors { dim } => {
+            quiet_on_closed_pipe();
+            run::cmd_compressors(dim)
+        }
     }
 }

@@ -206,6 +206,16 @@ pub fn cmd_repro(
         ))
         .into());
     }
+    // an unfinished reproduction (no README yet) or other files: every repro
+    // writes fixed file names, so anything already there could be overwritten
+    let occupied = std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !force {
+        return Err(crate::UserError(format!(
+            "{} is not empty; use --force to overwrite what a reproduction writes there, or choose another --out",
+            out.display()
+        ))
+        .into());
+    }
     output::ensure_writable_dir(&out, "output directory")?;
     match name {
         ReproName::Ef21 => repro_ef21(&out, force, quick, quiet),

@@ -319,7 +319,7 @@ pub fn bw_page(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
          contiguous split, logistic regression with the nonconvex regularizer (lambda = 0.1), x^0 ~ N(0, I), step = the poster's multiplier \
          x EF21's theoretical step. PAGE: p = mean_i tau_i/(tau_i + N_i), one coin shared by all workers (the authors' code).\n\n\
          Budget: at most {budget} epochs per run (mushrooms / w8a / a9a; rounds = epochs / expected epochs per round), stopping at \
-         ||grad f||^2 <= {TOL:e}; ||grad f||^2 evaluated about once per epoch (as the authors' code). Bits: client -> server, 32 bits per sent value (the papers' convention; the dense g_i^0 counts d values).\n\n\
+         ||grad f||^2 <= {TOL:e}; ||grad f||^2 evaluated about once per epoch (as the authors' code). Bits: client -> server, 32 bits per sent value (the papers' convention: indices free, the dense g_i^0 of round 0 not charged).\n\n\
          Figure (rows: datasets; left: vs epochs, right: vs #bits/n):\n{}\n\n{finding}\n\n{t}",
         quick_note(quick),
         figure_list(std::slice::from_ref(&fig), out),

@@ -176,24 +176,6 @@ fn label(method: &str) -> &'static str {
     }
 }
 
-/// Refuses to start when one of the run directories `dirs` already holds a
-/// run and `force` is not given (`cmd_repro` only sees the reproduction's
-/// README.md, which an interrupted reproduction has not written yet): checked
-/// before any work, as `efkit run` does for its `--out`.
-fn refuse_existing_runs(dirs: &[PathBuf], force: bool) -> Result<()> {
-    if force {
-        return Ok(());
-    }
-    if let Some(d) = dirs.iter().find(|d| output::holds_run(d)) {
-        return Err(crate::UserError(format!(
-            "{} already holds a run; use --force to overwrite the reproduction's runs or choose another --out",
-            d.display()
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 /// `efkit repro safe-ef`.
 pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> {
     let n = 16;
@@ -219,7 +201,6 @@ pub fn safe_ef(out: &Path, force: bool, quick: bool, quiet: bool) -> Result<u8> 
         ))
     };
     let dirs: Vec<PathBuf> = plan.iter().map(|(m, ci, _)| run_dir(m, *ci)).collect();
-    refuse_existing_runs(&dirs, force)?;
     let rf = reference(out, quiet)?;
     let r = rf.x_star.iter().map(|v| v * v).sum::<f64>().sqrt();
     let problem = np_problem(n);
@@ -440,12 +421,6 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
     let workers = [1usize, 2, 4, 8, 16, 32];
     let seeds: Vec<u64> = (1..=5).collect();
     let run_dir = |n: usize, seed: u64| out.join(format!("n{n:02}-seed{seed}"));
-    let dirs: Vec<PathBuf> = workers
-        .iter()
-        .flat_map(|&n| seeds.iter().map(move |&s| (n, s)))
-        .map(|(n, s)| run_dir(n, s))
-        .collect();
-    refuse_existing_runs(&dirs, force)?;
     let rounds: u64 = if quick { 800 } else { 30_000 };
     let batch = 8;
     let multiplier = 16.0;

@@ -615,10 +615,48 @@ fn safe_repros_never_overwrite_existing_runs() {
             Duration::from_secs(20),
         );
         assert!(finished, "{name}: still running after 20 s");
-        assert_user_error(&o, &[sub, "--force"], name);
+        assert_user_error(&o, &["not empty", "--force"], name);
         assert_eq!(
             std::fs::read_to_string(&metrics).unwrap(),
             "{\"round\":0}\n"
         );
     }
+}
+
+/// A listing read only in part (`efkit compressors | head -n 2`) ends quietly
+/// when the reader closes the pipe: no panic message, killed by SIGPIPE like
+/// other command-line tools.
+#[test]
+fn closed_output_pipe_ends_a_listing_quietly() {
+    let mut child = bin()
+        .args(["compressors", "--dim", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the first line
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(13), "status {:?}, stderr {err}", o.status);
+    }
+}
+
+/// A reproduction never writes into a directory that already holds files
+/// (an unfinished earlier run has no README yet) unless --force is given.
+#[test]
+fn repro_refuses_a_non_empty_output_directory() {
+    let d = tmp("repro-occupied");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    write(&out, "curve.csv", "round,value\n0,1\n");
+    let o = run(&["repro", "sgdm-divergence", "--quick", "--out", out.to_str().unwrap(), "-q"]);
+    assert_user_error(&o, &["not empty", "--force"], "non-empty repro directory");
+    assert_eq!(
+        std::fs::read_to_string(out.join("curve.csv")).unwrap(),
+        "round,value\n0,1\n"
+    );
 }
