@@ -127,6 +127,39 @@ pub fn check_threads(threads: usize) -> Result<(), String> {
     }
 }
 
+/// The least memory the state of `n` workers in dimension `d` takes: each
+/// worker keeps at least its estimate g_i and two d-vectors of scratch, the
+/// server x and g (8 bytes per entry). A lower bound: methods with momentum
+/// or PAGE keep more.
+pub fn state_bytes_lower_bound(d: usize, n: usize) -> u128 {
+    8 * d as u128 * (3 * n as u128 + 2)
+}
+
+/// Refuses a run whose state cannot fit in this machine's memory (a feature
+/// index of 4e9 in a data file, a typo in `dim`): a clear error instead of
+/// an allocation failure or the kernel's OOM killer. Machines that do not
+/// report `MemTotal` in /proc/meminfo are not checked.
+pub fn check_state_memory(d: usize, n: usize) -> Result<(), String> {
+    let need = state_bytes_lower_bound(d, n);
+    let Some(total) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok())
+            .map(|kb| kb * 1024)
+    }) else {
+        return Ok(());
+    };
+    if need > total {
+        Err(format!(
+            "d = {d} with n = {n} workers needs at least {:.1} GB of state, more than this machine's {:.1} GB",
+            need as f64 / 1e9,
+            total as f64 / 1e9
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The thread pool of an in-process cluster: `threads` threads, or one per
 /// core for 0 (counted here, not taken from rayon's default, which follows
 /// `RAYON_NUM_THREADS`: the CLI sets that variable to keep candle's own

@@ -953,6 +953,8 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
     }
     let problem = build_problem(&cfg.problem, cfg.seed)?;
     let d = problem.dim();
+    crate::cluster::check_state_memory(d, problem.n_workers())
+        .map_err(|r| bad("problem.dataset", r))?;
     let n = problem.n_workers();
     let uplink = build(&cfg.compressor, d)?;
     if cfg.method.forces_identity() && cfg.compressor.name != "identity" {

@@ -170,6 +170,14 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
             ),
         ));
     }
+    crate::cluster::check_state_memory(data.n_features(), cfg.problem.workers).map_err(|r| {
+        let key = if cfg.problem.features.is_some() {
+            "problem.features"
+        } else {
+            "problem.dataset"
+        };
+        bad(key, r)
+    })?;
     let problem = Problem::from_dataset(
         &data,
         cfg.problem.workers,

@@ -201,6 +201,7 @@ pub fn build_oracles(
                     format!("must be finite and >= 0, got {sigma}"),
                 ));
             }
+            crate::cluster::check_state_memory(dim, workers).map_err(|r| bad("problem.dim", r))?;
             let o = NoisyQuadratic::new(dim, noise, sigma)
                 .map_err(|e| bad("problem.dim", e.to_string()))?;
             Ok((0..workers)

@@ -251,6 +251,21 @@ fn bad_cases(d: &Path) -> Vec<(&'static str, Option<String>, Vec<String>, &'stat
             v(&[]),
             "samples",
         ),
+        (
+            "a feature index that makes the state larger than the machine",
+            s(&ds(&write(d, "huge.libsvm", "-1 4294967295:1\n+1 1:1\n-1 2:1\n+1 3:1\n"))
+                .replace("workers = 4", "workers = 2")),
+            v(&[]),
+            "GB of state",
+        ),
+        (
+            "a dimension that makes the state larger than the machine",
+            s("[problem]\nkind = \"noisy-quadratic\"\nworkers = 2\ndim = 1000000000\nnoise = \"gaussian\"\nsigma = 1.0\n\
+               [method]\nname = \"ef21-sgd\"\nbatch = 1\n[compressor]\nname = \"top-k\"\nk = 1\n\
+               [step]\nrule = \"absolute\"\nvalue = 0.1\n"),
+            v(&[]),
+            "problem.dim",
+        ),
         ("K > d", None, v(&["--set", "compressor.k=1000"]), "k"),
         ("K = 0", None, v(&["--set", "compressor.k=0"]), "k"),
         (
