@@ -251,12 +251,15 @@ fn lp_norm(x: &[f64], p: f64, m: f64) -> f64 {
             x.iter().map(|v| (v * c).abs()).sum::<f64>() / c
         }
     } else {
-        let c = scale_for(m);
-        x.iter()
-            .map(|v| (v * c).abs().powf(p))
+        // relative to the largest entry: the terms lie in [0, 1] with one
+        // equal to 1, so the sum is in [1, d] for any p (a large p such as
+        // 1e6 overflowed with entries scaled into [1, 2) and underflows to 0
+        // with any scale below 1)
+        m * x
+            .iter()
+            .map(|v| (v.abs() / m).powf(p))
             .sum::<f64>()
             .powf(1.0 / p)
-            / c
     }
 }
 
@@ -1424,6 +1427,20 @@ mod tests {
     use crate::compress::{decode_one, encode_one};
     use crate::rng::rng_from_key;
     use rand::Rng as _;
+
+    /// A large finite norm order (p = 1e6, close to the max norm) neither
+    /// overflows nor underflows: ||x||_p lies between max|x_j| and
+    /// d^(1/p) max|x_j|, and a message is produced.
+    #[test]
+    fn large_norm_order_is_computed_without_overflow() {
+        let x = [3.0, -7.5, 0.25, 7.5, 1e-300];
+        let m = 7.5;
+        let n = lp_norm(&x, 1e6, m);
+        assert!(n >= m && n <= m * 5f64.powf(1e-6) * (1.0 + 1e-12), "{n}");
+        let c = crate::compress::build(&spec("natural-dithering", 3, Some(1e6), None), x.len()).unwrap();
+        let e = encode_one(c.as_ref(), &x, &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(decode_one(c.as_ref(), &e.bytes, 0).unwrap(), e.value);
+    }
 
     fn spec(name: &str, s: u32, p: Option<f64>, fmt: Option<ValueFormat>) -> CompressorSpec {
         let mut sp = CompressorSpec::named(name);
