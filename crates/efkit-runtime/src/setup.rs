@@ -259,10 +259,28 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
                         "theory-pl needs mu (least squares computes it; give step.mu otherwise)",
                     )
                 })?;
+                if cfg.step.mu.is_none() && !(mu > 0.0) {
+                    return Err(bad(
+                        "step.mu",
+                        format!("the problem's own mu (smallest eigenvalue of its Hessian) is {mu:e}: the PL rule needs mu > 0; give step.mu"),
+                    ));
+                }
                 positive("step.mu", mu)?;
                 theory::ef21_pl_stepsize(s.l, l_mix, a, mu)
             };
-            (cfg.step.multiplier * base, Some(s.l), Some(s.l_tilde))
+            let gamma = cfg.step.multiplier * base;
+            // name the inputs when the formula gives no usable step (L = 0 for
+            // all-zero data, an overflowing lambda or mu, a vanishing alpha)
+            if !(gamma > 0.0 && gamma.is_finite()) {
+                return Err(bad(
+                    "step.rule",
+                    format!(
+                        "the {} step is {gamma:e} (L = {:e}, Ltilde = {:e}, alpha = {a:e}, multiplier = {}): check problem.lambda, the data and the compressor, or use rule = \"absolute\"",
+                        cfg.step.rule, s.l, l_mix, cfg.step.multiplier
+                    ),
+                ));
+            }
+            (gamma, Some(s.l), Some(s.l_tilde))
         }
         other => {
             return Err(bad(
