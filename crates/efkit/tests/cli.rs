@@ -6,58 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_efkit"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("efkit-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-const BASE: &str = r#"seed = 5
-[problem]
-kind = "logistic"
-dataset = "phishing"
-workers = 4
-[method]
-name = "ef21"
-[compressor]
-name = "top-k"
-k = 2
-[step]
-rule = "theory"
-multiplier = 4.0
-[init]
-kind = "gaussian"
-[stop]
-max_rounds = 30
-log_every = 5
-"#;
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn metrics_without_seconds(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn run_writes_config_metrics_summary_and_plots() {

@@ -5,31 +5,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_efkit"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("efkit-rb-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
+mod common;
+use common::*;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -44,27 +26,6 @@ fn assert_user_error(o: &Output, needles: &[&str], what: &str) {
     }
     assert!(!err.contains("panicked"), "{what}: {err}");
 }
-
-/// EF21 on phishing (d = 68), n = 4: a few milliseconds a round.
-const BASE: &str = r#"seed = 5
-[problem]
-kind = "logistic"
-dataset = "phishing"
-workers = 4
-[method]
-name = "ef21"
-[compressor]
-name = "top-k"
-k = 2
-[step]
-rule = "theory"
-multiplier = 4.0
-[init]
-kind = "gaussian"
-[stop]
-max_rounds = 30
-log_every = 5
-"#;
 
 /// Runs `cfg_text` into `dir/name` with a checkpoint every `every` rounds
 /// and extra arguments; asserts success.
@@ -131,18 +92,6 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     v.sort();
     v
-}
-
-fn metrics_without_seconds(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
 }
 
 /// Resumes `dir` after `edit` changed its checkpoint payload; asserts exit
