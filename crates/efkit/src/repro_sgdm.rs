@@ -942,7 +942,7 @@ lambda = {lambda}, on the MNIST training set{rows_note} (pixels / 255 in [0, 1],
 * Splits: {splits}. `contiguous` = file order (MNIST's file order is already mixed: nearly i.i.d. shards); \
 `label-sorted` = images sorted by digit first, so each worker holds one or two digits (heterogeneous f_i).\n\
 * Compressor Top-{k} (values f32 on the wire; the x axis counts 32 bits per value, indices free, as the papers do), x0 = 0.\n\
-* Every method: minibatch B per worker and round; EF21 family g_i^0 = the first minibatch gradient, sent dense (32 d bits); momentum eta = {eta}, v_i^0 (and u_i^0) from the same batch size B (B_init = B).\n\
+* Every method: minibatch B per worker and round; EF21 family g_i^0 = the first minibatch gradient, sent dense (32 d bits on the wire, not charged on the paper axis); momentum eta = {eta}, v_i^0 (and u_i^0) from the same batch size B (B_init = B).\n\
 * Budget: {budget:e} bits/n (the paper's x range), i.e. {rounds14} rounds for EF14-SGD and {rounds21} for the EF21 family (whose dense g_i^0 in round 0 is not charged, as in the authors' counters; the wire-bit columns count it); ||grad f||^2 on the full training set {logs} times per run.\n\
 * Step sizes: start at the paper's tuned values (legend of its figure) times 2^j, j in {jgrid}; when the best is at an edge of the grid, extend it by one more power of two (at most {ext} times per side). \
 Score = mean of ||grad f||^2 over the logged points in the last 25% of the bit budget (diverged = infinite), seed {ts}. \
