@@ -966,6 +966,17 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
         .map(|s| build(s, d))
         .transpose()?;
     let oracles = problem.oracles();
+    // a batch is drawn per block and clamped to each worker's block sizes
+    // (uneven splits); one larger than every worker's data is no minibatch
+    if let Some(b) = cfg.method.batch {
+        let largest = oracles.iter().filter_map(|o| o.num_samples()).max();
+        if let Some(rows) = largest.filter(|&rows| b > rows) {
+            return Err(bad(
+                "method.batch",
+                format!("{b} is more than any worker's {rows} samples; omit method.batch for exact subgradients"),
+            ));
+        }
+    }
     let x0 = vec![0.0; d];
     let needs_theory = cfg.method.step.is_none()
         || (!cfg.method.is_primal_dual() && cfg.method.threshold.is_none());

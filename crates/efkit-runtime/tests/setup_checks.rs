@@ -150,8 +150,8 @@ fn unread_and_clamped_settings_are_errors() {
     assert!(e.to_string().contains("lamda"), "{e}");
 }
 
-/// Safe-EF: an absolute step or threshold together with its multiplier, and
-/// a non-finite f*, are errors.
+/// Safe-EF: an absolute step or threshold together with its multiplier, a
+/// non-finite f*, and a minibatch larger than every worker's data are errors.
 #[test]
 fn safe_ef_conflicting_and_non_finite_settings_are_errors() {
     let base = std::fs::read_to_string(concat!(
@@ -166,10 +166,12 @@ fn safe_ef_conflicting_and_non_finite_settings_are_errors() {
         "threshold_multiplier = 0.0\nthreshold = 0.1",
     );
     let nan_f_star = base.replace("f_star = 0.3607782638006274", "f_star = nan");
+    let huge_batch = base.replace("step_multiplier = 64.0", "step_multiplier = 64.0\nbatch = 100000000");
     for (text, key) in [
         (with_step, "step_multiplier"),
         (with_threshold, "threshold_multiplier"),
         (nan_f_star, "f_star"),
+        (huge_batch, "method.batch"),
     ] {
         match prepare_safe(&parse(&text)) {
             Ok(_) => panic!("accepted a config with a bad `{key}`"),
