@@ -57,6 +57,10 @@ pub struct SetupInfo {
     pub l: Option<f64>,
     /// Ltilde (when computed).
     pub l_tilde: Option<f64>,
+    /// L_AM = mean of the L_i, which EF21-W's theory step uses in place of
+    /// Ltilde (EF21-W with a theory rule only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l_am: Option<f64>,
     /// alpha of the uplink compressor as applied (`CompressorClass::alpha`).
     pub alpha: Option<f64>,
     /// The uplink compressor, resolved.
@@ -313,6 +317,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         gamma,
         l,
         l_tilde,
+        l_am: match (&smoothness, l_tilde) {
+            (Some(s), Some(_)) if probe.weighted => Some(s.l_am()),
+            _ => None,
+        },
         alpha,
         compressor: uplink.describe(),
         server_compressor: downlink.as_ref().map(|c| c.describe()),

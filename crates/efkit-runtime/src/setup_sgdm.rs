@@ -440,6 +440,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         gamma,
         l: None,
         l_tilde: None,
+        l_am: None,
         alpha,
         compressor: cluster.codecs.uplink.describe(),
         server_compressor: None,

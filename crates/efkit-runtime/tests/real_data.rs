@@ -431,6 +431,9 @@ fn ef21_w_takes_the_l_am_step() {
         w.gamma
     );
     assert!(w.gamma > plain.gamma);
+    // the summary names the constant the step used
+    assert_eq!(w.l_am, Some(l_am));
+    assert_eq!(plain.l_am, None);
 }
 
 /// EF21-W's variants reduce to EF21-W bit for bit: EF21-W-SGD with full
