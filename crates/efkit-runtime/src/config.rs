@@ -172,6 +172,19 @@ fn one() -> f64 {
     1.0
 }
 
+impl StepConfig {
+    /// The rule that gives exactly `gamma`: `absolute` with that value and no
+    /// key the theory rules read (setup refuses those with `absolute`).
+    pub fn absolute(gamma: f64) -> StepConfig {
+        StepConfig {
+            rule: "absolute".into(),
+            multiplier: 1.0,
+            value: Some(gamma),
+            mu: None,
+        }
+    }
+}
+
 impl Default for StepConfig {
     fn default() -> Self {
         StepConfig {

@@ -1150,9 +1150,7 @@ pub fn launch(
                 KIND_EF21 => {
                     // rank 0's step: no rank recomputes the theory constants
                     let mut cfg = crate::config::parse_with_hints(text)?;
-                    cfg.step.rule = "absolute".into();
-                    cfg.step.value = Some(gamma);
-                    cfg.step.multiplier = 1.0;
+                    cfg.step = crate::config::StepConfig::absolute(gamma);
                     cfg.threads = 1;
                     let prepared = setup::prepare(&cfg).map_err(|e| e.to_string())?;
                     Ok(Built::Ef21(prepared))

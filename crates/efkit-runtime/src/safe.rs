@@ -40,7 +40,7 @@
 
 use std::time::Instant;
 
-use efkit_core::compress::{build, CompressorClass, CompressorSpec};
+use efkit_core::compress::{build, CompressorSpec};
 use efkit_core::method::RoundCtx;
 use efkit_core::rng::{stream, Purpose};
 use efkit_core::safe::{
@@ -982,10 +982,12 @@ pub fn prepare_safe(cfg: &SafeConfig) -> Result<SafePrepared, SetupError> {
         || (!cfg.method.is_primal_dual() && cfg.method.threshold.is_none());
     let theory = if needs_theory {
         let alpha = |c: &dyn efkit_core::compress::Compressor, key: &str| {
-            match c.class() {
-            CompressorClass::Contractive { alpha } => Ok(alpha),
-            other => Err(bad(key, format!("the theory step needs a contractive compressor, `{}` is {other:?}; give method.step and method.threshold", c.describe()))),
-        }
+            // the alpha error feedback applies (`CompressorClass::alpha`): an
+            // unbiased C with omega >= 1 needs `contractive = true`
+            match c.class().alpha() {
+                Some(alpha) if alpha > 0.0 && alpha <= 1.0 => Ok(alpha),
+                _ => Err(bad(key, format!("the theory step needs a contractive compressor, `{}` is {:?} (for an unbiased one with omega >= 1 set `contractive = true`); or give method.step and method.threshold", c.describe(), c.class()))),
+            }
         };
         let m = match cfg.theory.m {
             Some(m) => m,

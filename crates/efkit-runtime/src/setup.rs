@@ -4,7 +4,7 @@
 //! n <= rows, positive steps, known names), and each error names the key.
 
 use efkit_core::compress::{build, CompressorClass, CompressorSpec};
-use efkit_core::method::{Codecs, DownlinkMode, Regularizer, ServerStep};
+use efkit_core::method::{Codecs, DownlinkMode, Parts, Regularizer, ServerStep};
 use efkit_core::rng::{stream, Purpose};
 use efkit_core::theory;
 use efkit_problems::libsvm::LibsvmOptions;
@@ -301,15 +301,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     }
     let parts = cfg.method.parts(gamma, n, &n_local)?;
     let mut x0 = initial_point(cfg, d)?;
-    // EF21-Prox with an indicator r: the iterates live in its set, so x^0 is
-    // projected onto it (r(x^0) would be infinite otherwise; the projection
-    // is the prox of an indicator for any step)
-    if let ServerStep::Prox {
-        reg: reg @ (Regularizer::Box { .. } | Regularizer::Ball { .. }),
-    } = parts.server_step
-    {
-        reg.prox(&mut x0, gamma);
-    }
+    project_start(&parts, &mut x0);
     let info = SetupInfo {
         n,
         d,
@@ -356,6 +348,18 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         cluster.set_weights(w);
     }
     Ok(Prepared { cluster, info })
+}
+
+/// EF21-Prox with an indicator r: the iterates live in its set, so x^0 is
+/// projected onto it (r(x^0) would be infinite otherwise; the projection is
+/// the prox of an indicator for any step). Other methods: x^0 as given.
+pub(crate) fn project_start(parts: &Parts, x0: &mut [f64]) {
+    if let ServerStep::Prox {
+        reg: reg @ (Regularizer::Box { .. } | Regularizer::Ball { .. }),
+    } = parts.server_step
+    {
+        reg.prox(x0, parts.gamma);
+    }
 }
 
 /// Rejects `[init]` keys that the chosen kind does not read (a typo such as

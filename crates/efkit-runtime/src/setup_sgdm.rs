@@ -388,7 +388,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     let network = problem.network()?;
     #[cfg(not(feature = "nn"))]
     let network: Option<std::convert::Infallible> = None;
-    crate::setup::check_init_keys(cfg)?;
+    // (the other kinds are checked in `initial_point`)
+    if cfg.init.kind == "layers" {
+        crate::setup::check_init_keys(cfg)?;
+    }
     let x0 = match (cfg.init.kind.as_str(), &network) {
         #[cfg(feature = "nn")]
         ("layers", Some(net)) => net.init(cfg.seed),
@@ -522,7 +525,7 @@ pub fn cluster_from_oracles(
         },
         d,
     )?;
-    let x0 = match x0 {
+    let mut x0 = match x0 {
         Some(x) => {
             if x.len() != d {
                 return Err(bad(
@@ -537,6 +540,7 @@ pub fn cluster_from_oracles(
         }
         None => vec![0.0; d],
     };
+    crate::setup::project_start(&parts, &mut x0);
     let codecs = Codecs {
         uplink,
         dense,

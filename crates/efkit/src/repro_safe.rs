@@ -460,7 +460,9 @@ pub fn safe_ef_scaling(out: &Path, force: bool, quick: bool, quiet: bool) -> Res
             );
             c.method.batch = Some(batch);
             c.method.step = Some(gamma);
+            // absolute values replace the multipliers `config` set
             c.method.threshold = Some(0.0);
+            c.method.threshold_multiplier = None;
             c.stop.log_every = (rounds / 300).max(1);
             jobs.push((n, seed, c));
         }

@@ -156,10 +156,29 @@ mod with_mpi {
     }
 
     /// What rank 0 keeps from the setup: where it writes, and its family's run.
+    /// Rank 0's `metrics.jsonl` and `transport.jsonl`: open, or (a
+    /// resumption) rewritten with the kept lines only once every rank has set
+    /// up, so a resumption that fails on another rank changes no file.
+    enum Files {
+        Open {
+            metrics: JsonLines,
+            transport: JsonLines,
+        },
+        Pending(Box<dyn FnOnce() -> Result<(JsonLines, JsonLines)>>),
+    }
+
+    impl Files {
+        fn open(self) -> Result<(JsonLines, JsonLines)> {
+            match self {
+                Files::Open { metrics, transport } => Ok((metrics, transport)),
+                Files::Pending(commit) => commit(),
+            }
+        }
+    }
+
     struct RootSide {
         out: PathBuf,
-        metrics: JsonLines,
-        transport: JsonLines,
+        files: Files,
         /// The checkpoint's round when the run resumes.
         resumed_from: Option<u64>,
         /// The stamp of the config as `config.toml` holds it, written into
@@ -214,8 +233,7 @@ mod with_mpi {
         Ok((
             RootSide {
                 out,
-                metrics,
-                transport,
+                files: Files::Open { metrics, transport },
                 resumed_from: None,
                 stamp,
                 family: Family::Ef21 {
@@ -250,8 +268,7 @@ mod with_mpi {
         Ok((
             RootSide {
                 out,
-                metrics,
-                transport,
+                files: Files::Open { metrics, transport },
                 resumed_from: None,
                 stamp,
                 family: Family::Safe {
@@ -283,9 +300,10 @@ mod with_mpi {
 
     /// Rank 0's setup of the continuation of the run in `dir` from its
     /// checkpoint (either family; the checkpoint may come from either
-    /// backend). Everything is read and checked (config, setup, checkpoint
-    /// against the config) before `metrics.jsonl` and `transport.jsonl` are
-    /// trimmed, so a resumption that fails leaves the directory as it was.
+    /// backend). Everything is read and checked here (config, setup,
+    /// checkpoint against the config); `metrics.jsonl` and `transport.jsonl`
+    /// are trimmed only once every rank has set up ([`Files::Pending`]), so a
+    /// resumption that fails on any rank leaves the directory as it was.
     fn setup_resume(dir: &Path, ranks: usize) -> Result<(RootSide, RootJob)> {
         let text = run::read_config_text(&dir.join("config.toml"))?;
         if run_safe::is_safe_text(&text) {
@@ -294,13 +312,20 @@ mod with_mpi {
             let mut prepared = prepare_safe(&resumed.cfg).map_err(|e| UserError(e.to_string()))?;
             let round = resumed.checkpoint.safe.server.round;
             let elapsed = resumed.restore(&mut prepared.cluster)?;
-            let (cfg, rows, lines, stamp) = resumed.commit()?;
-            let transport = trim_transport(dir, round)?;
+            let (cfg, rows, stamp) = (
+                resumed.cfg.clone(),
+                resumed.kept.rows.clone(),
+                resumed.stamp.clone(),
+            );
+            let owned = dir.to_path_buf();
+            let files = Files::Pending(Box::new(move || {
+                let (_, _, lines, _) = resumed.commit()?;
+                Ok((lines, trim_transport(&owned, round)?))
+            }));
             return Ok((
                 RootSide {
                     out: dir.to_path_buf(),
-                    metrics: lines,
-                    transport,
+                    files,
                     resumed_from: Some(round),
                     stamp,
                     family: Family::Safe {
@@ -321,15 +346,22 @@ mod with_mpi {
         let mut prepared = setup::prepare(&resumed.cfg).map_err(|e| UserError(e.to_string()))?;
         let round = resumed.checkpoint.state.server.round;
         let (initial_loss, elapsed) = resumed.restore(&mut prepared.cluster)?;
-        let (cfg, rows, metrics, stamp) = resumed.commit()?;
+        let (cfg, rows, stamp) = (
+            resumed.cfg.clone(),
+            resumed.kept.rows.clone(),
+            resumed.stamp.clone(),
+        );
         let mut resolved = cfg.clone();
         resolved.step.value.get_or_insert(prepared.info.gamma);
-        let transport = trim_transport(dir, round)?;
+        let owned = dir.to_path_buf();
+        let files = Files::Pending(Box::new(move || {
+            let (_, _, metrics, _) = resumed.commit()?;
+            Ok((metrics, trim_transport(&owned, round)?))
+        }));
         Ok((
             RootSide {
                 out: dir.to_path_buf(),
-                metrics,
-                transport,
+                files,
                 resumed_from: Some(round),
                 stamp,
                 family: Family::Ef21 {
@@ -491,12 +523,13 @@ mod with_mpi {
     ) -> Result<RunEnd> {
         let RootSide {
             out,
-            mut metrics,
-            mut transport,
+            files,
             resumed_from,
             stamp,
             family,
         } = side;
+        // every rank has set up: a resumption may now rewrite its files
+        let (mut metrics, mut transport) = files.open()?;
         let Family::Ef21 {
             cfg,
             mut rows,
@@ -598,12 +631,13 @@ mod with_mpi {
     ) -> Result<RunEnd> {
         let RootSide {
             out,
-            mut metrics,
-            mut transport,
+            files,
             resumed_from,
             stamp,
             family,
         } = side;
+        // every rank has set up: a resumption may now rewrite its files
+        let (mut metrics, mut transport) = files.open()?;
         let Family::Safe {
             cfg,
             mut rows,

@@ -846,3 +846,26 @@ fn synthetic_mnist_and_network_problems_are_bit_identical_over_mpi() {
         assert_same_run(&reference, &out, name);
     }
 }
+
+/// The shipped least-squares example (the PL theory step with an explicit
+/// `step.mu`) over MPI with P = 2: the other ranks take rank 0's step as an
+/// absolute one without the theory-only keys, and the run is bit-identical
+/// to in-process.
+#[test]
+fn theory_pl_example_is_bit_identical_over_mpi() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = example("least-squares-w8a.toml");
+    let reference = dir.path().join("ref");
+    in_process_args(
+        &run_args(&cfg, &reference, &[&EXAMPLE_SETS[..], &["--backend", "in-process"]].concat()),
+        "in-process least squares",
+    );
+    let got = dir.path().join("mpi");
+    let o = mpi_args(
+        2,
+        &[],
+        &run_args(&cfg, &got, &[&EXAMPLE_SETS[..], &["--backend", "mpi"]].concat()),
+    );
+    ok(&o, "least squares over MPI");
+    assert_same_run(&reference, &got, "least squares, P = 2");
+}

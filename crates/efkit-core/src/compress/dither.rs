@@ -230,7 +230,8 @@ pub(crate) fn scale_for(m: f64) -> f64 {
 }
 
 /// ||x||_p computed robustly (no overflow or underflow): p = inf is max|x_j|;
-/// otherwise the entries are scaled by a power of two first when needed.
+/// p = 1, 2 scale the entries by a power of two when needed; other p take
+/// the entries relative to max|x_j|.
 /// `m` is max|x_j| > 0.
 fn lp_norm(x: &[f64], p: f64, m: f64) -> f64 {
     let safe = (pow2(-480)..=pow2(480)).contains(&m);
