@@ -285,17 +285,18 @@ mod with_mpi {
         ))
     }
 
-    /// `transport.jsonl` of a resumed run: the lines up to `round` kept,
-    /// open for appending (call once everything is validated).
-    fn trim_transport(dir: &Path, round: u64) -> Result<JsonLines> {
+    /// The lines of a resumed run's `transport.jsonl` up to `round`, read and
+    /// checked like its metrics (a malformed line other than a cut last one
+    /// is an error) before anything is written.
+    fn kept_transport(
+        dir: &Path,
+        round: u64,
+    ) -> Result<(PathBuf, output::KeptRows<serde_json::Value>)> {
         let path = dir.join("transport.jsonl");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let kept: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["round"].as_u64().is_some_and(|r| r <= round))
-            .collect();
-        JsonLines::create_atomic(&path, &kept)
+        let kept = output::read_rows(&path, round, |v: &serde_json::Value| {
+            v["round"].as_u64().unwrap_or(u64::MAX)
+        })?;
+        Ok((path, kept))
     }
 
     /// Rank 0's setup of the continuation of the run in `dir` from its
@@ -317,10 +318,10 @@ mod with_mpi {
                 resumed.kept.rows.clone(),
                 resumed.stamp.clone(),
             );
-            let owned = dir.to_path_buf();
+            let (tpath, tkept) = kept_transport(dir, round)?;
             let files = Files::Pending(Box::new(move || {
                 let (_, _, lines, _) = resumed.commit()?;
-                Ok((lines, trim_transport(&owned, round)?))
+                Ok((lines, output::rewrite_kept(&tpath, &tkept)?))
             }));
             return Ok((
                 RootSide {
@@ -353,10 +354,10 @@ mod with_mpi {
         );
         let mut resolved = cfg.clone();
         resolved.step.value.get_or_insert(prepared.info.gamma);
-        let owned = dir.to_path_buf();
+        let (tpath, tkept) = kept_transport(dir, round)?;
         let files = Files::Pending(Box::new(move || {
             let (_, _, metrics, _) = resumed.commit()?;
-            Ok((metrics, trim_transport(&owned, round)?))
+            Ok((metrics, output::rewrite_kept(&tpath, &tkept)?))
         }));
         Ok((
             RootSide {
