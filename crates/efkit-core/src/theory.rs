@@ -20,7 +20,10 @@
 
 /// theta(alpha) = 1 - sqrt(1 - alpha).
 pub fn theta(alpha: f64) -> f64 {
-    debug_assert!(alpha > 0.0 && alpha <= 1.0, "alpha = {alpha} outside (0, 1]");
+    debug_assert!(
+        alpha > 0.0 && alpha <= 1.0,
+        "alpha = {alpha} outside (0, 1]"
+    );
     1.0 - (1.0 - alpha).sqrt()
 }
 

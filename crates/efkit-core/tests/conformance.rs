@@ -1197,8 +1197,14 @@ proptest! {
 /// none for omega >= 1, where only C/(1 + omega) contracts.
 #[test]
 fn alpha_as_error_feedback_applies_the_operator() {
-    assert_eq!(CompressorClass::Contractive { alpha: 0.3 }.alpha(), Some(0.3));
-    assert_eq!(CompressorClass::Unbiased { omega: 0.125 }.alpha(), Some(0.875));
+    assert_eq!(
+        CompressorClass::Contractive { alpha: 0.3 }.alpha(),
+        Some(0.3)
+    );
+    assert_eq!(
+        CompressorClass::Unbiased { omega: 0.125 }.alpha(),
+        Some(0.875)
+    );
     assert_eq!(CompressorClass::Unbiased { omega: 0.0 }.alpha(), Some(1.0));
     assert_eq!(CompressorClass::Unbiased { omega: 1.0 }.alpha(), None);
     assert_eq!(CompressorClass::Unbiased { omega: 9.0 }.alpha(), None);

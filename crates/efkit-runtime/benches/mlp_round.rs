@@ -104,10 +104,12 @@ fn main() {
         // per worker: the f32 gradient and the state v, g, t (separate
         // buffers per worker, as in the cluster: 10 x 3 x 1.6 MB in f64)
         let grad32: Vec<Vec<f32>> = (0..10).map(|i| vec![1e-3 * i as f32; d]).collect();
-        let mut state64: Vec<[Vec<f64>; 3]> =
-            (0..10).map(|_| [vec![0.5; d], vec![0.25; d], vec![0.0; d]]).collect();
-        let mut state32: Vec<[Vec<f32>; 3]> =
-            (0..10).map(|_| [vec![0.5; d], vec![0.25; d], vec![0.0; d]]).collect();
+        let mut state64: Vec<[Vec<f64>; 3]> = (0..10)
+            .map(|_| [vec![0.5; d], vec![0.25; d], vec![0.0; d]])
+            .collect();
+        let mut state32: Vec<[Vec<f32>; 3]> = (0..10)
+            .map(|_| [vec![0.5; d], vec![0.25; d], vec![0.0; d]])
+            .collect();
         let mut drawn = vec![Vec::new(); 10];
         for r in 0..reps {
             let t = Instant::now();
@@ -141,24 +143,32 @@ fn main() {
             let t = Instant::now();
             pool.install(|| {
                 use rayon::prelude::*;
-                state64.par_iter_mut().zip(&grad32).for_each(|([v, g, tmp], gr)| {
-                    for (((v, t), g), &gr) in v.iter_mut().zip(tmp.iter_mut()).zip(&*g).zip(gr) {
-                        *v = (1.0 - eta) * *v + eta * f64::from(gr);
-                        *t = *v - g;
-                    }
-                });
+                state64
+                    .par_iter_mut()
+                    .zip(&grad32)
+                    .for_each(|([v, g, tmp], gr)| {
+                        for (((v, t), g), &gr) in v.iter_mut().zip(tmp.iter_mut()).zip(&*g).zip(gr)
+                        {
+                            *v = (1.0 - eta) * *v + eta * f64::from(gr);
+                            *t = *v - g;
+                        }
+                    });
             });
             t_floor64.push(t.elapsed().as_secs_f64());
             let eta = eta as f32;
             let t = Instant::now();
             pool.install(|| {
                 use rayon::prelude::*;
-                state32.par_iter_mut().zip(&grad32).for_each(|([v, g, tmp], gr)| {
-                    for (((v, t), g), &gr) in v.iter_mut().zip(tmp.iter_mut()).zip(&*g).zip(gr) {
-                        *v = (1.0 - eta) * *v + eta * gr;
-                        *t = *v - g;
-                    }
-                });
+                state32
+                    .par_iter_mut()
+                    .zip(&grad32)
+                    .for_each(|([v, g, tmp], gr)| {
+                        for (((v, t), g), &gr) in v.iter_mut().zip(tmp.iter_mut()).zip(&*g).zip(gr)
+                        {
+                            *v = (1.0 - eta) * *v + eta * gr;
+                            *t = *v - g;
+                        }
+                    });
             });
             t_floor32.push(t.elapsed().as_secs_f64());
         }

@@ -122,7 +122,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
     if cfg.step.mu.is_some() && cfg.step.rule != "theory-pl" {
         return Err(bad(
             "step.mu",
-            format!("only rule = \"theory-pl\" reads it (rule is `{}`)", cfg.step.rule),
+            format!(
+                "only rule = \"theory-pl\" reads it (rule is `{}`)",
+                cfg.step.rule
+            ),
         ));
     }
     if cfg.step.multiplier != 1.0 && cfg.step.rule == "absolute" {

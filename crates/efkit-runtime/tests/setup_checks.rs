@@ -100,8 +100,14 @@ fn prox_start_is_projected_onto_the_set() {
 fn unread_and_clamped_settings_are_errors() {
     let topk = "name = \"top-k\"\nk = 1";
     let cases: Vec<(Config, &str)> = vec![
-        (config("name = \"ef21\"", topk, "").with(|c| c.threads = 5000), "threads"),
-        (config("name = \"ef21\"", topk, "").with(|c| c.step.mu = Some(0.1)), "step.mu"),
+        (
+            config("name = \"ef21\"", topk, "").with(|c| c.threads = 5000),
+            "threads",
+        ),
+        (
+            config("name = \"ef21\"", topk, "").with(|c| c.step.mu = Some(0.1)),
+            "step.mu",
+        ),
         (
             config("name = \"ef21\"", topk, "").with(|c| {
                 c.step.rule = "absolute".into();
@@ -122,9 +128,16 @@ fn unread_and_clamped_settings_are_errors() {
             "init.path",
         ),
         // mushrooms over 20 workers: 406 or 407 rows each
-        (config("name = \"ef21-sgd\"\nbatch = 1000", topk, ""), "more than worker 0's"),
         (
-            config("name = \"ef21-sgdm\"\neta = 0.1\nbatch = 8\ninit_batch = 5000", topk, ""),
+            config("name = \"ef21-sgd\"\nbatch = 1000", topk, ""),
+            "more than worker 0's",
+        ),
+        (
+            config(
+                "name = \"ef21-sgdm\"\neta = 0.1\nbatch = 8\ninit_batch = 5000",
+                topk,
+                "",
+            ),
             "method.init_batch",
         ),
     ];
@@ -160,13 +173,19 @@ fn safe_ef_conflicting_and_non_finite_settings_are_errors() {
     ))
     .unwrap();
     let parse = |s: &str| -> SafeConfig { toml::from_str(s).unwrap() };
-    let with_step = base.replace("step_multiplier = 64.0", "step_multiplier = 64.0\nstep = 0.01");
+    let with_step = base.replace(
+        "step_multiplier = 64.0",
+        "step_multiplier = 64.0\nstep = 0.01",
+    );
     let with_threshold = base.replace(
         "threshold_multiplier = 0.0",
         "threshold_multiplier = 0.0\nthreshold = 0.1",
     );
     let nan_f_star = base.replace("f_star = 0.3607782638006274", "f_star = nan");
-    let huge_batch = base.replace("step_multiplier = 64.0", "step_multiplier = 64.0\nbatch = 100000000");
+    let huge_batch = base.replace(
+        "step_multiplier = 64.0",
+        "step_multiplier = 64.0\nbatch = 100000000",
+    );
     for (text, key) in [
         (with_step, "step_multiplier"),
         (with_threshold, "threshold_multiplier"),

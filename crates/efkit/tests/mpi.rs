@@ -857,14 +857,22 @@ fn theory_pl_example_is_bit_identical_over_mpi() {
     let cfg = example("least-squares-w8a.toml");
     let reference = dir.path().join("ref");
     in_process_args(
-        &run_args(&cfg, &reference, &[&EXAMPLE_SETS[..], &["--backend", "in-process"]].concat()),
+        &run_args(
+            &cfg,
+            &reference,
+            &[&EXAMPLE_SETS[..], &["--backend", "in-process"]].concat(),
+        ),
         "in-process least squares",
     );
     let got = dir.path().join("mpi");
     let o = mpi_args(
         2,
         &[],
-        &run_args(&cfg, &got, &[&EXAMPLE_SETS[..], &["--backend", "mpi"]].concat()),
+        &run_args(
+            &cfg,
+            &got,
+            &[&EXAMPLE_SETS[..], &["--backend", "mpi"]].concat(),
+        ),
     );
     ok(&o, "least squares over MPI");
     assert_same_run(&reference, &got, "least squares, P = 2");

@@ -590,7 +590,12 @@ fn closed_output_pipe_ends_a_listing_quietly() {
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(o.status.signal(), Some(13), "status {:?}, stderr {err}", o.status);
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "status {:?}, stderr {err}",
+            o.status
+        );
     }
 }
 
@@ -602,7 +607,14 @@ fn repro_refuses_a_non_empty_output_directory() {
     let out = d.join("out");
     std::fs::create_dir_all(&out).unwrap();
     write(&out, "curve.csv", "round,value\n0,1\n");
-    let o = run(&["repro", "sgdm-divergence", "--quick", "--out", out.to_str().unwrap(), "-q"]);
+    let o = run(&[
+        "repro",
+        "sgdm-divergence",
+        "--quick",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
     assert_user_error(&o, &["not empty", "--force"], "non-empty repro directory");
     assert_eq!(
         std::fs::read_to_string(out.join("curve.csv")).unwrap(),

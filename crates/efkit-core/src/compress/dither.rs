@@ -1438,7 +1438,8 @@ mod tests {
         let m = 7.5;
         let n = lp_norm(&x, 1e6, m);
         assert!(n >= m && n <= m * 5f64.powf(1e-6) * (1.0 + 1e-12), "{n}");
-        let c = crate::compress::build(&spec("natural-dithering", 3, Some(1e6), None), x.len()).unwrap();
+        let c = crate::compress::build(&spec("natural-dithering", 3, Some(1e6), None), x.len())
+            .unwrap();
         let e = encode_one(c.as_ref(), &x, &mut rng_from_key(1), 0).unwrap();
         assert_eq!(decode_one(c.as_ref(), &e.bytes, 0).unwrap(), e.value);
     }
