@@ -172,54 +172,95 @@ pub fn checkpoint_path(dir: &Path) -> Result<PathBuf> {
     Ok(ck_path)
 }
 
-/// What a resumed EF21-family run starts from: the config, the checkpoint
-/// and the metrics lines up to the checkpoint's round. Nothing in the run
-/// directory has changed yet: [`Resumed::restore`] checks the state against
-/// the cluster built from the config and restores it, and only then
-/// [`Resumed::commit`] rewrites `metrics.jsonl` (a resumption that fails
-/// before leaves every file as it was).
-pub struct Resumed {
+/// What a resumed run starts from (either family: config `C`, checkpoint
+/// `K`, metrics rows `R`): the config, the checkpoint and the metrics lines
+/// up to the checkpoint's round. Nothing in the run directory has changed
+/// yet: `restore` (one per family) checks the state against the cluster built
+/// from the config and restores it, and only then [`Resumed::commit`]
+/// rewrites `metrics.jsonl` (a resumption that fails before leaves every
+/// file as it was).
+pub struct Resumed<C, K, R> {
     /// The run's config.
-    pub cfg: Config,
+    pub cfg: C,
     /// The checkpoint.
-    pub checkpoint: checkpoint::Checkpoint,
+    pub checkpoint: K,
     /// The metrics lines kept (and a note when a cut last line was dropped).
-    pub kept: output::KeptRows<RoundMetrics>,
+    pub kept: output::KeptRows<R>,
     /// The stamp of `cfg`, for the checkpoints of the continuation.
     pub stamp: ConfigStamp,
     dir: PathBuf,
 }
 
-/// Reads `dir`'s config (text already read, `config_text`), checkpoint and
-/// metrics, and checks that the checkpoint can be resumed under the config
-/// (every problem is a [`UserError`]); writes nothing. Used by both backends.
-pub fn open_resumed(dir: &Path, config_text: &str) -> Result<Resumed> {
-    let cfg = parse_config(config_text, &dir.join("config.toml"), &[])?;
-    let ck_path = checkpoint_path(dir)?;
-    let (ck, stamp): (checkpoint::Checkpoint, _) =
-        checkpoint::read_stamped(&ck_path).map_err(|e| UserError(e.to_string()))?;
-    let now = ConfigStamp::of(&cfg)?;
-    let round = ck.state.server.round;
-    check_resumable(dir, stamp.as_ref(), &now, round, cfg.stop.max_rounds)?;
-    // keep the metrics up to the checkpoint's round; later lines are redone
-    let kept = output::read_rows(&dir.join("metrics.jsonl"), round, |m: &RoundMetrics| {
-        m.round
-    })?;
-    Ok(Resumed {
-        cfg,
-        checkpoint: ck,
-        kept,
-        stamp: now,
-        dir: dir.to_path_buf(),
-    })
+/// A resumed EF21-family run.
+pub type Ef21Resumed = Resumed<Config, checkpoint::Checkpoint, RoundMetrics>;
+
+impl<C, K, R> Resumed<C, K, R>
+where
+    C: serde::Serialize,
+    K: serde::de::DeserializeOwned,
+    R: serde::de::DeserializeOwned + serde::Serialize,
+{
+    /// Reads `dir`'s checkpoint and metrics for the parsed config `cfg` and
+    /// checks that the checkpoint can be resumed under it (every problem is
+    /// a [`UserError`]); writes nothing. `round_of` gives a checkpoint's
+    /// round, `row_round` a metrics row's. Used by both backends.
+    pub fn open(
+        dir: &Path,
+        cfg: C,
+        max_rounds: u64,
+        round_of: impl Fn(&K) -> u64,
+        row_round: impl Fn(&R) -> u64,
+    ) -> Result<Self> {
+        let ck_path = checkpoint_path(dir)?;
+        let (checkpoint, stamp): (K, _) =
+            checkpoint::read_stamped(&ck_path).map_err(|e| UserError(e.to_string()))?;
+        let now = ConfigStamp::of(&cfg)?;
+        let round = round_of(&checkpoint);
+        check_resumable(dir, stamp.as_ref(), &now, round, max_rounds)?;
+        // keep the metrics up to the checkpoint's round; later lines are redone
+        let kept = output::read_rows(&dir.join("metrics.jsonl"), round, row_round)?;
+        Ok(Resumed {
+            cfg,
+            checkpoint,
+            kept,
+            stamp: now,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The checkpoint file, for messages.
+    pub(crate) fn checkpoint_file(&self) -> PathBuf {
+        self.dir.join(checkpoint::CHECKPOINT_FILE)
+    }
+
+    /// Rewrites `metrics.jsonl` with the kept lines (later lines are redone)
+    /// and opens it for appending; call once everything is validated.
+    pub fn commit(self) -> Result<(C, Vec<R>, JsonLines, ConfigStamp)> {
+        let metrics = output::rewrite_kept(&self.dir.join("metrics.jsonl"), &self.kept)?;
+        Ok((self.cfg, self.kept.rows, metrics, self.stamp))
+    }
 }
 
-impl Resumed {
+/// Reads an EF21-family run in `dir` for resumption ([`Resumed::open`]);
+/// `config_text` is its `config.toml`, already read.
+pub fn open_resumed(dir: &Path, config_text: &str) -> Result<Ef21Resumed> {
+    let cfg = parse_config(config_text, &dir.join("config.toml"), &[])?;
+    let max_rounds = cfg.stop.max_rounds;
+    Resumed::open(
+        dir,
+        cfg,
+        max_rounds,
+        |ck: &checkpoint::Checkpoint| ck.state.server.round,
+        |m: &RoundMetrics| m.round,
+    )
+}
+
+impl Ef21Resumed {
     /// Checks the checkpoint's state against `cluster` (built from the
     /// config: its dimension, worker count and method) and restores it;
     /// returns the initial loss and elapsed seconds of the interrupted run.
     pub fn restore(&mut self, cluster: &mut efkit_runtime::Cluster) -> Result<(f64, f64)> {
-        let ck_path = self.dir.join(checkpoint::CHECKPOINT_FILE);
+        let ck_path = self.checkpoint_file();
         let state = std::mem::replace(
             &mut self.checkpoint.state,
             efkit_runtime::ClusterState {
@@ -239,13 +280,6 @@ impl Resumed {
             .restore(state)
             .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
         Ok(resume)
-    }
-
-    /// Rewrites `metrics.jsonl` with the kept lines (later lines are redone)
-    /// and opens it for appending; call once everything is validated.
-    pub fn commit(self) -> Result<(Config, Vec<RoundMetrics>, JsonLines, ConfigStamp)> {
-        let metrics = output::rewrite_kept(&self.dir.join("metrics.jsonl"), &self.kept)?;
-        Ok((self.cfg, self.kept.rows, metrics, self.stamp))
     }
 }
 

@@ -10,7 +10,7 @@
 //! continues: the metrics equal those of an uninterrupted run bit for bit
 //! (seconds aside), because the state holds every value a later round reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
@@ -132,41 +132,21 @@ pub fn write_summary(
     )
 }
 
-/// What a resumed Safe-EF run starts from: the config, the checkpoint and
-/// the kept metrics. Nothing in the run directory has changed yet (see
-/// `crate::run::Resumed`): [`Resumed::restore`] checks and restores the
-/// state, then [`Resumed::commit`] rewrites `metrics.jsonl`.
-pub struct Resumed {
-    /// The run's config.
-    pub cfg: SafeConfig,
-    /// The checkpoint.
-    pub checkpoint: SafeCheckpoint,
-    /// The metrics lines kept (and a note when a cut last line was dropped).
-    pub kept: output::KeptRows<SafeMetrics>,
-    /// The stamp of `cfg`, for the checkpoints of the continuation.
-    pub stamp: ConfigStamp,
-    dir: PathBuf,
-}
+/// A resumed Safe-EF run (see [`crate::run::Resumed`]).
+pub type Resumed = crate::run::Resumed<SafeConfig, SafeCheckpoint, SafeMetrics>;
 
-/// Reads `dir`'s config (text already read, `config_text`), checkpoint and
-/// metrics, and checks that the checkpoint can be resumed under the config
-/// (every problem is a [`UserError`]); writes nothing.
+/// Reads a Safe-EF run in `dir` for resumption (`Resumed::open`);
+/// `config_text` is its `config.toml`, already read.
 pub fn open_resumed(dir: &Path, config_text: &str) -> Result<Resumed> {
     let cfg = parse(config_text, &dir.join("config.toml"))?;
-    let ck_path = crate::run::checkpoint_path(dir)?;
-    let (checkpoint, stamp): (SafeCheckpoint, _) =
-        checkpoint::read_stamped(&ck_path).map_err(|e| UserError(e.to_string()))?;
-    let now = ConfigStamp::of(&cfg)?;
-    let round = checkpoint.safe.server.round;
-    crate::run::check_resumable(dir, stamp.as_ref(), &now, round, cfg.stop.max_rounds)?;
-    let kept = output::read_rows(&dir.join("metrics.jsonl"), round, |m: &SafeMetrics| m.round)?;
-    Ok(Resumed {
+    let max_rounds = cfg.stop.max_rounds;
+    Resumed::open(
+        dir,
         cfg,
-        checkpoint,
-        kept,
-        stamp: now,
-        dir: dir.to_path_buf(),
-    })
+        max_rounds,
+        |ck: &SafeCheckpoint| ck.safe.server.round,
+        |m: &SafeMetrics| m.round,
+    )
 }
 
 impl Resumed {
@@ -174,7 +154,7 @@ impl Resumed {
     /// config) and restores it; returns the elapsed seconds of the
     /// interrupted run.
     pub fn restore(&mut self, cluster: &mut SafeCluster) -> Result<f64> {
-        let ck_path = self.dir.join(checkpoint::CHECKPOINT_FILE);
+        let ck_path = self.checkpoint_file();
         let state = std::mem::replace(
             &mut self.checkpoint.safe,
             SafeClusterState {
@@ -190,13 +170,6 @@ impl Resumed {
             .restore(state)
             .map_err(|e| UserError(format!("checkpoint {}: {e}", ck_path.display())))?;
         Ok(elapsed)
-    }
-
-    /// Rewrites `metrics.jsonl` with the kept lines (later lines are redone)
-    /// and opens it for appending; call once everything is validated.
-    pub fn commit(self) -> Result<(SafeConfig, Vec<SafeMetrics>, JsonLines, ConfigStamp)> {
-        let lines = output::rewrite_kept(&self.dir.join("metrics.jsonl"), &self.kept)?;
-        Ok((self.cfg, self.kept.rows, lines, self.stamp))
     }
 }
 

@@ -596,34 +596,6 @@ fn kill_and_resume_equals_uninterrupted_run() {
     }
 }
 
-/// A Safe-EF config on mushrooms (Neyman-Pearson, hinge, ball) with `rounds` rounds.
-fn safe_config(method_block: &str, rounds: u64) -> String {
-    format!(
-        r#"seed = 4
-[problem]
-kind = "neyman-pearson"
-dataset = "mushrooms"
-workers = 4
-loss = "hinge"
-tau = 0.4
-radius = 3.0
-[method]
-{method_block}
-[compressor]
-name = "top-k"
-ratio = 0.05
-[server_compressor]
-name = "top-k"
-ratio = 0.3
-[theory]
-rounds = 20000
-[stop]
-max_rounds = {rounds}
-log_every = 7
-"#
-    )
-}
-
 /// SIGKILL of a Safe-EF run (switching with EF14, and the stochastic
 /// primal-dual method), then `efkit resume`: metrics equal an uninterrupted
 /// run bit for bit (ignoring seconds), and the summary ends the same.

@@ -176,7 +176,7 @@ fn resume_refuses_state_that_does_not_fit_the_config() {
         "downlink dimension",
     );
     // Safe-EF: the same check with its own fields
-    let out = run_ok(&d, "safe", &safe_config(30), 20, &[]);
+    let out = run_ok(&d, "safe", &safe_config("name = \"safe-ef\"", 30), 20, &[]);
     resume_edited(
         &out,
         |c| c["safe"]["workers"][2]["e"] = json!([0.0]),
@@ -196,38 +196,16 @@ fn resume_refuses_state_that_does_not_fit_the_config() {
     }
 }
 
-/// A Safe-EF config on mushrooms (d = 112) with `rounds` rounds.
-fn safe_config(rounds: u64) -> String {
-    format!(
-        r#"seed = 4
-[problem]
-kind = "neyman-pearson"
-dataset = "mushrooms"
-workers = 4
-loss = "hinge"
-tau = 0.4
-radius = 3.0
-[method]
-name = "safe-ef"
-[compressor]
-name = "top-k"
-ratio = 0.05
-[theory]
-rounds = 20000
-[stop]
-max_rounds = {rounds}
-log_every = 5
-"#
-    )
-}
-
 /// Item 2: a cut last metrics line is dropped with a note, and every
 /// earlier row is kept: the resumed run's metrics equal an uninterrupted
 /// run's. Both families.
 #[test]
 fn resume_keeps_rows_when_the_last_metrics_line_is_cut() {
     let d = tmp("cut");
-    for (tag, text) in [("ef21", BASE.to_string()), ("safe", safe_config(30))] {
+    for (tag, text) in [
+        ("ef21", BASE.to_string()),
+        ("safe", safe_config("name = \"safe-ef\"", 30)),
+    ] {
         let full = run_ok(&d, &format!("{tag}-full"), &text, 1000, &[]);
         // checkpoint at round 20, rows to 30 (as a kill at round 30 leaves)
         let part = run_ok(&d, &format!("{tag}-part"), &text, 20, &[]);
@@ -327,7 +305,7 @@ fn resume_of_a_finished_run_is_refused() {
         "absurd round",
     );
     // Safe-EF too
-    let out = run_ok(&d, "safe", &safe_config(30), 10, &[]);
+    let out = run_ok(&d, "safe", &safe_config("name = \"safe-ef\"", 30), 10, &[]);
     let o = run(&["resume", out.to_str().unwrap(), "-q"]);
     assert_user_error(&o, &["run already finished at round 30"], "safe finished");
 }

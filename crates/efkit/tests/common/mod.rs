@@ -63,3 +63,31 @@ kind = "gaussian"
 max_rounds = 30
 log_every = 5
 "#;
+
+/// A Safe-EF config on mushrooms (Neyman-Pearson, hinge, ball) with `rounds` rounds.
+pub fn safe_config(method_block: &str, rounds: u64) -> String {
+    format!(
+        r#"seed = 4
+[problem]
+kind = "neyman-pearson"
+dataset = "mushrooms"
+workers = 4
+loss = "hinge"
+tau = 0.4
+radius = 3.0
+[method]
+{method_block}
+[compressor]
+name = "top-k"
+ratio = 0.05
+[server_compressor]
+name = "top-k"
+ratio = 0.3
+[theory]
+rounds = 20000
+[stop]
+max_rounds = {rounds}
+log_every = 7
+"#
+    )
+}
