@@ -48,7 +48,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::bits::{BitReader, BitWriter};
-use crate::compress::{CompressCtx, CompressedVec, Compressor, DecodeCtx, Scratch};
+use crate::compress::{
+    select_top_k_checked, CompressCtx, CompressedVec, Compressor, DecodeCtx, Scratch,
+    StreamedOutcome, StreamedTopK, TopKBlock,
+};
 use crate::error::{CompressError, DecodeError, ParamError};
 use crate::oracle::{GradPiece, Oracle};
 use crate::rng::{stream, stream_key, Purpose};
@@ -1016,6 +1019,12 @@ pub struct WorkerScratch {
     writer: BitWriter,
     alt_writer: BitWriter,
     comp: Scratch,
+    /// The fused Top-K selection (global indices, values of h_i - g_i).
+    sel_idx: Vec<u32>,
+    sel_vals: Vec<f64>,
+    sel_block: Vec<u32>,
+    sel_cand: Vec<u64>,
+    sel_hist: Vec<u32>,
     /// The decoded value of the last uplink (what the server applies).
     pub up: Uplink,
     /// The encoded last uplink.
@@ -1042,6 +1051,143 @@ fn momentum_step<T: Copy + Into<f64>>(
                 *v = (1.0 - eta) * *v + eta * gr.into();
             }
         }
+    }
+}
+
+/// [`momentum_step`] fused with the Top-K selection of t = v - g
+/// ([`StreamedTopK`]): t is offered to the selection instead of stored.
+/// Same arithmetic as `momentum_step`, so the same v and t, bit for bit.
+#[allow(clippy::too_many_arguments)] // the hot loop's operands, each a slice or scalar
+fn momentum_select<T: Copy + Into<f64>>(
+    v: &mut [f64],
+    grad: &[T],
+    g: &[f64],
+    eta: f64,
+    sel: &StreamedTopK,
+    off: u32,
+    idx: &mut Vec<u32>,
+    vals: &mut Vec<f64>,
+) {
+    let mut base = off;
+    let mut vc = v.chunks_exact_mut(8);
+    let mut gc = g.chunks_exact(8);
+    let mut grc = grad.chunks_exact(8);
+    for ((v, g), gr) in (&mut vc).zip(&mut gc).zip(&mut grc) {
+        let mut t = [0.0; 8];
+        for i in 0..8 {
+            v[i] = (1.0 - eta) * v[i] + eta * gr[i].into();
+            t[i] = v[i] - g[i];
+        }
+        sel.offer8(base, &t, idx, vals);
+        base += 8;
+    }
+    let rest = vc
+        .into_remainder()
+        .iter_mut()
+        .zip(gc.remainder())
+        .zip(grc.remainder());
+    for ((v, g), &gr) in rest {
+        *v = (1.0 - eta) * *v + eta * gr.into();
+        sel.offer(base, *v - g, idx, vals);
+        base += 1;
+    }
+}
+
+/// EF21-SGDM's uplink selection made while the gradient streams in: for a
+/// Top-K (or per-layer Top-K) uplink, every gradient piece that is exactly
+/// one Top-K block is folded into v and selected in one pass
+/// ([`momentum_select`]), without storing t = v - g; other pieces are
+/// stored in t and their blocks selected from there. The selection is the
+/// one `compress` makes on t (exact Top-K, ties to the lower index), so the
+/// message is bit for bit the unfused one; any non-finite entry sets
+/// `failed`, and the caller then stores all of t and lets `compress` report
+/// the error as it always does.
+struct FusedSelect<'a> {
+    blocks: &'a [TopKBlock],
+    /// The next block to select.
+    next: usize,
+    failed: bool,
+    idx: &'a mut Vec<u32>,
+    vals: &'a mut Vec<f64>,
+    block_idx: &'a mut Vec<u32>,
+    cand: &'a mut Vec<u64>,
+    hist: &'a mut Vec<u32>,
+}
+
+impl FusedSelect<'_> {
+    /// Folds the gradient piece at `off` into `v` (whole vectors `v`, `t`, `g`).
+    fn piece<T: Copy + Into<f64>>(
+        &mut self,
+        off: usize,
+        grad: &[T],
+        eta: f64,
+        v: &mut [f64],
+        t: &mut [f64],
+        g: &[f64],
+    ) {
+        let end = off + grad.len();
+        let exact = self
+            .blocks
+            .get(self.next)
+            .filter(|b| b.offset == off && b.len == grad.len());
+        if let (Some(&b), false) = (exact, self.failed) {
+            let (vb, gb) = (&mut v[off..end], &g[off..end]);
+            let sel = StreamedTopK::new(
+                b.len,
+                b.k,
+                |j| (1.0 - eta) * vb[j] + eta * grad[j].into() - gb[j],
+                self.cand,
+            );
+            if let Some(sel) = sel {
+                let from = self.idx.len();
+                momentum_select(vb, grad, gb, eta, &sel, off as u32, self.idx, self.vals);
+                match sel.finish(from, self.idx, self.vals, self.cand) {
+                    StreamedOutcome::Selected => {
+                        self.next += 1;
+                        return;
+                    }
+                    StreamedOutcome::TooFew | StreamedOutcome::NonFinite => {
+                        // v is updated: store t and select from it
+                        for ((t, v), g) in t[off..end].iter_mut().zip(&*vb).zip(gb) {
+                            *t = v - g;
+                        }
+                    }
+                }
+            } else {
+                momentum_step(vb, grad, eta, Some((&mut t[off..end], gb)));
+            }
+        } else {
+            momentum_step(
+                &mut v[off..end],
+                grad,
+                eta,
+                Some((&mut t[off..end], &g[off..end])),
+            );
+        }
+        // every block now wholly stored in t
+        while let Some(b) = self.blocks.get(self.next) {
+            if b.offset + b.len > end {
+                break;
+            }
+            self.next += 1;
+            if self.failed {
+                continue;
+            }
+            let tb = &t[b.offset..b.offset + b.len];
+            if select_top_k_checked(tb, b.k, self.hist, self.cand, self.block_idx).is_err() {
+                self.failed = true;
+                continue;
+            }
+            for &j in self.block_idx.iter() {
+                self.idx.push(b.offset as u32 + j);
+                self.vals.push(tb[j as usize]);
+            }
+        }
+    }
+
+    /// Whether every block was selected.
+    fn complete(&self) -> bool {
+        !self.failed && self.next == self.blocks.len()
     }
 }
 
@@ -1123,6 +1269,9 @@ impl Worker {
         // 1. apply the downlink
         if down.is_model {
             st.x = Arc::clone(&down.x);
+            // the broadcast model is shared by the workers of this process:
+            // an oracle may convert it once for all of them
+            oracle.at_model(&st.x);
         } else {
             if st.g_server.len() != d {
                 st.g_server = vec![0.0; d];
@@ -1146,6 +1295,8 @@ impl Worker {
         let mut est_in = EstimateIn::Scratch;
         // whether sc.tmp already holds h_i - g_i (fused into the momentum step)
         let mut diff_ready = false;
+        // whether sc.sel_* hold the Top-K selection of h_i - g_i instead
+        let mut selected = false;
         match parts.estimator {
             Estimator::FullGradient => {
                 oracle.grad(&st.x, &mut sc.est);
@@ -1203,24 +1354,68 @@ impl Worker {
                     // arithmetic as separate passes, bit for bit).
                     diff_ready =
                         !double && parts.feedback == Feedback::Ef21 && self.weight_scale.is_none();
-                    let (v, t, g) = (&mut st.v, &mut sc.tmp, &st.g);
-                    let mut sink = |off: usize, piece: GradPiece<'_>| {
-                        let end = off + piece.len();
-                        let v = &mut v[off..end];
-                        let diff = diff_ready.then(|| (&mut t[off..end], &g[off..end]));
-                        match piece {
-                            GradPiece::F32(gr) => momentum_step(v, gr, eta, diff),
-                            GradPiece::F64(gr) => momentum_step(v, gr, eta, diff),
+                    // a Top-K uplink also selects in that pass (t is not stored)
+                    let top_k = match (diff_ready, parts.force_identity) {
+                        (true, false) if !dense_init_round(parts, rc.round) => {
+                            codecs.uplink.top_k_blocks()
                         }
+                        _ => None,
                     };
-                    loss = oracle.stochastic_grad_with(
-                        &st.x,
-                        b,
-                        &mut rng_sample,
-                        &mut sc.drawn,
-                        &mut sc.tmp2,
-                        &mut sink,
-                    );
+                    let (v, t, g) = (&mut st.v, &mut sc.tmp, &st.g);
+                    match top_k {
+                        Some(blocks) => {
+                            sc.sel_idx.clear();
+                            sc.sel_vals.clear();
+                            let mut fs = FusedSelect {
+                                blocks,
+                                next: 0,
+                                failed: false,
+                                idx: &mut sc.sel_idx,
+                                vals: &mut sc.sel_vals,
+                                block_idx: &mut sc.sel_block,
+                                cand: &mut sc.sel_cand,
+                                hist: &mut sc.sel_hist,
+                            };
+                            let mut sink = |off: usize, piece: GradPiece<'_>| match piece {
+                                GradPiece::F32(gr) => fs.piece(off, gr, eta, v, t, g),
+                                GradPiece::F64(gr) => fs.piece(off, gr, eta, v, t, g),
+                            };
+                            loss = oracle.stochastic_grad_with(
+                                &st.x,
+                                b,
+                                &mut rng_sample,
+                                &mut sc.drawn,
+                                &mut sc.tmp2,
+                                &mut sink,
+                            );
+                            selected = fs.complete();
+                            if !selected {
+                                // store all of t; `compress` reports the error
+                                for ((t, v), g) in sc.tmp.iter_mut().zip(&st.v).zip(&st.g) {
+                                    *t = v - g;
+                                }
+                            }
+                        }
+                        None => {
+                            let mut sink = |off: usize, piece: GradPiece<'_>| {
+                                let end = off + piece.len();
+                                let v = &mut v[off..end];
+                                let diff = diff_ready.then(|| (&mut t[off..end], &g[off..end]));
+                                match piece {
+                                    GradPiece::F32(gr) => momentum_step(v, gr, eta, diff),
+                                    GradPiece::F64(gr) => momentum_step(v, gr, eta, diff),
+                                }
+                            };
+                            loss = oracle.stochastic_grad_with(
+                                &st.x,
+                                b,
+                                &mut rng_sample,
+                                &mut sc.drawn,
+                                &mut sc.tmp2,
+                                &mut sink,
+                            );
+                        }
+                    }
                     if double {
                         for (u, v) in st.u.iter_mut().zip(&st.v) {
                             *u = (1.0 - eta) * *u + eta * v;
@@ -1325,12 +1520,22 @@ impl Worker {
                         uplink.compress(est, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                         st.g.iter_mut().for_each(|v| *v = 0.0);
                     } else {
-                        if !diff_ready {
-                            for ((t, h), g) in sc.tmp.iter_mut().zip(est).zip(&st.g) {
-                                *t = h - g;
+                        if selected {
+                            uplink.compress_selected(
+                                &sc.sel_idx,
+                                0,
+                                &sc.sel_vals,
+                                &mut sc.up.vec,
+                                &mut sc.writer,
+                            )?;
+                        } else {
+                            if !diff_ready {
+                                for ((t, h), g) in sc.tmp.iter_mut().zip(est).zip(&st.g) {
+                                    *t = h - g;
+                                }
                             }
+                            uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                         }
-                        uplink.compress(&sc.tmp, &mut ctx, &mut sc.up.vec, &mut sc.writer)?;
                     }
                     sc.up.vec.add_to(&mut st.g);
                 }

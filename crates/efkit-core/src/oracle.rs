@@ -7,6 +7,8 @@
 //! a safety cost (design.md §1). The interface therefore only assumes "give me a
 //! (stochastic) gradient at x"; finite-sum structure is optional.
 
+use std::sync::Arc;
+
 use crate::rng::Rng;
 
 /// What one worker can compute about its local objective f_i.
@@ -21,6 +23,18 @@ pub trait Oracle: Send {
     /// x, for per-layer compression; `None` (the default) for unlayered models.
     fn blocks(&self) -> Option<Vec<usize>> {
         None
+    }
+
+    /// Tells the oracle the model its next gradient calls are made at, as the
+    /// worker holds it: a model broadcast by the server, shared by every
+    /// worker of the process. An oracle may keep the handle and recognise a
+    /// later call's `x` as this model (same buffer), e.g. to convert the model
+    /// once for all the workers of a process instead of once per worker
+    /// (efkit-nn's network oracles do). While the handle is held the model
+    /// cannot change (it is shared), so the recognition is exact. The default
+    /// ignores it.
+    fn at_model(&mut self, x: &Arc<Vec<f64>>) {
+        let _ = x;
     }
 
     /// f_i(x); writes grad f_i(x) into `grad`.

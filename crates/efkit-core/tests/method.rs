@@ -475,6 +475,182 @@ fn ef21_sgdm_fused_path_equals_the_general_path() {
     }
 }
 
+/// A streaming oracle whose f32 gradient (x - b + noise, rounded to a grid
+/// of `step` so that magnitudes tie) is handed over in pieces of the sizes
+/// `layout` (cycled), or whole in f64 when `layout` is empty. A NaN appears
+/// at coordinate `nan_at.1` in round `nan_at.0`.
+struct Pieces {
+    b: Vec<f64>,
+    layout: Vec<usize>,
+    step: f64,
+    nan_at: Option<(u64, usize)>,
+    calls: u64,
+}
+
+impl Oracle for Pieces {
+    fn dim(&self) -> usize {
+        self.b.len()
+    }
+    fn num_samples(&self) -> Option<usize> {
+        None
+    }
+    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        Quadratic { b: self.b.clone() }.loss_grad(x, grad)
+    }
+    fn loss(&mut self, x: &[f64]) -> f64 {
+        Quadratic { b: self.b.clone() }.loss(x)
+    }
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        _b: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
+        use rand::Rng as _;
+        drawn.clear();
+        for ((g, xi), bi) in grad.iter_mut().zip(x).zip(&self.b) {
+            let raw = xi - bi + rng.gen_range(-1.0..1.0);
+            *g = f64::from(((raw / self.step).round() * self.step) as f32);
+        }
+        if let Some((call, j)) = self.nan_at {
+            if call == self.calls {
+                grad[j] = f64::NAN;
+            }
+        }
+        self.calls += 1;
+        0.0
+    }
+    fn stochastic_grad_with(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        buf: &mut [f64],
+        sink: &mut dyn FnMut(usize, efkit_core::oracle::GradPiece<'_>),
+    ) -> f64 {
+        let l = self.stochastic_grad(x, batch, rng, drawn, buf);
+        if self.layout.is_empty() {
+            sink(0, efkit_core::oracle::GradPiece::F64(buf));
+            return l;
+        }
+        let g32: Vec<f32> = buf.iter().map(|&v| v as f32).collect();
+        let (mut off, mut p) = (0, 0);
+        while off < g32.len() {
+            let end = (off + self.layout[p % self.layout.len()]).min(g32.len());
+            sink(off, efkit_core::oracle::GradPiece::F32(&g32[off..end]));
+            off = end;
+            p += 1;
+        }
+        l
+    }
+    fn indexed_grad(&mut self, _x: &[f64], _idx: &[u32], _grad: &mut [f64]) -> f64 {
+        unreachable!("streaming oracle")
+    }
+}
+
+/// The Top-K selection fused into EF21-SGDM's momentum pass (t = v_i - g_i
+/// selected while v_i is updated, never stored) sends bit for bit the
+/// messages of the general path (t stored, then `compress`), and leaves the
+/// same state: for Top-K and per-layer Top-K with blocks below and above the
+/// sampling size, gradient pieces that are exactly the blocks, cut across
+/// them, or one f64 buffer, magnitudes with many ties (a coarse grid, and
+/// a constant gradient), and a NaN, which both paths report with the same
+/// error. The general path is selected by a weight scale of exactly 1.
+#[test]
+fn ef21_sgdm_fused_top_k_equals_the_general_path() {
+    let blocks = [20_000, 7, 3_000, 40_000];
+    let d: usize = blocks.iter().sum();
+    let per_layer = CompressorSpec {
+        ratio: Some(0.01),
+        per_layer: Some(true),
+        ..CompressorSpec::named("top-k")
+    };
+    let compressors = [
+        efkit_core::compress::build_blockwise(&per_layer, &blocks).unwrap(),
+        build(&spec("top-k", Some(600)), d).unwrap(),
+    ];
+    for c in &compressors {
+        assert!(
+            c.top_k_blocks().is_some(),
+            "{} offers the fused path",
+            c.describe()
+        );
+    }
+    let b: Vec<f64> = (0..d)
+        .map(|j| ((j * 7919) % 1000) as f64 / 500.0 - 1.0)
+        .collect();
+    let layouts: [Vec<usize>; 3] = [blocks.to_vec(), vec![9_000], Vec::new()];
+    let mut m = MethodSpec::named("ef21-sgdm");
+    m.eta = Some(0.3);
+    m.batch = Some(efkit_core::method::BatchSize::Count(1));
+    let parts = m.parts(0.1, 1, &[None]).unwrap();
+    let mut cases = 0;
+    for (ci, c) in compressors.into_iter().enumerate() {
+        let codecs = Codecs {
+            uplink: c,
+            dense: build(&spec("identity", None), d).unwrap(),
+            downlink: None,
+        };
+        for layout in &layouts {
+            for (step, b_scale, nan_at) in [
+                (0.25, 1.0, None),
+                (1e-9, 1.0, None),
+                // x - b + noise with b = 0, x = 0: noise only; step 4: all zero
+                (4.0, 0.0, None),
+                (0.25, 1.0, Some((3, 25_000))),
+            ] {
+                let x0 = vec![0.0; d];
+                let oracle = || Pieces {
+                    b: b.iter().map(|v| v * b_scale).collect(),
+                    layout: layout.clone(),
+                    step,
+                    nan_at,
+                    calls: 0,
+                };
+                let mut fused = (Worker::new(0, &x0), Server::new(1, &x0), oracle());
+                let mut general = (Worker::new(0, &x0), Server::new(1, &x0), oracle());
+                general.0.weight_scale = Some(1.0);
+                general.1.weight_scales = Some(vec![1.0]);
+                for round in 0..5 {
+                    let rc = RoundCtx { seed: 3, round };
+                    let mut results = Vec::new();
+                    for (w, s, o) in [&mut fused, &mut general]
+                        .into_iter()
+                        .map(|t| (&mut t.0, &mut t.1, &mut t.2))
+                    {
+                        let down = s.state.next_down.clone();
+                        let wire = s.state.next_wire.clone();
+                        let r = w.step(&down, &wire, o, &parts, &codecs, rc);
+                        if r.is_ok() {
+                            s.apply(&[Some(&w.scratch.up)], &parts, &codecs, rc)
+                                .unwrap();
+                        }
+                        results.push(r.map_err(|e| e.to_string()));
+                    }
+                    let what =
+                        format!("compressor {ci}, layout {layout:?}, step {step}, round {round}");
+                    assert_eq!(results[0], results[1], "{what}");
+                    if results[0].is_err() {
+                        assert_eq!(nan_at.map(|n| n.0), Some(round), "{what}");
+                        assert!(results[0].as_ref().unwrap_err().contains("25000"), "{what}");
+                        break;
+                    }
+                    assert_eq!(fused.0.state, general.0.state, "{what}");
+                    assert_eq!(fused.0.scratch.wire, general.0.scratch.wire, "{what}");
+                    assert_eq!(fused.1.state, general.1.state, "{what}");
+                    cases += 1;
+                }
+                // the run moved (except where every gradient rounds to 0)
+                assert_eq!(fused.1.state.x != x0, step < 4.0);
+            }
+        }
+    }
+    assert!(cases >= 2 * 3 * 3 * 5);
+}
+
 /// The preset table is what `MethodSpec::parts` enforces: every preset is
 /// listed once, in `METHOD_NAMES` order; it accepts exactly the keys the
 /// table says it reads and fails without each required key, naming it.

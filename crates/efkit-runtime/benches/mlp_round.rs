@@ -2,15 +2,22 @@
 //!
 //! Setting (issue "Momentum fixes error feedback", speed): MLP 784-256-10
 //! (d = 203,530), MNIST training set split among n = 10 workers, minibatch
-//! B = 64 per worker (`EFKIT_BENCH_BATCH` to change it), EF21-SGDM (eta = 0.1) with per-layer Top-1% and f32
-//! values. Measured in one run, interleaved, for T = 1 and 2 threads:
+//! B = 64 per worker (`EFKIT_BENCH_BATCH` to change it; the reproduction
+//! uses 128), EF21-SGDM (eta = 0.1) with per-layer Top-1% and f32 values. Measured in one run, interleaved, for T = 1 and 2 threads:
 //!
 //! * `round`: `cluster.step()`: the 10 workers' minibatch gradients
-//!   (f64 -> f32 parameters, batch gather, candle forward/backward, gradient
-//!   back to f64), momentum, per-layer Top-K of v_i - g_i, encoding, server
+//!   (the broadcast model converted to f32 once for the workers' shared
+//!   parameter tensors, batch gather, candle forward/backward), momentum
+//!   fused with the per-layer Top-K selection of v_i - g_i, encoding, server
 //!   decoding, aggregation and step;
-//! * `oracle`: only the 10 calls `oracle.stochastic_grad` at one x
-//!   (sequential), i.e. the round minus the method;
+//! * `inside the round`: candle's forward/backward timed inside those
+//!   rounds (`efkit_nn::forward_backward_time`, summed over threads), as a
+//!   share of threads x wall time: the literal "share of a round spent
+//!   outside candle's forward/backward", which also charges to candle what
+//!   the round's other passes cost it in cache;
+//! * `oracle`: only the 10 calls `oracle.stochastic_grad` at one x, on
+//!   separate oracles (each converting x itself), i.e. roughly the round
+//!   minus the method;
 //! * `candle`: only candle's forward pass, loss and backward pass for the 10
 //!   batches, on parameter variables and batch tensors built beforehand.
 //!
@@ -24,14 +31,16 @@
 //! forward/backward; `floor / (candle + floor)` is the least that share can
 //! be with that state precision. Minimum and median over the repetitions are printed
 //! (interference on a shared machine only adds time). Results:
-//! `bench/runs/2026-12-05-mlp.md`, `2026-12-05-mlp-inplace.md`, `2026-12-05-mlp-shared-model.md`.
+//! `bench/runs/2026-12-05-mlp.md`, `2026-12-05-mlp-inplace.md`,
+//! `2026-12-05-mlp-shared-model.md`, `2026-12-05-mlp-floor.md`,
+//! `2026-12-05-mlp-fused.md`.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use efkit_core::oracle::Oracle;
 use efkit_core::rng::{stream, Purpose};
-use efkit_nn::{mnist_dense, Network, NetworkOracle, Precision};
+use efkit_nn::{forward_backward_time, mnist_dense, Network, NetworkOracle, Precision};
 use efkit_problems::idx::MnistSplit;
 use efkit_problems::split::SplitKind;
 use efkit_runtime::config::parse_with_hints;
@@ -43,6 +52,8 @@ fn stats(v: &mut [f64]) -> (f64, f64) {
 }
 
 fn main() {
+    // as the efkit binary does
+    efkit_nn::keep_freed_memory();
     let reps: usize = std::env::var("EFKIT_BENCH_REPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -68,7 +79,7 @@ fn main() {
         .map(|s| {
             let b = s.head(batch_size);
             (
-                Tensor::from_slice(&b.pixels, (batch_size, 784), &dev).unwrap(),
+                Tensor::from_vec(b.pixel_values(0, batch_size), (batch_size, 784), &dev).unwrap(),
                 Tensor::from_slice(&b.labels, batch_size, &dev).unwrap(),
             )
         })
@@ -101,6 +112,7 @@ fn main() {
         let mut grads = vec![vec![0.0; d]; 10];
         let (mut t_round, mut t_oracle, mut t_candle) = (Vec::new(), Vec::new(), Vec::new());
         let (mut t_floor64, mut t_floor32) = (Vec::new(), Vec::new());
+        let mut in_round_outside = Vec::new();
         // per worker: the f32 gradient and the state v, g, t (separate
         // buffers per worker, as in the cluster: 10 x 3 x 1.6 MB in f64)
         let grad32: Vec<Vec<f32>> = (0..10).map(|i| vec![1e-3 * i as f32; d]).collect();
@@ -112,9 +124,14 @@ fn main() {
             .collect();
         let mut drawn = vec![Vec::new(); 10];
         for r in 0..reps {
+            let fb = forward_backward_time();
             let t = Instant::now();
             c.step().unwrap();
-            t_round.push(t.elapsed().as_secs_f64());
+            let wall = t.elapsed().as_secs_f64();
+            t_round.push(wall);
+            // candle's passes timed inside this round, summed over threads
+            let fb = (forward_backward_time() - fb).as_secs_f64();
+            in_round_outside.push(1.0 - fb / (threads as f64 * wall));
             let x = c.server.state.x.clone();
             let t = Instant::now();
             pool.install(|| {
@@ -200,6 +217,12 @@ fn main() {
             100.0 * (1.0 - cmin / rmin),
             100.0 * (1.0 - cmed / rmed),
             100.0 * (1.0 - omin / rmin)
+        );
+        let (imin, imed) = stats(&mut in_round_outside);
+        println!(
+            "  outside candle forward/backward timed inside the round (share of threads x wall): {:.1}% (min), {:.1}% (median)",
+            100.0 * imin,
+            100.0 * imed
         );
         println!(
             "  floor f64 state: min {:8.2} ms  median {:8.2} ms  -> outside candle at least {:.1}% (min)",

@@ -259,15 +259,17 @@ pub fn build_oracles(
                     format!("n = {workers} is larger than the {} images", train.n),
                 ));
             }
-            train
-                .shards(workers, split, split_seed)?
+            // one group: the workers share the broadcast model's tensors
+            let group = efkit_nn::NetworkOracle::group(
+                &spec,
+                train.shards(workers, split, split_seed)?,
+                efkit_nn::Precision::F32,
+            )
+            .map_err(|e| bad("problem", e.to_string()))?;
+            Ok(group
                 .into_iter()
-                .map(|s| {
-                    efkit_nn::NetworkOracle::new(spec.clone(), s, efkit_nn::Precision::F32)
-                        .map(|o| Box::new(o) as Box<dyn Oracle>)
-                        .map_err(|e| bad("problem", e.to_string()))
-                })
-                .collect()
+                .map(|o| Box::new(o) as Box<dyn Oracle>)
+                .collect())
         }
     }
 }

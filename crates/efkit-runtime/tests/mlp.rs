@@ -186,7 +186,8 @@ fn mlp_metrics_carry_the_test_accuracy() {
     let (w2, b2) = rest.split_at(10 * HIDDEN);
     let mut correct = 0usize;
     for j in 0..test.n {
-        let px = test.row(j);
+        // pixel = grey level / 255 in f32, as the network reads it
+        let px: Vec<f32> = test.row(j).iter().map(|&l| f32::from(l) / 255.0).collect();
         let h: Vec<f32> = (0..HIDDEN)
             .map(|u| {
                 let z: f32 = (0..784)

@@ -193,6 +193,9 @@ fn main() -> ExitCode {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
+    // candle's per-tensor buffers are reused rather than re-mapped
+    #[cfg(feature = "nn")]
+    efkit_nn::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -26,7 +26,7 @@
 use std::sync::Mutex;
 
 use super::registry::{build, CompressorSpec};
-use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx};
+use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, TopKBlock};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
 use crate::rng::mix64;
@@ -42,6 +42,9 @@ pub struct Blockwise {
     blocks: Vec<(usize, Box<dyn Compressor>)>,
     /// Reused per-block output buffers (steady state allocates nothing).
     pool: Mutex<Vec<CompressedVec>>,
+    /// Every block's Top-K plan when every block is a Top-K
+    /// ([`Compressor::top_k_blocks`]).
+    top_k: Option<Vec<TopKBlock>>,
 }
 
 /// Builds `spec` separately for each block of sizes `sizes` (see the module
@@ -84,10 +87,20 @@ pub fn build_blockwise(
         blocks.push((off, build(&inner, s)?));
         off += s;
     }
+    let top_k = blocks
+        .iter()
+        .map(|(off, c)| {
+            c.top_k_blocks().map(|b| TopKBlock {
+                offset: off + b[0].offset,
+                ..b[0]
+            })
+        })
+        .collect();
     Ok(Box::new(Blockwise {
         d,
         blocks,
         pool: Mutex::new(Vec::new()),
+        top_k,
     }))
 }
 
@@ -231,6 +244,63 @@ impl Compressor for Blockwise {
 
     fn paper_bits(&self, c: &CompressedVec) -> u64 {
         32 * c.values.len() as u64
+    }
+
+    fn top_k_blocks(&self) -> Option<&[TopKBlock]> {
+        self.top_k.as_deref()
+    }
+
+    fn compress_selected(
+        &self,
+        indices: &[u32],
+        offset: usize,
+        values: &[f64],
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+    ) -> Result<(), CompressError> {
+        if self.top_k.is_none() || indices.len() != values.len() {
+            return Err(CompressError::Shape(format!(
+                "{} does not encode an outside selection of {} indices and {} values",
+                self.describe(),
+                indices.len(),
+                values.len()
+            )));
+        }
+        // the same block loop, errors and rollback as `compress`
+        let start = w.bit_len();
+        let mut part = self.take_buf();
+        out.reset_sparse(self.d);
+        let mut result = Ok(());
+        let mut from = 0;
+        for (off, c) in &self.blocks {
+            let end_coord = offset + off + c.dim();
+            let to = from + indices[from..].partition_point(|&j| (j as usize) < end_coord);
+            let sel = (&indices[from..to], &values[from..to]);
+            if let Err(e) = c.compress_selected(sel.0, offset + off, sel.1, &mut part, w) {
+                result = Err(match e {
+                    CompressError::NonFinite { index, value } => CompressError::NonFinite {
+                        index: index + off,
+                        value,
+                    },
+                    other => other,
+                });
+                break;
+            }
+            append(out, &part, *off);
+            from = to;
+        }
+        if result.is_ok() && from != indices.len() {
+            result = Err(CompressError::Shape(format!(
+                "{} selected indices lie outside the blocks",
+                indices.len() - from
+            )));
+        }
+        self.put_buf(part);
+        if result.is_err() {
+            w.truncate(start);
+            out.reset_sparse(self.d);
+        }
+        result
     }
 }
 

@@ -35,6 +35,8 @@ mod randk;
 pub mod sparse_codec;
 mod threshold;
 mod topk;
+pub(crate) use topk::select_top_k_checked;
+pub use topk::{StreamedOutcome, StreamedTopK, TopKBlock};
 mod topk_quant;
 
 mod dither;
@@ -318,6 +320,36 @@ pub trait Compressor: Send + Sync + fmt::Debug {
     /// Bits the papers' plots would count for this message (algorithms.md §3.3):
     /// 32 per transmitted value, indices free (quantizers document their rule).
     fn paper_bits(&self, c: &CompressedVec) -> u64;
+
+    /// The blocks of a compressor that keeps the K largest magnitudes of each
+    /// block and nothing else (Top-K, per-layer Top-K), in order; `None` (the
+    /// default) for every other compressor. A caller that computes the input
+    /// in one streaming pass may then select with [`StreamedTopK`] instead of
+    /// storing the input, and encode with [`Compressor::compress_selected`].
+    fn top_k_blocks(&self) -> Option<&[TopKBlock]> {
+        None
+    }
+
+    /// For a compressor with [`Compressor::top_k_blocks`]: the message of
+    /// an input whose top-K entries of each block are `indices` (coordinates
+    /// of the input plus `offset`, increasing, blocks in order) with the
+    /// input's `values` there. Writes exactly what [`Compressor::compress`]
+    /// writes for such an input (value, bytes, errors). Other compressors
+    /// return an error.
+    fn compress_selected(
+        &self,
+        indices: &[u32],
+        offset: usize,
+        values: &[f64],
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+    ) -> Result<(), CompressError> {
+        let _ = (indices, offset, values, out, w);
+        Err(CompressError::Shape(format!(
+            "{} does not encode an outside selection",
+            self.describe()
+        )))
+    }
 }
 
 /// Returns the first non-finite entry of `x` as an error.

@@ -38,6 +38,8 @@ pub struct TopK {
     d: usize,
     k: usize,
     fmt: ValueFormat,
+    /// The whole vector as one block ([`Compressor::top_k_blocks`]).
+    block: TopKBlock,
 }
 
 /// Builds `top-k` (parameters: `k` or `ratio`, `values`).
@@ -48,6 +50,11 @@ pub fn from_spec(spec: &CompressorSpec, d: usize) -> Result<Box<dyn Compressor>,
         d,
         k,
         fmt: value_format(spec),
+        block: TopKBlock {
+            offset: 0,
+            len: d,
+            k,
+        },
     }))
 }
 
@@ -244,6 +251,165 @@ fn select_by_sample(x: &[f64], k: usize, cand: &mut Vec<u64>, idx: &mut Vec<u32>
     Sampled::Selected
 }
 
+/// The (offset, length, K) of a block a compressor keeps the K largest
+/// magnitudes of ([`Compressor::top_k_blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopKBlock {
+    /// First coordinate of the block.
+    pub offset: usize,
+    /// Coordinates in the block.
+    pub len: usize,
+    /// Entries kept.
+    pub k: usize,
+}
+
+/// Top-K selection of a block t that is computed in one streaming pass and
+/// never stored (EF21-SGDM computes t = v - g while it updates v).
+///
+/// The same idea as the sampled selection of [`Compressor::compress`] for
+/// Top-K: a sample of t (evenly spaced runs of 32 entries, computed there
+/// only) gives a
+/// lower threshold t_lo, the caller's pass keeps every (j, t_j) with
+/// |t_j| >= t_lo ([`StreamedTopK::offer8`], [`StreamedTopK::offer`]), and
+/// [`StreamedTopK::finish`] selects the exact top K among them, ties to the
+/// lower index. The kept set is therefore exactly Top-K's, whatever the
+/// threshold; when the pass kept fewer than K the caller stores t and
+/// selects the usual way. Saves the write of t and the selection's read of
+/// it (two of the five d-vector passes of an EF21-SGDM round).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamedTopK {
+    k: usize,
+    t_lo: u64,
+    t_lo_abs: f64,
+}
+
+/// Length of the runs [`StreamedTopK::new`] samples.
+const STREAM_RUN: usize = 32;
+
+/// What [`StreamedTopK::finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamedOutcome {
+    /// The K entries are selected.
+    Selected,
+    /// The pass kept fewer than K entries: select from the stored block.
+    TooFew,
+    /// The block holds a non-finite entry.
+    NonFinite,
+}
+
+impl StreamedTopK {
+    /// The threshold for keeping `k` of the `len` entries t_j = `at(j)`
+    /// (evaluated at a strided sample only); `None` when the block is too
+    /// small for sampling to pay, `k` is 0 or at least `len`, or the sample
+    /// holds a non-finite entry: then the caller stores t and selects the
+    /// usual way. `cand` is scratch.
+    pub fn new(
+        len: usize,
+        k: usize,
+        at: impl Fn(usize) -> f64,
+        cand: &mut Vec<u64>,
+    ) -> Option<Self> {
+        if len < SAMPLE_MIN_D || k == 0 || k >= len {
+            return None;
+        }
+        // the sample is taken in runs of consecutive entries, evenly spaced:
+        // t is computed from several vectors in memory, and runs touch a
+        // cache line per 8 entries instead of one per sampled entry
+        let runs = (len / 64).clamp(1024, 16384) / STREAM_RUN;
+        let spacing = len / runs;
+        cand.clear();
+        cand.extend(
+            (0..runs).flat_map(|r| (r * spacing..r * spacing + STREAM_RUN).map(|j| mag(at(j)))),
+        );
+        let s = cand.len();
+        let mu = s as f64 * k as f64 / len as f64;
+        let r = ((mu + 4.0 * mu.sqrt() + 4.0).ceil() as usize).clamp(1, s);
+        let (_, &mut t_lo, _) = cand.select_nth_unstable_by(r - 1, |a, b| b.cmp(a));
+        (t_lo < MAG_INF).then(|| StreamedTopK {
+            k,
+            t_lo,
+            t_lo_abs: f64::from_bits(t_lo >> 1),
+        })
+    }
+
+    /// Keeps the entries of `t` (block positions `base..base + 8`) at or
+    /// above the threshold, and every non-finite one. A vectorisable screen
+    /// first: most chunks hold none.
+    #[inline(always)]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(a < b)` is meant: true for NaN
+    pub fn offer8(&self, base: u32, t: &[f64; 8], idx: &mut Vec<u32>, vals: &mut Vec<f64>) {
+        let mut hit = false;
+        for &v in t {
+            hit |= !(v.abs() < self.t_lo_abs);
+        }
+        if hit {
+            for (i, &v) in t.iter().enumerate() {
+                self.offer(base + i as u32, v, idx, vals);
+            }
+        }
+    }
+
+    /// Keeps entry `j` of value `v` if it is at or above the threshold (or
+    /// non-finite).
+    #[inline(always)]
+    pub fn offer(&self, j: u32, v: f64, idx: &mut Vec<u32>, vals: &mut Vec<f64>) {
+        if mag(v) >= self.t_lo {
+            idx.push(j);
+            vals.push(v);
+        }
+    }
+
+    /// Reduces the kept entries (`idx[from..]`, `vals[from..]`, in increasing
+    /// block position) to the top K, ties to the lower index. On
+    /// `TooFew`/`NonFinite` the kept entries are removed again.
+    pub fn finish(
+        &self,
+        from: usize,
+        idx: &mut Vec<u32>,
+        vals: &mut Vec<f64>,
+        cand: &mut Vec<u64>,
+    ) -> StreamedOutcome {
+        let kept = idx.len() - from;
+        let outcome = if kept < self.k {
+            StreamedOutcome::TooFew
+        } else if vals[from..].iter().any(|&v| mag(v) >= MAG_INF) {
+            StreamedOutcome::NonFinite
+        } else {
+            StreamedOutcome::Selected
+        };
+        if outcome != StreamedOutcome::Selected {
+            idx.truncate(from);
+            vals.truncate(from);
+            return outcome;
+        }
+        if kept > self.k {
+            cand.clear();
+            cand.extend(vals[from..].iter().map(|&v| mag(v)));
+            let (t, greater) = kth_largest(cand, self.k);
+            // keep > t, and the first (k - greater) equal to t
+            let mut ties = self.k - greater;
+            let mut n = from;
+            for r in from..idx.len() {
+                let m = mag(vals[r]);
+                let keep = m > t
+                    || (m == t && ties > 0 && {
+                        ties -= 1;
+                        true
+                    });
+                if keep {
+                    idx[n] = idx[r];
+                    vals[n] = vals[r];
+                    n += 1;
+                }
+            }
+            idx.truncate(n);
+            vals.truncate(n);
+        }
+        debug_assert_eq!(idx.len() - from, self.k);
+        StreamedOutcome::Selected
+    }
+}
+
 /// Histogram (radix) selection, O(d) for any input: see the module docs.
 fn select_by_histogram(
     x: &[f64],
@@ -379,6 +545,36 @@ impl Compressor for TopK {
 
     fn paper_bits(&self, c: &CompressedVec) -> u64 {
         32 * c.values.len() as u64
+    }
+
+    fn top_k_blocks(&self) -> Option<&[TopKBlock]> {
+        Some(std::slice::from_ref(&self.block))
+    }
+
+    fn compress_selected(
+        &self,
+        indices: &[u32],
+        offset: usize,
+        values: &[f64],
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+    ) -> Result<(), CompressError> {
+        if indices.len() != self.k || values.len() != self.k {
+            return Err(CompressError::Shape(format!(
+                "a top-k selection has {} entries, top-k keeps {}",
+                indices.len(),
+                self.k
+            )));
+        }
+        out.reset_sparse(self.d);
+        out.values.reserve(self.k);
+        for (&j, &v) in indices.iter().zip(values) {
+            let j = j as usize - offset;
+            out.indices.push(j as u32);
+            out.values.push(round_checked(self.fmt, v, j)?);
+        }
+        write_sparse(w, out, self.fmt);
+        Ok(())
     }
 }
 
