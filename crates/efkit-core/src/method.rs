@@ -1025,6 +1025,11 @@ pub struct WorkerScratch {
     sel_block: Vec<u32>,
     sel_cand: Vec<u64>,
     sel_hist: Vec<u32>,
+    /// Top-K blocks selected inside the momentum pass so far (statistics).
+    pub streamed_blocks: u64,
+    /// Top-K blocks of the fused path selected from a stored t so far
+    /// (small blocks, pieces across blocks, too few kept; statistics).
+    pub stored_blocks: u64,
     /// The decoded value of the last uplink (what the server applies).
     pub up: Uplink,
     /// The encoded last uplink.
@@ -1095,9 +1100,10 @@ fn momentum_select<T: Copy + Into<f64>>(
 
 /// EF21-SGDM's uplink selection made while the gradient streams in: for a
 /// Top-K (or per-layer Top-K) uplink, every gradient piece that is exactly
-/// one Top-K block is folded into v and selected in one pass
-/// ([`momentum_select`]), without storing t = v - g; other pieces are
-/// stored in t and their blocks selected from there. The selection is the
+/// one Top-K block of at least 2^14 entries with 0 < K < its length is
+/// folded into v and selected in one pass ([`momentum_select`]), without
+/// storing t = v - g; other pieces are stored in t and their blocks
+/// selected from there (as is a block whose pass kept fewer than K). The selection is the
 /// one `compress` makes on t (exact Top-K, ties to the lower index), so the
 /// message is bit for bit the unfused one; any non-finite entry sets
 /// `failed`, and the caller then stores all of t and lets `compress` report
@@ -1112,6 +1118,9 @@ struct FusedSelect<'a> {
     block_idx: &'a mut Vec<u32>,
     cand: &'a mut Vec<u64>,
     hist: &'a mut Vec<u32>,
+    /// Blocks selected in the pass / from stored t.
+    streamed: u64,
+    stored: u64,
 }
 
 impl FusedSelect<'_> {
@@ -1144,6 +1153,7 @@ impl FusedSelect<'_> {
                 match sel.finish(from, self.idx, self.vals, self.cand) {
                     StreamedOutcome::Selected => {
                         self.next += 1;
+                        self.streamed += 1;
                         return;
                     }
                     StreamedOutcome::TooFew | StreamedOutcome::NonFinite => {
@@ -1182,6 +1192,7 @@ impl FusedSelect<'_> {
                 self.idx.push(b.offset as u32 + j);
                 self.vals.push(tb[j as usize]);
             }
+            self.stored += 1;
         }
     }
 
@@ -1375,6 +1386,8 @@ impl Worker {
                                 block_idx: &mut sc.sel_block,
                                 cand: &mut sc.sel_cand,
                                 hist: &mut sc.sel_hist,
+                                streamed: 0,
+                                stored: 0,
                             };
                             let mut sink = |off: usize, piece: GradPiece<'_>| match piece {
                                 GradPiece::F32(gr) => fs.piece(off, gr, eta, v, t, g),
@@ -1389,6 +1402,8 @@ impl Worker {
                                 &mut sink,
                             );
                             selected = fs.complete();
+                            sc.streamed_blocks += fs.streamed;
+                            sc.stored_blocks += fs.stored;
                             if !selected {
                                 // store all of t; `compress` reports the error
                                 for ((t, v), g) in sc.tmp.iter_mut().zip(&st.v).zip(&st.g) {

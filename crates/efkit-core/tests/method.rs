@@ -476,14 +476,16 @@ fn ef21_sgdm_fused_path_equals_the_general_path() {
 }
 
 /// A streaming oracle whose f32 gradient (x - b + noise, rounded to a grid
-/// of `step` so that magnitudes tie) is handed over in pieces of the sizes
-/// `layout` (cycled), or whole in f64 when `layout` is empty. A NaN appears
-/// at coordinate `nan_at.1` in round `nan_at.0`.
+/// of `step` so that magnitudes tie, plus `spikes` from the second call on)
+/// is handed over in pieces of the sizes `layout` (cycled), or whole in f64
+/// when `layout` is empty. `poison = (call, j, value)` puts `value` at
+/// coordinate j in that call.
 struct Pieces {
     b: Vec<f64>,
     layout: Vec<usize>,
     step: f64,
-    nan_at: Option<(u64, usize)>,
+    spikes: Vec<f64>,
+    poison: Option<(u64, usize, f64)>,
     calls: u64,
 }
 
@@ -514,9 +516,14 @@ impl Oracle for Pieces {
             let raw = xi - bi + rng.gen_range(-1.0..1.0);
             *g = f64::from(((raw / self.step).round() * self.step) as f32);
         }
-        if let Some((call, j)) = self.nan_at {
+        if self.calls > 0 {
+            for (g, sp) in grad.iter_mut().zip(&self.spikes) {
+                *g += sp;
+            }
+        }
+        if let Some((call, j, value)) = self.poison {
             if call == self.calls {
-                grad[j] = f64::NAN;
+                grad[j] = value;
             }
         }
         self.calls += 1;
@@ -557,8 +564,12 @@ impl Oracle for Pieces {
 /// same state: for Top-K and per-layer Top-K with blocks below and above the
 /// sampling size, gradient pieces that are exactly the blocks, cut across
 /// them, or one f64 buffer, magnitudes with many ties (a coarse grid, and
-/// a constant gradient), and a NaN, which both paths report with the same
-/// error. The general path is selected by a weight scale of exactly 1.
+/// a constant gradient), a gradient large only where the streamed
+/// selection samples (so that its pass keeps fewer than K and the block is
+/// selected from a stored t), a NaN and a value that overflows the f32 wire
+/// format, which both paths report with the same error. The general path is
+/// selected by a weight scale of exactly 1; the fused path's counters show
+/// that both of its ways were taken.
 #[test]
 fn ef21_sgdm_fused_top_k_equals_the_general_path() {
     let blocks = [20_000, 7, 3_000, 40_000];
@@ -587,6 +598,23 @@ fn ef21_sgdm_fused_top_k_equals_the_general_path() {
     m.eta = Some(0.3);
     m.batch = Some(efkit_core::method::BatchSize::Count(1));
     let parts = m.parts(0.1, 1, &[None]).unwrap();
+    // spikes where `StreamedTopK::new` samples a block (runs of 32 entries,
+    // evenly spaced), and nowhere else
+    let mut spikes = vec![0.0; d];
+    let mut off = 0;
+    for &len in &blocks {
+        if len >= 1 << 14 {
+            let runs = (len / 64).clamp(1024, 16384) / 32;
+            for r in 0..runs {
+                for i in 0..32 {
+                    let j = off + r * (len / runs) + i;
+                    spikes[j] = 1000.0 + (j % 97) as f64;
+                }
+            }
+        }
+        off += len;
+    }
+    let (mut streamed, mut stored_spiky) = (0, 0);
     let mut cases = 0;
     for (ci, c) in compressors.into_iter().enumerate() {
         let codecs = Codecs {
@@ -595,19 +623,22 @@ fn ef21_sgdm_fused_top_k_equals_the_general_path() {
             downlink: None,
         };
         for layout in &layouts {
-            for (step, b_scale, nan_at) in [
-                (0.25, 1.0, None),
-                (1e-9, 1.0, None),
+            for (step, b_scale, spiky, poison) in [
+                (0.25, 1.0, false, None),
+                (1e-9, 1.0, false, None),
                 // x - b + noise with b = 0, x = 0: noise only; step 4: all zero
-                (4.0, 0.0, None),
-                (0.25, 1.0, Some((3, 25_000))),
+                (4.0, 0.0, false, None),
+                (0.25, 1.0, true, None),
+                (0.25, 1.0, false, Some((3, 25_000, f64::NAN))),
+                (0.25, 1.0, false, Some((2, 25_000, 1e39))),
             ] {
                 let x0 = vec![0.0; d];
                 let oracle = || Pieces {
                     b: b.iter().map(|v| v * b_scale).collect(),
                     layout: layout.clone(),
                     step,
-                    nan_at,
+                    spikes: if spiky { spikes.clone() } else { Vec::new() },
+                    poison,
                     calls: 0,
                 };
                 let mut fused = (Worker::new(0, &x0), Server::new(1, &x0), oracle());
@@ -633,9 +664,14 @@ fn ef21_sgdm_fused_top_k_equals_the_general_path() {
                     let what =
                         format!("compressor {ci}, layout {layout:?}, step {step}, round {round}");
                     assert_eq!(results[0], results[1], "{what}");
-                    if results[0].is_err() {
-                        assert_eq!(nan_at.map(|n| n.0), Some(round), "{what}");
-                        assert!(results[0].as_ref().unwrap_err().contains("25000"), "{what}");
+                    if let Err(e) = &results[0] {
+                        // the poisoned round fails, naming the coordinate
+                        // (block-local for an overflow in a per-layer block)
+                        assert_eq!(poison.map(|p| p.0), Some(round), "{what}: {e}");
+                        assert!(
+                            e.contains("25000") || e.contains("overflows"),
+                            "{what}: {e}"
+                        );
                         break;
                     }
                     assert_eq!(fused.0.state, general.0.state, "{what}");
@@ -645,10 +681,22 @@ fn ef21_sgdm_fused_top_k_equals_the_general_path() {
                 }
                 // the run moved (except where every gradient rounds to 0)
                 assert_eq!(fused.1.state.x != x0, step < 4.0);
+                assert_eq!(
+                    general.0.scratch.streamed_blocks + general.0.scratch.stored_blocks,
+                    0
+                );
+                streamed += fused.0.scratch.streamed_blocks;
+                if spiky && ci == 0 && layout.as_slice() == blocks.as_slice() {
+                    stored_spiky += fused.0.scratch.stored_blocks;
+                }
             }
         }
     }
-    assert!(cases >= 2 * 3 * 3 * 5);
+    assert!(cases >= 2 * 3 * 4 * 5);
+    assert!(streamed > 0, "the streamed selection ran");
+    // the spikes made the pass keep too few at least once: selected from t
+    // (the two small blocks alone add 2 per round)
+    assert!(stored_spiky > 2 * 4, "stored selections: {stored_spiky}");
 }
 
 /// The preset table is what `MethodSpec::parts` enforces: every preset is

@@ -106,7 +106,8 @@ pub static LEVELS: [f32; 256] = {
     t
 };
 
-/// MNIST (`Train`: 60,000 images, `Test`: 10,000) as dense rows in [0, 1].
+/// MNIST (`Train`: 60,000 images, `Test`: 10,000) as dense rows of grey
+/// levels (pixel values level / 255 in [0, 1]).
 pub fn mnist_dense(which: MnistSplit) -> Result<DenseImages, ProblemError> {
     Ok(DenseImages::from_mnist(&load_mnist(which)?))
 }

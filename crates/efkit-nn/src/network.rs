@@ -30,7 +30,7 @@
 //! candle's convolution and pooling gradients against a hand-written network).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use candle_core::backprop::GradStore;
@@ -479,54 +479,70 @@ pub struct NetworkOracle {
 /// round for all the workers instead of once per worker (with n = 10 workers
 /// of a 200k-parameter MLP that is nine fewer passes over x per round).
 ///
-/// The tensors record the model they hold as an `Arc` handle, which keeps
-/// that model alive and therefore unchanged; an oracle uses them only for a
-/// call whose `x` is the very buffer of the model its worker announced
-/// ([`Oracle::at_model`]), and the refill to a new model waits until every
-/// forward/backward pass on the old one has finished (a read-write lock), so
-/// the shared tensors always hold exactly the x of the call: results are bit
-/// for bit those of per-oracle tensors.
+/// The current tensor set is recorded with the model it holds, as an `Arc`
+/// handle that keeps that model alive and therefore unchanged; an oracle
+/// uses it only for a call whose `x` is the very buffer of the model its
+/// worker announced ([`Oracle::at_model`]). No lock is held while candle
+/// computes (candle's own threads may run other workers' jobs meanwhile):
+/// the mutex only guards the swap, a caller computes with its own `Arc`
+/// clone of the tensor set, and a set is refilled for a new model only when
+/// nobody holds such a clone (two sets alternate; a third is made if both
+/// are in use). So the tensors of a call always hold exactly its x: results
+/// are bit for bit those of per-oracle tensors.
 #[derive(Debug, Default)]
 struct SharedParams {
-    inner: RwLock<SharedInner>,
+    slots: Mutex<SharedSlots>,
 }
 
+/// A set of parameter tensors, shared by the calls computing with it.
+type TensorSet = Arc<Vec<Var>>;
+
 #[derive(Debug, Default)]
-struct SharedInner {
-    /// The model the tensors hold.
-    model: Option<Arc<Vec<f64>>>,
-    vars: Option<Vec<Var>>,
+struct SharedSlots {
+    /// The model the current tensor set holds, and that set.
+    current: Option<(Arc<Vec<f64>>, TensorSet)>,
+    /// The previous set, reused for the next model once nobody computes
+    /// with it.
+    spare: Option<TensorSet>,
 }
 
 impl SharedParams {
-    /// A read guard on tensors holding `model`, refilled first if they hold
-    /// another.
+    /// A tensor set holding `model`: the current one, or one refilled (or
+    /// made) for it.
     fn holding(
         &self,
         model: &Arc<Vec<f64>>,
         spec: &Network,
         precision: Precision,
         device: &Device,
-    ) -> candle_core::Result<RwLockReadGuard<'_, SharedInner>> {
-        let holds =
-            |inner: &SharedInner| inner.model.as_ref().is_some_and(|m| Arc::ptr_eq(m, model));
-        loop {
-            let r = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-            if holds(&r) {
-                return Ok(r);
-            }
-            drop(r);
-            let mut w = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-            if !holds(&w) {
-                // cleared first: a refill cut short leaves no stale claim
-                w.model = None;
-                match &w.vars {
-                    Some(vars) => refill(vars, model)?,
-                    None => w.vars = Some(make_params(spec, model, precision, device)?),
-                }
-                w.model = Some(Arc::clone(model));
+    ) -> candle_core::Result<TensorSet> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((m, vars)) = &slots.current {
+            if Arc::ptr_eq(m, model) {
+                return Ok(Arc::clone(vars));
             }
         }
+        let old = slots.current.take().map(|(_, vars)| vars);
+        // a set nobody computes with (only this struct holds it)
+        let free =
+            |v: &Option<Arc<Vec<Var>>>| v.as_ref().is_some_and(|v| Arc::strong_count(v) == 1);
+        let (reuse, keep) = if free(&slots.spare) {
+            (slots.spare.take(), old)
+        } else if free(&old) {
+            (old, slots.spare.take())
+        } else {
+            (None, old.or(slots.spare.take()))
+        };
+        let vars = match reuse {
+            Some(vars) => {
+                refill(&vars, model)?;
+                vars
+            }
+            None => Arc::new(make_params(spec, model, precision, device)?),
+        };
+        slots.spare = keep;
+        slots.current = Some((Arc::clone(model), Arc::clone(&vars)));
+        Ok(vars)
     }
 }
 
@@ -654,10 +670,10 @@ impl NetworkOracle {
         // at the announced broadcast model: the group's shared tensors
         if let (Some(share), Some(model)) = (self.share.clone(), self.told.clone()) {
             if model.as_ptr() == x.as_ptr() && model.len() == x.len() {
-                let shared = share
+                let params = share
                     .holding(&model, &self.spec, self.precision, &self.device)
                     .expect(SHAPES);
-                let params = shared.vars.clone().expect("set by holding");
+                // no lock held while candle computes
                 return self
                     .eval_rows(&params, Rows::Listed(idx), Some(sink))
                     .expect(SHAPES);
@@ -1390,8 +1406,8 @@ mod tests {
                 // the shared tensors hold the announced model; no private ones
                 assert!(o.params.is_none());
             }
-            let held = share.inner.read().unwrap().model.clone().unwrap();
-            assert!(Arc::ptr_eq(&held, m));
+            let slots = share.slots.lock().unwrap();
+            assert!(Arc::ptr_eq(&slots.current.as_ref().unwrap().0, m));
         }
         // a point equal in value but another buffer, and another point:
         // private tensors, the shared ones keep the announced model
@@ -1428,6 +1444,31 @@ mod tests {
                 assert_eq!(r, fresh(w, &m, &[0, 3, 6, 9]));
             }
         }
+        // two threads at two different announced models at once (not what a
+        // cluster does, but the API allows it): each computes at its own
+        // model, whichever refills first (a third tensor set when both
+        // are in use)
+        for seed in 20..26 {
+            let ms = [Arc::new(spec.init(seed)), Arc::new(spec.init(seed + 100))];
+            let got: Vec<(f64, Vec<f64>)> = std::thread::scope(|sc| {
+                let handles: Vec<_> = group
+                    .iter_mut()
+                    .zip(&ms)
+                    .map(|(o, m)| {
+                        o.at_model(m);
+                        sc.spawn(move || {
+                            let mut g = vec![0.0; d];
+                            let l = o.indexed_grad(m, &[1, 2, 8], &mut g);
+                            (l, g)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (w, r) in got.into_iter().enumerate() {
+                assert_eq!(r, fresh(w, &ms[w], &[1, 2, 8]));
+            }
+        }
     }
 
     #[test]
@@ -1438,7 +1479,7 @@ mod tests {
         let data = DenseImages {
             n: 4,
             features: 2,
-            // levels: 1, 0, 0, 1, 0.9, 0.1, 0.2, 0.8 (x 255)
+            // pixels 1, 0, 0, 1, 0.902, 0.102, 0.2, 0.8 (levels / 255)
             pixels: vec![255, 0, 0, 255, 230, 26, 51, 204],
             labels: vec![0, 1, 1, 1],
         };

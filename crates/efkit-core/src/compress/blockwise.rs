@@ -89,11 +89,13 @@ pub fn build_blockwise(
     }
     let top_k = blocks
         .iter()
-        .map(|(off, c)| {
-            c.top_k_blocks().map(|b| TopKBlock {
-                offset: off + b[0].offset,
-                ..b[0]
-            })
+        .map(|(off, c)| match c.top_k_blocks() {
+            // inner compressors are never blockwise: one block each
+            Some(&[b]) => Some(TopKBlock {
+                offset: off + b.offset,
+                ..b
+            }),
+            _ => None,
         })
         .collect();
     Ok(Box::new(Blockwise {

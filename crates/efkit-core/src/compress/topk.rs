@@ -299,10 +299,12 @@ pub enum StreamedOutcome {
 
 impl StreamedTopK {
     /// The threshold for keeping `k` of the `len` entries t_j = `at(j)`
-    /// (evaluated at a strided sample only); `None` when the block is too
-    /// small for sampling to pay, `k` is 0 or at least `len`, or the sample
-    /// holds a non-finite entry: then the caller stores t and selects the
-    /// usual way. `cand` is scratch.
+    /// (evaluated at the sample only); `None` when the block is too small
+    /// for sampling to pay, `k` is 0 or at least `len`, or the threshold
+    /// itself is non-finite (the sample is mostly non-finite): then the
+    /// caller stores t and selects the usual way. Other non-finite entries
+    /// are kept by the pass and reported by [`StreamedTopK::finish`].
+    /// `cand` is scratch.
     pub fn new(
         len: usize,
         k: usize,
@@ -566,12 +568,14 @@ impl Compressor for TopK {
                 self.k
             )));
         }
+        // indices first, then values, as `compress` leaves `out` on an error
         out.reset_sparse(self.d);
+        out.indices
+            .extend(indices.iter().map(|&j| (j as usize - offset) as u32));
         out.values.reserve(self.k);
-        for (&j, &v) in indices.iter().zip(values) {
-            let j = j as usize - offset;
-            out.indices.push(j as u32);
-            out.values.push(round_checked(self.fmt, v, j)?);
+        for (&j, &v) in out.indices.iter().zip(values) {
+            let v = round_checked(self.fmt, v, j as usize)?;
+            out.values.push(v);
         }
         write_sparse(w, out, self.fmt);
         Ok(())
