@@ -346,79 +346,6 @@ fn ef21_plus_server_tracks_workers() {
     }
 }
 
-/// A noisy quadratic whose gradients are f32 values, as a network's are:
-/// grad = round_f32(x - b + xi), xi from the sample stream. With `pieces`,
-/// `stochastic_grad_with` hands the gradient over in f32 pieces of 3 entries
-/// (as a network hands over its tensors) instead of the default whole f64
-/// buffer.
-struct F32Noisy {
-    b: Vec<f64>,
-    pieces: bool,
-}
-
-impl F32Noisy {
-    fn grad32(&self, x: &[f64], rng: &mut Rng) -> Vec<f32> {
-        use rand::Rng as _;
-        x.iter()
-            .zip(&self.b)
-            .map(|(xi, bi)| (xi - bi + rng.gen_range(-1.0..1.0)) as f32)
-            .collect()
-    }
-}
-
-impl Oracle for F32Noisy {
-    fn dim(&self) -> usize {
-        self.b.len()
-    }
-    fn num_samples(&self) -> Option<usize> {
-        None
-    }
-    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
-        Quadratic { b: self.b.clone() }.loss_grad(x, grad)
-    }
-    fn loss(&mut self, x: &[f64]) -> f64 {
-        Quadratic { b: self.b.clone() }.loss(x)
-    }
-    fn stochastic_grad(
-        &mut self,
-        x: &[f64],
-        _b: usize,
-        rng: &mut Rng,
-        drawn: &mut Vec<u32>,
-        grad: &mut [f64],
-    ) -> f64 {
-        drawn.clear();
-        for (g, v) in grad.iter_mut().zip(self.grad32(x, rng)) {
-            *g = f64::from(v);
-        }
-        0.0
-    }
-    fn stochastic_grad_with(
-        &mut self,
-        x: &[f64],
-        batch: usize,
-        rng: &mut Rng,
-        drawn: &mut Vec<u32>,
-        buf: &mut [f64],
-        sink: &mut dyn FnMut(usize, efkit_core::oracle::GradPiece<'_>),
-    ) -> f64 {
-        if !self.pieces {
-            let l = self.stochastic_grad(x, batch, rng, drawn, buf);
-            sink(0, efkit_core::oracle::GradPiece::F64(buf));
-            return l;
-        }
-        drawn.clear();
-        let g = self.grad32(x, rng);
-        for (c, piece) in g.chunks(3).enumerate() {
-            sink(3 * c, efkit_core::oracle::GradPiece::F32(piece));
-        }
-        0.0
-    }
-    fn indexed_grad(&mut self, _x: &[f64], _idx: &[u32], _grad: &mut [f64]) -> f64 {
-        unreachable!("streaming oracle")
-    }
-}
-
 /// EF21-SGDM's fused worker path (momentum and difference v_i - g_i in one
 /// pass over the gradient the oracle hands over, as f64 or in f32 pieces)
 /// gives bit for bit the state and the messages of the general path
@@ -438,18 +365,12 @@ fn ef21_sgdm_fused_path_equals_the_general_path() {
         let mut fused = (
             Worker::new(0, &x0),
             Server::new(1, &x0),
-            F32Noisy {
-                b: b.clone(),
-                pieces,
-            },
+            Pieces::noisy(&b, pieces),
         );
         let mut general = (
             Worker::new(0, &x0),
             Server::new(1, &x0),
-            F32Noisy {
-                b: b.clone(),
-                pieces,
-            },
+            Pieces::noisy(&b, pieces),
         );
         general.0.weight_scale = Some(1.0);
         general.1.weight_scales = Some(vec![1.0]);
@@ -475,18 +396,34 @@ fn ef21_sgdm_fused_path_equals_the_general_path() {
     }
 }
 
-/// A streaming oracle whose f32 gradient (x - b + noise, rounded to a grid
-/// of `step` so that magnitudes tie, plus `spikes` from the second call on)
-/// is handed over in pieces of the sizes `layout` (cycled), or whole in f64
-/// when `layout` is empty. `poison = (call, j, value)` puts `value` at
+/// A streaming oracle whose gradients are f32 values, as a network's are:
+/// round_f32(x - b + xi) with xi from the sample stream (first rounded to a
+/// grid of `step`, if any, so that magnitudes tie; plus `spikes` from the
+/// second call on), handed over in f32 pieces of the sizes `layout`
+/// (cycled), as a network hands over its tensors, or whole in f64 when
+/// `layout` is empty. `poison = (call, j, value)` puts `value` at
 /// coordinate j in that call.
 struct Pieces {
     b: Vec<f64>,
     layout: Vec<usize>,
-    step: f64,
+    step: Option<f64>,
     spikes: Vec<f64>,
     poison: Option<(u64, usize, f64)>,
     calls: u64,
+}
+
+impl Pieces {
+    /// The plain noisy quadratic, in f32 pieces of 3 entries or whole.
+    fn noisy(b: &[f64], pieces: bool) -> Self {
+        Pieces {
+            b: b.to_vec(),
+            layout: if pieces { vec![3] } else { Vec::new() },
+            step: None,
+            spikes: Vec::new(),
+            poison: None,
+            calls: 0,
+        }
+    }
 }
 
 impl Oracle for Pieces {
@@ -514,7 +451,8 @@ impl Oracle for Pieces {
         drawn.clear();
         for ((g, xi), bi) in grad.iter_mut().zip(x).zip(&self.b) {
             let raw = xi - bi + rng.gen_range(-1.0..1.0);
-            *g = f64::from(((raw / self.step).round() * self.step) as f32);
+            let raw = self.step.map_or(raw, |st| (raw / st).round() * st);
+            *g = f64::from(raw as f32);
         }
         if self.calls > 0 {
             for (g, sp) in grad.iter_mut().zip(&self.spikes) {
@@ -636,7 +574,7 @@ fn ef21_sgdm_fused_top_k_equals_the_general_path() {
                 let oracle = || Pieces {
                     b: b.iter().map(|v| v * b_scale).collect(),
                     layout: layout.clone(),
-                    step,
+                    step: Some(step),
                     spikes: if spiky { spikes.clone() } else { Vec::new() },
                     poison,
                     calls: 0,

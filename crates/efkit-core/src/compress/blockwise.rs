@@ -123,6 +123,47 @@ impl Blockwise {
     fn block_key(key: u64, b: usize) -> u64 {
         mix64(key.wrapping_add(b as u64 + 1))
     }
+
+    /// The message of every block in order: `encode(b, offset, compressor,
+    /// part, w)` writes block b's message into `part` and `w`, and `out`
+    /// collects the parts. A block's non-finite error names the global
+    /// coordinate; an error writes nothing (`w` truncated, `out` empty).
+    fn encode_blocks(
+        &self,
+        out: &mut CompressedVec,
+        w: &mut BitWriter,
+        mut encode: impl FnMut(
+            usize,
+            usize,
+            &dyn Compressor,
+            &mut CompressedVec,
+            &mut BitWriter,
+        ) -> Result<(), CompressError>,
+    ) -> Result<(), CompressError> {
+        let start = w.bit_len();
+        let mut part = self.take_buf();
+        out.reset_sparse(self.d);
+        let mut result = Ok(());
+        for (b, (off, c)) in self.blocks.iter().enumerate() {
+            if let Err(e) = encode(b, *off, c.as_ref(), &mut part, w) {
+                result = Err(match e {
+                    CompressError::NonFinite { index, value } => CompressError::NonFinite {
+                        index: index + off,
+                        value,
+                    },
+                    other => other,
+                });
+                break;
+            }
+            append(out, &part, *off);
+        }
+        self.put_buf(part);
+        if result.is_err() {
+            w.truncate(start);
+            out.reset_sparse(self.d);
+        }
+        result
+    }
 }
 
 /// Appends `part` (a block's value) at offset `off` to the sparse `out`.
@@ -190,35 +231,14 @@ impl Compressor for Blockwise {
                 self.d
             )));
         }
-        let start = w.bit_len();
-        let mut part = self.take_buf();
-        out.reset_sparse(self.d);
-        let mut result = Ok(());
-        for (b, (off, c)) in self.blocks.iter().enumerate() {
+        self.encode_blocks(out, w, |b, off, c, part, w| {
             let mut sub = CompressCtx {
                 rng: ctx.rng,
                 shared_key: Self::block_key(ctx.shared_key, b),
                 scratch: ctx.scratch,
             };
-            if let Err(e) = c.compress(&x[*off..*off + c.dim()], &mut sub, &mut part, w) {
-                result = Err(match e {
-                    CompressError::NonFinite { index, value } => CompressError::NonFinite {
-                        index: index + off,
-                        value,
-                    },
-                    other => other,
-                });
-                break;
-            }
-            append(out, &part, *off);
-        }
-        self.put_buf(part);
-        if result.is_err() {
-            // an error writes nothing
-            w.truncate(start);
-            out.reset_sparse(self.d);
-        }
-        result
+            c.compress(&x[off..off + c.dim()], &mut sub, part, w)
+        })
     }
 
     fn decode(
@@ -270,39 +290,24 @@ impl Compressor for Blockwise {
         }
         // the same block loop, errors and rollback as `compress`
         let start = w.bit_len();
-        let mut part = self.take_buf();
-        out.reset_sparse(self.d);
-        let mut result = Ok(());
         let mut from = 0;
-        for (off, c) in &self.blocks {
-            let end_coord = offset + off + c.dim();
-            let to = from + indices[from..].partition_point(|&j| (j as usize) < end_coord);
-            let sel = (&indices[from..to], &values[from..to]);
-            if let Err(e) = c.compress_selected(sel.0, offset + off, sel.1, &mut part, w) {
-                result = Err(match e {
-                    CompressError::NonFinite { index, value } => CompressError::NonFinite {
-                        index: index + off,
-                        value,
-                    },
-                    other => other,
-                });
-                break;
-            }
-            append(out, &part, *off);
+        self.encode_blocks(out, w, |_, off, c, part, w| {
+            let end = offset + off + c.dim();
+            let to = from + indices[from..].partition_point(|&j| (j as usize) < end);
+            let r =
+                c.compress_selected(&indices[from..to], offset + off, &values[from..to], part, w);
             from = to;
-        }
-        if result.is_ok() && from != indices.len() {
-            result = Err(CompressError::Shape(format!(
+            r
+        })?;
+        if from != indices.len() {
+            w.truncate(start);
+            out.reset_sparse(self.d);
+            return Err(CompressError::Shape(format!(
                 "{} selected indices lie outside the blocks",
                 indices.len() - from
             )));
         }
-        self.put_buf(part);
-        if result.is_err() {
-            w.truncate(start);
-            out.reset_sparse(self.d);
-        }
-        result
+        Ok(())
     }
 }
 
