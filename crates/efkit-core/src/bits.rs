@@ -134,6 +134,31 @@ impl BitWriter {
         self.write_u64_block(v.to_bits());
     }
 
+    /// Writes every f64 of `xs` by its bit pattern: the same bits as
+    /// [`write_f64`](Self::write_f64) on each, in one pass over a buffer grown
+    /// once (a dense model is 8 bytes per parameter, sent every round).
+    pub fn write_f64s(&mut self, xs: &[f64]) {
+        let start = self.buf.len();
+        self.buf.resize(start + 8 * xs.len(), 0);
+        let out = self.buf[start..].chunks_exact_mut(8);
+        // Invariant: fewer than 8 bits are pending in `acc` (masked to `nacc`);
+        // each word is those bits followed by the top of the next value.
+        let n = self.nacc;
+        if n == 0 {
+            for (o, &v) in out.zip(xs) {
+                o.copy_from_slice(&v.to_bits().to_be_bytes());
+            }
+        } else {
+            let mut prev = self.acc;
+            for (o, &v) in out.zip(xs) {
+                let b = v.to_bits();
+                o.copy_from_slice(&((prev << (64 - n)) | (b >> n)).to_be_bytes());
+                prev = b;
+            }
+            self.acc = prev & ((1u64 << n) - 1);
+        }
+    }
+
     /// Writes the 64 bits of `v`, most significant first: the same bits as
     /// `write_bits(v, 64)`, with one 8-byte store.
     #[inline]
@@ -542,6 +567,26 @@ pub fn width_for(max: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_f64_writes_equal_one_value_at_a_time_at_every_alignment() {
+        let xs = [1.5, -0.0, f64::MAX, 3.0e-300, -7.25, f64::MIN_POSITIVE, 0.1];
+        for lead in 0..=9u32 {
+            let (mut bulk, mut each) = (BitWriter::new(), BitWriter::new());
+            for w in [&mut bulk, &mut each] {
+                w.write_bits(0b1_0110_1101 >> (9 - lead.min(9)), lead);
+            }
+            bulk.write_f64s(&xs);
+            for &x in &xs {
+                each.write_f64(x);
+            }
+            assert_eq!(bulk.bit_len(), each.bit_len(), "lead {lead}");
+            // later writes continue from the same pending bits
+            bulk.write_bits(0b101, 3);
+            each.write_bits(0b101, 3);
+            assert_eq!(bulk.finish(), each.finish(), "lead {lead}");
+        }
+    }
 
     #[test]
     fn truncate_equals_never_writing() {

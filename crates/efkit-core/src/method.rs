@@ -860,9 +860,7 @@ fn writable(x: &mut Arc<Vec<f64>>) -> &mut Vec<f64> {
 pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
     w.clear();
     w.write_bits(TAG_MODEL, 2);
-    for &v in x {
-        w.write_f64(v);
-    }
+    w.write_f64s(x);
     w.finish_swap(&mut wire.bytes);
     wire.paper_bits = 0; // the papers do not count the model broadcast
 }
@@ -1682,6 +1680,9 @@ pub struct ServerScratch {
     /// The model buffer of the round before last (see [`Downlink::recycle_model`]).
     spare_model: Arc<Vec<f64>>,
     acc: Vec<f64>,
+    /// Whether `acc` is known to be all zeros (EF21's hot pass clears it as
+    /// it reads it, saving the next round a pass over it).
+    acc_zeroed: bool,
     tmp: Vec<f64>,
     writer: BitWriter,
     comp: Scratch,
@@ -1793,7 +1794,10 @@ impl Server {
         let d = st.x.len();
         let inv_n = 1.0 / self.n as f64;
         // sum of the received vectors, in worker order
-        sc.acc.iter_mut().for_each(|v| *v = 0.0);
+        if !sc.acc_zeroed {
+            sc.acc.iter_mut().for_each(|v| *v = 0.0);
+        }
+        sc.acc_zeroed = false;
         match parts.feedback {
             Feedback::Ef21Plus => {
                 if st.g_i.len() != self.n {
@@ -1849,11 +1853,14 @@ impl Server {
                     && parts.downlink == DownlinkMode::Model =>
             {
                 // EF21's hot path: the aggregate and the step in one pass
-                // (the same arithmetic as the two passes below)
-                for ((g, a), x) in st.g.iter_mut().zip(&sc.acc).zip(st.x.iter_mut()) {
-                    *g += a * inv_n;
+                // (the same arithmetic as the two passes below), which also
+                // clears the sum for the next round
+                for ((g, a), x) in st.g.iter_mut().zip(sc.acc.iter_mut()).zip(st.x.iter_mut()) {
+                    *g += *a * inv_n;
                     *x -= parts.gamma * *g;
+                    *a = 0.0;
                 }
+                sc.acc_zeroed = true;
                 st.round = rc.round + 1;
                 self.prepare_model_downlink();
                 return Ok(());

@@ -47,8 +47,11 @@ impl DenseImages {
 
     /// Writes the pixel values of image `j` (level / 255) into `dst`.
     pub fn pixels_into(&self, j: usize, dst: &mut [f32]) {
+        // The division itself, not a lookup in LEVELS: the same values (IEEE
+        // division is exact-rounded; tested), and it vectorises (8 pixels per
+        // instruction) where a table lookup goes one pixel at a time.
         for (d, &p) in dst.iter_mut().zip(self.row(j)) {
-            *d = LEVELS[p as usize];
+            *d = f32::from(p) / 255.0;
         }
     }
 
@@ -132,6 +135,17 @@ mod tests {
         for l in 0..=255u8 {
             assert_eq!(LEVELS[l as usize], f32::from(l) / 255.0);
         }
+        // the batch gather gives every level exactly its LEVELS value
+        let every_level = DenseImages {
+            n: 1,
+            features: 256,
+            pixels: (0..=255u8).collect(),
+            labels: vec![0],
+        };
+        let mut gathered = vec![f32::NAN; 256];
+        every_level.pixels_into(0, &mut gathered);
+        let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&gathered), bits(&LEVELS));
         let sh = t.head(103).shards(10, SplitKind::Contiguous, 0).unwrap();
         assert_eq!(sh.iter().map(|s| s.n).collect::<Vec<_>>()[9], 13);
         assert_eq!(sh[1].row(0), t.row(10));
