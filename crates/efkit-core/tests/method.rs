@@ -698,3 +698,85 @@ fn preset_table_matches_what_parts_accepts() {
         }
     }
 }
+
+/// EF21's server step (the fused hot path) equals the plain formula bit for
+/// bit: acc = sum of the uplinks in worker order, g += acc / n,
+/// x -= gamma g, for dense uplinks (round 0) and sparse ones (overlapping
+/// indices, a pair that cancels, a -0.0, an absent worker), over rounds
+/// (the sum it clears as it reads must start from zero each time), and its
+/// downlink carries that x, encoded as `encode_model` writes it.
+#[test]
+fn ef21_server_step_equals_the_plain_formula() {
+    use efkit_core::method::{encode_model, Wire};
+    let (d, n, gamma) = (50, 3, 0.3);
+    let parts = MethodSpec::named("ef21")
+        .parts(gamma, n, &[None; 3])
+        .unwrap();
+    let codecs = codecs(build(&spec("top-k", Some(5)), d).unwrap(), d);
+    let x0: Vec<f64> = (0..d).map(|j| (j as f64 * 0.37).sin()).collect();
+    let mut server = Server::new(n, &x0);
+    let (mut x, mut g) = (x0.clone(), vec![0.0; d]);
+    let inv_n = 1.0 / n as f64;
+    let bits = |v: &[f64]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+    for round in 0..6u64 {
+        let ups: Vec<Uplink> = (0..n)
+            .map(|i| {
+                let vec = if round == 0 {
+                    CompressedVec {
+                        dim: d,
+                        dense: true,
+                        indices: Vec::new(),
+                        values: (0..d).map(|j| ((i * d + j) as f64).cos()).collect(),
+                    }
+                } else {
+                    // workers 0 and 1 overlap at 3 (cancelling) and 7
+                    let mut idx = vec![3, 7, (11 * i + round as usize) % d];
+                    idx.sort_unstable();
+                    idx.dedup();
+                    let values = idx
+                        .iter()
+                        .map(|&j| match (i, j) {
+                            (0, 3) => 1.5,
+                            (1, 3) => -1.5,
+                            (2, 7) => -0.0,
+                            _ => (j as f64 + round as f64 * 0.1).sin() * (i as f64 + 1.0),
+                        })
+                        .collect();
+                    CompressedVec {
+                        dim: d,
+                        dense: false,
+                        indices: idx.into_iter().map(|j| j as u32).collect(),
+                        values,
+                    }
+                };
+                Uplink {
+                    replace: false,
+                    vec,
+                }
+            })
+            .collect();
+        // worker 1 is absent in round 4
+        let present = |i: usize| round != 4 || i != 1;
+        let refs: Vec<Option<&Uplink>> = (0..n).map(|i| present(i).then(|| &ups[i])).collect();
+        let mut acc = vec![0.0; d];
+        for u in refs.iter().flatten() {
+            u.vec.add_to(&mut acc);
+        }
+        for j in 0..d {
+            g[j] += acc[j] * inv_n;
+            x[j] -= gamma * g[j];
+        }
+        server
+            .apply(&refs, &parts, &codecs, RoundCtx { seed: 1, round })
+            .unwrap();
+        let st = &server.state;
+        assert_eq!(bits(&st.g), bits(&g), "round {round}: g");
+        assert_eq!(bits(&st.x), bits(&x), "round {round}: x");
+        assert_eq!(bits(&st.next_down.x), bits(&x), "round {round}: downlink");
+        assert!(st.next_down.is_model);
+        let (mut w, mut wire) = (BitWriter::new(), Wire::default());
+        encode_model(&x, &mut w, &mut wire);
+        assert_eq!(st.next_wire, wire, "round {round}: encoded downlink");
+    }
+    assert!(x.iter().zip(&x0).any(|(a, b)| a != b));
+}
