@@ -1371,62 +1371,54 @@ impl Worker {
                         _ => None,
                     };
                     let (v, t, g) = (&mut st.v, &mut sc.tmp, &st.g);
-                    match top_k {
-                        Some(blocks) => {
-                            sc.sel_idx.clear();
-                            sc.sel_vals.clear();
-                            let mut fs = FusedSelect {
-                                blocks,
-                                next: 0,
-                                failed: false,
-                                idx: &mut sc.sel_idx,
-                                vals: &mut sc.sel_vals,
-                                block_idx: &mut sc.sel_block,
-                                cand: &mut sc.sel_cand,
-                                hist: &mut sc.sel_hist,
-                                streamed: 0,
-                                stored: 0,
-                            };
-                            let mut sink = |off: usize, piece: GradPiece<'_>| match piece {
-                                GradPiece::F32(gr) => fs.piece(off, gr, eta, v, t, g),
-                                GradPiece::F64(gr) => fs.piece(off, gr, eta, v, t, g),
-                            };
-                            loss = oracle.stochastic_grad_with(
-                                &st.x,
-                                b,
-                                &mut rng_sample,
-                                &mut sc.drawn,
-                                &mut sc.tmp2,
-                                &mut sink,
-                            );
-                            selected = fs.complete();
-                            sc.streamed_blocks += fs.streamed;
-                            sc.stored_blocks += fs.stored;
-                            if !selected {
-                                // store all of t; `compress` reports the error
-                                for ((t, v), g) in sc.tmp.iter_mut().zip(&st.v).zip(&st.g) {
-                                    *t = v - g;
-                                }
+                    let mut fused = top_k.map(|blocks| {
+                        sc.sel_idx.clear();
+                        sc.sel_vals.clear();
+                        FusedSelect {
+                            blocks,
+                            next: 0,
+                            failed: false,
+                            idx: &mut sc.sel_idx,
+                            vals: &mut sc.sel_vals,
+                            block_idx: &mut sc.sel_block,
+                            cand: &mut sc.sel_cand,
+                            hist: &mut sc.sel_hist,
+                            streamed: 0,
+                            stored: 0,
+                        }
+                    });
+                    let mut sink = |off: usize, piece: GradPiece<'_>| match &mut fused {
+                        Some(fs) => match piece {
+                            GradPiece::F32(gr) => fs.piece(off, gr, eta, v, t, g),
+                            GradPiece::F64(gr) => fs.piece(off, gr, eta, v, t, g),
+                        },
+                        None => {
+                            let end = off + piece.len();
+                            let v = &mut v[off..end];
+                            let diff = diff_ready.then(|| (&mut t[off..end], &g[off..end]));
+                            match piece {
+                                GradPiece::F32(gr) => momentum_step(v, gr, eta, diff),
+                                GradPiece::F64(gr) => momentum_step(v, gr, eta, diff),
                             }
                         }
-                        None => {
-                            let mut sink = |off: usize, piece: GradPiece<'_>| {
-                                let end = off + piece.len();
-                                let v = &mut v[off..end];
-                                let diff = diff_ready.then(|| (&mut t[off..end], &g[off..end]));
-                                match piece {
-                                    GradPiece::F32(gr) => momentum_step(v, gr, eta, diff),
-                                    GradPiece::F64(gr) => momentum_step(v, gr, eta, diff),
-                                }
-                            };
-                            loss = oracle.stochastic_grad_with(
-                                &st.x,
-                                b,
-                                &mut rng_sample,
-                                &mut sc.drawn,
-                                &mut sc.tmp2,
-                                &mut sink,
-                            );
+                    };
+                    loss = oracle.stochastic_grad_with(
+                        &st.x,
+                        b,
+                        &mut rng_sample,
+                        &mut sc.drawn,
+                        &mut sc.tmp2,
+                        &mut sink,
+                    );
+                    if let Some(fs) = fused {
+                        selected = fs.complete();
+                        sc.streamed_blocks += fs.streamed;
+                        sc.stored_blocks += fs.stored;
+                        if !selected {
+                            // store all of t; `compress` reports the error
+                            for ((t, v), g) in sc.tmp.iter_mut().zip(&st.v).zip(&st.g) {
+                                *t = v - g;
+                            }
                         }
                     }
                     if double {

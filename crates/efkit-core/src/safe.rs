@@ -994,9 +994,7 @@ impl SafeServer {
         }
         match &codecs.server {
             None => {
-                for &v in &st.x {
-                    sc.writer.write_f64(v);
-                }
+                sc.writer.write_f64s(&st.x);
                 st.w.copy_from_slice(&st.x);
                 st.model_wire.paper_bits = 0;
             }
