@@ -14,6 +14,7 @@ pub mod bits;
 pub mod compact;
 pub mod compress;
 pub mod error;
+pub mod fork;
 pub mod method;
 #[doc(hidden)]
 pub mod method_fuzz;

@@ -43,6 +43,7 @@
 //! | `ef21-sgdm` | momentum | EF21 | plain | model | all |
 //! | `ef21-sgd2m` | double momentum | EF21 | plain | model | all |
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,7 @@ use crate::compress::{
     StreamedOutcome, StreamedTopK, TopKBlock,
 };
 use crate::error::{CompressError, DecodeError, ParamError};
+use crate::fork::{Fork, Serial};
 use crate::oracle::{GradPiece, Oracle};
 use crate::rng::{stream, stream_key, Purpose};
 
@@ -856,14 +858,24 @@ fn writable(x: &mut Arc<Vec<f64>>) -> &mut Vec<f64> {
     v
 }
 
-/// Encodes a model downlink (x as f64, lossless).
+/// Encodes a model downlink (x as f64, lossless): the 2-bit tag, six zero
+/// bits, then every x_j as its 64-bit pattern (most significant byte first).
+///
+/// The padding puts the values on the byte grid, so the message is 1 + 8d
+/// bytes, as many as the tag followed directly by the values would take,
+/// and each value is a plain 8-byte store: the server can write the message
+/// block by block in the same pass as its step (EF21's hot path).
 pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
     w.clear();
     w.write_bits(TAG_MODEL, 2);
+    w.write_bits(0, 6);
     w.write_f64s(x);
     w.finish_swap(&mut wire.bytes);
     wire.paper_bits = 0; // the papers do not count the model broadcast
 }
+
+/// The first byte of a model downlink (see [`encode_model`]).
+const MODEL_HEADER: u8 = (TAG_MODEL as u8) << 6;
 
 /// Decodes a downlink for dimension `d` (hostile input: errors, never panics).
 pub fn decode_downlink(
@@ -877,15 +889,33 @@ pub fn decode_downlink(
     let tag = r.read_bits(2)?;
     match tag {
         TAG_MODEL => {
+            if r.read_bits(6)? != 0 {
+                return Err(DecodeError::invalid(
+                    "model.padding",
+                    "the six bits after the tag are not zero",
+                ));
+            }
+            let body = &bytes[1..];
+            let whole = body.len() / 8;
+            if whole < d {
+                return Err(DecodeError::Truncated {
+                    at: 8 + 64 * whole as u64,
+                    needed: 64,
+                });
+            }
+            if body.len() != 8 * d {
+                return Err(DecodeError::Trailing(8 * (body.len() - 8 * d) as u64));
+            }
             out.is_model = true;
             let x = writable(&mut out.x);
-            for _ in 0..d {
-                let v = r.read_f64()?;
+            for w in body.chunks_exact(8) {
+                let v = f64::from_bits(u64::from_be_bytes(w.try_into().expect("8 bytes")));
                 if !v.is_finite() {
                     return Err(DecodeError::invalid("model", "non-finite model entry"));
                 }
                 x.push(v);
             }
+            return Ok(());
         }
         TAG_ESTIMATE_DENSE | TAG_ESTIMATE_DELTA => {
             // Only EF21-BC (the one method with a server compressor) broadcasts
@@ -1666,6 +1696,103 @@ pub struct ServerState {
     pub next_wire: Wire,
 }
 
+/// Coordinates per block of EF21's fused server pass: the block's g, sum,
+/// x, model copy and encoded bytes (40 bytes per coordinate) stay in the L2
+/// cache between the step and the copies.
+const SERVER_BLOCK: usize = 2048;
+
+/// EF21's fused server pass over a range of coordinates: g += acc / n,
+/// x -= gamma g, acc = 0, and the new x into the downlink's model copy and
+/// its encoded bytes (see [`encode_model`]), which start uninitialised.
+struct ModelPass<'a> {
+    g: &'a mut [f64],
+    acc: &'a mut [f64],
+    x: &'a mut [f64],
+    down: &'a mut [MaybeUninit<f64>],
+    /// 8 bytes per coordinate (the message after its header byte).
+    bytes: &'a mut [MaybeUninit<u8>],
+}
+
+impl ModelPass<'_> {
+    /// The first `k` coordinates and the rest.
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (g0, g1) = self.g.split_at_mut(k);
+        let (a0, a1) = self.acc.split_at_mut(k);
+        let (x0, x1) = self.x.split_at_mut(k);
+        let (d0, d1) = self.down.split_at_mut(k);
+        let (b0, b1) = self.bytes.split_at_mut(8 * k);
+        (
+            ModelPass {
+                g: g0,
+                acc: a0,
+                x: x0,
+                down: d0,
+                bytes: b0,
+            },
+            ModelPass {
+                g: g1,
+                acc: a1,
+                x: x1,
+                down: d1,
+                bytes: b1,
+            },
+        )
+    }
+
+    /// Cuts the range into `ways` pieces of whole blocks and runs them
+    /// through `fork`.
+    fn run_forked(self, fork: &dyn Fork, ways: usize, inv_n: f64, gamma: f64) {
+        let blocks = self.g.len().div_ceil(SERVER_BLOCK);
+        if ways <= 1 || blocks < 2 {
+            self.run(inv_n, gamma);
+            return;
+        }
+        let left_ways = ways / 2;
+        let left_blocks = (blocks * left_ways / ways).max(1);
+        let (left, right) = self.split_at(left_blocks * SERVER_BLOCK);
+        let (mut left, mut right) = (Some(left), Some(right));
+        fork.join(
+            &mut || {
+                if let Some(p) = left.take() {
+                    p.run_forked(fork, left_ways, inv_n, gamma);
+                }
+            },
+            &mut || {
+                if let Some(p) = right.take() {
+                    p.run_forked(fork, ways - left_ways, inv_n, gamma);
+                }
+            },
+        );
+    }
+
+    /// Runs the pass block by block, so that each block's values are still
+    /// in cache when they are copied and encoded.
+    fn run(self, inv_n: f64, gamma: f64) {
+        let blocks = self
+            .g
+            .chunks_mut(SERVER_BLOCK)
+            .zip(self.acc.chunks_mut(SERVER_BLOCK))
+            .zip(self.x.chunks_mut(SERVER_BLOCK))
+            .zip(self.down.chunks_mut(SERVER_BLOCK))
+            .zip(self.bytes.chunks_mut(8 * SERVER_BLOCK));
+        for ((((g, a), x), down), bytes) in blocks {
+            for ((g, a), x) in g.iter_mut().zip(a.iter_mut()).zip(x.iter_mut()) {
+                *g += *a * inv_n;
+                *x -= gamma * *g;
+                *a = 0.0;
+            }
+            for (o, &v) in down.iter_mut().zip(&*x) {
+                o.write(v);
+            }
+            for (o, &v) in bytes.chunks_exact_mut(8).zip(&*x) {
+                for (o, b) in o.iter_mut().zip(v.to_bits().to_be_bytes()) {
+                    o.write(b);
+                }
+            }
+        }
+    }
+}
+
 /// Reusable buffers of the server.
 #[derive(Debug, Default)]
 pub struct ServerScratch {
@@ -1781,6 +1908,20 @@ impl Server {
         codecs: &Codecs,
         rc: RoundCtx,
     ) -> Result<(), CompressError> {
+        self.apply_forked(up, parts, codecs, rc, &Serial)
+    }
+
+    /// [`Server::apply_with`] with EF21's dense pass (aggregate, step, model
+    /// copy and encoding) split over `fork`'s threads: the same state and
+    /// the same bytes whatever the fork.
+    pub fn apply_forked<'a>(
+        &mut self,
+        up: impl Fn(usize) -> Option<&'a Uplink>,
+        parts: &Parts,
+        codecs: &Codecs,
+        rc: RoundCtx,
+        fork: &dyn Fork,
+    ) -> Result<(), CompressError> {
         let st = &mut self.state;
         let sc = &mut self.scratch;
         let d = st.x.len();
@@ -1846,15 +1987,43 @@ impl Server {
             {
                 // EF21's hot path: the aggregate and the step in one pass
                 // (the same arithmetic as the two passes below), which also
-                // clears the sum for the next round
-                for ((g, a), x) in st.g.iter_mut().zip(sc.acc.iter_mut()).zip(st.x.iter_mut()) {
-                    *g += *a * inv_n;
-                    *x -= parts.gamma * *g;
-                    *a = 0.0;
+                // clears the sum for the next round; block by block, the new
+                // model is copied into the downlink and encoded while the
+                // block is in cache (the same values and bytes as
+                // `prepare_model_downlink`), on `fork`'s threads
+                let down = &mut st.next_down;
+                down.is_model = true;
+                down.recycle_model(&mut sc.spare_model);
+                let down_x = writable(&mut down.x);
+                down_x.reserve(d);
+                let bytes = &mut st.next_wire.bytes;
+                bytes.clear();
+                bytes.reserve(1 + 8 * d);
+                bytes.push(MODEL_HEADER);
+                // every coordinate must be written (see the SAFETY note below)
+                assert!(
+                    st.g.len() == d && sc.acc.len() == d,
+                    "server state dimensions"
+                );
+                let pass = ModelPass {
+                    g: &mut st.g,
+                    acc: &mut sc.acc,
+                    x: &mut st.x,
+                    down: &mut down_x.spare_capacity_mut()[..d],
+                    bytes: &mut bytes.spare_capacity_mut()[..8 * d],
+                };
+                pass.run_forked(fork, fork.ways(), inv_n, parts.gamma);
+                // SAFETY: the pass wrote all d values of the model copy and
+                // all 8d bytes after the header (`ModelPass::run` writes
+                // every coordinate of its range, and the ranges of a split
+                // cover [0, d))
+                unsafe {
+                    down_x.set_len(d);
+                    bytes.set_len(1 + 8 * d);
                 }
+                st.next_wire.paper_bits = 0;
                 sc.acc_zeroed = true;
                 st.round = rc.round + 1;
-                self.prepare_model_downlink();
                 return Ok(());
             }
             Feedback::Ef21 => {

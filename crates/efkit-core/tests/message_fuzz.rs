@@ -176,6 +176,48 @@ fn estimate_downlink_needs_a_server_compressor() {
     assert_eq!(out.x[..], x);
 }
 
+/// The model downlink's layout, byte by byte: the 2-bit tag and six zero
+/// bits, then each value's 64-bit pattern, most significant byte first
+/// (1 + 8d bytes); a decoder refuses non-zero padding, a short or long body
+/// and a non-finite value, naming the problem.
+#[test]
+fn model_downlink_layout_and_its_errors() {
+    let d = 2;
+    let codecs = model_only_codecs(d);
+    let mut wire = Wire::default();
+    encode_model(&[1.0, -2.5], &mut BitWriter::new(), &mut wire);
+    let expected = [
+        0x00, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0xc0, 0x04, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(wire.bytes, expected);
+    assert_eq!(wire.wire_bits(), 8 * (1 + 8 * d as u64));
+    let mut out = Downlink::default();
+    decode_downlink(&expected, d, &codecs, 0, &mut out).unwrap();
+    assert_eq!(out.x[..], [1.0, -2.5]);
+    let mut padded = expected.to_vec();
+    padded[0] = 0x01;
+    match decode_downlink(&padded, d, &codecs, 0, &mut out) {
+        Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "model.padding"),
+        other => panic!("non-zero padding accepted: {other:?}"),
+    }
+    assert_eq!(
+        decode_downlink(&expected[..16], d, &codecs, 0, &mut out),
+        Err(DecodeError::Truncated { at: 72, needed: 64 })
+    );
+    let mut long = expected.to_vec();
+    long.push(0);
+    assert_eq!(
+        decode_downlink(&long, d, &codecs, 0, &mut out),
+        Err(DecodeError::Trailing(8))
+    );
+    let mut nan = expected.to_vec();
+    nan[9..].copy_from_slice(&f64::NAN.to_bits().to_be_bytes());
+    match decode_downlink(&nan, d, &codecs, 0, &mut out) {
+        Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "model"),
+        other => panic!("NaN model accepted: {other:?}"),
+    }
+}
+
 /// Writes the real messages as a seed corpus for the fuzz target `message`:
 /// `EFKIT_MESSAGE_SEEDS=DIR cargo test -p efkit-core --test message_fuzz -- --ignored`,
 /// then copy them into fuzz/corpus/message and `cargo +nightly fuzz cmin message`.

@@ -704,17 +704,45 @@ fn preset_table_matches_what_parts_accepts() {
 /// x -= gamma g, for dense uplinks (round 0) and sparse ones (overlapping
 /// indices, a pair that cancels, a -0.0, an absent worker), over rounds
 /// (the sum it clears as it reads must start from zero each time), and its
-/// downlink carries that x, encoded as `encode_model` writes it.
+/// downlink carries that x, encoded as `encode_model` writes it; with one
+/// block of the pass and with several (the last one partial).
 #[test]
 fn ef21_server_step_equals_the_plain_formula() {
+    for d in [50, 2 * 2048 + 77] {
+        ef21_server_step_is_the_plain_formula(d);
+    }
+}
+
+/// A fork on scoped threads, cut `ways` ways.
+struct Threads(usize);
+
+impl efkit_core::fork::Fork for Threads {
+    fn join(&self, a: &mut (dyn FnMut() + Send), b: &mut (dyn FnMut() + Send)) {
+        std::thread::scope(|s| {
+            s.spawn(move || a());
+            b();
+        });
+    }
+
+    fn ways(&self) -> usize {
+        self.0
+    }
+}
+
+fn ef21_server_step_is_the_plain_formula(d: usize) {
     use efkit_core::method::{encode_model, Wire};
-    let (d, n, gamma) = (50, 3, 0.3);
+    let (n, gamma) = (3, 0.3);
     let parts = MethodSpec::named("ef21")
         .parts(gamma, n, &[None; 3])
         .unwrap();
     let codecs = codecs(build(&spec("top-k", Some(5)), d).unwrap(), d);
     let x0: Vec<f64> = (0..d).map(|j| (j as f64 * 0.37).sin()).collect();
     let mut server = Server::new(n, &x0);
+    // the same pass cut over threads: 2 and 3 ways (uneven cuts)
+    let mut forked: Vec<(Server, Threads)> = [2, 3]
+        .map(|w| (Server::new(n, &x0), Threads(w)))
+        .into_iter()
+        .collect();
     let (mut x, mut g) = (x0.clone(), vec![0.0; d]);
     let inv_n = 1.0 / n as f64;
     let bits = |v: &[f64]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
@@ -730,7 +758,7 @@ fn ef21_server_step_equals_the_plain_formula() {
                     }
                 } else {
                     // workers 0 and 1 overlap at 3 (cancelling) and 7
-                    let mut idx = vec![3, 7, (11 * i + round as usize) % d];
+                    let mut idx = vec![3, 7, (11 * i + round as usize) % d, d - 1 - i];
                     idx.sort_unstable();
                     idx.dedup();
                     let values = idx
@@ -766,9 +794,18 @@ fn ef21_server_step_equals_the_plain_formula() {
             g[j] += acc[j] * inv_n;
             x[j] -= gamma * g[j];
         }
-        server
-            .apply(&refs, &parts, &codecs, RoundCtx { seed: 1, round })
-            .unwrap();
+        let rc = RoundCtx { seed: 1, round };
+        server.apply(&refs, &parts, &codecs, rc).unwrap();
+        for (f, fork) in &mut forked {
+            f.apply_forked(|i| refs[i], &parts, &codecs, rc, &*fork)
+                .unwrap();
+            let (a, b) = (&f.state, &server.state);
+            let ways = fork.0;
+            assert_eq!(bits(&a.x), bits(&b.x), "round {round}, {ways} ways: x");
+            assert_eq!(bits(&a.g), bits(&b.g), "round {round}, {ways} ways: g");
+            assert_eq!(bits(&a.next_down.x), bits(&b.next_down.x), "round {round}");
+            assert_eq!(a.next_wire, b.next_wire, "round {round}, {ways} ways: wire");
+        }
         let st = &server.state;
         assert_eq!(bits(&st.g), bits(&g), "round {round}: g");
         assert_eq!(bits(&st.x), bits(&x), "round {round}: x");

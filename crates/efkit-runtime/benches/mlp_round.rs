@@ -15,6 +15,10 @@
 //!   share of threads x wall time: the literal "share of a round spent
 //!   outside candle's forward/backward", which also charges to candle what
 //!   the round's other passes cost it in cache;
+//! * `consecutive`: the same rounds run back to back after the interleaved
+//!   ones, as a training run does (the interleaved measurements between
+//!   rounds leave other data in the caches), with candle timed inside them
+//!   as above;
 //! * `oracle`: only the 10 calls `oracle.stochastic_grad` at one x, on
 //!   separate oracles (each converting x itself), i.e. roughly the round
 //!   minus the method;
@@ -190,6 +194,17 @@ fn main() {
             t_floor32.push(t.elapsed().as_secs_f64());
         }
         std::hint::black_box((&state64, &state32));
+        // the rounds back to back, as a run does
+        let (mut t_consecutive, mut consecutive_outside) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let fb = forward_backward_time();
+            let t = Instant::now();
+            c.step().unwrap();
+            let wall = t.elapsed().as_secs_f64();
+            let fb = (forward_backward_time() - fb).as_secs_f64();
+            t_consecutive.push(wall);
+            consecutive_outside.push(1.0 - fb / (threads as f64 * wall));
+        }
         let (rmin, rmed) = stats(&mut t_round);
         let (omin, omed) = stats(&mut t_oracle);
         let (cmin, cmed) = stats(&mut t_candle);
@@ -223,6 +238,16 @@ fn main() {
             "  outside candle forward/backward timed inside the round (share of threads x wall): {:.1}% (min), {:.1}% (median)",
             100.0 * imin,
             100.0 * imed
+        );
+        let (kmin, kmed) = stats(&mut t_consecutive);
+        let (komin, komed) = stats(&mut consecutive_outside);
+        println!(
+            "  consecutive rounds: min {:8.2} ms  median {:8.2} ms  ({:.1} rounds/s at the median); outside candle timed inside them: {:.1}% (min), {:.1}% (median)",
+            kmin * 1e3,
+            kmed * 1e3,
+            1.0 / kmed,
+            100.0 * komin,
+            100.0 * komed
         );
         println!(
             "  floor f64 state: min {:8.2} ms  median {:8.2} ms  -> outside candle at least {:.1}% (min)",

@@ -1,5 +1,6 @@
 //! The in-process cluster: n workers on a thread pool, one server.
 
+use efkit_core::fork::Fork;
 use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, Worker};
 use efkit_core::oracle::Oracle;
 use rayon::prelude::*;
@@ -176,6 +177,20 @@ pub fn worker_pool(threads: usize) -> rayon::ThreadPool {
         .expect("thread pool")
 }
 
+/// A thread pool as the server's [`Fork`]: its dense pass is cut into one
+/// piece per thread (called inside the pool, so `rayon::join` runs on it).
+struct PoolFork<'p>(&'p rayon::ThreadPool);
+
+impl Fork for PoolFork<'_> {
+    fn join(&self, a: &mut (dyn FnMut() + Send), b: &mut (dyn FnMut() + Send)) {
+        rayon::join(a, b);
+    }
+
+    fn ways(&self) -> usize {
+        self.0.current_num_threads()
+    }
+}
+
 /// Server, workers and their oracles in one process.
 pub struct Cluster {
     /// The method parts.
@@ -302,13 +317,18 @@ impl Cluster {
         self.participations += k as u64;
         self.last_participants = k;
         let (workers, mask) = (&self.workers, &self.mask);
-        self.server
-            .apply_with(
-                |i| mask[i].then_some(&workers[i].scratch.up),
-                &self.parts,
-                &self.codecs,
-                rc,
-            )
+        let (server, parts, codecs) = (&mut self.server, &self.parts, &self.codecs);
+        let fork = PoolFork(&self.pool);
+        self.pool
+            .install(|| {
+                server.apply_forked(
+                    |i| mask[i].then_some(&workers[i].scratch.up),
+                    parts,
+                    codecs,
+                    rc,
+                    &fork,
+                )
+            })
             .map_err(|e| format!("server, round {round}: {e}"))
     }
 
