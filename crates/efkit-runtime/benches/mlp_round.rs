@@ -37,7 +37,8 @@
 //! (interference on a shared machine only adds time). Results:
 //! `bench/runs/2026-12-05-mlp.md`, `2026-12-05-mlp-inplace.md`,
 //! `2026-12-05-mlp-shared-model.md`, `2026-12-05-mlp-floor.md`,
-//! `2026-12-05-mlp-fused.md`, `2026-12-05-mlp-zen2.md`.
+//! `2026-12-05-mlp-fused.md`, `2026-12-05-mlp-zen2.md`,
+//! `2026-12-05-mlp-server-pass.md`.
 
 use std::time::Instant;
 
