@@ -1844,6 +1844,17 @@ impl Server {
         s
     }
 
+    /// Re-encodes a model downlink from the model it carries (the same bytes
+    /// when they are current). For a restored state: checkpoints written
+    /// before the model message put its values on the byte grid hold the
+    /// older layout (same length), which decoders now refuse.
+    pub fn reencode_model_downlink(&mut self) {
+        let st = &mut self.state;
+        if st.next_down.is_model {
+            encode_model(&st.next_down.x, &mut self.scratch.writer, &mut st.next_wire);
+        }
+    }
+
     fn prepare_model_downlink(&mut self) {
         let st = &mut self.state;
         st.next_down.is_model = true;

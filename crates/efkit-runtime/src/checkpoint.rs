@@ -9,7 +9,10 @@
 //! of their little-endian bytes (`efkit_core::compact`; version 2), about
 //! half the size of decimal numbers and much faster to write and read; every
 //! value round-trips bit for bit, so a resumed run continues bit for bit.
-//! Version-1 files (vectors as decimal arrays, also exact) still load.
+//! Version-1 files (vectors as decimal arrays, also exact) still load, and
+//! a restored model downlink is re-encoded from the model it carries
+//! (`Server::reencode_model_downlink`: files written before the model
+//! message put its values on the byte grid hold the older layout).
 //! The file is written to a temporary name and renamed, so a crash leaves the
 //! previous checkpoint or the complete new one; a damaged file is detected by
 //! its checksum and refused.

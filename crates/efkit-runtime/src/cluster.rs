@@ -412,6 +412,7 @@ impl Cluster {
             ));
         }
         self.server.state = s.server;
+        self.server.reencode_model_downlink();
         for (w, st) in self.workers.iter_mut().zip(s.workers) {
             w.state = st;
         }

@@ -411,3 +411,67 @@ fn ef21_w_is_refused_without_smoothness_constants() {
         .to_string();
     assert!(e.contains("method") && e.contains("ef21-w"), "{e}");
 }
+
+/// A checkpoint written before the model downlink put its values on the
+/// byte grid holds the older layout (2-bit tag, then the values, same
+/// length); restoring it re-encodes the model it carries, so the resumed
+/// run sends decodable bytes and continues as the uninterrupted one.
+#[test]
+fn a_restored_model_downlink_in_the_older_layout_is_re_encoded() {
+    use efkit_core::bits::BitWriter;
+    use efkit_core::method::{decode_downlink, encode_model, Downlink, Wire};
+    let cfg = mushrooms("ef21", "", 0.5, 6);
+    let mut whole = prepare(&cfg).unwrap().cluster;
+    let full = trajectory(&mut whole, 6);
+    let mut first = prepare(&cfg).unwrap().cluster;
+    trajectory(&mut first, 3);
+    let mut state = first.snapshot(0.0, 0.0);
+    let x = state.server.next_down.x.to_vec();
+    let mut w = BitWriter::new();
+    w.write_bits(0, 2);
+    for &v in &x {
+        w.write_f64(v);
+    }
+    let old_bytes = w.finish().to_vec();
+    assert_eq!(old_bytes.len(), state.server.next_wire.bytes.len());
+    state.server.next_wire.bytes = old_bytes.clone();
+    let d = x.len();
+    let codecs = &first.codecs;
+    let mut out = Downlink::default();
+    assert!(decode_downlink(&old_bytes, d, codecs, 0, &mut out).is_err());
+    let mut resumed = prepare(&cfg).unwrap().cluster;
+    resumed.restore(state).unwrap();
+    let mut expected = Wire::default();
+    encode_model(&x, &mut BitWriter::new(), &mut expected);
+    assert_eq!(resumed.server.state.next_wire, expected);
+    decode_downlink(
+        &resumed.server.state.next_wire.bytes,
+        d,
+        codecs,
+        0,
+        &mut out,
+    )
+    .unwrap();
+    assert!(bits_eq(&out.x, &x));
+    let rules = StopRules {
+        max_rounds: 6,
+        tol: None,
+        time_limit: None,
+        blowup: 1e6,
+        log_every: 1,
+    };
+    let mut rest = Vec::new();
+    resumed.run_with(
+        &rules,
+        Some((full[0].loss, 0.0)),
+        None,
+        |m| {
+            let mut m = m.clone();
+            m.seconds = 0.0;
+            rest.push(m);
+            Control::Continue
+        },
+        |_| Ok(()),
+    );
+    assert_eq!(rest.last(), full.last());
+}
