@@ -552,29 +552,39 @@ fn safe_repros_never_overwrite_existing_runs() {
 
 /// A listing read only in part (`efkit compressors | head -n 2`) ends quietly
 /// when the reader closes the pipe: no panic message, killed by SIGPIPE like
-/// other command-line tools.
+/// other command-line tools. The pipe's read end is closed before the child
+/// starts, so its first write meets the closed pipe (with a pipe the parent
+/// closes after spawning, a child fast enough to write its whole listing
+/// into the pipe's buffer first exits 0, which made the test flaky).
+#[cfg(unix)]
 #[test]
 fn closed_output_pipe_ends_a_listing_quietly() {
-    let mut child = bin()
-        .args(["compressors", "--dim", "100000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take()); // the reader goes away before the first line
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end); // the reader is gone before the first line
+    let child = {
+        let mut cmd = bin();
+        cmd.args(["compressors", "--dim", "100000"])
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+        // `cmd` and its copy of the write end are dropped here
+    };
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert!(!err.contains("panicked"), "{err}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            o.status.signal(),
-            Some(13),
-            "status {:?}, stderr {err}",
-            o.status
-        );
-    }
+    assert_eq!(
+        o.status.signal(),
+        Some(13),
+        "status {:?}, stderr {err}",
+        o.status
+    );
 }
 
 /// A reproduction never writes into a directory that already holds files
