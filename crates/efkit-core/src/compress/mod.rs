@@ -88,6 +88,17 @@ impl ValueFormat {
         }
     }
 
+    /// Appends one value through a [`BitPacker`](crate::bits::BitPacker):
+    /// the same bits as [`ValueFormat::write`].
+    #[inline]
+    pub fn put(self, p: &mut crate::bits::BitPacker<'_>, v: f64) {
+        match self {
+            ValueFormat::F16 => p.put(u64::from(half::f16::from_f64(v).to_bits()), 16),
+            ValueFormat::F32 => p.put(u64::from((v as f32).to_bits()), 32),
+            ValueFormat::F64 => p.put_u64(v.to_bits()),
+        }
+    }
+
     /// Reads one value; non-finite values are an error (no encoder writes them).
     #[inline]
     pub fn read(self, r: &mut BitReader) -> Result<f64, DecodeError> {

@@ -145,9 +145,20 @@ pub fn encode(w: &mut BitWriter, indices: &[u32], d: usize) -> Mode {
         Mode::Rice(k) => {
             w.write_bit(false);
             w.write_bits(k as u64, RICE_K_BITS);
+            // one register-held code per index (the same bits as
+            // `write_rice`: q ones, a zero, the k low bits)
+            let mut p = w.packer();
             let mut next = 0u32;
             for &i in indices {
-                w.write_rice((i - next) as u64, k);
+                let gap = u64::from(i - next);
+                let mut q = gap >> k;
+                while q >= 32 {
+                    p.put(u64::from(u32::MAX), 32);
+                    q -= 32;
+                }
+                let low = gap & ((1u64 << k) - 1);
+                // q <= 31 and k <= MAX_RICE_K keep the code within 64 bits
+                p.put((((1u64 << q) - 1) << (k + 1)) | low, q as u32 + 1 + k);
                 next = i + 1;
             }
         }
@@ -311,8 +322,9 @@ pub(crate) fn check_len(x: &[f64], d: usize) -> Result<(), CompressError> {
 /// Writes a sparse message: the index set of `c` then its values in `fmt`.
 pub(crate) fn write_sparse(w: &mut BitWriter, c: &CompressedVec, fmt: ValueFormat) {
     encode(w, &c.indices, c.dim);
+    let mut p = w.packer();
     for &v in &c.values {
-        fmt.write(w, v);
+        fmt.put(&mut p, v);
     }
 }
 
