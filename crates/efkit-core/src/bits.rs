@@ -271,6 +271,21 @@ impl BitPacker<'_> {
     pub fn put_u64(&mut self, v: u64) {
         self.put(v, 64);
     }
+
+    /// Golomb–Rice code of `v` with parameter `k` (k <= 31): the same bits
+    /// as [`BitWriter::write_rice`], mostly as one code.
+    #[inline]
+    pub fn put_rice(&mut self, v: u64, k: u32) {
+        debug_assert!(k <= 31);
+        let mut q = v >> k;
+        while q >= 32 {
+            self.put(u64::from(u32::MAX), 32);
+            q -= 32;
+        }
+        // q ones, a zero, the k low bits: at most 31 + 1 + 31 bits
+        let low = v & ((1u64 << k) - 1);
+        self.put((((1u64 << q) - 1) << (k + 1)) | low, q as u32 + 1 + k);
+    }
 }
 
 impl Drop for BitPacker<'_> {
@@ -682,6 +697,36 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn packed_rice_codes_match_write_rice() {
+        let cases = [
+            (0u64, 0u32),
+            (9, 0),
+            (31, 0),
+            (32, 0),
+            (100, 1),
+            (77, 3),
+            (5_000, 7),
+            (1 << 40, 31),
+            ((1 << 36) - 1, 31),
+            (3, 31),
+        ];
+        for lead in [0u32, 3, 7] {
+            let (mut a, mut b) = (BitWriter::new(), BitWriter::new());
+            a.write_bits(0b101, lead);
+            b.write_bits(0b101, lead);
+            {
+                let mut p = b.packer();
+                for &(v, k) in &cases {
+                    a.write_rice(v, k);
+                    p.put_rice(v, k);
+                }
+            }
+            assert_eq!(a.bit_len(), b.bit_len(), "lead {lead}");
+            assert_eq!(a.finish(), b.finish(), "lead {lead}");
+        }
     }
 
     #[test]

@@ -145,20 +145,11 @@ pub fn encode(w: &mut BitWriter, indices: &[u32], d: usize) -> Mode {
         Mode::Rice(k) => {
             w.write_bit(false);
             w.write_bits(k as u64, RICE_K_BITS);
-            // one register-held code per index (the same bits as
-            // `write_rice`: q ones, a zero, the k low bits)
+            // one register-held code per index (k <= MAX_RICE_K = 31)
             let mut p = w.packer();
             let mut next = 0u32;
             for &i in indices {
-                let gap = u64::from(i - next);
-                let mut q = gap >> k;
-                while q >= 32 {
-                    p.put(u64::from(u32::MAX), 32);
-                    q -= 32;
-                }
-                let low = gap & ((1u64 << k) - 1);
-                // q <= 31 and k <= MAX_RICE_K keep the code within 64 bits
-                p.put((((1u64 << q) - 1) << (k + 1)) | low, q as u32 + 1 + k);
+                p.put_rice(u64::from(i - next), k);
                 next = i + 1;
             }
         }
