@@ -1286,6 +1286,38 @@ impl Worker {
         }
     }
 
+    /// Tells `oracle` which minibatch this worker will draw in the round
+    /// after `rc.round` ([`Oracle::stage_batch`]), for the estimators whose
+    /// next draw is known now: a minibatch or momentum estimator's next
+    /// stochastic gradient (not a full batch, not PAGE, whose batch depends
+    /// on a coin). A hint only: nothing of the worker changes, and the
+    /// round's results are the same with or without it.
+    pub fn stage_next(&self, oracle: &mut dyn Oracle, parts: &Parts, rc: RoundCtx) {
+        let n_local = oracle.num_samples();
+        let batch = match parts.estimator {
+            Estimator::Minibatch(b) => b,
+            Estimator::Momentum {
+                batch, init_batch, ..
+            }
+            | Estimator::DoubleMomentum {
+                batch, init_batch, ..
+            } => {
+                if self.state.initialized {
+                    batch
+                } else {
+                    init_batch
+                }
+            }
+            Estimator::FullGradient | Estimator::Page { .. } => return,
+        };
+        let b = batch.resolve(n_local);
+        if n_local.is_none() || n_local == Some(b) {
+            return;
+        }
+        let mut rng = stream(rc.seed, Purpose::Sample, self.state.id as u64, rc.round + 1);
+        oracle.stage_batch(b, &mut rng);
+    }
+
     /// Runs the worker's part of round `rc.round`: applies the downlink, computes
     /// its estimate with `oracle`, and leaves its uplink in `self.scratch.up`
     /// (decoded) and `self.scratch.wire` (encoded). Returns the local loss

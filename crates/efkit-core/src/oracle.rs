@@ -37,6 +37,18 @@ pub trait Oracle: Send {
         let _ = x;
     }
 
+    /// Prepares the minibatch that a later stochastic gradient call drawing
+    /// `batch` samples with a generator equal to `rng` will use (the next
+    /// round's draw, known in advance because each round's generator is a
+    /// fixed stream). A hint only: an oracle may prepare its input (e.g.
+    /// gather the samples' features) and must use it only when the later
+    /// call draws exactly the same samples; values never depend on it. The
+    /// in-process cluster calls it on a thread that would otherwise wait for
+    /// the round's last worker. The default ignores it.
+    fn stage_batch(&mut self, batch: usize, rng: &mut Rng) {
+        let _ = (batch, rng);
+    }
+
     /// f_i(x); writes grad f_i(x) into `grad`.
     fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64;
 

@@ -817,3 +817,107 @@ fn ef21_server_step_is_the_plain_formula(d: usize) {
     }
     assert!(x.iter().zip(&x0).any(|(a, b)| a != b));
 }
+
+/// A finite sum of 40 samples that records which minibatches it is asked
+/// for and which ones it is told to stage.
+#[derive(Default)]
+struct Draws {
+    drawn: Vec<Vec<u32>>,
+    staged: Vec<Vec<u32>>,
+}
+
+impl Oracle for Draws {
+    fn dim(&self) -> usize {
+        3
+    }
+    fn num_samples(&self) -> Option<usize> {
+        Some(40)
+    }
+    fn stage_batch(&mut self, batch: usize, rng: &mut Rng) {
+        let mut idx = Vec::new();
+        efkit_core::oracle::sample_without_replacement(40, batch, rng, &mut idx);
+        self.staged.push(idx);
+    }
+    fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        for (g, xi) in grad.iter_mut().zip(x) {
+            *g = xi - 1.0;
+        }
+        0.0
+    }
+    fn loss(&mut self, _x: &[f64]) -> f64 {
+        0.0
+    }
+    fn stochastic_grad(
+        &mut self,
+        x: &[f64],
+        batch: usize,
+        rng: &mut Rng,
+        drawn: &mut Vec<u32>,
+        grad: &mut [f64],
+    ) -> f64 {
+        efkit_core::oracle::sample_without_replacement(40, batch, rng, drawn);
+        self.drawn.push(drawn.clone());
+        self.indexed_grad(x, drawn, grad)
+    }
+    fn indexed_grad(&mut self, x: &[f64], _idx: &[u32], grad: &mut [f64]) -> f64 {
+        self.loss_grad(x, grad)
+    }
+}
+
+/// `Worker::stage_next` announces exactly the minibatch the next round
+/// draws (the momentum methods' first round uses `init_batch`, later ones
+/// `batch`), and nothing for methods whose next draw is not a plain
+/// minibatch (full gradients, PAGE's coin).
+#[test]
+fn stage_next_announces_the_next_rounds_draw() {
+    use efkit_core::method::BatchSize;
+    for (name, staged_rounds) in [
+        ("ef21-sgd", true),
+        ("ef14-sgd", true),
+        ("ef21-sgdm", true),
+        ("ef21-sgd2m", true),
+        ("ef21", false),
+        ("ef21-page", false),
+    ] {
+        let pre = efkit_core::method::preset(name).unwrap();
+        let takes = |key: &str| pre.required.contains(&key) || pre.optional.contains(&key);
+        let method = MethodSpec {
+            eta: takes("eta").then_some(0.5),
+            batch: takes("batch").then_some(BatchSize::Count(5)),
+            init_batch: takes("init_batch").then_some(BatchSize::Count(9)),
+            p: takes("p").then_some(0.5),
+            ..MethodSpec::named(name)
+        };
+        let x0 = [0.5, -1.0, 2.0];
+        let parts = method.parts(0.1, 1, &[Some(40)]).unwrap();
+        let codecs = codecs(build(&spec("top-k", Some(1)), 3).unwrap(), 3);
+        let mut server = Server::new(1, &x0);
+        let mut worker = Worker::new(0, &x0);
+        let mut oracle = Draws::default();
+        for round in 0..5 {
+            let rc = RoundCtx { seed: 11, round };
+            let (down, wire) = (
+                server.state.next_down.clone(),
+                server.state.next_wire.clone(),
+            );
+            worker
+                .step(&down, &wire, &mut oracle, &parts, &codecs, rc)
+                .unwrap();
+            worker.stage_next(&mut oracle, &parts, rc);
+            server
+                .apply(&[Some(&worker.scratch.up)], &parts, &codecs, rc)
+                .unwrap();
+        }
+        if staged_rounds {
+            // staged after rounds 0..4 = drawn in rounds 1..5 (the last unused)
+            assert_eq!(oracle.staged.len(), 5, "{name}");
+            assert_eq!(oracle.drawn.len(), 5, "{name}");
+            assert_eq!(oracle.staged[..4], oracle.drawn[1..], "{name}");
+            let sizes: Vec<usize> = oracle.drawn.iter().map(Vec::len).collect();
+            let first = if name.ends_with('m') { 9 } else { 5 };
+            assert_eq!(sizes, [first, 5, 5, 5, 5], "{name}");
+        } else {
+            assert!(oracle.staged.is_empty(), "{name}");
+        }
+    }
+}

@@ -422,6 +422,9 @@ fn conv_as_matmul(
         .reshape((m, out, t, t))
 }
 
+/// How many rows ahead the minibatch gather prefetches.
+const GATHER_AHEAD: usize = 4;
+
 /// Rows of a shard to evaluate: all of them, or the listed ones.
 #[derive(Clone, Copy)]
 enum Rows<'a> {
@@ -466,6 +469,12 @@ pub struct NetworkOracle {
     /// The last minibatch's input and label tensors (refilled when the
     /// next batch has the same size).
     batch_tensors: Option<(Tensor, Tensor)>,
+    /// A minibatch gathered ahead of its call ([`Oracle::stage_batch`]):
+    /// its sample indices and tensors, used only by a call listing exactly
+    /// those samples (then swapped with `batch_tensors`).
+    staged: Option<(Vec<u32>, (Tensor, Tensor))>,
+    /// Calls that found their minibatch staged.
+    staged_hits: u64,
     /// Parameter tensors shared with the other oracles of the group
     /// ([`NetworkOracle::group`]), used at the broadcast model.
     share: Option<Arc<SharedParams>>,
@@ -571,6 +580,8 @@ impl Clone for NetworkOracle {
             device: self.device.clone(),
             params: None,
             batch_tensors: None,
+            staged: None,
+            staged_hits: 0,
             share: None,
             told: None,
         }
@@ -613,6 +624,8 @@ impl NetworkOracle {
             device: Device::Cpu,
             params: None,
             batch_tensors: None,
+            staged: None,
+            staged_hits: 0,
             share: None,
             told: None,
         })
@@ -684,27 +697,62 @@ impl NetworkOracle {
             .expect(SHAPES)
     }
 
-    /// The batch `rows` as an input tensor and a label tensor: the tensors
-    /// of the previous batch refilled in place when it had as many rows.
+    /// How many stochastic gradient calls found their minibatch already
+    /// gathered by [`Oracle::stage_batch`].
+    pub fn staged_hits(&self) -> u64 {
+        self.staged_hits
+    }
+
+    /// The batch `rows` as an input tensor and a label tensor: the staged
+    /// tensors when they hold exactly these rows, else the tensors of the
+    /// previous batch refilled in place when it had as many rows.
     fn batch(&mut self, rows: Rows<'_>) -> candle_core::Result<(Tensor, Tensor)> {
+        if let (Rows::Listed(idx), Some((staged_idx, _))) = (rows, &self.staged) {
+            if !idx.is_empty() && staged_idx.as_slice() == idx {
+                let (staged_idx, tensors) = self.staged.take().expect("matched above");
+                // the displaced tensors become the next staging buffers
+                let spare = self.batch_tensors.replace(tensors);
+                self.staged = spare.map(|t| (staged_idx, t));
+                if let Some((i, _)) = &mut self.staged {
+                    i.clear();
+                }
+                self.staged_hits += 1;
+                return Ok(self.batch_tensors.clone().expect("set above"));
+            }
+        }
+        let reuse = self.batch_tensors.take();
+        let tensors = self.gather(rows, reuse)?;
+        self.batch_tensors = Some(tensors.clone());
+        Ok(tensors)
+    }
+
+    /// The batch `rows` written into `reuse` when it has as many rows, else
+    /// into new tensors.
+    fn gather(
+        &self,
+        rows: Rows<'_>,
+        reuse: Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let m = rows.len();
         let f = self.data.features;
-        let reusable = match &self.batch_tensors {
-            Some((input, _)) => input.dim(0)? == m,
-            None => false,
-        };
-        if !reusable {
-            self.batch_tensors = Some((
+        let (input, labels) = match reuse {
+            Some((input, labels)) if input.dim(0)? == m => (input, labels),
+            _ => (
                 Tensor::zeros((m, f), self.precision.dtype(), &self.device)?,
                 Tensor::zeros(m, DType::U32, &self.device)?,
-            ));
-        }
-        let (input, labels) = self.batch_tensors.clone().expect("set above");
+            ),
+        };
         let data = &self.data;
         input.inplace_op1(&InPlace(|storage: &mut CpuStorage| {
             match storage {
                 CpuStorage::F32(v) => {
+                    for r in 0..m.min(GATHER_AHEAD) {
+                        data.prefetch_row(rows.get(r));
+                    }
                     for (r, dst) in v.chunks_exact_mut(f).enumerate() {
+                        if r + GATHER_AHEAD < m {
+                            data.prefetch_row(rows.get(r + GATHER_AHEAD));
+                        }
                         data.pixels_into(rows.get(r), dst);
                     }
                 }
@@ -962,6 +1010,21 @@ impl Oracle for NetworkOracle {
     fn at_model(&mut self, x: &Arc<Vec<f64>>) {
         if self.share.is_some() {
             self.told = Some(Arc::clone(x));
+        }
+    }
+
+    fn stage_batch(&mut self, batch: usize, rng: &mut Rng) {
+        if batch == 0 || batch > self.data.n {
+            return;
+        }
+        let (mut idx, reuse) = match self.staged.take() {
+            Some((idx, tensors)) => (idx, Some(tensors)),
+            None => (Vec::with_capacity(batch), None),
+        };
+        sample_without_replacement(self.data.n, batch, rng, &mut idx);
+        // the gather reads only the shard, so a failure just leaves nothing staged
+        if let Ok(tensors) = self.gather(Rows::Listed(&idx), reuse) {
+            self.staged = Some((idx, tensors));
         }
     }
 
@@ -1469,6 +1532,54 @@ mod tests {
                 assert_eq!(r, fresh(w, &ms[w], &[1, 2, 8]));
             }
         }
+    }
+
+    /// A minibatch staged for a round's draw gives the very gradient of the
+    /// unstaged call; a staged batch the call does not draw is not used.
+    #[test]
+    fn staged_minibatches_give_the_unstaged_gradients() {
+        let spec = Network::mlp(&[6, 4, 3]).unwrap();
+        let data = tiny_data(40, 6, 3, 5);
+        let d = spec.dim();
+        let x = spec.init(7);
+        let plain = |round: u64, batch: usize| {
+            let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+            let mut g = vec![0.0; d];
+            let mut drawn = Vec::new();
+            let mut rng = stream(3, Purpose::Sample, 0, round);
+            let l = o.stochastic_grad(&x, batch, &mut rng, &mut drawn, &mut g);
+            (l, g, drawn)
+        };
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+        let call = |o: &mut NetworkOracle, round: u64, batch: usize| {
+            let mut g = vec![0.0; d];
+            let mut drawn = Vec::new();
+            let mut rng = stream(3, Purpose::Sample, 0, round);
+            let l = o.stochastic_grad(&x, batch, &mut rng, &mut drawn, &mut g);
+            (l, g, drawn)
+        };
+        // staged for the round it is drawn in: used, same values
+        for round in 0..3 {
+            o.stage_batch(8, &mut stream(3, Purpose::Sample, 0, round));
+            assert_eq!(call(&mut o, round, 8), plain(round, 8));
+            assert_eq!(o.staged_hits(), round + 1);
+        }
+        // staged for another round, or another batch size: not used
+        o.stage_batch(8, &mut stream(3, Purpose::Sample, 0, 9));
+        assert_eq!(call(&mut o, 4, 8), plain(4, 8));
+        o.stage_batch(5, &mut stream(3, Purpose::Sample, 0, 5));
+        assert_eq!(call(&mut o, 5, 8), plain(5, 8));
+        assert_eq!(o.staged_hits(), 3);
+        // a size change between staging and use, both ways
+        o.stage_batch(5, &mut stream(3, Purpose::Sample, 0, 6));
+        assert_eq!(call(&mut o, 6, 5), plain(6, 5));
+        o.stage_batch(8, &mut stream(3, Purpose::Sample, 0, 7));
+        assert_eq!(call(&mut o, 7, 8), plain(7, 8));
+        assert_eq!(o.staged_hits(), 5);
+        // a batch the shard cannot hold is not staged (the call reports it)
+        o.stage_batch(41, &mut stream(3, Purpose::Sample, 0, 8));
+        assert_eq!(call(&mut o, 8, 8), plain(8, 8));
+        assert_eq!(o.staged_hits(), 5);
     }
 
     #[test]

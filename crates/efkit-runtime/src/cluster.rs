@@ -5,6 +5,9 @@ use efkit_core::method::{Codecs, Downlink, Parts, RoundCtx, Server, Worker};
 use efkit_core::oracle::Oracle;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Metrics of one logged round, at the server's model x^t.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +194,134 @@ impl Fork for PoolFork<'_> {
     }
 }
 
+/// The workers and their oracles, lent to the pool's threads pair by pair:
+/// [`run_workers`] hands each pair to one thread at a time, which is what
+/// makes [`Pairs::get`] sound. (A `Mutex` per pair would say the same
+/// without `unsafe`, but a round may not allocate, and the pairs are
+/// borrowed anew each round.)
+struct Pairs<'a> {
+    workers: *mut Worker,
+    oracles: *mut Box<dyn Oracle>,
+    len: usize,
+    _borrow: PhantomData<&'a mut [(Worker, Box<dyn Oracle>)]>,
+}
+
+// SAFETY: `Pairs` only hands out the `&mut` borrows its creator gave up (see
+// `get`); workers and oracles are `Send`, so using them from another thread
+// is sound as long as no two threads hold the same pair.
+unsafe impl Sync for Pairs<'_> {}
+
+impl<'a> Pairs<'a> {
+    fn new(workers: &'a mut [Worker], oracles: &'a mut [Box<dyn Oracle>]) -> Self {
+        assert_eq!(workers.len(), oracles.len(), "one oracle per worker");
+        Pairs {
+            len: workers.len(),
+            workers: workers.as_mut_ptr(),
+            oracles: oracles.as_mut_ptr(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Worker `i` and its oracle.
+    ///
+    /// # Safety
+    /// No other borrow of pair `i` may be live while the returned ones are
+    /// (callers get `i` from [`run_workers`], which gives each pair to one
+    /// thread at a time).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, i: usize) -> (&mut Worker, &mut dyn Oracle) {
+        assert!(i < self.len, "pair {i} of {}", self.len);
+        // SAFETY: in bounds (checked), borrowed for 'a by `new`, and not
+        // aliased (the caller's contract).
+        unsafe { (&mut *self.workers.add(i), &mut **self.oracles.add(i)) }
+    }
+}
+
+/// A slot's progress in a round: its step not yet done, done, or done and
+/// its next minibatch staged (or being staged).
+const PENDING: u8 = 0;
+const STEPPED: u8 = 1;
+const STAGED: u8 = 2;
+
+/// Runs `step(s)` for every slot `s` in `0..claims.len()` on the threads of
+/// `pool`, taking the slots in order one at a time (a thread that finishes
+/// a step takes the next unstarted one, so with equal steps the threads end
+/// at most one step's jitter apart). A thread left with no step to start,
+/// while another thread still runs the round's last steps, calls `stage(s)`
+/// on finished slots instead of waiting (the next round's minibatch gathered
+/// ahead, [`Worker::stage_next`]: a hint that changes no value, so which
+/// slots get staged does not matter). With one thread nothing is staged.
+///
+/// Guarantees, on which [`Pairs::get`] relies: `step(s)` runs at most once
+/// (exactly once without failures), `stage(s)` at most once and only after
+/// `step(s)` has returned, and no two calls for the same `s` overlap.
+/// Returns the error of the lowest failing slot; after a failure no further
+/// step starts. `claims` is scratch (any values on entry).
+fn run_workers<S, G>(
+    pool: &rayon::ThreadPool,
+    claims: &[AtomicU8],
+    step: S,
+    stage: G,
+) -> Result<(), String>
+where
+    S: Fn(usize) -> Result<(), String> + Sync,
+    G: Fn(usize) + Sync,
+{
+    let k = claims.len();
+    for c in claims {
+        c.store(PENDING, Ordering::Relaxed);
+    }
+    let next_step = AtomicUsize::new(0);
+    let next_stage = AtomicUsize::new(0);
+    let stepped = AtomicUsize::new(0);
+    // the lowest failing slot (usize::MAX: none) and its error
+    let failed_at = AtomicUsize::new(usize::MAX);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let runner = || {
+        loop {
+            let s = next_step.fetch_add(1, Ordering::Relaxed);
+            if s >= k || failed_at.load(Ordering::Relaxed) != usize::MAX {
+                break;
+            }
+            if let Err(e) = step(s) {
+                let mut f = failure.lock().unwrap_or_else(PoisonError::into_inner);
+                if s < failed_at.load(Ordering::Relaxed) {
+                    failed_at.store(s, Ordering::Relaxed);
+                    *f = Some(e);
+                }
+            }
+            claims[s].store(STEPPED, Ordering::Release);
+            stepped.fetch_add(1, Ordering::AcqRel);
+        }
+        // the round's last steps run elsewhere: stage finished slots meanwhile
+        while stepped.load(Ordering::Acquire) < k && failed_at.load(Ordering::Relaxed) == usize::MAX
+        {
+            let s = next_stage.fetch_add(1, Ordering::Relaxed);
+            if s >= k {
+                break;
+            }
+            if claims[s]
+                .compare_exchange(STEPPED, STAGED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                stage(s);
+            }
+        }
+    };
+    // one runner per thread (a thread may run two when the other is slow to
+    // wake; the second then finds nothing left, which is fine)
+    pool.install(|| {
+        (0..pool.current_num_threads())
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|_| runner())
+    });
+    match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Server, workers and their oracles in one process.
 pub struct Cluster {
     /// The method parts.
@@ -210,6 +341,10 @@ pub struct Cluster {
     pool: rayon::ThreadPool,
     mask: Vec<bool>,
     idx: Vec<u32>,
+    /// The round's participating workers, in id order.
+    order: Vec<usize>,
+    /// Scratch of [`run_workers`], one per worker.
+    claims: Vec<AtomicU8>,
     eval_grads: Vec<Vec<f64>>,
     eval_losses: Vec<f64>,
     grad: Vec<f64>,
@@ -249,6 +384,8 @@ impl Cluster {
             pool,
             mask: Vec::new(),
             idx: Vec::new(),
+            order: Vec::with_capacity(n),
+            claims: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
             eval_grads: vec![vec![0.0; d]; n],
             eval_losses: vec![0.0; n],
             grad: vec![0.0; d],
@@ -297,21 +434,29 @@ impl Cluster {
         let wire = &self.server.state.next_wire;
         let parts = &self.parts;
         let codecs = &self.codecs;
-        let mask = &self.mask;
-        let workers = &mut self.workers;
-        let oracles = &mut self.oracles;
-        let res: Result<(), String> = self.pool.install(|| {
-            workers
-                .par_iter_mut()
-                .zip(oracles.par_iter_mut())
-                .enumerate()
-                .filter(|(i, _)| mask[*i])
-                .try_for_each(|(i, (w, o))| {
-                    w.step(down, wire, o.as_mut(), parts, codecs, rc)
-                        .map(|_| ())
-                        .map_err(|e| format!("worker {i}, round {round}: {e}"))
-                })
-        });
+        self.order.clear();
+        self.order
+            .extend((0..self.workers.len()).filter(|&i| self.mask[i]));
+        let order = &self.order;
+        let claims = &self.claims[..order.len()];
+        let pairs = Pairs::new(&mut self.workers, &mut self.oracles);
+        let res = run_workers(
+            &self.pool,
+            claims,
+            |s| {
+                let i = order[s];
+                // SAFETY: run_workers gives slot s (worker i) to one thread at a time
+                let (w, o) = unsafe { pairs.get(i) };
+                w.step(down, wire, o, parts, codecs, rc)
+                    .map(|_| ())
+                    .map_err(|e| format!("worker {i}, round {round}: {e}"))
+            },
+            |s| {
+                // SAFETY: as above
+                let (w, o) = unsafe { pairs.get(order[s]) };
+                w.stage_next(o, parts, rc);
+            },
+        );
         res?;
         let k = self.mask.iter().filter(|&&m| m).count();
         self.participations += k as u64;
@@ -445,5 +590,101 @@ impl Cluster {
         on_checkpoint: impl FnMut(&ClusterState) -> Result<(), String>,
     ) -> Summary {
         crate::driver::drive(self, rules, resume, checkpoint_every, on_log, on_checkpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    struct Probe {
+        steps: u32,
+        stages: u32,
+    }
+
+    fn claims(k: usize) -> Vec<AtomicU8> {
+        // leftovers of an earlier round must not matter
+        (0..k).map(|_| AtomicU8::new(STAGED)).collect()
+    }
+
+    /// Every slot steps exactly once; only stepped slots are staged, each at
+    /// most once, never while another call holds the slot; a thread with no
+    /// step left stages while the last step runs (that step waits for it
+    /// here); one thread never stages.
+    #[test]
+    fn every_slot_steps_once_and_idle_threads_stage_finished_slots() {
+        for threads in [1, 2, 3] {
+            let pool = worker_pool(threads);
+            let probes: Vec<Mutex<Probe>> = (0..7).map(|_| Mutex::default()).collect();
+            let staged = AtomicUsize::new(0);
+            let started = AtomicUsize::new(0);
+            let hold = |s: usize| probes[s].try_lock().expect("two calls hold one slot");
+            run_workers(
+                &pool,
+                &claims(7),
+                |s| {
+                    let mut p = hold(s);
+                    p.steps += 1;
+                    // the round's last step to start waits for a staging
+                    if started.fetch_add(1, Ordering::SeqCst) == 6 && threads > 1 {
+                        let t0 = Instant::now();
+                        while staged.load(Ordering::SeqCst) == 0 {
+                            assert!(t0.elapsed() < Duration::from_secs(20), "no staging");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    Ok(())
+                },
+                |s| {
+                    let mut p = hold(s);
+                    assert_eq!(p.steps, 1, "staged before its step");
+                    p.stages += 1;
+                    staged.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+            .unwrap();
+            for p in &probes {
+                let p = p.lock().unwrap();
+                assert_eq!(p.steps, 1);
+                assert!(p.stages <= 1);
+            }
+            let n_staged = staged.load(Ordering::SeqCst);
+            if threads == 1 {
+                assert_eq!(n_staged, 0);
+            } else {
+                assert!(n_staged >= 1);
+            }
+        }
+    }
+
+    /// The error returned is the lowest failing slot's, and no step starts
+    /// after a failure is seen.
+    #[test]
+    fn the_lowest_failing_slot_is_reported() {
+        for threads in [1, 2] {
+            let pool = worker_pool(threads);
+            let ran: Vec<AtomicU8> = (0..8).map(|_| AtomicU8::new(0)).collect();
+            let err = run_workers(
+                &pool,
+                &claims(8),
+                |s| {
+                    ran[s].store(1, Ordering::SeqCst);
+                    if s == 2 || s == 5 {
+                        Err(format!("slot {s}"))
+                    } else {
+                        Ok(())
+                    }
+                },
+                |_| {},
+            )
+            .unwrap_err();
+            assert_eq!(err, "slot 2");
+            if threads == 1 {
+                let ran: Vec<u8> = ran.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+                assert_eq!(ran, [1, 1, 1, 0, 0, 0, 0, 0]);
+            }
+        }
     }
 }
