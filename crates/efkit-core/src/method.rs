@@ -1287,7 +1287,8 @@ impl Worker {
     }
 
     /// Tells `oracle` which minibatch this worker will draw in the round
-    /// after `rc.round` ([`Oracle::stage_batch`]), for the estimators whose
+    /// after `rc.round` if it takes part in it ([`Oracle::stage_batch`];
+    /// the caller knows who does), for the estimators whose
     /// next draw is known now: a minibatch or momentum estimator's next
     /// stochastic gradient (not a full batch, not PAGE, whose batch depends
     /// on a coin). A hint only: nothing of the worker changes, and the

@@ -51,13 +51,20 @@ impl DenseImages {
     /// few rows ahead overlaps them with the conversion of the current one.
     pub fn prefetch_row(&self, j: usize) {
         #[cfg(target_arch = "x86_64")]
-        for line in self.row(j).chunks(64) {
-            // SAFETY: a prefetch of an address inside a live slice; it
-            // never faults and changes no memory.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    line.as_ptr().cast(),
-                );
+        {
+            let row = self.row(j).as_ptr_range();
+            // every cache line the row touches, from the line of its first
+            // byte (rows do not start on line boundaries)
+            let mut line = row.start.wrapping_sub(row.start as usize % 64);
+            while line < row.end {
+                // SAFETY: a prefetch is a hint: it never faults, whatever
+                // the address, and changes no memory.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        line.cast(),
+                    );
+                }
+                line = line.wrapping_add(64);
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

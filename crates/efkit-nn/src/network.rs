@@ -1538,19 +1538,25 @@ mod tests {
     /// unstaged call; a staged batch the call does not draw is not used.
     #[test]
     fn staged_minibatches_give_the_unstaged_gradients() {
+        for precision in [Precision::F32, Precision::F64] {
+            staged_minibatches_in(precision);
+        }
+    }
+
+    fn staged_minibatches_in(precision: Precision) {
         let spec = Network::mlp(&[6, 4, 3]).unwrap();
         let data = tiny_data(40, 6, 3, 5);
         let d = spec.dim();
         let x = spec.init(7);
         let plain = |round: u64, batch: usize| {
-            let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+            let mut o = NetworkOracle::new(spec.clone(), data.clone(), precision).unwrap();
             let mut g = vec![0.0; d];
             let mut drawn = Vec::new();
             let mut rng = stream(3, Purpose::Sample, 0, round);
             let l = o.stochastic_grad(&x, batch, &mut rng, &mut drawn, &mut g);
             (l, g, drawn)
         };
-        let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+        let mut o = NetworkOracle::new(spec.clone(), data.clone(), precision).unwrap();
         let call = |o: &mut NetworkOracle, round: u64, batch: usize| {
             let mut g = vec![0.0; d];
             let mut drawn = Vec::new();

@@ -203,13 +203,23 @@ struct Pairs<'a> {
     workers: *mut Worker,
     oracles: *mut Box<dyn Oracle>,
     len: usize,
-    _borrow: PhantomData<&'a mut [(Worker, Box<dyn Oracle>)]>,
+    _borrow: PhantomData<Lent<'a>>,
 }
 
+/// What [`Pairs`] borrows.
+type Lent<'a> = (&'a mut [Worker], &'a mut [Box<dyn Oracle>]);
+
 // SAFETY: `Pairs` only hands out the `&mut` borrows its creator gave up (see
-// `get`); workers and oracles are `Send`, so using them from another thread
-// is sound as long as no two threads hold the same pair.
+// `get`); workers and oracles are `Send` (checked below), so using them from
+// another thread is sound as long as no two threads hold the same pair.
 unsafe impl Sync for Pairs<'_> {}
+
+// `Pairs: Sync` above relies on this.
+const _: fn() = || {
+    fn send<T: Send + ?Sized>() {}
+    send::<Worker>();
+    send::<dyn Oracle>();
+};
 
 impl<'a> Pairs<'a> {
     fn new(workers: &'a mut [Worker], oracles: &'a mut [Box<dyn Oracle>]) -> Self {
@@ -237,26 +247,31 @@ impl<'a> Pairs<'a> {
     }
 }
 
-/// A slot's progress in a round: its step not yet done, done, or done and
-/// its next minibatch staged (or being staged).
+/// A slot's progress in a round ([`run_workers`]): its step not yet done.
 const PENDING: u8 = 0;
+/// Its step done.
 const STEPPED: u8 = 1;
+/// Its step done and its next minibatch staged (or being staged).
 const STAGED: u8 = 2;
 
 /// Runs `step(s)` for every slot `s` in `0..claims.len()` on the threads of
 /// `pool`, taking the slots in order one at a time (a thread that finishes
-/// a step takes the next unstarted one, so with equal steps the threads end
-/// at most one step's jitter apart). A thread left with no step to start,
-/// while another thread still runs the round's last steps, calls `stage(s)`
-/// on finished slots instead of waiting (the next round's minibatch gathered
-/// ahead, [`Worker::stage_next`]: a hint that changes no value, so which
-/// slots get staged does not matter). With one thread nothing is staged.
+/// a step takes the next unstarted one, so the threads end at most one
+/// step apart, not a run of steps apart). A thread left with no step to
+/// start, while another thread still runs the round's last steps, calls
+/// `stage(s)` on finished slots instead of waiting, the one it just ran
+/// first (the next round's minibatch gathered ahead,
+/// [`Worker::stage_next`]: a hint that changes no value, so which slots get
+/// staged does not matter). With one thread nothing is staged.
 ///
 /// Guarantees, on which [`Pairs::get`] relies: `step(s)` runs at most once
-/// (exactly once without failures), `stage(s)` at most once and only after
-/// `step(s)` has returned, and no two calls for the same `s` overlap.
-/// Returns the error of the lowest failing slot; after a failure no further
-/// step starts. `claims` is scratch (any values on entry).
+/// (exactly once without failures or panics), `stage(s)` at most once and
+/// only after `step(s)` has returned, and no two calls for the same `s`
+/// overlap. Returns the error of the lowest failing slot: once a failure is
+/// seen no step above it starts, but every step below it still runs, so
+/// the error reported does not depend on timing. A panicking step is
+/// re-raised after the other threads' runners return. `claims` is scratch
+/// (any values on entry).
 fn run_workers<S, G>(
     pool: &rayon::ThreadPool,
     claims: &[AtomicU8],
@@ -278,9 +293,10 @@ where
     let failed_at = AtomicUsize::new(usize::MAX);
     let failure: Mutex<Option<String>> = Mutex::new(None);
     let runner = || {
+        let mut last = None;
         loop {
             let s = next_step.fetch_add(1, Ordering::Relaxed);
-            if s >= k || failed_at.load(Ordering::Relaxed) != usize::MAX {
+            if s >= k || failed_at.load(Ordering::Relaxed) < s {
                 break;
             }
             if let Err(e) = step(s) {
@@ -292,18 +308,30 @@ where
             }
             claims[s].store(STEPPED, Ordering::Release);
             stepped.fetch_add(1, Ordering::AcqRel);
+            last = Some(s);
         }
-        // the round's last steps run elsewhere: stage finished slots meanwhile
-        while stepped.load(Ordering::Acquire) < k && failed_at.load(Ordering::Relaxed) == usize::MAX
-        {
+        // the round's last steps run elsewhere: stage finished slots
+        // meanwhile, this thread's last one first (a single pass over the
+        // others: a slot still running when the pass reaches it is left)
+        let busy = || {
+            stepped.load(Ordering::Acquire) < k && failed_at.load(Ordering::Relaxed) == usize::MAX
+        };
+        let claim = |s: usize| {
+            claims[s]
+                .compare_exchange(STEPPED, STAGED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        };
+        if let Some(s) = last {
+            if busy() && claim(s) {
+                stage(s);
+            }
+        }
+        while busy() {
             let s = next_stage.fetch_add(1, Ordering::Relaxed);
             if s >= k {
                 break;
             }
-            if claims[s]
-                .compare_exchange(STEPPED, STAGED, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if claim(s) {
                 stage(s);
             }
         }
@@ -340,6 +368,8 @@ pub struct Cluster {
     pub total_samples: u64,
     pool: rayon::ThreadPool,
     mask: Vec<bool>,
+    /// Who takes part in the next round (staging only for them).
+    next_mask: Vec<bool>,
     idx: Vec<u32>,
     /// The round's participating workers, in id order.
     order: Vec<usize>,
@@ -383,6 +413,7 @@ impl Cluster {
             total_samples,
             pool,
             mask: Vec::new(),
+            next_mask: Vec::new(),
             idx: Vec::new(),
             order: Vec::with_capacity(n),
             claims: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
@@ -430,6 +461,16 @@ impl Cluster {
         };
         self.server
             .participants(&self.parts, self.seed, round, &mut self.mask, &mut self.idx);
+        // who takes part next round (a pure function of seed and round):
+        // only they get a minibatch staged
+        self.server.participants(
+            &self.parts,
+            self.seed,
+            round + 1,
+            &mut self.next_mask,
+            &mut self.idx,
+        );
+        let next_mask = &self.next_mask;
         let down: &Downlink = &self.server.state.next_down;
         let wire = &self.server.state.next_wire;
         let parts = &self.parts;
@@ -445,16 +486,20 @@ impl Cluster {
             claims,
             |s| {
                 let i = order[s];
-                // SAFETY: run_workers gives slot s (worker i) to one thread at a time
+                // SAFETY: run_workers gives slot s to one thread at a time,
+                // and slot s is worker order[s] alone (`order` lists
+                // distinct ids)
                 let (w, o) = unsafe { pairs.get(i) };
                 w.step(down, wire, o, parts, codecs, rc)
                     .map(|_| ())
                     .map_err(|e| format!("worker {i}, round {round}: {e}"))
             },
             |s| {
-                // SAFETY: as above
-                let (w, o) = unsafe { pairs.get(order[s]) };
-                w.stage_next(o, parts, rc);
+                if next_mask[order[s]] {
+                    // SAFETY: as above
+                    let (w, o) = unsafe { pairs.get(order[s]) };
+                    w.stage_next(o, parts, rc);
+                }
             },
         );
         res?;
@@ -596,6 +641,8 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     #[derive(Default)]
@@ -655,6 +702,148 @@ mod tests {
                 assert_eq!(n_staged, 0);
             } else {
                 assert!(n_staged >= 1);
+            }
+        }
+    }
+
+    /// A panicking step reaches the caller, and its slot is never staged.
+    #[test]
+    fn a_panicking_step_is_raised_and_its_slot_not_staged() {
+        for threads in [1, 2] {
+            let pool = worker_pool(threads);
+            let staged: Vec<AtomicU8> = (0..6).map(|_| AtomicU8::new(0)).collect();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_workers(
+                    &pool,
+                    &claims(6),
+                    |s| {
+                        assert!(s != 3, "step 3 panics");
+                        // the other steps outlast the panic, so there is a tail
+                        std::thread::sleep(Duration::from_millis(20));
+                        Ok(())
+                    },
+                    |s| staged[s].store(1, Ordering::SeqCst),
+                )
+            }));
+            assert!(result.is_err(), "{threads} threads");
+            assert_eq!(staged[3].load(Ordering::SeqCst), 0);
+        }
+    }
+
+    /// A finite sum of 40 samples recording, with the round it happens in,
+    /// every minibatch drawn and every minibatch staged; the draws of worker
+    /// `slow` take 30 ms, so the other thread has a tail to stage in.
+    struct Recorder {
+        id: usize,
+        slow: Arc<AtomicUsize>,
+        round: Arc<AtomicU64>,
+        log: Log,
+    }
+
+    /// (worker, staged?, round, indices) of every draw and staging.
+    type Log = Arc<Mutex<Vec<(usize, bool, u64, Vec<u32>)>>>;
+
+    impl Oracle for Recorder {
+        fn dim(&self) -> usize {
+            3
+        }
+        fn num_samples(&self) -> Option<usize> {
+            Some(40)
+        }
+        fn stage_batch(&mut self, batch: usize, rng: &mut efkit_core::rng::Rng) {
+            let mut idx = Vec::new();
+            efkit_core::oracle::sample_without_replacement(40, batch, rng, &mut idx);
+            // staged during round t for round t + 1
+            let r = self.round.load(Ordering::SeqCst) + 1;
+            self.log.lock().unwrap().push((self.id, true, r, idx));
+        }
+        fn loss_grad(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+            for (g, xi) in grad.iter_mut().zip(x) {
+                *g = xi - self.id as f64;
+            }
+            0.0
+        }
+        fn loss(&mut self, _x: &[f64]) -> f64 {
+            0.0
+        }
+        fn stochastic_grad(
+            &mut self,
+            x: &[f64],
+            batch: usize,
+            rng: &mut efkit_core::rng::Rng,
+            drawn: &mut Vec<u32>,
+            grad: &mut [f64],
+        ) -> f64 {
+            efkit_core::oracle::sample_without_replacement(40, batch, rng, drawn);
+            let r = self.round.load(Ordering::SeqCst);
+            self.log
+                .lock()
+                .unwrap()
+                .push((self.id, false, r, drawn.clone()));
+            if self.id == self.slow.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            self.loss_grad(x, grad)
+        }
+        fn indexed_grad(&mut self, x: &[f64], _idx: &[u32], grad: &mut [f64]) -> f64 {
+            self.loss_grad(x, grad)
+        }
+    }
+
+    /// Through `Cluster::step` on two threads: while each round's last
+    /// worker runs (slowly), the other thread stages finished workers' next
+    /// minibatches; every staged batch is the one its worker draws in the
+    /// next round, and only workers taking part in it get one (4 workers,
+    /// all or 2 per round).
+    #[test]
+    fn a_cluster_stages_exactly_the_next_draws_of_next_participants() {
+        use efkit_core::compress::{build, CompressorSpec};
+        use efkit_core::method::{BatchSize, MethodSpec, Participation};
+        let spec = MethodSpec {
+            batch: Some(BatchSize::Count(5)),
+            ..MethodSpec::named("ef21-sgd")
+        };
+        for participation in [Participation::All, Participation::Nice { k: 2 }] {
+            let mut parts = spec.parts(0.1, 4, &[Some(40); 4]).unwrap();
+            parts.participation = participation;
+            let codecs = Codecs {
+                uplink: build(&CompressorSpec::named("identity"), 3).unwrap(),
+                dense: build(&CompressorSpec::named("identity"), 3).unwrap(),
+                downlink: None,
+            };
+            let round = Arc::new(AtomicU64::new(0));
+            let slow = Arc::new(AtomicUsize::new(0));
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let oracles: Vec<Box<dyn Oracle>> = (0..4)
+                .map(|id| {
+                    Box::new(Recorder {
+                        id,
+                        slow: Arc::clone(&slow),
+                        round: Arc::clone(&round),
+                        log: Arc::clone(&log),
+                    }) as Box<dyn Oracle>
+                })
+                .collect();
+            let mut c = Cluster::new(parts, codecs, oracles, &[0.5, -1.0, 2.0], 5, 2);
+            let (mut mask, mut idx) = (Vec::new(), Vec::new());
+            for r in 0..8 {
+                round.store(r, Ordering::SeqCst);
+                c.server
+                    .participants(&c.parts, c.seed, r, &mut mask, &mut idx);
+                slow.store(mask.iter().rposition(|&m| m).unwrap(), Ordering::SeqCst);
+                c.step().unwrap();
+            }
+            let log = log.lock().unwrap();
+            let staged: Vec<_> = log.iter().filter(|e| e.1).collect();
+            assert!(!staged.is_empty(), "nothing staged ({participation:?})");
+            for (id, _, r, idx) in staged {
+                if *r < 8 {
+                    let drawn = log.iter().find(|e| !e.1 && e.0 == *id && e.2 == *r);
+                    let drawn = drawn.unwrap_or_else(|| {
+                        panic!("worker {id} staged for round {r} but did not take part")
+                    });
+                    assert_eq!(&drawn.3, idx, "worker {id}, round {r}");
+                }
             }
         }
     }

@@ -121,23 +121,26 @@ fn ef21_sgdm_on_an_mlp_matches_an_independent_computation() {
     assert!(w0.bits_up_wire > 64 * d as u64);
 }
 
+/// Full batches, and minibatches (which two threads stage ahead in a
+/// round's tail: the same results).
 #[test]
 fn mlp_runs_are_identical_for_one_and_two_threads() {
-    let run = |threads| {
-        let mut c = prepare(&parse_with_hints(&config(threads, "", "layers")).unwrap())
-            .unwrap()
-            .cluster;
-        for _ in 0..4 {
-            c.step().unwrap();
-        }
-        c.server
-            .state
-            .x
-            .iter()
-            .map(|v| v.to_bits())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(run(1), run(2));
+    for batch in ["batch = 1.0", "batch = 4"] {
+        let run = |threads| {
+            let cfg = config(threads, "", "layers").replace("batch = 1.0", batch);
+            let mut c = prepare(&parse_with_hints(&cfg).unwrap()).unwrap().cluster;
+            for _ in 0..12 {
+                c.step().unwrap();
+            }
+            c.server
+                .state
+                .x
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(2), "{batch}");
+    }
 }
 
 #[test]
