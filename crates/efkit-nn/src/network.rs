@@ -709,13 +709,13 @@ impl NetworkOracle {
     fn batch(&mut self, rows: Rows<'_>) -> candle_core::Result<(Tensor, Tensor)> {
         if let (Rows::Listed(idx), Some((staged_idx, _))) = (rows, &self.staged) {
             if !idx.is_empty() && staged_idx.as_slice() == idx {
-                let (staged_idx, tensors) = self.staged.take().expect("matched above");
+                let (mut spare_idx, tensors) = self.staged.take().expect("matched above");
+                spare_idx.clear();
                 // the displaced tensors become the next staging buffers
-                let spare = self.batch_tensors.replace(tensors);
-                self.staged = spare.map(|t| (staged_idx, t));
-                if let Some((i, _)) = &mut self.staged {
-                    i.clear();
-                }
+                self.staged = self
+                    .batch_tensors
+                    .replace(tensors)
+                    .map(|spare| (spare_idx, spare));
                 self.staged_hits += 1;
                 return Ok(self.batch_tensors.clone().expect("set above"));
             }
@@ -1548,15 +1548,7 @@ mod tests {
         let data = tiny_data(40, 6, 3, 5);
         let d = spec.dim();
         let x = spec.init(7);
-        let plain = |round: u64, batch: usize| {
-            let mut o = NetworkOracle::new(spec.clone(), data.clone(), precision).unwrap();
-            let mut g = vec![0.0; d];
-            let mut drawn = Vec::new();
-            let mut rng = stream(3, Purpose::Sample, 0, round);
-            let l = o.stochastic_grad(&x, batch, &mut rng, &mut drawn, &mut g);
-            (l, g, drawn)
-        };
-        let mut o = NetworkOracle::new(spec.clone(), data.clone(), precision).unwrap();
+        let fresh = || NetworkOracle::new(spec.clone(), data.clone(), precision).unwrap();
         let call = |o: &mut NetworkOracle, round: u64, batch: usize| {
             let mut g = vec![0.0; d];
             let mut drawn = Vec::new();
@@ -1564,6 +1556,9 @@ mod tests {
             let l = o.stochastic_grad(&x, batch, &mut rng, &mut drawn, &mut g);
             (l, g, drawn)
         };
+        // the same call on an oracle that never staged anything
+        let plain = |round: u64, batch: usize| call(&mut fresh(), round, batch);
+        let mut o = fresh();
         // staged for the round it is drawn in: used, same values
         for round in 0..3 {
             o.stage_batch(8, &mut stream(3, Purpose::Sample, 0, round));

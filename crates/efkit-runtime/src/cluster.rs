@@ -503,7 +503,7 @@ impl Cluster {
             },
         );
         res?;
-        let k = self.mask.iter().filter(|&&m| m).count();
+        let k = self.order.len();
         self.participations += k as u64;
         self.last_participants = k;
         let (workers, mask) = (&self.workers, &self.mask);
