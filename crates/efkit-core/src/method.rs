@@ -2101,7 +2101,8 @@ impl Server {
                     .dense
                     .compress(&st.g, &mut ctx, &mut down.vec, &mut sc.writer)?;
                 down.replace = true;
-                st.g_bc = vec![0.0; d];
+                // to_dense writes every entry: sized once, no allocation per round
+                st.g_bc.resize(d, 0.0);
                 down.vec.to_dense(&mut st.g_bc);
                 // the initial dense broadcast is free in the papers' count, as is
                 // the workers' dense g_i^0 (algorithms.md §3.3)

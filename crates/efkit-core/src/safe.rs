@@ -636,13 +636,29 @@ pub fn decode_model(
 ) -> Result<(), DecodeError> {
     let mut r = BitReader::new(bytes);
     out.lambda = if parts.primal_dual() {
-        Some(parts.scalar_format.read(&mut r)?)
+        let l = parts.scalar_format.read(&mut r)?;
+        // the server sends max(0, .), finite
+        if !(l >= 0.0 && l.is_finite()) {
+            return Err(DecodeError::invalid(
+                "lambda",
+                format!("the dual variable must be finite and >= 0, got {l}"),
+            ));
+        }
+        Some(l)
     } else {
         None
     };
     match &codecs.server {
         None => {
             out.dense = true;
+            // the input must hold the whole model before it is allocated
+            let need = (d as u64).saturating_mul(64);
+            if need > r.remaining() {
+                return Err(DecodeError::Truncated {
+                    at: r.position(),
+                    needed: u32::try_from(need).unwrap_or(u32::MAX),
+                });
+            }
             out.vec.reset_dense(d);
             for v in out.vec.values.iter_mut() {
                 let x = r.read_f64()?;
@@ -1178,5 +1194,45 @@ mod tests {
         assert!(decode_model(&[1, 2, 3], d, &parts, &cd, rc, &mut m).is_err());
         assert!(decode_flag(&[0x80, 0]).is_err());
         assert!(decode_scalar(&[0xff; 3], ValueFormat::F32).is_err());
+    }
+
+    #[test]
+    fn model_downlinks_refuse_a_negative_dual_and_a_model_they_cannot_hold() {
+        let mut spec = SafeSpec::named("primal-dual");
+        spec.step = Some(0.1);
+        let parts = spec.parts(None, Some(1.0)).unwrap();
+        let rc = RoundCtx { seed: 3, round: 0 };
+        let d = 2;
+        let cd = codecs(d, "top-k", Some(1), None);
+        let mut m = ModelMessage::default();
+        // lambda (f32), then the model (2 x f64)
+        let message = |lambda: f32| {
+            let mut w = BitWriter::new();
+            w.write_f32(lambda);
+            w.write_f64(1.0);
+            w.write_f64(2.0);
+            w.finish().to_vec()
+        };
+        decode_model(&message(0.5), d, &parts, &cd, rc, &mut m).unwrap();
+        assert_eq!(
+            (m.lambda, m.vec.values.as_slice()),
+            (Some(0.5), &[1.0, 2.0][..])
+        );
+        // the server only sends max(0, .): a negative or infinite lambda is refused
+        for bad in [-1e30f32, -1.0, -1e-45] {
+            let e = decode_model(&message(bad), d, &parts, &cd, rc, &mut m).unwrap_err();
+            assert!(e.to_string().contains("lambda"), "{e}");
+        }
+        for bad in [f32::INFINITY, f32::NAN] {
+            assert!(decode_model(&message(bad), d, &parts, &cd, rc, &mut m).is_err());
+        }
+        decode_model(&message(-0.0), d, &parts, &cd, rc, &mut m).unwrap();
+        // a model of 2^24 entries announced by 4 bytes: refused before allocating
+        let big = 1 << 24;
+        let cd = codecs(big, "top-k", Some(1), None);
+        let mut m = ModelMessage::default();
+        let e = decode_model(&message(0.5)[..4], big, &parts, &cd, rc, &mut m).unwrap_err();
+        assert!(matches!(e, DecodeError::Truncated { at: 32, .. }), "{e}");
+        assert_eq!(m.vec.values.capacity(), 0);
     }
 }

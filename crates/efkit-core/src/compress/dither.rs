@@ -599,9 +599,9 @@ impl Dithering {
         R: Fn(f64) -> f64,
         M: Fn(u32) -> f64,
     {
-        /// The decoded value: ±mag(k) with the sign of x, +0 for k = 0
-        /// (-0 + 0 = +0); bit-identical to the decoder's mag(k) | sign, as
-        /// mag(k) >= 0.
+        /// The decoded value: ±mag(k) with the sign of x, +0 for k = 0 and
+        /// for a magnitude that underflowed to 0 (-0 + 0 = +0); the decoder
+        /// computes the same (mag(k) | sign) + 0.
         #[inline(always)]
         fn value<M: Fn(u32) -> f64>(mag: &M, k: u32, v: f64) -> f64 {
             f64::from_bits(mag(k).to_bits() | (v.to_bits() & SIGN)) + 0.0
@@ -1046,7 +1046,9 @@ impl Dithering {
                 let nz = (k != 0) as u32;
                 let neg = (b >> (63 - width)) & nz as u64;
                 win.consume(width + nz);
-                *o = f64::from_bits(mag(k).to_bits() | (neg << 63));
+                // + 0.0: a level whose magnitude underflowed to 0 decodes
+                // as +0, as the sender reports it
+                *o = f64::from_bits(mag(k).to_bits() | (neg << 63)) + 0.0;
                 nnz += nz as u64;
                 glen += gamma_len(k as u64);
             }
@@ -1104,7 +1106,7 @@ impl Dithering {
                 }
                 let neg = (b >> (63 - len)) & 1;
                 win.consume(len + 1);
-                values[j] = f64::from_bits(mag(k).to_bits() | (neg << 63));
+                values[j] = f64::from_bits(mag(k).to_bits() | (neg << 63)) + 0.0;
                 nnz += 1;
                 glen += len as u64;
                 j += 1;
@@ -1790,6 +1792,29 @@ mod tests {
             assert!(enc.value.values.iter().all(|v| v.to_bits() == 0));
             let enc = roundtrip(c.as_ref(), &[-0.0; 20], 1);
             assert_eq!(enc.bytes, vec![0, 0, 0, 0]);
+        }
+    }
+
+    #[test]
+    fn a_norm_whose_levels_underflow_decodes_as_sent() {
+        // N = 5e-324 (f64): N/s rounds to 0, so every level's magnitude is 0;
+        // the receiver must decode +0 where the sender reports +0, whatever
+        // the sign bits say (found by review: it decoded -0)
+        for (name, levels) in [
+            ("qsgd", &[3u32, 127, 128, 1000][..]),
+            ("natural-dithering", &[3, 64]),
+        ] {
+            for &s in levels {
+                for d in [1usize, 2, 63] {
+                    let c = build(name, d, s, None, Some(ValueFormat::F64));
+                    let x: Vec<f64> = (0..d)
+                        .map(|j| if j % 2 == 0 { -5e-324 } else { 5e-324 })
+                        .collect();
+                    for key in 0..4 {
+                        roundtrip(c.as_ref(), &x, key);
+                    }
+                }
+            }
         }
     }
 

@@ -27,7 +27,9 @@ use std::cell::RefCell;
 use rand::Rng as _;
 
 use super::registry::{only_keys, resolve_k, value_format, CompressorSpec};
-use super::sparse_codec::{check_input, read_sparse, read_values, round_checked, write_sparse};
+use super::sparse_codec::{
+    check_input, read_sparse, read_values, round_checked, short, write_sparse,
+};
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
@@ -196,11 +198,9 @@ impl Compressor for RandK {
         if self.shared {
             out.reset_sparse(self.d);
             // Check the length before regenerating the indices (cheap rejection).
-            if (self.k as u64) * self.fmt.bits() as u64 > r.remaining() {
-                return Err(DecodeError::Truncated {
-                    at: r.position(),
-                    needed: u32::try_from(self.k).unwrap_or(u32::MAX),
-                });
+            let need = (self.k as u64).saturating_mul(self.fmt.bits() as u64);
+            if need > r.remaining() {
+                return Err(short(r, need));
             }
             let mut rng = rng_from_key(ctx.shared_key);
             DECODE_BITMAP.with(|b| {

@@ -326,7 +326,7 @@ impl ScaledSign {
         list_nonzeros: bool,
         out: &mut CompressedVec,
     ) -> Result<(), DecodeError> {
-        sparse_codec::decode(r, self.d, &mut out.indices)?;
+        sparse_codec::decode(r, self.d, 0, &mut out.indices)?;
         let listed = out.indices.len();
         let nnz = if list_nonzeros {
             listed

@@ -181,9 +181,25 @@ pub fn encode(w: &mut BitWriter, indices: &[u32], d: usize) -> Mode {
     mode
 }
 
+/// A [`DecodeError::Truncated`] at `r`'s position for a field of `bits` bits.
+pub(crate) fn short(r: &BitReader<'_>, bits: u64) -> DecodeError {
+    DecodeError::Truncated {
+        at: r.position(),
+        needed: u32::try_from(bits).unwrap_or(u32::MAX),
+    }
+}
+
 /// Reads an index set written by [`encode`] for dimension `d` into `out`
-/// (cleared first). Never panics; allocates at most `d` indices.
-pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(), DecodeError> {
+/// (cleared first). `bits_after` is the least number of bits each index
+/// implies after the set (its value; 0 if none): the input must hold them
+/// before any index is stored, so a count that the input cannot back costs
+/// no allocation. Never panics; allocates at most `d` indices.
+pub fn decode(
+    r: &mut BitReader<'_>,
+    d: usize,
+    bits_after: u64,
+    out: &mut Vec<u32>,
+) -> Result<(), DecodeError> {
     out.clear();
     let kc = r.read_gamma()?;
     if kc > d as u64 {
@@ -196,12 +212,16 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
     if kc == 0 {
         return Ok(());
     }
+    let after = (kc as u64).saturating_mul(bits_after);
     if kc == d {
+        if after > r.remaining() {
+            return Err(short(r, after));
+        }
         out.extend(0..d as u32);
         return Ok(());
     }
     let bitmap = r.read_bit()?;
-    if !bitmap {
+    let read = if !bitmap {
         let k = r.read_bits(RICE_K_BITS)? as u32;
         if k > MAX_RICE_K {
             return Err(DecodeError::invalid(
@@ -210,11 +230,11 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
             ));
         }
         // Each gap takes at least k + 1 bits: refuse early rather than allocate.
-        if (kc as u64).saturating_mul(k as u64 + 1) > r.remaining() {
-            return Err(DecodeError::Truncated {
-                at: r.position(),
-                needed: (k + 1).saturating_mul(kc as u32),
-            });
+        let need = (kc as u64)
+            .saturating_mul(k as u64 + 1)
+            .saturating_add(after);
+        if need > r.remaining() {
+            return Err(short(r, need));
         }
         out.reserve(kc);
         let mut next = 0u64;
@@ -226,12 +246,11 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
             out.push(i as u32);
             next = i + 1;
         }
+        Mode::Rice(k)
     } else {
-        if (d as u64) > r.remaining() {
-            return Err(DecodeError::Truncated {
-                at: r.position(),
-                needed: u32::try_from(d).unwrap_or(u32::MAX),
-            });
+        let need = (d as u64).saturating_add(after);
+        if need > r.remaining() {
+            return Err(short(r, need));
         }
         out.reserve(kc);
         let mut base = 0usize;
@@ -260,6 +279,17 @@ pub fn decode(r: &mut BitReader<'_>, d: usize, out: &mut Vec<u32>) -> Result<(),
                 "fewer set bits than the index count",
             ));
         }
+        Mode::Bitmap
+    };
+    // One message per index set: the layout must be the one the encoder
+    // picks, so a message cannot be inflated (say a bitmap for one index)
+    // and still be accepted.
+    let planned = plan(out, d).0;
+    if read != planned {
+        return Err(DecodeError::invalid(
+            "index layout",
+            format!("{read:?} where the encoder writes {planned:?}"),
+        ));
     }
     Ok(())
 }
@@ -327,7 +357,7 @@ pub(crate) fn read_sparse(
     out: &mut CompressedVec,
 ) -> Result<(), DecodeError> {
     out.reset_sparse(d);
-    decode(r, d, &mut out.indices)?;
+    decode(r, d, fmt.bits() as u64, &mut out.indices)?;
     read_values(r, fmt, out.indices.len(), &mut out.values)
 }
 
@@ -339,11 +369,9 @@ pub(crate) fn read_values(
     n: usize,
     values: &mut Vec<f64>,
 ) -> Result<(), DecodeError> {
-    if (n as u64).saturating_mul(fmt.bits() as u64) > r.remaining() {
-        return Err(DecodeError::Truncated {
-            at: r.position(),
-            needed: u32::try_from(n).unwrap_or(u32::MAX),
-        });
+    let need = (n as u64).saturating_mul(fmt.bits() as u64);
+    if need > r.remaining() {
+        return Err(short(r, need));
     }
     values.reserve(n);
     for _ in 0..n {
@@ -368,7 +396,7 @@ mod tests {
         let mut r = BitReader::new(&bytes);
         assert_eq!(r.read_bits(3).unwrap(), 0b101);
         let mut out = Vec::new();
-        decode(&mut r, d, &mut out).unwrap();
+        decode(&mut r, d, 0, &mut out).unwrap();
         assert_eq!(r.read_bits(2).unwrap(), 0b11);
         r.finish().unwrap();
         assert_eq!(out, indices);
@@ -483,7 +511,7 @@ mod tests {
         let mut w = BitWriter::new();
         w.write_gamma(11);
         let b = w.finish().to_vec();
-        assert!(decode(&mut BitReader::new(&b), 10, &mut out).is_err());
+        assert!(decode(&mut BitReader::new(&b), 10, 0, &mut out).is_err());
         // rice parameter too large
         let mut w = BitWriter::new();
         w.write_gamma(2);
@@ -491,7 +519,7 @@ mod tests {
         w.write_bits(40, 6);
         w.write_bits(0, 64);
         let b = w.finish().to_vec();
-        assert!(decode(&mut BitReader::new(&b), 1000, &mut out).is_err());
+        assert!(decode(&mut BitReader::new(&b), 1000, 0, &mut out).is_err());
         // gap past the end
         let mut w = BitWriter::new();
         w.write_gamma(2);
@@ -500,20 +528,20 @@ mod tests {
         w.write_rice(9, 0);
         w.write_rice(0, 0);
         let b = w.finish().to_vec();
-        assert!(decode(&mut BitReader::new(&b), 10, &mut out).is_err());
+        assert!(decode(&mut BitReader::new(&b), 10, 0, &mut out).is_err());
         // bitmap with the wrong number of ones
         let mut w = BitWriter::new();
         w.write_gamma(2);
         w.write_bit(true);
         w.write_bits(0b1110000000, 10);
         let b = w.finish().to_vec();
-        assert!(decode(&mut BitReader::new(&b), 10, &mut out).is_err());
+        assert!(decode(&mut BitReader::new(&b), 10, 0, &mut out).is_err());
         let mut w = BitWriter::new();
         w.write_gamma(2);
         w.write_bit(true);
         w.write_bits(0b1000000000, 10);
         let b = w.finish().to_vec();
-        assert!(decode(&mut BitReader::new(&b), 10, &mut out).is_err());
+        assert!(decode(&mut BitReader::new(&b), 10, 0, &mut out).is_err());
         // random garbage never panics
         let mut rng = crate::rng::rng_from_key(5);
         for _ in 0..20_000 {
@@ -521,11 +549,74 @@ mod tests {
             let bytes: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
             let d = rng.gen_range(1..200);
             let mut r = BitReader::new(&bytes);
-            if decode(&mut r, d, &mut out).is_ok() {
+            if decode(&mut r, d, 0, &mut out).is_ok() {
                 assert!(out.len() <= d);
                 assert!(out.windows(2).all(|p| p[0] < p[1]));
                 assert!(out.iter().all(|&i| (i as usize) < d));
+                // and what is accepted is what the encoder writes
+                let mut w = BitWriter::new();
+                encode(&mut w, &out, d);
+                let consumed = r.position() as usize;
+                assert_eq!(w.bit_len() as usize, consumed);
+                let again = w.finish().to_vec();
+                let mut r2 = BitReader::new(&bytes);
+                for (j, &byte) in again.iter().enumerate() {
+                    let n = (consumed - 8 * j).min(8) as u32;
+                    assert_eq!(u64::from(byte) >> (8 - n), r2.read_bits(n).unwrap());
+                }
             }
+        }
+    }
+
+    /// The one message for {5} out of 1000, and non-canonical forms of it.
+    #[test]
+    fn only_the_encoders_layout_is_accepted() {
+        let (d, set) = (1000, [5u32]);
+        let decode_bytes = |b: &[u8]| {
+            let mut out = Vec::new();
+            decode(&mut BitReader::new(b), d, 0, &mut out).map(|_| out)
+        };
+        let mut w = BitWriter::new();
+        encode(&mut w, &set, d);
+        assert_eq!(decode_bytes(w.finish()).unwrap(), set);
+        // the same set as a 1000-bit bitmap
+        let mut w = BitWriter::new();
+        w.write_gamma(1);
+        w.write_bit(true);
+        for j in 0..d as u32 {
+            w.write_bit(j == 5);
+        }
+        let e = decode_bytes(w.finish()).unwrap_err();
+        assert!(e.to_string().contains("index layout"), "{e}");
+        // the same set with Rice parameter 31 instead of the best one
+        let mut w = BitWriter::new();
+        w.write_gamma(1);
+        w.write_bit(false);
+        w.write_bits(31, 6);
+        w.write_rice(5, 31);
+        let e = decode_bytes(w.finish()).unwrap_err();
+        assert!(e.to_string().contains("index layout"), "{e}");
+    }
+
+    /// A count of d indices, or K indices whose values must follow, is
+    /// backed by the input before any index is stored.
+    #[test]
+    fn counts_the_input_cannot_back_allocate_nothing() {
+        let d = 1 << 24;
+        for count in [d as u64, 1 << 20] {
+            let mut w = BitWriter::new();
+            w.write_gamma(count);
+            w.write_bit(false);
+            w.write_bits(4, 6);
+            w.write_bits(0, 64);
+            let b = w.finish().to_vec();
+            let mut out = Vec::new();
+            let e = decode(&mut BitReader::new(&b), d, 32, &mut out).unwrap_err();
+            assert!(
+                matches!(e, DecodeError::Truncated { needed, .. } if u64::from(needed) >= 32 * count.min(1 << 27)),
+                "{e}"
+            );
+            assert_eq!(out.capacity(), 0);
         }
     }
 }

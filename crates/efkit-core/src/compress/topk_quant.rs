@@ -41,7 +41,7 @@
 use super::natural::{natural_round, read_natural, write_natural, NATURAL_MAX};
 use super::registry::{only_keys, resolve_k, CompressorSpec};
 use super::sparse_codec::{
-    check_input, decode as decode_indices, encode as encode_indices, overflow_error,
+    check_input, decode as decode_indices, encode as encode_indices, overflow_error, short,
 };
 use super::topk::select_top_k;
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
@@ -139,7 +139,7 @@ impl Compressor for TopKQuant {
         out: &mut CompressedVec,
     ) -> Result<(), DecodeError> {
         out.reset_sparse(self.d);
-        decode_indices(r, self.d, &mut out.indices)?;
+        decode_indices(r, self.d, NATURAL_BITS, &mut out.indices)?;
         if out.indices.len() != self.k {
             return Err(DecodeError::invalid(
                 "index count",
@@ -150,11 +150,9 @@ impl Compressor for TopKQuant {
                 ),
             ));
         }
-        if self.k as u64 * NATURAL_BITS > r.remaining() {
-            return Err(DecodeError::Truncated {
-                at: r.position(),
-                needed: u32::try_from(self.k).unwrap_or(u32::MAX),
-            });
+        let need = self.k as u64 * NATURAL_BITS;
+        if need > r.remaining() {
+            return Err(short(r, need));
         }
         out.values.reserve(self.k);
         for _ in 0..self.k {
