@@ -396,7 +396,17 @@ impl SafeSpec {
             }
             let threshold = match (self.threshold, theory) {
                 (Some(c), _) => c,
-                (None, Some(t)) => threshold_multiplier * t.threshold(gamma),
+                (None, Some(t)) => {
+                    let c = threshold_multiplier * t.threshold(gamma);
+                    // derived from the step: a non-finite one is the step's fault
+                    if !c.is_finite() {
+                        return Err(ParamError::invalid(
+                            "method.step",
+                            format!("the theory threshold for step {gamma:e} is {c} (not finite): give a smaller step, or an absolute method.threshold"),
+                        ));
+                    }
+                    c
+                }
                 (None, None) => {
                     return Err(ParamError::invalid(
                         "method.threshold",
@@ -1144,6 +1154,12 @@ mod tests {
             e.to_string().contains("safe-ef2") && e.to_string().contains("primal-dual"),
             "{e}"
         );
+        // a huge absolute step makes the theory threshold overflow: the
+        // error names the step the user gave, not the threshold they did not
+        let mut s = SafeSpec::named("safe-ef");
+        s.step = Some(1e308);
+        let e = s.parts(Some(&t), None).unwrap_err().to_string();
+        assert!(e.contains("method.step") && e.contains("not finite"), "{e}");
         let mut s = SafeSpec::named("safe-ef");
         s.step_multiplier = -1.0;
         assert!(s

@@ -272,6 +272,31 @@ impl Network {
         x
     }
 
+    /// A lower bound on the memory of one forward and backward pass over
+    /// `images` images in f32: each convolution's unfolded patches
+    /// ([`conv_as_matmul`]) and its output before and after the ReLU, each
+    /// dense layer's output twice, all kept for the backward pass, which
+    /// needs as much again for their gradients.
+    pub fn pass_bytes_lower_bound(&self, images: usize) -> u128 {
+        let floats: u128 = self
+            .layers
+            .iter()
+            .map(|l| match *l {
+                Layer::Conv {
+                    channels_in,
+                    channels_out,
+                    kernel,
+                    side,
+                } => {
+                    let area = ((side - kernel + 1) as u128).pow(2);
+                    area * (channels_in * kernel * kernel) as u128 + 2 * area * channels_out as u128
+                }
+                Layer::Dense { outputs, .. } => 2 * outputs as u128,
+            })
+            .sum();
+        2 * 4 * images as u128 * floats
+    }
+
     /// Images per forward pass when a whole data set is evaluated: 2,048,
     /// or fewer for a CNN so that the unfolded patches of a chunk
     /// ([`conv_as_matmul`]) stay near 16 MiB (about 150 MNIST images).

@@ -143,8 +143,14 @@ pub struct Mnist {
 impl Mnist {
     /// Checks and combines an images array (magic 2051) and a labels array
     /// (magic 2049).
-    pub fn from_arrays(images: IdxArray, labels: IdxArray, file: Option<&str>) -> Result<Mnist> {
-        let inconsistent = |m: String| idx_err(file, IdxErrorKind::Inconsistent(m));
+    /// `files` names the (images, labels) files in errors.
+    pub fn from_arrays(
+        images: IdxArray,
+        labels: IdxArray,
+        files: Option<(&str, &str)>,
+    ) -> Result<Mnist> {
+        let both = files.map(|(i, l)| format!("{i} and {l}"));
+        let inconsistent = |m: String| idx_err(both.as_deref(), IdxErrorKind::Inconsistent(m));
         if images.dims.len() != 3 || labels.dims.len() != 1 {
             return Err(inconsistent(format!(
                 "image dims {:?}, label dims {:?}",
@@ -159,7 +165,7 @@ impl Mnist {
         }
         if let Some(index) = labels.data.iter().position(|&l| l > 9) {
             return Err(idx_err(
-                file,
+                files.map(|(_, l)| l),
                 IdxErrorKind::BadLabel {
                     index,
                     label: labels.data[index],
@@ -259,7 +265,8 @@ pub fn load_mnist_from(dir: &Path, split: MnistSplit) -> Result<Mnist> {
     let lp = find_file(dir, lab).ok_or_else(missing)?;
     let images = read_idx(&ip, MAGIC_IMAGES)?;
     let labels = read_idx(&lp, MAGIC_LABELS)?;
-    Mnist::from_arrays(images, labels, Some(&ip.display().to_string()))
+    let (ipath, lpath) = (ip.display().to_string(), lp.display().to_string());
+    Mnist::from_arrays(images, labels, Some((&ipath, &lpath)))
 }
 
 /// Loads one split of MNIST from the folder found by [`mnist_dir`].
@@ -339,6 +346,28 @@ mod tests {
         assert!(Mnist::from_arrays(img.clone(), l3, None).is_err());
         let l1 = parse_idx(&idx(2049, &[1], &[4]), 2049, None).unwrap();
         assert!(Mnist::from_arrays(img, l1, None).is_err());
+    }
+
+    /// A bad label is reported in the labels file (found by review: the
+    /// images file was named).
+    #[test]
+    fn a_bad_label_names_the_labels_file() {
+        let dir = std::env::temp_dir().join(format!("efkit-idx-labels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (img, lab) = MnistSplit::Test.file_stems();
+        std::fs::write(dir.join(img), idx(2051, &[2, 1, 2], &[0, 255, 7, 0])).unwrap();
+        std::fs::write(dir.join(lab), idx(2049, &[2], &[3, 11])).unwrap();
+        let e = load_mnist_from(&dir, MnistSplit::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(lab) && !e.contains(img), "{e}");
+        assert!(e.contains("label 11"), "{e}");
+        std::fs::write(dir.join(lab), idx(2049, &[3], &[3, 1, 2])).unwrap();
+        let e = load_mnist_from(&dir, MnistSplit::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(lab) && e.contains(img), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

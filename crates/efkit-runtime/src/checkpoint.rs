@@ -170,6 +170,23 @@ pub struct ConfigStamp(pub BTreeMap<String, String>);
 /// `threads` only the speed).
 pub const RESUMABLE_KEYS: &[&str] = &["stop", "threads"];
 
+/// The stamp key of the contents of a dataset given as a file path.
+pub const DATA_FILE_KEY: &str = "problem.dataset (file contents)";
+
+/// Size and FNV-1a hash of the dataset file `name` (`None` for a bundled
+/// dataset's name, or a path that cannot be read: setup reports that).
+fn data_file_fingerprint(name: &str) -> Option<String> {
+    if efkit_problems::datasets::bundled(name).is_some() {
+        return None;
+    }
+    let bytes = std::fs::read(name).ok()?;
+    Some(format!(
+        "{} bytes, fnv1a64 {:016x}",
+        bytes.len(),
+        fnv1a64(&bytes)
+    ))
+}
+
 /// A config could not be turned into a [`ConfigStamp`].
 #[derive(Debug, Error)]
 #[error("cannot fingerprint the config: {0}")]
@@ -182,11 +199,22 @@ impl ConfigStamp {
     pub fn of<C: Serialize>(cfg: &C) -> Result<Self, StampError> {
         let text = toml::to_string(cfg).map_err(|e| StampError(e.to_string()))?;
         let table: toml::Table = text.parse().map_err(|e| StampError(format!("{e}")))?;
+        let dataset = table
+            .get("problem")
+            .and_then(|p| p.get("dataset"))
+            .and_then(|d| d.as_str())
+            .map(str::to_owned);
         let mut out = BTreeMap::new();
         for (k, v) in table {
             if !RESUMABLE_KEYS.contains(&k.as_str()) {
                 flatten(k, v, &mut out);
             }
+        }
+        // a dataset read from a file: its contents are part of the run (the
+        // path may hold other data, or name another file from another
+        // directory, when the run is resumed)
+        if let Some(fp) = dataset.as_deref().and_then(data_file_fingerprint) {
+            out.insert(DATA_FILE_KEY.to_string(), fp);
         }
         Ok(ConfigStamp(out))
     }
@@ -199,6 +227,8 @@ impl ConfigStamp {
         let show = |v: Option<&String>| v.map_or("absent".to_string(), |v| v.clone());
         keys.into_iter()
             .filter(|k| self.0.get(*k) != now.0.get(*k))
+            // checkpoints written before the data fingerprint have none
+            .filter(|k| k.as_str() != DATA_FILE_KEY || self.0.contains_key(*k))
             .map(|k| {
                 format!(
                     "{k} = {} in the checkpoint, {} in the config",
@@ -238,6 +268,18 @@ fn need_len(what: &str, len: usize, d: usize) -> Result<(), Mismatch> {
         Ok(())
     } else {
         Err(Mismatch(format!("{what} has {len} entries, d = {d}")))
+    }
+}
+
+/// Every entry finite: a run stops (diverged) before it checkpoints a
+/// non-finite state, so one here was written by hand.
+fn finite(what: &str, v: &[f64]) -> Result<(), Mismatch> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(j) => Err(Mismatch(format!(
+            "{what} holds the non-finite entry {} at index {j}",
+            v[j]
+        ))),
     }
 }
 
@@ -354,6 +396,19 @@ pub fn check_state(s: &ClusterState, n: usize, d: usize, parts: &Parts) -> Resul
         lazy_len("the pending downlink's model x", down.x.len(), d, false)?;
         check_compressed("the pending downlink's estimate", &down.vec, d)?;
     }
+    for (name, v) in [
+        ("server x", &sv.x[..]),
+        ("server g", &sv.g),
+        ("server v", &sv.v),
+        ("server g_bc", &sv.g_bc),
+        ("the pending downlink's model x", &down.x),
+        ("the pending downlink's estimate", &down.vec.values),
+    ] {
+        finite(name, v)?;
+    }
+    for (i, gi) in sv.g_i.iter().enumerate() {
+        finite(&format!("server g_i[{i}]"), gi)?;
+    }
     if s.last_participants > n {
         return Err(Mismatch(format!(
             "{} participants in the last round, n = {n}",
@@ -385,6 +440,16 @@ pub fn check_state(s: &ClusterState, n: usize, d: usize, parts: &Parts) -> Resul
         lazy_len(&f("x_prev"), w.x_prev.len(), d, init && page)?;
         // reset by the worker when it is not of length d
         lazy_len(&f("g_server"), w.g_server.len(), d, false)?;
+        for (name, v) in [
+            ("x", &w.x[..]),
+            ("g", &w.g),
+            ("v", &w.v),
+            ("u", &w.u),
+            ("x_prev", &w.x_prev),
+            ("g_server", &w.g_server),
+        ] {
+            finite(&f(name), v)?;
+        }
         if w.rounds_participated > round {
             return Err(Mismatch(format!(
                 "worker {i} took part in {} rounds, the checkpoint is at round {round}",
@@ -428,6 +493,16 @@ pub fn check_safe_state(s: &SafeClusterState, n: usize, d: usize) -> Result<(), 
         }
         need_len(&format!("worker {i} w"), w.w.len(), d)?;
         need_len(&format!("worker {i} e"), w.e.len(), d)?;
+        finite(&format!("worker {i} w"), &w.w)?;
+        finite(&format!("worker {i} e"), &w.e)?;
+    }
+    for (name, v) in [
+        ("server x", &sv.x[..]),
+        ("server w", &sv.w),
+        ("server g", &sv.g),
+        ("server avg_sum", &sv.avg_sum),
+    ] {
+        finite(name, v)?;
     }
     Ok(())
 }

@@ -145,12 +145,7 @@ pub fn state_bytes_lower_bound(d: usize, n: usize) -> u128 {
 /// report `MemTotal` in /proc/meminfo are not checked.
 pub fn check_state_memory(d: usize, n: usize) -> Result<(), String> {
     let need = state_bytes_lower_bound(d, n);
-    let Some(total) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok())
-            .map(|kb| kb * 1024)
-    }) else {
+    let Some(total) = machine_memory() else {
         return Ok(());
     };
     if need > total {
@@ -164,18 +159,33 @@ pub fn check_state_memory(d: usize, n: usize) -> Result<(), String> {
     }
 }
 
+/// This machine's memory in bytes (`MemTotal` of /proc/meminfo; `None`
+/// where it is not reported).
+pub fn machine_memory() -> Option<u128> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok())
+            .map(|kb| kb * 1024)
+    })
+}
+
+/// The number of threads of [`worker_pool`]`(threads)`.
+pub fn pool_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    }
+}
+
 /// The thread pool of an in-process cluster: `threads` threads, or one per
 /// core for 0 (counted here, not taken from rayon's default, which follows
 /// `RAYON_NUM_THREADS`: the CLI sets that variable to keep candle's own
 /// threading out of the way of the worker threads).
 pub fn worker_pool(threads: usize) -> rayon::ThreadPool {
-    let threads = if threads > 0 {
-        threads
-    } else {
-        std::thread::available_parallelism().map_or(1, |c| c.get())
-    };
     rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(pool_threads(threads))
         .build()
         .expect("thread pool")
 }

@@ -293,7 +293,7 @@ pub fn parse_with_hints(s: &str) -> Result<Config, String> {
 
 /// From a serde "unknown field `x`, expected one of `a`, `b`" message, the
 /// expected name nearest to `x` (edit distance at most 3).
-fn suggest(msg: &str) -> Option<String> {
+pub fn suggest(msg: &str) -> Option<String> {
     let start = msg.find("unknown field `")? + "unknown field `".len();
     let rest = &msg[start..];
     let end = rest.find('`')?;

@@ -273,6 +273,14 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
                     ));
                 }
                 positive("step.mu", mu)?;
+                // mu <= L for every function (the PL constant is at most the
+                // smoothness constant); a larger mu gives a uselessly small step
+                if mu > s.l * (1.0 + 1e-9) {
+                    return Err(bad(
+                        "step.mu",
+                        format!("mu = {mu:e} exceeds the problem's smoothness constant L = {:e}, which no function allows (mu <= L): give a smaller step.mu", s.l),
+                    ));
+                }
                 theory::ef21_pl_stepsize(s.l, l_mix, a, mu)
             };
             let gamma = cfg.step.multiplier * base;

@@ -384,6 +384,14 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
             format!("not supported for `{kind}` problems"),
         ));
     }
+    #[cfg(feature = "nn")]
+    if let Some(net) = problem.network()? {
+        let key = match p.kind {
+            ProblemKind::MnistCnn => "problem.channels",
+            _ => "problem.hidden",
+        };
+        check_pass_memory(&net, p.workers, cfg.threads).map_err(|r| bad(key, r))?;
+    }
     let oracles = build_oracles(&problem, p.workers)?;
     let d = oracles[0].dim();
     #[cfg(feature = "nn")]
@@ -451,6 +459,35 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         server_compressor: None,
     };
     Ok(Prepared { cluster, info })
+}
+
+/// Refuses a network whose forward/backward passes (one per pool thread at
+/// once, over chunks of [`efkit_nn::Network::eval_chunk`] images) and state
+/// cannot fit in this machine's memory: a clear error instead of the kernel's
+/// OOM killer (a CNN with 100,000 channels passed the state check alone).
+#[cfg(feature = "nn")]
+fn check_pass_memory(
+    net: &efkit_nn::Network,
+    workers: usize,
+    threads: usize,
+) -> Result<(), String> {
+    let Some(total) = crate::cluster::machine_memory() else {
+        return Ok(());
+    };
+    let at_once = crate::cluster::pool_threads(threads).min(workers).max(1);
+    let chunk = net.eval_chunk();
+    let passes = net.pass_bytes_lower_bound(chunk) * at_once as u128;
+    let need = passes + crate::cluster::state_bytes_lower_bound(net.dim(), workers);
+    if need > total {
+        return Err(format!(
+            "this network needs at least {:.1} GB ({at_once} forward/backward passes of {chunk} images at once: {:.1} GB; the state of {workers} workers with d = {}), more than this machine's {:.1} GB: make it smaller",
+            need as f64 / 1e9,
+            passes as f64 / 1e9,
+            net.dim(),
+            total as f64 / 1e9
+        ));
+    }
+    Ok(())
 }
 
 /// The default lambda of `mnist-logistic` (the value of the authors' MNIST runs, §10.3).

@@ -65,18 +65,33 @@ pub fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
                 dir.display()
             )));
         }
-        for f in RUN_FILES.iter().chain(
-            [
-                "grad_norm_vs_bits.svg",
-                "grad_norm_vs_bits.png",
-                "checkpoint.json",
-            ]
-            .iter(),
-        ) {
-            let p = dir.join(f);
-            if p.exists() {
-                fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
-            }
+        let files: Vec<PathBuf> = RUN_FILES
+            .iter()
+            .chain(
+                [
+                    "grad_norm_vs_bits.svg",
+                    "grad_norm_vs_bits.png",
+                    "checkpoint.json",
+                ]
+                .iter(),
+            )
+            .map(|f| dir.join(f))
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect();
+        // all or nothing: a path that cannot be removed as a file is found
+        // before any result is (otherwise the run would fail half-deleted)
+        if let Some(p) = files
+            .iter()
+            .find(|p| p.symlink_metadata().is_ok_and(|m| m.is_dir()))
+        {
+            bail!(crate::UserError(format!(
+                "cannot overwrite the run in {}: {} is a directory, not a file; move it away (nothing was removed)",
+                dir.display(),
+                p.display()
+            )));
+        }
+        for p in &files {
+            fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
     ensure_writable_dir(dir, "output directory")

@@ -34,7 +34,23 @@ pub fn apply_overrides(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
             .split_once('=')
             .ok_or_else(|| UserError(format!("--set expects KEY=VALUE, got `{s}`")))?;
         let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {val}")) {
-            Ok(mut t) => t.remove("v").unwrap(),
+            // one value, nothing after it (a newline in VALUE could add
+            // tables that would be dropped without a word)
+            Ok(mut t) if t.len() == 1 => t.remove("v").expect("the one key"),
+            Ok(_) => {
+                return Err(UserError(format!(
+                    "--set {}: `{val}` is more than one TOML value; give one value per --set",
+                    key.trim()
+                ))
+                .into())
+            }
+            Err(_) if val.contains(['\n', '\r']) => {
+                return Err(UserError(format!(
+                    "--set {}: the value spans lines; give one value per --set",
+                    key.trim()
+                ))
+                .into())
+            }
             Err(_) => toml::Value::String(val.to_string()),
         };
         let parts: Vec<&str> = key.trim().split('.').collect();
@@ -65,23 +81,71 @@ pub fn read_config_text(path: &Path) -> Result<String> {
 /// Parses the text of the config file `path` with overrides; every problem
 /// is a [`UserError`].
 pub fn parse_config(text: &str, path: &Path, sets: &[String]) -> Result<Config> {
+    parse_with_sets(text, path, sets, efkit_runtime::config::parse_with_hints)
+}
+
+/// Parses a config of either family from the text of the file `path` with
+/// the `--set` overrides `sets`. Without overrides `plain` parses the file's
+/// own text, so errors give its lines; with them the document is rebuilt,
+/// and an error names the key instead of a line of the rebuilt text.
+pub fn parse_with_sets<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    sets: &[String],
+    plain: impl Fn(&str) -> Result<T, String>,
+) -> Result<T> {
     let mut doc: toml::Table =
         toml::from_str(text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
-    apply_overrides(&mut doc, sets)?;
-    let cfg: Config = Config::deserialize_table(doc)
-        .map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
-    Ok(cfg)
-}
-
-trait FromTable: Sized {
-    fn deserialize_table(t: toml::Table) -> Result<Self, String>;
-}
-
-impl FromTable for Config {
-    fn deserialize_table(t: toml::Table) -> Result<Self, String> {
-        let s = toml::to_string(&t).map_err(|e| e.to_string())?;
-        efkit_runtime::config::parse_with_hints(&s)
+    if sets.is_empty() {
+        return plain(text)
+            .map_err(|e| UserError(format!("config {}: {e}", path.display())).into());
     }
+    apply_overrides(&mut doc, sets)?;
+    let rebuilt = toml::to_string(&doc)?;
+    toml::from_str::<T>(&rebuilt).map_err(|e| {
+        let msg = e.message();
+        let at = e
+            .span()
+            .and_then(|sp| key_at(&rebuilt, sp.start))
+            .map(|k| format!(", at `{k}`"))
+            .unwrap_or_default();
+        let hint = efkit_runtime::config::suggest(msg)
+            .map(|h| format!("\nhint: did you mean `{h}`?"))
+            .unwrap_or_default();
+        UserError(format!(
+            "config {} with the --set overrides{at}: {msg}{hint}",
+            path.display()
+        ))
+        .into()
+    })
+}
+
+/// The dotted key whose line holds byte `offset` of a TOML text written by
+/// `toml::to_string` (`[a.b]` headers, `key = value` lines).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let head = text.get(..offset)?;
+    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?.trim();
+    let header = |l: &str| {
+        l.strip_prefix('[').map(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string()
+        })
+    };
+    if let Some(h) = header(line) {
+        return Some(h);
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"');
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| header(l.trim()));
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 /// Options of one run.
@@ -158,6 +222,99 @@ pub fn check_resumable(
     Ok(())
 }
 
+/// The `[stop]` settings as `summary.json` records them: the stopping rules
+/// only (`checkpoint_every` says when to save, not when to stop).
+pub fn stop_record(stop: &impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(stop).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("checkpoint_every");
+    }
+    v
+}
+
+/// Refuses to resume a run that has ended (its `summary.json` gives a status
+/// other than `interrupted`) under the `[stop]` settings `stop` it ended
+/// under: resuming would redo its last rounds and overwrite its results for
+/// nothing. After a change to `[stop]` (a higher round limit, a smaller
+/// tolerance, a longer time limit) it continues. A summary written by an
+/// older efkit records no `[stop]`: a note, and the run is resumed.
+pub fn check_not_ended(dir: &Path, stop: &serde_json::Value) -> Result<()> {
+    let path = dir.join("summary.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(UserError(format!("cannot read {}: {e}", path.display())).into()),
+    };
+    let summary: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        UserError(format!(
+            "{} is not valid JSON ({e}), so whether the run ended is unknown; move it aside to resume",
+            path.display()
+        ))
+    })?;
+    let status = summary.get("status").and_then(|s| s.as_str()).unwrap_or("");
+    if status == "interrupted" {
+        return Ok(());
+    }
+    match summary.get("stop") {
+        Some(ended_under) if ended_under == stop => Err(UserError(format!(
+            "the run in {} already ended (status {status} after {} rounds, {}) under the [stop] settings config.toml still has; nothing to resume: change [stop] in config.toml (e.g. raise stop.max_rounds, lower stop.tol or raise stop.time_limit) to continue it",
+            dir.display(),
+            summary.get("rounds").map_or("?".to_string(), |r| r.to_string()),
+            path.display()
+        ))
+        .into()),
+        Some(_) => Ok(()),
+        None => {
+            eprintln!(
+                "note: {} (status {status}) records no [stop] settings (written by an older efkit); resuming from the checkpoint",
+                path.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Refuses a resumption whose kept metrics rows (rounds `rounds`, for a
+/// checkpoint at round `checkpoint`) miss rounds: the file is gone, does not
+/// start at round 0, or ends more than a logging interval before the
+/// checkpoint. The resumed run would write its rows after the gap without
+/// saying so. The interval is the larger of `log_every` and the widest step
+/// between kept rows (`[stop].log_every` may have changed since they were
+/// written).
+pub fn check_rows_reach(
+    path: &Path,
+    rounds: &[u64],
+    checkpoint: u64,
+    log_every: u64,
+) -> Result<()> {
+    let missing = |what: String| -> Result<()> {
+        Err(UserError(format!(
+            "{} {what}, but the checkpoint is at round {checkpoint}: the resumed run's metrics would have a gap; restore the file or start a new run with `efkit run`",
+            path.display()
+        ))
+        .into())
+    };
+    let (Some(&first), Some(&last)) = (rounds.first(), rounds.last()) else {
+        return missing(if path.exists() {
+            "holds no rows up to the checkpoint".to_string()
+        } else {
+            "is missing".to_string()
+        });
+    };
+    if first != 0 {
+        return missing(format!("starts at round {first}, not 0"));
+    }
+    let widest = rounds
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    if last.saturating_add(log_every.max(widest)) <= checkpoint {
+        return missing(format!("ends at round {last}"));
+    }
+    Ok(())
+}
+
 /// The checkpoint file of `dir`, or a [`UserError`] saying how to get one.
 pub fn checkpoint_path(dir: &Path) -> Result<PathBuf> {
     let ck_path = dir.join(checkpoint::CHECKPOINT_FILE);
@@ -217,8 +374,17 @@ where
         let now = ConfigStamp::of(&cfg)?;
         let round = round_of(&checkpoint);
         check_resumable(dir, stamp.as_ref(), &now, round, max_rounds)?;
+        let stop = serde_json::to_value(&cfg)?
+            .get("stop")
+            .cloned()
+            .unwrap_or_default();
+        check_not_ended(dir, &stop_record(&stop))?;
         // keep the metrics up to the checkpoint's round; later lines are redone
-        let kept = output::read_rows(&dir.join("metrics.jsonl"), round, row_round)?;
+        let metrics_path = dir.join("metrics.jsonl");
+        let kept = output::read_rows(&metrics_path, round, &row_round)?;
+        let log_every = stop.get("log_every").and_then(|v| v.as_u64()).unwrap_or(1);
+        let rounds: Vec<u64> = kept.rows.iter().map(&row_round).collect();
+        check_rows_reach(&metrics_path, &rounds, round, log_every)?;
         Ok(Resumed {
             cfg,
             checkpoint,
@@ -416,6 +582,8 @@ pub fn write_outputs(
         "seconds": last.map(|m| m.seconds),
         "message": summary.message,
         "setup": info,
+        // what a resumption compares (see `check_not_ended`)
+        "stop": stop_record(&cfg.stop),
     });
     if let Some(acc) = last.and_then(|m| m.test_accuracy) {
         json["test_accuracy"] = acc.into();
@@ -488,8 +656,9 @@ pub fn cmd_run(
     quiet: bool,
 ) -> Result<u8> {
     let text = read_config_text(config)?;
-    if let Some(doc) = safe_method_doc(&text, sets)? {
-        return cmd_run_safe(doc, config, out, force, threads, checkpoint_every);
+    if safe_method_doc(&text, sets)?.is_some() {
+        let cfg = crate::run_safe::parse_with(&text, config, sets)?;
+        return cmd_run_safe(cfg, out, force, threads, checkpoint_every);
     }
     let mut cfg = parse_config(&text, config, sets)?;
     if let Some(t) = threads {
@@ -531,15 +700,12 @@ pub fn safe_method_doc(text: &str, sets: &[String]) -> Result<Option<toml::Table
 
 /// `efkit run` for a Safe-EF-family config (see docs/safe-ef.md).
 fn cmd_run_safe(
-    doc: toml::Table,
-    path: &Path,
+    mut cfg: efkit_runtime::safe::SafeConfig,
     out: Option<PathBuf>,
     force: bool,
     threads: Option<usize>,
     checkpoint_every: Option<u64>,
 ) -> Result<u8> {
-    let text = toml::to_string(&doc)?;
-    let mut cfg = crate::run_safe::parse(&text, path)?;
     if let Some(t) = threads {
         cfg.threads = t;
     }

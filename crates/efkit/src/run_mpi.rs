@@ -695,7 +695,7 @@ mod with_mpi {
         }
         let info = cluster.info().expect("rank 0 keeps the setup info").clone();
         let mpi = serde_json::json!({ "ranks": ranks, "traffic": cluster.traffic(), "resumed_from": resumed_from });
-        run_safe::write_summary(&out, &summary, &rows, &info, Some(("mpi", mpi)))?;
+        run_safe::write_summary(&out, &summary, &rows, &info, &cfg.stop, Some(("mpi", mpi)))?;
         let code = run_safe::report(&cfg, &summary, &out, &format!(" on P = {ranks} MPI ranks"));
         Ok(RunEnd {
             code,
@@ -726,9 +726,8 @@ mod with_mpi {
         let setup = |ranks: usize| -> Result<(RootSide, RootJob)> {
             // read once: a pipe or /dev/stdin gives its content only once
             let text = run::read_config_text(config)?;
-            if let Some(doc) = run::safe_method_doc(&text, sets)? {
-                let text = toml::to_string(&doc)?;
-                let mut cfg = run_safe::parse(&text, config)?;
+            if run::safe_method_doc(&text, sets)?.is_some() {
+                let mut cfg = run_safe::parse_with(&text, config, sets)?;
                 if let Some(t) = threads {
                     cfg.threads = t;
                 }

@@ -29,6 +29,12 @@ pub fn parse(text: &str, path: &Path) -> Result<SafeConfig> {
         .map_err(|e| UserError(format!("config {}: {e}", path.display())).into())
 }
 
+/// Parses a Safe-EF config file's text with `--set` overrides (see
+/// [`crate::run::parse_with_sets`]).
+pub fn parse_with(text: &str, path: &Path, sets: &[String]) -> Result<SafeConfig> {
+    crate::run::parse_with_sets(text, path, sets, SafeConfig::from_toml)
+}
+
 /// Whether the config text is a Safe-EF-family config (its `[method].name`
 /// is one of `efkit_core::safe::SAFE_METHOD_NAMES`).
 pub fn is_safe_text(text: &str) -> bool {
@@ -61,7 +67,7 @@ pub fn run(cfg: &SafeConfig, dir: &Path, force: bool) -> Result<(SafeSummary, Ve
         None,
         &stamp,
     )?;
-    write_summary(dir, &summary, &rows, &prepared.info, None)?;
+    write_summary(dir, &summary, &rows, &prepared.info, &cfg.stop, None)?;
     Ok((summary, rows))
 }
 
@@ -113,16 +119,18 @@ fn drive(
 /// Writes `summary.json`: status, rounds, the last logged metrics (the last
 /// row of `rows` when the summary has none, e.g. a resumed run that had
 /// nothing left to do), the message, the resolved setup, and `extra` (the
-/// MPI backend adds its ranks and traffic).
+/// MPI backend adds its ranks and traffic), and the `[stop]` settings `stop`
+/// the run ended under (what a resumption compares).
 pub fn write_summary(
     dir: &Path,
     summary: &SafeSummary,
     rows: &[SafeMetrics],
     setup: &impl serde::Serialize,
+    stop: &impl serde::Serialize,
     extra: Option<(&str, serde_json::Value)>,
 ) -> Result<()> {
     let last = summary.last.as_ref().or(rows.last());
-    let mut json = serde_json::json!({ "status": summary.status, "rounds": summary.rounds, "last": last, "message": summary.message, "setup": setup });
+    let mut json = serde_json::json!({ "status": summary.status, "rounds": summary.rounds, "last": last, "message": summary.message, "setup": setup, "stop": crate::run::stop_record(stop) });
     if let Some((k, v)) = extra {
         json[k] = v;
     }
@@ -188,7 +196,7 @@ pub fn cmd_resume(dir: &Path, config_text: &str) -> Result<u8> {
         Some(elapsed),
         &stamp,
     )?;
-    write_summary(dir, &summary, &rows, &prepared.info, None)?;
+    write_summary(dir, &summary, &rows, &prepared.info, &cfg.stop, None)?;
     Ok(report(&cfg, &summary, dir, ""))
 }
 

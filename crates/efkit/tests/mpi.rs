@@ -732,12 +732,14 @@ fn safe_ef_resume_over_mpi_and_across_backends() {
     let t = rows(&killed.join("transport.jsonl"));
     assert_eq!(t.len(), want.len());
     assert!(t.iter().skip(9).all(|l| l["resumed_from"] == 40), "{t:?}");
-    // in-process -> MPI: the last checkpoint (round 50) of a finished run;
-    // the lines of rounds 55 and 60 are redone over MPI
+    // in-process -> MPI: the last checkpoint (round 50) of a run killed
+    // after it (a finished run without its summary.json: an ended run is not
+    // resumed); the lines of rounds 55 and 60 are redone over MPI
     let ip = dir.path().join("in-process-ckpt");
     let mut a = run_args(&cfg, &ip, &EXAMPLE_SETS);
     a.extend(["--backend", "in-process", "--checkpoint-every", "25"]);
     in_process_args(&a, "in-process run with checkpoints");
+    std::fs::remove_file(ip.join("summary.json")).unwrap();
     let o = mpi_args(2, &[], &["resume", ip.to_str().unwrap()]);
     ok(
         &o,

@@ -48,6 +48,23 @@ fn run_ok(dir: &Path, name: &str, cfg_text: &str, every: u64, extra: &[&str]) ->
     out
 }
 
+/// A vector of `d` zeros with `value` at `at`, in the checkpoints' compact
+/// form (base64 of the little-endian bytes).
+fn base64_with(d: usize, at: usize, value: f64) -> String {
+    let mut v = vec![0.0f64; d];
+    v[at] = value;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    efkit_core::compact::encode_base64(&bytes)
+}
+
+/// [`run_ok`], then removes `summary.json`: the run directory a kill after
+/// the last checkpoint leaves (the run has not ended, so it can be resumed).
+fn run_left(dir: &Path, name: &str, cfg_text: &str, every: u64) -> PathBuf {
+    let out = run_ok(dir, name, cfg_text, every, &[]);
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    out
+}
+
 fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in data {
@@ -115,7 +132,7 @@ fn resume_edited(dir: &Path, edit: impl Fn(&mut Value), needle: &str, what: &str
 fn resume_refuses_state_that_does_not_fit_the_config() {
     let d = tmp("shape");
     // max_rounds 30, checkpoint at round 20: something is left to resume
-    let out = run_ok(&d, "ef21", BASE, 20, &[]);
+    let out = run_left(&d, "ef21", BASE, 20);
     type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
@@ -145,6 +162,16 @@ fn resume_refuses_state_that_does_not_fit_the_config() {
             Box::new(|c| c["state"]["workers"][1]["id"] = json!(2)),
             "worker 1 has id 2",
         ),
+        (
+            "a NaN in a worker's g",
+            Box::new(|c| c["state"]["workers"][3]["g"] = json!(base64_with(68, 7, f64::NAN))),
+            "worker 3 g holds the non-finite entry NaN at index 7",
+        ),
+        (
+            "an infinity in the server's x",
+            Box::new(|c| c["state"]["server"]["x"] = json!(base64_with(68, 0, f64::INFINITY))),
+            "server x holds the non-finite entry inf at index 0",
+        ),
     ];
     for (what, edit, needle) in &cases {
         resume_edited(&out, edit, needle, what);
@@ -154,7 +181,7 @@ fn resume_refuses_state_that_does_not_fit_the_config() {
         "name = \"ef21\"",
         "name = \"ef21-bc\"\n[server_compressor]\nname = \"top-k\"\nk = 4",
     );
-    let out = run_ok(&d, "bc", &bc, 20, &[]);
+    let out = run_left(&d, "bc", &bc, 20);
     let vec = read_ck(&out)["state"]["server"]["next_down"]["vec"].clone();
     assert_eq!(vec["dim"], 68, "{vec}");
     resume_edited(
@@ -176,7 +203,7 @@ fn resume_refuses_state_that_does_not_fit_the_config() {
         "downlink dimension",
     );
     // Safe-EF: the same check with its own fields
-    let out = run_ok(&d, "safe", &safe_config("name = \"safe-ef\"", 30), 20, &[]);
+    let out = run_left(&d, "safe", &safe_config("name = \"safe-ef\"", 30), 20);
     resume_edited(
         &out,
         |c| c["safe"]["workers"][2]["e"] = json!([0.0]),
@@ -209,6 +236,8 @@ fn resume_keeps_rows_when_the_last_metrics_line_is_cut() {
         let full = run_ok(&d, &format!("{tag}-full"), &text, 1000, &[]);
         // checkpoint at round 20, rows to 30 (as a kill at round 30 leaves)
         let part = run_ok(&d, &format!("{tag}-part"), &text, 20, &[]);
+        // a kill leaves no summary
+        std::fs::remove_file(part.join("summary.json")).unwrap();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(part.join("metrics.jsonl"))
@@ -231,7 +260,7 @@ fn resume_keeps_rows_when_the_last_metrics_line_is_cut() {
 #[test]
 fn resume_refuses_a_malformed_metrics_line_and_changes_nothing() {
     let d = tmp("malformed");
-    let out = run_ok(&d, "ef21", BASE, 20, &[]);
+    let out = run_left(&d, "ef21", BASE, 20);
     let path = out.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -249,7 +278,7 @@ fn resume_refuses_a_malformed_metrics_line_and_changes_nothing() {
 #[test]
 fn failing_resume_leaves_every_file_untouched() {
     let d = tmp("failing");
-    let out = run_ok(&d, "ef21", BASE, 20, &[]);
+    let out = run_left(&d, "ef21", BASE, 20);
     assert_eq!(metrics_without_seconds(&out).len(), 7); // rounds 0..=30, checkpoint at 20
     let cfg = out.join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -310,13 +339,77 @@ fn resume_of_a_finished_run_is_refused() {
     assert_user_error(&o, &["run already finished at round 30"], "safe finished");
 }
 
+/// A run that ended (max_rounds reached after its last checkpoint) is not
+/// redone by `resume` under the same [stop] settings: its results stay as
+/// they are; with a higher round limit it continues. Both families. (Found
+/// by review: the ended run was re-run from its checkpoint and overwritten.)
+#[test]
+fn resume_of_an_ended_run_is_refused_until_stop_changes() {
+    let d = tmp("ended");
+    for (tag, text) in [
+        ("ef21", BASE.to_string()),
+        ("safe", safe_config("name = \"safe-ef\"", 30)),
+    ] {
+        // max_rounds 30, last checkpoint at round 20
+        let out = run_ok(&d, tag, &text, 20, &[]);
+        let before = snapshot(&out);
+        let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+        assert_user_error(
+            &o,
+            &[
+                "already ended (status max_rounds after 30 rounds",
+                "change [stop]",
+            ],
+            tag,
+        );
+        assert!(snapshot(&out) == before, "{tag}: the run directory changed");
+        let cfg = out.join("config.toml");
+        let edited = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("max_rounds = 30", "max_rounds = 40");
+        std::fs::write(&cfg, edited).unwrap();
+        let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+        assert!(o.status.success(), "{tag}: {}", stderr(&o));
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["rounds"], 40, "{tag}");
+        assert_eq!(summary["stop"]["max_rounds"], 40, "{tag}");
+    }
+}
+
+/// Metrics rows missing before the checkpoint (the file deleted, or cut
+/// short) are refused: the resumed run would write its rows after a gap.
+#[test]
+fn resume_refuses_metrics_that_stop_before_the_checkpoint() {
+    let d = tmp("gap");
+    let out = run_left(&d, "ef21", BASE, 20);
+    let path = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // rows at rounds 0, 5, ..., 30; keep rounds 0 and 5
+    let head: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, &head).unwrap();
+    let before = snapshot(&out);
+    let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+    assert_user_error(&o, &["ends at round 5", "checkpoint is at round 20"], "cut");
+    assert!(snapshot(&out) == before, "the run directory changed");
+    std::fs::remove_file(&path).unwrap();
+    let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+    assert_user_error(&o, &["metrics.jsonl is missing"], "missing");
+    assert!(!path.exists());
+    // restored, it resumes
+    std::fs::write(&path, &text).unwrap();
+    let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// Item 5: config.toml edited to another method, compressor, seed, problem
 /// or worker count is refused by name; [stop] may change; a checkpoint
 /// without the config record (older efkit) is accepted with a note.
 #[test]
 fn resume_refuses_an_edited_config() {
     let d = tmp("edited");
-    let out = run_ok(&d, "ef21", BASE, 20, &[]);
+    let out = run_left(&d, "ef21", BASE, 20);
     let cfg = out.join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     for (what, from, to, needle) in [
@@ -608,4 +701,235 @@ fn repro_refuses_a_non_empty_output_directory() {
         std::fs::read_to_string(out.join("curve.csv")).unwrap(),
         "round,value\n0,1\n"
     );
+}
+
+/// `run --force` over a run whose files cannot all be removed (one is a
+/// directory) refuses before removing any (found by review: it removed the
+/// results, then failed with exit code 1).
+#[test]
+fn force_refuses_before_removing_anything() {
+    let d = tmp("force");
+    let out = run_ok(&d, "r", BASE, 1000, &[]);
+    std::fs::remove_file(out.join("grad_norm_vs_bits.png")).unwrap();
+    std::fs::create_dir(out.join("grad_norm_vs_bits.png")).unwrap();
+    let before = snapshot(&out);
+    let cfg = d.join("r.toml");
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--force",
+    ]);
+    assert_user_error(
+        &o,
+        &[
+            "grad_norm_vs_bits.png is a directory",
+            "nothing was removed",
+        ],
+        "force",
+    );
+    assert!(snapshot(&out) == before, "the run directory changed");
+}
+
+/// A `--set` value is one TOML value: text after a newline is refused, not
+/// dropped (found by review: `--set $'seed=7\n[method]\nname="gd"'` ran
+/// ef21 with seed 7).
+#[test]
+fn a_set_value_spanning_lines_is_refused() {
+    let d = tmp("set-lines");
+    let cfg = write(&d, "c.toml", BASE);
+    for set in [
+        "seed=7\n[method]\nname=\"gd\"",
+        "problem.workers=3\nfoo=1",
+        "method.name=ef\n21",
+    ] {
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            d.join("o").to_str().unwrap(),
+            "-q",
+            "--set",
+            set,
+        ]);
+        assert_user_error(&o, &["--set"], set);
+        assert!(!d.join("o").exists(), "{set}: a run started");
+    }
+}
+
+/// A type error or an unknown key in the config file is reported at its
+/// line in the user's file; with `--set` overrides, at its key (found by
+/// review: lines of a re-serialized copy were reported). Both families.
+#[test]
+fn config_errors_name_the_files_line_or_the_key() {
+    let d = tmp("cfg-errors");
+    for (tag, text) in [
+        ("ef21", BASE.to_string()),
+        ("safe", safe_config("name = \"safe-ef\"", 30)),
+    ] {
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("workers ="))
+            .unwrap()
+            + 1;
+        let bad = text.replacen("workers = ", "workers = \"four\" # ", 1);
+        let cfg = write(&d, &format!("{tag}.toml"), &bad);
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            d.join("o").to_str().unwrap(),
+            "-q",
+        ]);
+        assert_user_error(&o, &[&format!("line {line}"), "expected usize"], tag);
+        let typo = text.replacen("log_every", "log_everyy", 1);
+        let line = typo
+            .lines()
+            .position(|l| l.starts_with("log_everyy"))
+            .unwrap()
+            + 1;
+        let cfg = write(&d, &format!("{tag}-typo.toml"), &typo);
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            d.join("o").to_str().unwrap(),
+            "-q",
+        ]);
+        assert_user_error(
+            &o,
+            &[&format!("line {line}"), "did you mean `log_every`"],
+            tag,
+        );
+        let cfg = write(&d, &format!("{tag}-ok.toml"), &text);
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            d.join("o").to_str().unwrap(),
+            "-q",
+            "--set",
+            "problem.workers=\"four\"",
+        ]);
+        assert_user_error(
+            &o,
+            &[
+                "with the --set overrides, at `problem.workers`",
+                "expected usize",
+            ],
+            tag,
+        );
+        assert!(!stderr(&o).contains("at line"), "{tag}: {}", stderr(&o));
+        assert!(!d.join("o").exists());
+    }
+}
+
+/// `step.mu` above the problem's L (no function has mu > L) is refused by
+/// name instead of giving a step that leaves the model where it is (found by
+/// review: mu = 1e300 ran with gamma = 1.4e-301).
+#[test]
+fn a_pl_constant_above_l_is_refused() {
+    let d = tmp("mu");
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/least-squares-w8a.toml");
+    for mu in ["1e300", "100"] {
+        let o = run(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            d.join("o").to_str().unwrap(),
+            "-q",
+            "--set",
+            &format!("step.mu={mu}"),
+            "--set",
+            "stop.max_rounds=2",
+        ]);
+        assert_user_error(
+            &o,
+            &["step.mu", "exceeds the problem's smoothness constant"],
+            mu,
+        );
+    }
+    // the example's own mu runs
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        d.join("ok").to_str().unwrap(),
+        "-q",
+        "--set",
+        "stop.max_rounds=2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A network whose forward/backward passes cannot fit in memory is refused
+/// by name before anything runs (found by review: a CNN with 100,000
+/// channels passed the state check and was killed by the OOM killer).
+#[test]
+fn a_network_too_big_for_the_machine_is_refused() {
+    let d = tmp("big-cnn");
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ef21-sgdm-mnist-cnn.toml");
+    let out = d.join("o");
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--set",
+        "problem.channels=[3000000, 1]",
+        "--set",
+        "stop.max_rounds=1",
+    ]);
+    assert_user_error(
+        &o,
+        &[
+            "problem.channels",
+            "forward/backward passes",
+            "more than this machine's",
+        ],
+        "cnn",
+    );
+    assert!(!out.exists());
+}
+
+/// A dataset given as a file path is part of what a checkpoint records:
+/// resuming after its contents changed (rows shuffled, values edited) is
+/// refused by name, and with the file restored the run resumes (found by
+/// review: the run continued silently on other data).
+#[test]
+fn resume_refuses_a_changed_data_file() {
+    let d = tmp("data-file");
+    let data = d.join("toy.libsvm");
+    let rows: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "{} 1:{} 2:{} 3:1",
+                if i % 3 == 0 { 1 } else { -1 },
+                i % 7,
+                (i * 5) % 11
+            )
+        })
+        .collect();
+    let original = rows.join("\n") + "\n";
+    std::fs::write(&data, &original).unwrap();
+    let text = BASE.replace("\"phishing\"", &format!("{:?}", data.to_str().unwrap()));
+    assert_ne!(text, BASE);
+    let out = run_left(&d, "r", &text, 20);
+    let mut shuffled = rows.clone();
+    shuffled.reverse();
+    std::fs::write(&data, shuffled.join("\n") + "\n").unwrap();
+    let before = snapshot(&out);
+    let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+    assert_user_error(
+        &o,
+        &["problem.dataset (file contents)", "does not match"],
+        "shuffled",
+    );
+    assert!(snapshot(&out) == before, "the run directory changed");
+    std::fs::write(&data, &original).unwrap();
+    let o = run(&["resume", out.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
