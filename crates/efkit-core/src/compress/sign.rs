@@ -327,6 +327,25 @@ impl ScaledSign {
         out: &mut CompressedVec,
     ) -> Result<(), DecodeError> {
         sparse_codec::decode(r, self.d, 0, &mut out.indices)?;
+        // one message per value: the encoder lists the nonzeros only when
+        // they are strictly shorter to write than the zeros
+        let listed_bits = sparse_codec::encoded_bits(&out.indices, self.d);
+        let other_bits = sparse_codec::complement_encoded_bits(&out.indices, self.d);
+        let canonical = if list_nonzeros {
+            listed_bits < other_bits
+        } else {
+            other_bits >= listed_bits
+        };
+        if !canonical {
+            return Err(DecodeError::invalid(
+                "index set",
+                format!(
+                    "the {} are listed, but the {} are shorter to write",
+                    if list_nonzeros { "nonzeros" } else { "zeros" },
+                    if list_nonzeros { "zeros" } else { "nonzeros" }
+                ),
+            ));
+        }
         let listed = out.indices.len();
         let nnz = if list_nonzeros {
             listed
@@ -504,6 +523,53 @@ mod tests {
             ratio <= 1.0 - 1.0 / 8.0 && ratio > 1.0 - 1.0 / 8.0 - 1e-3,
             "{ratio}"
         );
+    }
+
+    /// The same value with the other index set listed (zeros instead of
+    /// nonzeros or back) is refused: one message per value (found by
+    /// review: both were accepted, so a message could be inflated).
+    #[test]
+    fn only_the_shorter_index_set_is_accepted() {
+        let mut g = rng_from_key(3);
+        let mut refused = 0;
+        for &d in &[2usize, 7, 64, 65, 300] {
+            for zf in [0.1, 0.5, 0.9] {
+                let c = ScaledSign::new(d, ValueFormat::F32);
+                let x = random_vec(&mut g, d, zf);
+                let enc = run(&c, &x);
+                // parse: scale, flag, index set, then the sign bits
+                let mut r = BitReader::new(&enc.bytes);
+                let sigma = ValueFormat::F32.read(&mut r).unwrap();
+                if sigma == 0.0 {
+                    continue;
+                }
+                let flag = r.read_bit().unwrap();
+                let mut listed = Vec::new();
+                sparse_codec::decode(&mut r, d, 0, &mut listed).unwrap();
+                let mut signs = Vec::new();
+                while r.remaining() > 0 {
+                    signs.push(r.read_bit().unwrap());
+                }
+                // the other set, same signs
+                let other: Vec<u32> = (0..d as u32)
+                    .filter(|j| listed.binary_search(j).is_err())
+                    .collect();
+                let mut w = BitWriter::new();
+                ValueFormat::F32.write(&mut w, sigma);
+                w.write_bit(!flag);
+                sparse_codec::encode(&mut w, &other, d);
+                for &b in &signs {
+                    w.write_bit(b);
+                }
+                let alt = w.finish().to_vec();
+                let e = decode_one(&c, &alt, 0)
+                    .err()
+                    .unwrap_or_else(|| panic!("d {d} zf {zf}: the other set was accepted"));
+                assert!(e.to_string().contains("shorter to write"), "{e}");
+                refused += 1;
+            }
+        }
+        assert!(refused >= 10, "{refused}");
     }
 
     #[test]

@@ -73,6 +73,7 @@ fn shifted_gap_sum(indices: &[u32], k: u32) -> u64 {
 
 /// Exact bits of the Rice mode body (the `k` field plus all gaps) for parameter `k`.
 #[inline]
+#[cfg(test)]
 fn rice_body_bits(indices: &[u32], k: u32) -> u64 {
     RICE_K_BITS as u64 + shifted_gap_sum(indices, k) + indices.len() as u64 * (1 + k as u64)
 }
@@ -85,21 +86,27 @@ fn rice_body_bits(indices: &[u32], k: u32) -> u64 {
 /// walk from the rule-of-thumb start k = floor(log2((d - K)/K)) finds the
 /// exact optimum, usually in two or three passes over the indices.
 pub fn plan(indices: &[u32], d: usize) -> (Mode, u64) {
-    let kc = indices.len() as u64;
+    plan_by(indices.len() as u64, d, |k| shifted_gap_sum(indices, k))
+}
+
+/// [`plan`] for a set of `kc` indices out of `d` whose gaps g_t give
+/// `gap_sum(k)` = sum_t floor(g_t / 2^k).
+fn plan_by(kc: u64, d: usize, gap_sum: impl Fn(u32) -> u64) -> (Mode, u64) {
     let head = gamma_len(kc);
     if kc == 0 || kc == d as u64 {
         return (Mode::Trivial, head);
     }
+    let body = |k: u32| RICE_K_BITS as u64 + gap_sum(k) + kc * (1 + k as u64);
     let mean_gap = (d as u64 - kc) / kc;
     let mut k = if mean_gap <= 1 {
         0
     } else {
         (63 - mean_gap.leading_zeros()).min(MAX_RICE_K)
     };
-    let mut best = rice_body_bits(indices, k);
+    let mut best = body(k);
     let mut moved_down = false;
     while k > 0 {
-        let c = rice_body_bits(indices, k - 1);
+        let c = body(k - 1);
         if c < best {
             k -= 1;
             best = c;
@@ -110,7 +117,7 @@ pub fn plan(indices: &[u32], d: usize) -> (Mode, u64) {
     }
     if !moved_down {
         while k < MAX_RICE_K {
-            let c = rice_body_bits(indices, k + 1);
+            let c = body(k + 1);
             if c < best {
                 k += 1;
                 best = c;
@@ -125,6 +132,33 @@ pub fn plan(indices: &[u32], d: usize) -> (Mode, u64) {
     } else {
         (Mode::Rice(k), head + 1 + best)
     }
+}
+
+/// [`encoded_bits`] of the complement of `indices` in {0, ..., d-1},
+/// without building it: the complement's gap before each of its entries is
+/// the run of `indices` just before that entry.
+pub fn complement_encoded_bits(indices: &[u32], d: usize) -> u64 {
+    let kc = (d - indices.len()) as u64;
+    plan_by(kc, d, |k| {
+        let mut sum = 0u64;
+        let mut run = 0u64;
+        let mut prev: Option<u32> = None;
+        for &i in indices {
+            if prev.is_some_and(|p| p + 1 != i) {
+                // the run ended before a complement entry
+                sum += run >> k;
+                run = 0;
+            }
+            run += 1;
+            prev = Some(i);
+        }
+        // the last run counts only if a complement entry follows it
+        if prev.is_some_and(|p| (p as usize) + 1 < d) {
+            sum += run >> k;
+        }
+        sum
+    })
+    .1
 }
 
 /// Exact number of bits [`encode`] writes for `indices`.
@@ -565,6 +599,30 @@ mod tests {
                     assert_eq!(u64::from(byte) >> (8 - n), r2.read_bits(n).unwrap());
                 }
             }
+        }
+    }
+
+    /// The complement's length, computed from its runs, is the length of
+    /// the complement written out (random sets, edges included).
+    #[test]
+    fn complement_bits_match_the_written_complement() {
+        let mut rng = crate::rng::rng_from_key(9);
+        for trial in 0..3000 {
+            let d = rng.gen_range(1..300);
+            let k = match trial % 4 {
+                0 => 0,
+                1 => d,
+                _ => rng.gen_range(0..=d),
+            };
+            let set = random_set(&mut rng, d, k);
+            let complement: Vec<u32> = (0..d as u32)
+                .filter(|j| set.binary_search(j).is_err())
+                .collect();
+            assert_eq!(
+                complement_encoded_bits(&set, d),
+                encoded_bits(&complement, d),
+                "d={d} set={set:?}"
+            );
         }
     }
 
