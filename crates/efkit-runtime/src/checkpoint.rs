@@ -530,7 +530,39 @@ pub fn write_payload<T: Serialize>(path: &Path, ck: &T) -> Result<(), Checkpoint
         f.write_all(&payload).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
-    fs::rename(&tmp, path).map_err(io)
+    fs::rename(&tmp, path).map_err(io)?;
+    remove_stale_temporaries(path);
+    Ok(())
+}
+
+/// Removes the temporary files (`<name>.tmp<pid>`) a process killed while
+/// writing `path` left beside it: best effort, they hold nothing the
+/// checkpoint does not.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let stem = Path::new(name).with_extension("tmp");
+    let Some(prefix) = stem.to_str() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(prefix)) else {
+            continue;
+        };
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Reads a file written by [`write_payload`], verifying the header, the
@@ -621,6 +653,33 @@ mod tests {
             serde_json::Value::Array(a) => a.iter_mut().for_each(to_version_1),
             _ => {}
         }
+    }
+
+    /// A temporary file left by a process killed while writing a
+    /// checkpoint is removed by the next checkpoint written there; other
+    /// files are kept.
+    #[test]
+    fn a_written_checkpoint_removes_stale_temporaries() {
+        let dir = std::env::temp_dir().join(format!("efkit-ck-tmp-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(CHECKPOINT_FILE);
+        let stale = dir.join(format!(
+            "{}.tmp8331",
+            Path::new(CHECKPOINT_FILE)
+                .file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        ));
+        let keep = dir.join("checkpoint.tmpx");
+        fs::write(&stale, b"half a checkpoint").unwrap();
+        fs::write(&keep, b"not ours").unwrap();
+        write_payload(&path, &serde_json::json!({"a": 1})).unwrap();
+        assert!(!stale.exists());
+        assert!(keep.exists() && path.exists());
+        let back: serde_json::Value = read_payload(&path).unwrap();
+        assert_eq!(back["a"], 1);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The state of every EF21-family preset, at round 0 and after a few
