@@ -385,19 +385,19 @@ pub fn prepare(cfg: &Config) -> Result<Prepared, SetupError> {
         ));
     }
     #[cfg(feature = "nn")]
-    if let Some(net) = problem.network()? {
+    let network = problem.network()?;
+    #[cfg(not(feature = "nn"))]
+    let network: Option<std::convert::Infallible> = None;
+    #[cfg(feature = "nn")]
+    if let Some(net) = &network {
         let key = match p.kind {
             ProblemKind::MnistCnn => "problem.channels",
             _ => "problem.hidden",
         };
-        check_pass_memory(&net, p.workers, cfg.threads).map_err(|r| bad(key, r))?;
+        check_pass_memory(net, p.workers, cfg.threads).map_err(|r| bad(key, r))?;
     }
     let oracles = build_oracles(&problem, p.workers)?;
     let d = oracles[0].dim();
-    #[cfg(feature = "nn")]
-    let network = problem.network()?;
-    #[cfg(not(feature = "nn"))]
-    let network: Option<std::convert::Infallible> = None;
     // (the other kinds are checked in `initial_point`)
     if cfg.init.kind == "layers" {
         crate::setup::check_init_keys(cfg)?;

@@ -94,12 +94,12 @@ pub fn parse_with_sets<T: serde::de::DeserializeOwned>(
     sets: &[String],
     plain: impl Fn(&str) -> Result<T, String>,
 ) -> Result<T> {
-    let mut doc: toml::Table =
-        toml::from_str(text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
     if sets.is_empty() {
         return plain(text)
             .map_err(|e| UserError(format!("config {}: {e}", path.display())).into());
     }
+    let mut doc: toml::Table =
+        toml::from_str(text).map_err(|e| UserError(format!("config {}: {e}", path.display())))?;
     apply_overrides(&mut doc, sets)?;
     let rebuilt = toml::to_string(&doc)?;
     toml::from_str::<T>(&rebuilt).map_err(|e| {

@@ -33,17 +33,9 @@ fn run_ok(dir: &Path, name: &str, cfg_text: &str, every: u64, extra: &[&str]) ->
     let cfg = write(dir, &format!("{name}.toml"), cfg_text);
     let out = dir.join(name);
     let every = every.to_string();
-    let mut args = vec![
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-        "--checkpoint-every",
-        &every,
-    ];
+    let mut args = vec!["--checkpoint-every", every.as_str()];
     args.extend_from_slice(extra);
-    let o = run(&args);
+    let o = run_into(&cfg, &out, &args);
     assert!(o.status.success(), "{name}: {}", stderr(&o));
     out
 }
@@ -55,6 +47,19 @@ fn base64_with(d: usize, at: usize, value: f64) -> String {
     v[at] = value;
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     efkit_core::compact::encode_base64(&bytes)
+}
+
+/// `efkit run CFG --out OUT -q` with the `extra` arguments.
+fn run_into(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 /// [`run_ok`], then removes `summary.json`: the run directory a kill after
@@ -714,14 +719,7 @@ fn force_refuses_before_removing_anything() {
     std::fs::create_dir(out.join("grad_norm_vs_bits.png")).unwrap();
     let before = snapshot(&out);
     let cfg = d.join("r.toml");
-    let o = run(&[
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-        "--force",
-    ]);
+    let o = run_into(&cfg, &out, &["--force"]);
     assert_user_error(
         &o,
         &[
@@ -745,15 +743,7 @@ fn a_set_value_spanning_lines_is_refused() {
         "problem.workers=3\nfoo=1",
         "method.name=ef\n21",
     ] {
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            d.join("o").to_str().unwrap(),
-            "-q",
-            "--set",
-            set,
-        ]);
+        let o = run_into(&cfg, &d.join("o"), &["--set", set]);
         assert_user_error(&o, &["--set"], set);
         assert!(!d.join("o").exists(), "{set}: a run started");
     }
@@ -776,13 +766,7 @@ fn config_errors_name_the_files_line_or_the_key() {
             + 1;
         let bad = text.replacen("workers = ", "workers = \"four\" # ", 1);
         let cfg = write(&d, &format!("{tag}.toml"), &bad);
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            d.join("o").to_str().unwrap(),
-            "-q",
-        ]);
+        let o = run_into(&cfg, &d.join("o"), &[]);
         assert_user_error(&o, &[&format!("line {line}"), "expected usize"], tag);
         let typo = text.replacen("log_every", "log_everyy", 1);
         let line = typo
@@ -791,28 +775,14 @@ fn config_errors_name_the_files_line_or_the_key() {
             .unwrap()
             + 1;
         let cfg = write(&d, &format!("{tag}-typo.toml"), &typo);
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            d.join("o").to_str().unwrap(),
-            "-q",
-        ]);
+        let o = run_into(&cfg, &d.join("o"), &[]);
         assert_user_error(
             &o,
             &[&format!("line {line}"), "did you mean `log_every`"],
             tag,
         );
         let cfg = write(&d, &format!("{tag}-ok.toml"), &text);
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            d.join("o").to_str().unwrap(),
-            "-q",
-            "--set",
-            "problem.workers=\"four\"",
-        ]);
+        let o = run_into(&cfg, &d.join("o"), &["--set", "problem.workers=\"four\""]);
         assert_user_error(
             &o,
             &[
@@ -834,17 +804,16 @@ fn a_pl_constant_above_l_is_refused() {
     let d = tmp("mu");
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/least-squares-w8a.toml");
     for mu in ["1e300", "100"] {
-        let o = run(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            d.join("o").to_str().unwrap(),
-            "-q",
-            "--set",
-            &format!("step.mu={mu}"),
-            "--set",
-            "stop.max_rounds=2",
-        ]);
+        let o = run_into(
+            &cfg,
+            &d.join("o"),
+            &[
+                "--set",
+                &format!("step.mu={mu}"),
+                "--set",
+                "stop.max_rounds=2",
+            ],
+        );
         assert_user_error(
             &o,
             &["step.mu", "exceeds the problem's smoothness constant"],
@@ -852,15 +821,7 @@ fn a_pl_constant_above_l_is_refused() {
         );
     }
     // the example's own mu runs
-    let o = run(&[
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        d.join("ok").to_str().unwrap(),
-        "-q",
-        "--set",
-        "stop.max_rounds=2",
-    ]);
+    let o = run_into(&cfg, &d.join("ok"), &["--set", "stop.max_rounds=2"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -872,17 +833,16 @@ fn a_network_too_big_for_the_machine_is_refused() {
     let d = tmp("big-cnn");
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ef21-sgdm-mnist-cnn.toml");
     let out = d.join("o");
-    let o = run(&[
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-        "--set",
-        "problem.channels=[3000000, 1]",
-        "--set",
-        "stop.max_rounds=1",
-    ]);
+    let o = run_into(
+        &cfg,
+        &out,
+        &[
+            "--set",
+            "problem.channels=[3000000, 1]",
+            "--set",
+            "stop.max_rounds=1",
+        ],
+    );
     assert_user_error(
         &o,
         &[
