@@ -878,7 +878,24 @@ pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
 const MODEL_HEADER: u8 = (TAG_MODEL as u8) << 6;
 
 /// Decodes a downlink for dimension `d` (hostile input: errors, never panics).
+/// On an error `out` holds no part of the message: an empty model and an
+/// empty sparse vector.
 pub fn decode_downlink(
+    bytes: &[u8],
+    d: usize,
+    codecs: &Codecs,
+    shared_key: u64,
+    out: &mut Downlink,
+) -> Result<(), DecodeError> {
+    let res = decode_downlink_into(bytes, d, codecs, shared_key, out);
+    if res.is_err() {
+        writable(&mut out.x);
+        out.vec.reset_sparse(d);
+    }
+    res
+}
+
+fn decode_downlink_into(
     bytes: &[u8],
     d: usize,
     codecs: &Codecs,
@@ -951,8 +968,25 @@ pub struct Uplink {
     pub vec: CompressedVec,
 }
 
-/// Decodes an uplink of `round` (hostile input: errors, never panics).
+/// Decodes an uplink of `round` (hostile input: errors, never panics). On
+/// an error `out` holds no part of the message: an empty sparse vector.
 pub fn decode_uplink(
+    bytes: &[u8],
+    parts: &Parts,
+    codecs: &Codecs,
+    round: u64,
+    shared_key: u64,
+    out: &mut Uplink,
+) -> Result<(), DecodeError> {
+    let res = decode_uplink_into(bytes, parts, codecs, round, shared_key, out);
+    if res.is_err() {
+        out.replace = false;
+        out.vec.reset_sparse(codecs.dense.dim());
+    }
+    res
+}
+
+fn decode_uplink_into(
     bytes: &[u8],
     parts: &Parts,
     codecs: &Codecs,

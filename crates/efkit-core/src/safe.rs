@@ -635,8 +635,27 @@ pub struct ModelMessage {
     pub vec: CompressedVec,
 }
 
-/// Decodes a model downlink of round `rc.round` for dimension `d`.
+/// Decodes a model downlink of round `rc.round` for dimension `d`. On an
+/// error `out` holds no part of the message: no lambda and an empty sparse
+/// vector.
 pub fn decode_model(
+    bytes: &[u8],
+    d: usize,
+    parts: &SafeParts,
+    codecs: &SafeCodecs,
+    rc: RoundCtx,
+    out: &mut ModelMessage,
+) -> Result<(), DecodeError> {
+    let res = decode_model_into(bytes, d, parts, codecs, rc, out);
+    if res.is_err() {
+        out.lambda = None;
+        out.dense = false;
+        out.vec.reset_sparse(d);
+    }
+    res
+}
+
+fn decode_model_into(
     bytes: &[u8],
     d: usize,
     parts: &SafeParts,
@@ -1243,6 +1262,12 @@ mod tests {
             assert!(decode_model(&message(bad), d, &parts, &cd, rc, &mut m).is_err());
         }
         decode_model(&message(-0.0), d, &parts, &cd, rc, &mut m).unwrap();
+        // a non-finite second entry: no lambda and no first entry left behind
+        let mut nan = message(0.5);
+        nan[12..].copy_from_slice(&f64::NAN.to_bits().to_be_bytes());
+        assert!(decode_model(&nan, d, &parts, &cd, rc, &mut m).is_err());
+        assert_eq!(m.lambda, None);
+        assert!(m.vec.values.is_empty() && !m.vec.dense);
         // a model of 2^24 entries announced by 4 bytes: refused before allocating
         let big = 1 << 24;
         let cd = codecs(big, "top-k", Some(1), None);

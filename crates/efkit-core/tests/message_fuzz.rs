@@ -216,6 +216,8 @@ fn model_downlink_layout_and_its_errors() {
         Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "model"),
         other => panic!("NaN model accepted: {other:?}"),
     }
+    // the first entry was valid: none of it is left in the output
+    assert!(out.x.is_empty(), "half-decoded model left: {:?}", out.x);
 }
 
 /// Writes the real messages as a seed corpus for the fuzz target `message`:

@@ -172,6 +172,15 @@ impl Sim {
             .unwrap();
             assert!(dec.vec.bit_eq(&w.scratch.up.vec));
             assert_eq!(dec.replace, w.scratch.up.replace);
+            // without its last byte it does not decode, and leaves no part
+            // of itself in the output
+            let bytes = &w.scratch.wire.bytes;
+            let key = efkit_core::method::uplink_shared_key(7, w.state.id, rc.round);
+            let cut = &bytes[..bytes.len() - 1];
+            assert!(
+                decode_uplink(cut, &self.parts, &self.codecs, rc.round, key, &mut dec).is_err()
+            );
+            assert!(dec.vec.indices.is_empty() && dec.vec.values.is_empty() && !dec.replace);
         }
         let ups: Vec<Option<&Uplink>> = self.workers.iter().map(|w| Some(&w.scratch.up)).collect();
         self.server

@@ -107,6 +107,13 @@ impl Compressor for Bernoulli {
         out: &mut CompressedVec,
     ) -> Result<(), DecodeError> {
         if !r.read_bit()? {
+            if self.p >= 1.0 {
+                // with p = 1 the coin always says send
+                return Err(DecodeError::invalid(
+                    "flag",
+                    "a \"not sent\" flag, which Bernoulli with p = 1 never writes",
+                ));
+            }
             out.reset_sparse(self.d);
             return Ok(());
         }
@@ -123,5 +130,30 @@ impl Compressor for Bernoulli {
         } else {
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::decode_one;
+
+    #[test]
+    fn a_not_sent_flag_is_refused_when_p_is_one() {
+        let never_skips = Bernoulli {
+            d: 3,
+            p: 1.0,
+            fmt: ValueFormat::F32,
+        };
+        let may_skip = Bernoulli {
+            d: 3,
+            p: 0.5,
+            fmt: ValueFormat::F32,
+        };
+        // one clear flag bit, padded to a byte
+        let skipped = [0u8];
+        assert!(decode_one(&may_skip, &skipped, 0).unwrap().to_vec() == [0.0; 3]);
+        let err = decode_one(&never_skips, &skipped, 0).unwrap_err();
+        assert!(err.to_string().contains("p = 1"), "{err}");
     }
 }

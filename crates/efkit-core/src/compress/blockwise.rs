@@ -255,6 +255,8 @@ impl Compressor for Blockwise {
                 shared_key: Self::block_key(ctx.shared_key, b),
             };
             if let Err(e) = c.decode(r, &sub, &mut part) {
+                // no half-decoded message is left behind
+                out.reset_sparse(self.d);
                 result = Err(e);
                 break;
             }
@@ -373,6 +375,24 @@ mod tests {
             c.compress(xs, &mut ctx, &mut o, &mut w).unwrap();
         }
         assert_eq!(w.finish().len(), bytes.len());
+    }
+
+    #[test]
+    fn a_decode_failing_in_a_later_block_leaves_no_part_of_the_message() {
+        let c = build_blockwise(&topk(0.25), &[64, 64]).unwrap();
+        let x: Vec<f64> = (0..128).map(|j| (j as f64 * 0.37).sin()).collect();
+        let mut rng = stream(1, Purpose::Compress, 0, 0);
+        let enc = encode_one(c.as_ref(), &x, &mut rng, 0).unwrap();
+        // 16 f32 values per block: the first block's message is over 64
+        // bytes, so cutting 10 bytes fails in the second block
+        let cut = &enc.bytes[..enc.bytes.len() - 10];
+        let mut out = CompressedVec::default();
+        let mut r = BitReader::new(cut);
+        assert!(c
+            .decode(&mut r, &DecodeCtx { shared_key: 0 }, &mut out)
+            .is_err());
+        assert!(out.indices.is_empty() && out.values.is_empty() && !out.dense);
+        assert_eq!(out.dim, 128);
     }
 
     #[test]

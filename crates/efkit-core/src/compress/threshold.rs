@@ -93,10 +93,75 @@ impl Compressor for Threshold {
         _ctx: &DecodeCtx,
         out: &mut CompressedVec,
     ) -> Result<(), DecodeError> {
-        read_sparse(r, self.d, self.fmt, out)
+        read_sparse(r, self.d, self.fmt, out)?;
+        // The encoder keeps |x_j| >= lambda and rounds to the value format;
+        // rounding is monotone, so every value it sends has magnitude at
+        // least lambda's rounding (not lambda itself: 0.1 rounds below
+        // itself in f16).
+        let least = self.fmt.round(self.lambda);
+        if let Some((&j, &v)) = out
+            .indices
+            .iter()
+            .zip(&out.values)
+            .find(|&(_, v)| v.abs() < least)
+        {
+            return Err(DecodeError::invalid(
+                "value",
+                format!(
+                    "coordinate {j} carries {v:e}, below the threshold lambda = {} that every sent entry reaches",
+                    self.lambda
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn paper_bits(&self, c: &CompressedVec) -> u64 {
         32 * c.values.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::{decode_one, encode_one};
+    use crate::rng::rng_from_key;
+
+    fn threshold(lambda: f64, fmt: ValueFormat) -> Threshold {
+        Threshold { d: 4, lambda, fmt }
+    }
+
+    #[test]
+    fn decoding_refuses_an_entry_below_the_threshold() {
+        let x = [0.6, 0.1, -0.7, 0.0];
+        let low = threshold(0.05, ValueFormat::F32);
+        let msg = encode_one(&low, &x, &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(msg.value.indices, [0, 1, 2]);
+        // the message of lambda = 0.05 lists 0.1, which lambda = 0.5 never sends
+        let err = decode_one(&threshold(0.5, ValueFormat::F32), &msg.bytes, 0).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("coordinate 1") && text.contains("lambda = 0.5"),
+            "{text}"
+        );
+        // its own message, and one that lists nothing, decode
+        let own = threshold(0.5, ValueFormat::F32);
+        let m = encode_one(&own, &x, &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(
+            decode_one(&own, &m.bytes, 0).unwrap().to_vec(),
+            [0.6f32 as f64, 0.0, -0.7f32 as f64, 0.0]
+        );
+        let m = encode_one(&own, &[0.0; 4], &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(decode_one(&own, &m.bytes, 0).unwrap().indices.len(), 0);
+    }
+
+    #[test]
+    fn an_entry_that_rounds_below_lambda_is_accepted() {
+        // 0.1 reaches lambda = 0.1 and is sent as f16 0.0999755859375 < 0.1
+        let c = threshold(0.1, ValueFormat::F16);
+        let m = encode_one(&c, &[0.1, 0.0, 0.0, 0.0], &mut rng_from_key(1), 0).unwrap();
+        let v = decode_one(&c, &m.bytes, 0).unwrap();
+        assert!(v.values[0] < 0.1);
+        assert_eq!(v.values, [ValueFormat::F16.round(0.1)]);
     }
 }
