@@ -263,6 +263,28 @@ pub struct Mismatch(pub String);
 /// counts are also used as floats, exact up to here).
 pub const MAX_ROUND: u64 = 1 << 53;
 
+/// Each kind of cumulative counter (bits of one kind, samples), summed over
+/// the workers, stays below this in a checkpoint of a real run (2^62 bits
+/// are 512 PiB): the run adds to the counters with plain `+=`, and metrics
+/// sum them over workers, so a forged checkpoint near 2^64 would wrap them.
+pub const MAX_COUNTER_TOTAL: u64 = 1 << 62;
+
+/// Checks that every counter kind of `counters` (name, one value per
+/// worker) sums to at most [`MAX_COUNTER_TOTAL`].
+fn counters_plausible<'a>(
+    counters: impl IntoIterator<Item = (&'a str, Vec<u64>)>,
+) -> Result<(), Mismatch> {
+    for (name, per_worker) in counters {
+        let total: u128 = per_worker.iter().map(|&c| u128::from(c)).sum();
+        if total > u128::from(MAX_COUNTER_TOTAL) {
+            return Err(Mismatch(format!(
+                "the workers' {name} sum to {total}, more than a run can count (2^62)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn need_len(what: &str, len: usize, d: usize) -> Result<(), Mismatch> {
     if len == d {
         Ok(())
@@ -457,6 +479,21 @@ pub fn check_state(s: &ClusterState, n: usize, d: usize, parts: &Parts) -> Resul
             )));
         }
     }
+    let ws = &s.workers;
+    let each = |f: fn(&efkit_core::method::WorkerState) -> u64| ws.iter().map(f).collect();
+    counters_plausible([
+        ("uplink wire bits", each(|w| w.bits_up_wire)),
+        ("uplink paper bits", each(|w| w.bits_up_paper)),
+        ("downlink wire bits", each(|w| w.bits_down_wire)),
+        ("downlink paper bits", each(|w| w.bits_down_paper)),
+        ("samples", each(|w| w.samples)),
+    ])?;
+    if s.participations > n as u64 * round {
+        return Err(Mismatch(format!(
+            "{} participations in {round} rounds of {n} workers",
+            s.participations
+        )));
+    }
     Ok(())
 }
 
@@ -496,6 +533,14 @@ pub fn check_safe_state(s: &SafeClusterState, n: usize, d: usize) -> Result<(), 
         finite(&format!("worker {i} w"), &w.w)?;
         finite(&format!("worker {i} e"), &w.e)?;
     }
+    let ws = &s.workers;
+    let each = |f: fn(&efkit_core::safe::SafeWorkerState) -> u64| ws.iter().map(f).collect();
+    counters_plausible([
+        ("uplink wire bits", each(|w| w.bits_up_wire)),
+        ("uplink paper bits", each(|w| w.bits_up_paper)),
+        ("downlink wire bits", each(|w| w.bits_down_wire)),
+        ("downlink paper bits", each(|w| w.bits_down_paper)),
+    ])?;
     for (name, v) in [
         ("server x", &sv.x[..]),
         ("server w", &sv.w),
@@ -733,6 +778,50 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Counters a run could not have reached are refused: one near 2^64, a
+    /// kind whose sum over the workers passes 2^62, more participations
+    /// than rounds x workers.
+    #[test]
+    fn forged_counters_are_refused() {
+        let cfg = parse_with_hints(
+            "seed = 3\n[problem]\nkind = \"logistic\"\ndataset = \"phishing\"\nworkers = 4\n\
+             [method]\nname = \"ef21\"\n[compressor]\nname = \"top-k\"\nk = 3\n\
+             [step]\nrule = \"absolute\"\nvalue = 0.1\n",
+        )
+        .unwrap();
+        let mut c = prepare(&cfg).unwrap().cluster;
+        for _ in 0..3 {
+            c.step().unwrap();
+        }
+        let (n, d) = (c.n(), c.server.state.x.len());
+        let honest = c.snapshot(0.0, 0.0);
+        check_state(&honest, n, d, &c.parts).unwrap();
+        let refused = |s: &ClusterState, what: &str| {
+            let e = check_state(s, n, d, &c.parts).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        let mut s = honest.clone();
+        s.workers[2].bits_up_wire = u64::MAX - 5;
+        refused(&s, "uplink wire bits");
+        let mut s = honest.clone();
+        s.workers[0].bits_down_paper = (1 << 61) + 1;
+        s.workers[3].bits_down_paper = 1 << 61;
+        refused(&s, "downlink paper bits sum to");
+        let mut s = honest.clone();
+        s.workers[1].samples = u64::MAX;
+        refused(&s, "samples");
+        let mut s = honest.clone();
+        s.participations = 4 * 3 + 1;
+        refused(&s, "13 participations in 3 rounds of 4 workers");
+        // at the bound itself: accepted
+        let mut s = honest;
+        s.workers[0].bits_up_paper = MAX_COUNTER_TOTAL;
+        for w in &mut s.workers[1..] {
+            w.bits_up_paper = 0;
+        }
+        check_state(&s, n, d, &c.parts).unwrap();
     }
 
     /// A stamp names the keys that changed, and ignores [stop] and threads.

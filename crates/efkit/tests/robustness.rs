@@ -221,6 +221,19 @@ fn resume_refuses_state_that_does_not_fit_the_config() {
         "server avg_sum has 0 entries, d = 112",
         "safe server avg_sum",
     );
+    // a bit counter a run cannot reach (it would wrap on the next round)
+    resume_edited(
+        &out,
+        |c| c["safe"]["workers"][1]["bits_up_wire"] = json!(u64::MAX - 3),
+        "the workers' uplink wire bits sum to",
+        "safe bit counter",
+    );
+    resume_edited(
+        &d.join("ef21"),
+        |c| c["state"]["workers"][0]["bits_down_wire"] = json!(u64::MAX),
+        "the workers' downlink wire bits sum to",
+        "ef21 bit counter",
+    );
     // untouched, both resume fine
     for name in ["ef21", "bc", "safe"] {
         let o = run(&["resume", d.join(name).to_str().unwrap(), "-q"]);
