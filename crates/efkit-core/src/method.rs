@@ -877,17 +877,42 @@ pub fn encode_model(x: &[f64], w: &mut BitWriter, wire: &mut Wire) {
 /// The first byte of a model downlink (see [`encode_model`]).
 const MODEL_HEADER: u8 = (TAG_MODEL as u8) << 6;
 
-/// Decodes a downlink for dimension `d` (hostile input: errors, never panics).
-/// On an error `out` holds no part of the message: an empty model and an
-/// empty sparse vector.
+/// The tag of the downlink the workers receive at the start of `round`: the
+/// model, except for EF21-BC (the one method with a server compressor),
+/// which broadcasts the model before round 0, then the dense estimate g^0,
+/// then compressed changes of the estimate (dense ones when C_M is the
+/// identity, so that EF21-BC reduces to EF21 exactly).
+fn downlink_tag(codecs: &Codecs, round: u64) -> u64 {
+    match &codecs.downlink {
+        None => TAG_MODEL,
+        Some(_) if round == 0 => TAG_MODEL,
+        Some(cm) if round == 1 || cm.name() == "identity" => TAG_ESTIMATE_DENSE,
+        Some(_) => TAG_ESTIMATE_DELTA,
+    }
+}
+
+fn downlink_kind(tag: u64) -> &'static str {
+    match tag {
+        TAG_MODEL => "the model",
+        TAG_ESTIMATE_DENSE => "a dense estimate",
+        _ => "a compressed estimate change",
+    }
+}
+
+/// Decodes the downlink that opens `round` (the server wrote it at the end
+/// of round - 1), for dimension `d` (hostile input: errors, never panics).
+/// Only the kind of message the server sends before that round is accepted
+/// (see `downlink_tag`). On an error `out` holds no part of the message: an
+/// empty model and an empty sparse vector.
 pub fn decode_downlink(
     bytes: &[u8],
     d: usize,
     codecs: &Codecs,
+    round: u64,
     shared_key: u64,
     out: &mut Downlink,
 ) -> Result<(), DecodeError> {
-    let res = decode_downlink_into(bytes, d, codecs, shared_key, out);
+    let res = decode_downlink_into(bytes, d, codecs, round, shared_key, out);
     if res.is_err() {
         writable(&mut out.x);
         out.vec.reset_sparse(d);
@@ -899,11 +924,30 @@ fn decode_downlink_into(
     bytes: &[u8],
     d: usize,
     codecs: &Codecs,
+    round: u64,
     shared_key: u64,
     out: &mut Downlink,
 ) -> Result<(), DecodeError> {
     let mut r = BitReader::new(bytes);
     let tag = r.read_bits(2)?;
+    let expected = downlink_tag(codecs, round);
+    if tag <= TAG_ESTIMATE_DELTA && tag != expected {
+        return Err(DecodeError::invalid(
+            "downlink.tag",
+            if codecs.downlink.is_none() {
+                format!(
+                    "{}, but this method broadcasts the model",
+                    downlink_kind(tag)
+                )
+            } else {
+                format!(
+                    "{} before round {round}, where EF21-BC sends {}",
+                    downlink_kind(tag),
+                    downlink_kind(expected)
+                )
+            },
+        ));
+    }
     match tag {
         TAG_MODEL => {
             if r.read_bits(6)? != 0 {
@@ -2123,11 +2167,9 @@ impl Server {
             sc.writer.clear();
             let down = &mut st.next_down;
             down.is_model = false;
-            let identity_cm = codecs
-                .downlink
-                .as_ref()
-                .is_some_and(|c| c.name() == "identity");
-            if rc.round == 0 || identity_cm {
+            // the message that opens the next round (the decoder accepts
+            // only this kind there)
+            if downlink_tag(codecs, rc.round + 1) == TAG_ESTIMATE_DENSE {
                 // Dense broadcast of g = gtilde: the initial message (the authors' code), and
                 // every message when C_M is the identity (so EF21-BC reduces to EF21 exactly).
                 sc.writer.write_bits(TAG_ESTIMATE_DENSE, 2);

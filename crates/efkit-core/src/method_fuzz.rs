@@ -495,7 +495,10 @@ fn check_downlink(case: &Case, round: u64, seed: u64, msg: &[u8]) -> Result<Down
             codecs.downlink.as_ref().map(|c| c.describe())
         )
     };
-    let decode = |bytes: &[u8], out: &mut Downlink| decode_downlink(bytes, d, codecs, key, out);
+    // written at the end of `round`, it opens the next one
+    let opens = round.saturating_add(1);
+    let decode =
+        |bytes: &[u8], out: &mut Downlink| decode_downlink(bytes, d, codecs, opens, key, out);
     let mut fresh = Downlink::default();
     let res = decode(msg, &mut fresh);
     let mut reused = Downlink {

@@ -152,7 +152,7 @@ fn estimate_downlink_needs_a_server_compressor() {
     assert_eq!(dense.bytes.len(), 4 * d);
     let bytes = w.finish().to_vec();
     let mut out = Downlink::default();
-    match decode_downlink(&bytes, d, &codecs, 0, &mut out) {
+    match decode_downlink(&bytes, d, &codecs, 1, 0, &mut out) {
         Err(DecodeError::Invalid { field, reason }) => {
             assert_eq!(field, "downlink.tag");
             assert!(reason.contains("broadcasts the model"), "{reason}");
@@ -164,14 +164,14 @@ fn estimate_downlink_needs_a_server_compressor() {
         downlink: Some(build(&CompressorSpec::named("identity"), d).unwrap()),
         ..codecs
     };
-    decode_downlink(&bytes, d, &with_cm, 0, &mut out).unwrap();
+    decode_downlink(&bytes, d, &with_cm, 1, 0, &mut out).unwrap();
     assert!(!out.is_model && out.replace);
     assert_eq!(out.vec.to_vec(), g);
     // and a model broadcast still decodes without one
     let x = [1.0, 2.0, -3.0, 0.125, 1e300];
     let mut wire = Wire::default();
     encode_model(&x, &mut BitWriter::new(), &mut wire);
-    decode_downlink(&wire.bytes, d, &model_only_codecs(d), 0, &mut out).unwrap();
+    decode_downlink(&wire.bytes, d, &model_only_codecs(d), 0, 0, &mut out).unwrap();
     assert!(out.is_model);
     assert_eq!(out.x[..], x);
 }
@@ -192,27 +192,27 @@ fn model_downlink_layout_and_its_errors() {
     assert_eq!(wire.bytes, expected);
     assert_eq!(wire.wire_bits(), 8 * (1 + 8 * d as u64));
     let mut out = Downlink::default();
-    decode_downlink(&expected, d, &codecs, 0, &mut out).unwrap();
+    decode_downlink(&expected, d, &codecs, 0, 0, &mut out).unwrap();
     assert_eq!(out.x[..], [1.0, -2.5]);
     let mut padded = expected.to_vec();
     padded[0] = 0x01;
-    match decode_downlink(&padded, d, &codecs, 0, &mut out) {
+    match decode_downlink(&padded, d, &codecs, 0, 0, &mut out) {
         Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "model.padding"),
         other => panic!("non-zero padding accepted: {other:?}"),
     }
     assert_eq!(
-        decode_downlink(&expected[..16], d, &codecs, 0, &mut out),
+        decode_downlink(&expected[..16], d, &codecs, 0, 0, &mut out),
         Err(DecodeError::Truncated { at: 72, needed: 64 })
     );
     let mut long = expected.to_vec();
     long.push(0);
     assert_eq!(
-        decode_downlink(&long, d, &codecs, 0, &mut out),
+        decode_downlink(&long, d, &codecs, 0, 0, &mut out),
         Err(DecodeError::Trailing(8))
     );
     let mut nan = expected.to_vec();
     nan[9..].copy_from_slice(&f64::NAN.to_bits().to_be_bytes());
-    match decode_downlink(&nan, d, &codecs, 0, &mut out) {
+    match decode_downlink(&nan, d, &codecs, 0, 0, &mut out) {
         Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "model"),
         other => panic!("NaN model accepted: {other:?}"),
     }
@@ -231,5 +231,70 @@ fn write_seed_corpus() {
     for (i, s) in seeds().iter().enumerate() {
         let kind = if s.uplink { "up" } else { "down" };
         std::fs::write(format!("{dir}/seed-{i:05}-{kind}"), &s.data).unwrap();
+    }
+}
+
+/// EF21-BC's downlink kind is fixed by the round it opens: the model before
+/// round 0, the dense estimate before round 1, then compressed changes
+/// (dense ones with an identity C_M). Any other kind is refused, naming
+/// both (before, a model after round 0 replaced the worker's
+/// reconstruction, and a change was added where the server replaces).
+#[test]
+fn ef21_bc_downlink_kinds_follow_the_round() {
+    let d = 5;
+    let with_cm = |name: &str| Codecs {
+        downlink: Some(
+            build(
+                &CompressorSpec {
+                    k: (name == "top-k").then_some(2),
+                    ..CompressorSpec::named(name)
+                },
+                d,
+            )
+            .unwrap(),
+        ),
+        ..model_only_codecs(d)
+    };
+    let g = [0.5, -1.0, 2.0, 0.0, 3.25];
+    // tag, then a message of `c`
+    let tagged = |tag: u64, c: &dyn efkit_core::compress::Compressor| {
+        let mut w = BitWriter::new();
+        w.write_bits(tag, 2);
+        let (mut rng, mut scratch) = (rng_from_key(1), Default::default());
+        let mut ctx = efkit_core::compress::CompressCtx {
+            rng: &mut rng,
+            shared_key: 0,
+            scratch: &mut scratch,
+        };
+        let mut out = Default::default();
+        c.compress(&g, &mut ctx, &mut out, &mut w).unwrap();
+        w.finish().to_vec()
+    };
+    let mut model = Wire::default();
+    encode_model(&g, &mut BitWriter::new(), &mut model);
+    for cm in ["top-k", "identity"] {
+        let codecs = with_cm(cm);
+        let dense = tagged(1, codecs.dense.as_ref());
+        let change = tagged(2, codecs.downlink.as_deref().unwrap());
+        let mut out = Downlink::default();
+        for round in 0..4u64 {
+            let accepted: Vec<bool> = [&model.bytes, &dense, &change]
+                .iter()
+                .map(|m| decode_downlink(m, d, &codecs, round, 0, &mut out).is_ok())
+                .collect();
+            let expected = match (round, cm) {
+                (0, _) => [true, false, false],
+                (1, _) | (_, "identity") => [false, true, false],
+                _ => [false, false, true],
+            };
+            assert_eq!(accepted, expected, "C_M = {cm}, round {round}");
+        }
+        match decode_downlink(&model.bytes, d, &codecs, 2, 0, &mut out) {
+            Err(DecodeError::Invalid { field, reason }) => {
+                assert_eq!(field, "downlink.tag");
+                assert!(reason.contains("the model before round 2"), "{reason}");
+            }
+            other => panic!("a model after round 0 accepted: {other:?}"),
+        }
     }
 }

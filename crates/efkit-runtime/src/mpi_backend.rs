@@ -1527,6 +1527,7 @@ impl MpiCluster {
             &self.down_wire.bytes,
             self.d,
             &self.codecs,
+            round,
             key,
             &mut self.down,
         ) {

@@ -256,7 +256,7 @@ fn bc_downlink_bits_equal_the_encoded_downlink() {
         } else {
             downlink_shared_key(c.seed, t - 1)
         };
-        decode_downlink(&wire.bytes, d, &c.codecs, key, &mut decoded).unwrap();
+        decode_downlink(&wire.bytes, d, &c.codecs, t, key, &mut decoded).unwrap();
         assert_eq!(decoded.is_model, expect_down.is_model);
         if decoded.is_model {
             assert_eq!(decoded.x, expect_down.x);

@@ -438,7 +438,7 @@ fn a_restored_model_downlink_in_the_older_layout_is_re_encoded() {
     let d = x.len();
     let codecs = &first.codecs;
     let mut out = Downlink::default();
-    assert!(decode_downlink(&old_bytes, d, codecs, 0, &mut out).is_err());
+    assert!(decode_downlink(&old_bytes, d, codecs, 0, 0, &mut out).is_err());
     let mut resumed = prepare(&cfg).unwrap().cluster;
     resumed.restore(state).unwrap();
     let mut expected = Wire::default();
@@ -448,6 +448,7 @@ fn a_restored_model_downlink_in_the_older_layout_is_re_encoded() {
         &resumed.server.state.next_wire.bytes,
         d,
         codecs,
+        0,
         0,
         &mut out,
     )

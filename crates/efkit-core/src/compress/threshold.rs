@@ -98,6 +98,17 @@ impl Compressor for Threshold {
         // rounding is monotone, so every value it sends has magnitude at
         // least lambda's rounding (not lambda itself: 0.1 rounds below
         // itself in f16).
+        // lambda = 0 keeps every entry
+        if self.lambda == 0.0 && out.indices.len() != self.d {
+            return Err(DecodeError::invalid(
+                "count",
+                format!(
+                    "{} of {} entries, but lambda = 0 sends every entry",
+                    out.indices.len(),
+                    self.d
+                ),
+            ));
+        }
         let least = self.fmt.round(self.lambda);
         if let Some((&j, &v)) = out
             .indices
@@ -153,6 +164,25 @@ mod tests {
         );
         let m = encode_one(&own, &[0.0; 4], &mut rng_from_key(1), 0).unwrap();
         assert_eq!(decode_one(&own, &m.bytes, 0).unwrap().indices.len(), 0);
+    }
+
+    #[test]
+    fn lambda_zero_sends_every_entry() {
+        let all = threshold(0.0, ValueFormat::F32);
+        let x = [0.0, -0.0, 1e-300, 2.0];
+        let m = encode_one(&all, &x, &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(m.value.indices, [0, 1, 2, 3]);
+        decode_one(&all, &m.bytes, 0).unwrap();
+        // a message listing fewer is refused
+        let some = encode_one(
+            &threshold(1.0, ValueFormat::F32),
+            &x,
+            &mut rng_from_key(1),
+            0,
+        )
+        .unwrap();
+        let err = decode_one(&all, &some.bytes, 0).unwrap_err();
+        assert!(err.to_string().contains("1 of 4 entries"), "{err}");
     }
 
     #[test]
