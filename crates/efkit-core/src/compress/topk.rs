@@ -562,6 +562,22 @@ impl Compressor for TopK {
                 format!("{} indices, top-k sends {}", out.indices.len(), self.k),
             ));
         }
+        // In f64 (values sent unrounded) a kept 0 means every entry left out
+        // was 0 too, and ties go to the lower index: so every index below a
+        // kept 0 is kept. (In f32/f16 a kept tiny value may round to 0.)
+        if self.fmt == ValueFormat::F64 {
+            if let Some(p) = out.values.iter().rposition(|&v| v == 0.0) {
+                let i = out.indices[p];
+                if i as usize != p {
+                    return Err(DecodeError::invalid(
+                        "value",
+                        format!(
+                            "a kept 0 at index {i} while a lower index is left out (ties go to the lower index)"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -756,5 +772,48 @@ mod tests {
                 assert_eq!(idx, naive(x, k));
             }
         }
+    }
+
+    /// In f64 a kept 0 with a lower index left out is refused; the
+    /// encoder's own messages with kept zeros decode, and in f32 (where a
+    /// tiny kept value rounds to 0) the same layout is accepted.
+    #[test]
+    fn a_kept_zero_above_a_left_out_index_is_refused_in_f64() {
+        use crate::compress::{decode_one, encode_one, CompressedVec};
+        use crate::rng::rng_from_key;
+        let top = |fmt| TopK {
+            d: 4,
+            k: 2,
+            fmt,
+            block: TopKBlock {
+                offset: 0,
+                len: 4,
+                k: 2,
+            },
+        };
+        let f64_top = top(ValueFormat::F64);
+        // x = (0, 5, 0, 0): the encoder keeps 1 and, of the tied zeros, 0
+        let m = encode_one(&f64_top, &[0.0, 5.0, 0.0, 0.0], &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(m.value.indices, [0, 1]);
+        decode_one(&f64_top, &m.bytes, 0).unwrap();
+        // {1, 2} with a 0 at 2: index 0 would have won the tie
+        let forged = |fmt: ValueFormat| {
+            let c = CompressedVec {
+                dim: 4,
+                dense: false,
+                indices: vec![1, 2],
+                values: vec![5.0, 0.0],
+            };
+            let mut w = BitWriter::new();
+            write_sparse(&mut w, &c, fmt);
+            w.finish().to_vec()
+        };
+        let e = decode_one(&f64_top, &forged(ValueFormat::F64), 0).unwrap_err();
+        assert!(e.to_string().contains("kept 0 at index 2"), "{e}");
+        // in f32, x = (0, 5, 1e-50, 0) sends exactly this layout
+        let f32_top = top(ValueFormat::F32);
+        let m = encode_one(&f32_top, &[0.0, 5.0, 1e-50, 0.0], &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(m.bytes, forged(ValueFormat::F32));
+        decode_one(&f32_top, &m.bytes, 0).unwrap();
     }
 }
