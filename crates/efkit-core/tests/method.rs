@@ -335,23 +335,101 @@ fn ef14_equals_ef21_for_linear_compressor() {
     }
 }
 
-/// EF21+ keeps, per worker, the candidate closer to the true gradient, and the
-/// server (which stores every g_i) agrees with the workers.
+/// EF21+ keeps, per worker, the candidate closer to the true gradient
+/// (checked against both candidates computed by hand each round, the flag
+/// included; the step 0.5 moves the gradient enough that both are taken),
+/// and the server (which stores every g_i) agrees with the workers.
 #[test]
 fn ef21_plus_server_tracks_workers() {
     let bs = random_problem(4, 9, 4);
     let mut sim = Sim::new(
         &MethodSpec::named("ef21-plus"),
-        0.05,
+        0.5,
         build(&spec("top-k", Some(1)), 9).unwrap(),
         &bs,
         &[0.0; 9],
     );
-    for _ in 0..40 {
+    // Top-1 by hand (ties to the lower index), in f64
+    let top1 = |v: &[f64]| {
+        let mut j = 0;
+        for (i, a) in v.iter().enumerate() {
+            if a.abs() > v[j].abs() {
+                j = i;
+            }
+        }
+        let mut c = vec![0.0; v.len()];
+        c[j] = v[j];
+        c
+    };
+    let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
+    let mut chose = [0usize; 2];
+    for round in 0..40 {
+        let before: Vec<Vec<f64>> = sim.workers.iter().map(|w| w.state.g.clone()).collect();
         sim.round();
         for (i, w) in sim.workers.iter().enumerate() {
             assert!(close(&sim.server.state.g_i[i], &w.state.g, 1e-12));
+            if round == 0 {
+                continue;
+            }
+            // the two candidates at the x the worker used
+            let grad: Vec<f64> = w.state.x.iter().zip(&bs[i]).map(|(x, b)| x - b).collect();
+            let diff: Vec<f64> = grad.iter().zip(&before[i]).map(|(h, g)| h - g).collect();
+            let markov: Vec<f64> = before[i]
+                .iter()
+                .zip(top1(&diff))
+                .map(|(g, c)| g + c)
+                .collect();
+            let plain = top1(&grad);
+            let (dm, db) = (dist(&markov, &grad), dist(&plain, &grad));
+            let (want, replace) = if db < dm {
+                (&plain, true)
+            } else {
+                (&markov, false)
+            };
+            assert!(close(&w.state.g, want, 1e-12), "round {round} worker {i}");
+            assert_eq!(w.scratch.up.replace, replace, "round {round} worker {i}");
+            chose[usize::from(replace)] += 1;
         }
+    }
+    // both candidates are taken over the run
+    assert!(chose[0] > 0 && chose[1] > 0, "{chose:?}");
+}
+
+/// DCGD (no feedback) with the linear C(x) = x/2 is gradient descent at
+/// half the step: x - gamma (1/n) sum_i C(grad f_i) = x - (gamma/2) grad f.
+#[test]
+fn dcgd_with_a_linear_compressor_is_gd_at_the_scaled_step() {
+    let bs = random_problem(3, 5, 7);
+    let x0 = vec![0.5; 5];
+    let gamma = 0.3;
+    let mut dcgd = Sim::new(
+        &MethodSpec::named("dcgd"),
+        gamma,
+        Box::new(Half(5)),
+        &bs,
+        &x0,
+    );
+    let mut gd = Sim::new(
+        &MethodSpec::named("gd"),
+        gamma / 2.0,
+        build(&spec("identity", None), 5).unwrap(),
+        &bs,
+        &x0,
+    );
+    let mut x = x0.clone();
+    for _ in 0..30 {
+        dcgd.round();
+        gd.round();
+        // and both are GD by hand
+        let n = bs.len() as f64;
+        let mean: Vec<f64> = (0..5)
+            .map(|j| bs.iter().map(|b| x[j] - b[j]).sum::<f64>() / n)
+            .collect();
+        for (xj, g) in x.iter_mut().zip(&mean) {
+            *xj -= gamma / 2.0 * g;
+        }
+        assert!(close(&dcgd.server.state.x, &gd.server.state.x, 1e-12));
+        assert!(close(&dcgd.server.state.x, &x, 1e-12));
     }
 }
 

@@ -197,8 +197,12 @@ pub fn cmd_repro(
     quick: bool,
     quiet: bool,
 ) -> Result<u8> {
-    let out =
-        out.unwrap_or_else(|| PathBuf::from("repro").join(format!("{name:?}").to_lowercase()));
+    // the name as typed on the command line (`bw-page`, not `bwpage`)
+    let typed = name.to_possible_value().map_or_else(
+        || format!("{name:?}").to_lowercase(),
+        |v| v.get_name().to_string(),
+    );
+    let out = out.unwrap_or_else(|| PathBuf::from("repro").join(typed));
     if out.join("README.md").exists() && !force {
         return Err(crate::UserError(format!(
             "{} already holds a reproduction; use --force to overwrite it or choose another --out",

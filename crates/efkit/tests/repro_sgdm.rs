@@ -20,15 +20,15 @@ fn efkit(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn divergence_quick_writes_figure_table_and_data() {
-    let out = tmp("div");
-    let o = efkit(&[
-        "repro",
-        "sgdm-divergence",
-        "--quick",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // without --out the reproduction goes to repro/<name as typed>
+    let cwd = tmp("div");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = cwd.join("repro").join("sgdm-divergence");
+    let o = Command::new(env!("CARGO_BIN_EXE_efkit"))
+        .args(["repro", "sgdm-divergence", "--quick", "--quiet"])
+        .current_dir(&cwd)
+        .output()
+        .expect("runs");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in [
         "README.md",
