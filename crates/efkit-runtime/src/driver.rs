@@ -555,6 +555,60 @@ mod tests {
         }
     }
 
+    /// What `drive` logs, checkpoints and reports, against the rules by hand
+    /// (the test above only shows that both entry points agree).
+    #[test]
+    fn drive_logs_checkpoints_and_stops_by_the_rules() {
+        let rounds_of = |l: &Logged| -> (Vec<u64>, Vec<u64>) {
+            (
+                l.0.iter().map(|m| m.round).collect(),
+                l.2.iter().map(|s| s.server.round).collect(),
+            )
+        };
+        // max_rounds = 10, log_every = 3, checkpoint_every = 4
+        let mut cfg = config("ef21", "", "rule = \"theory\"", 10, None);
+        cfg.stop.checkpoint_every = Some(4);
+        let full = logged(&cfg, true, None);
+        assert_eq!(rounds_of(&full), (vec![0, 3, 6, 9, 10], vec![4, 8]));
+        assert_eq!((full.1.status, full.1.rounds), (Status::MaxRounds, 10));
+        assert_eq!(full.1.last.as_ref().unwrap().round, 10);
+        // interrupted at the logged round 6: checkpoint there too
+        let cut = logged(&cfg, true, Some(6));
+        assert_eq!(rounds_of(&cut), (vec![0, 3, 6], vec![4, 6]));
+        assert_eq!((cut.1.status, cut.1.rounds), (Status::Interrupted, 6));
+        // the rows up to the interruption are the full run's
+        assert_eq!(cut.0[..], full.0[..3]);
+        // converged: the first logged row at or under tol ends the run
+        let tol = 1e-2;
+        let mut gd = config("gd", "", "rule = \"theory\"", 200, Some(tol));
+        gd.compressor = efkit_core::compress::CompressorSpec::named("identity");
+        let conv = logged(&gd, true, None);
+        assert_eq!(conv.1.status, Status::Converged);
+        let n = conv.0.len();
+        assert!(n >= 2, "converged at round 0");
+        assert!(conv.0[n - 1].grad_norm_sq <= tol && conv.0[n - 2].grad_norm_sq > tol);
+        assert_eq!(conv.1.rounds, conv.0[n - 1].round);
+        assert!(conv.0.iter().all(|m| m.round % 3 == 0));
+        // time limit: reached after the first round, which is then logged
+        let mut quick = config("ef21", "", "rule = \"theory\"", 50, None);
+        quick.stop.time_limit = Some(1e-9);
+        let timed = logged(&quick, true, None);
+        assert_eq!((timed.1.status, timed.1.rounds), (Status::TimeLimit, 1));
+        assert_eq!(rounds_of(&timed).0, [0, 1]);
+        // a step of 1e9 blows the loss up, and the message names the round
+        let big = logged(
+            &config("ef21", "", "rule = \"absolute\"\nvalue = 1e9", 50, None),
+            true,
+            None,
+        );
+        assert_eq!(big.1.status, Status::Diverged);
+        let msg = big.1.message.clone().unwrap();
+        assert!(
+            msg.starts_with(&format!("diverged at round {}", big.1.rounds)),
+            "{msg}"
+        );
+    }
+
     /// The reductions reproduce `Cluster::metrics` bit for bit from per-worker values.
     #[test]
     fn reductions_match_cluster_metrics() {
@@ -605,6 +659,40 @@ mod tests {
             };
             let got = round_metrics(eval, &counters, totals, 1.5);
             assert_eq!(got, want, "{}", cfg.method.name);
+            // and the values by hand: f = mean f_i (+ lambda ||x||_1), and
+            // ||grad f||^2 or, for the prox, ||(x - soft(x - gamma grad f, gamma lambda)) / gamma||^2
+            let n = losses.len() as f64;
+            let mean_grad: Vec<f64> = (0..d)
+                .map(|j| grads.iter().map(|g| g[j]).sum::<f64>() / n)
+                .collect();
+            let mut loss = losses.iter().sum::<f64>() / n;
+            let norm = if cfg.method.name == "ef21-prox" {
+                let (gamma, lambda) = (c.parts.gamma, 0.05);
+                loss += lambda * x.iter().map(|v| v.abs()).sum::<f64>();
+                x.iter()
+                    .zip(&mean_grad)
+                    .map(|(&xj, &gj)| {
+                        let y = xj - gamma * gj;
+                        let soft = y.signum() * (y.abs() - gamma * lambda).max(0.0);
+                        ((xj - soft) / gamma).powi(2)
+                    })
+                    .sum::<f64>()
+            } else {
+                mean_grad.iter().map(|g| g * g).sum::<f64>()
+            };
+            let rel = |a: f64, b: f64| (a - b).abs() <= 1e-10 * b.abs().max(1e-300);
+            assert!(
+                rel(got.loss, loss),
+                "{}: {} vs {loss}",
+                cfg.method.name,
+                got.loss
+            );
+            assert!(
+                rel(got.grad_norm_sq, norm),
+                "{}: {} vs {norm}",
+                cfg.method.name,
+                got.grad_norm_sq
+            );
             assert_eq!(got.loss.to_bits(), want.loss.to_bits());
             assert_eq!(got.grad_norm_sq.to_bits(), want.grad_norm_sq.to_bits());
             for cw in &counters {

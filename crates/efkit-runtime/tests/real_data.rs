@@ -84,6 +84,7 @@ fn reductions_to_ef21_are_exact() {
         }
         let (rows, x) = run(&cfg);
         assert!(bits_eq(&x, &xb), "{m}: final x differs");
+        assert_eq!(rows.len(), base.len(), "{m}");
         for (a, b) in rows.iter().zip(&base) {
             assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{m} round {}", a.round);
             assert_eq!(
@@ -171,6 +172,7 @@ fn golden_ef21_and_ef14_against_independent_computation() {
         expect.push(mean_grad_norm_sq(&sh, &x));
     }
     let (rows, _) = run(&zeros_config("ef14", "", gamma, rounds as u64));
+    assert_eq!(rows.len(), expect.len());
     for (r, e) in rows.iter().zip(&expect) {
         assert!(
             rel_close(r.grad_norm_sq, *e),
@@ -220,6 +222,7 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
         }
     }
     let (rows, _) = run(&zeros_config("ef21-hb", "eta = 0.4", gamma, rounds as u64));
+    assert_eq!(rows.len(), expect.len());
     for (r, e) in rows.iter().zip(&expect) {
         assert!(
             rel_close(r.grad_norm_sq, *e),
@@ -263,6 +266,7 @@ fn golden_ef21_hb_and_bc_against_independent_computation() {
     let mut s = zeros_config("ef21-bc", "", gamma, rounds as u64).to_toml();
     s.push_str("[server_compressor]\nname = \"top-k\"\nk = 4\nvalues = \"f64\"\n");
     let (rows, _) = run(&parse_with_hints(&s).unwrap());
+    assert_eq!(rows.len(), expect.len());
     for (r, e) in rows.iter().zip(&expect) {
         assert!(
             rel_close(r.grad_norm_sq, *e),

@@ -214,7 +214,7 @@ fn sgd_ideal_preset_needs_a_batch_and_sends_dense() {
                 .zip(w.state.x.iter())
                 .filter(|(g, x)| (*g - *x).abs() > 1e-6)
                 .count();
-            assert!(differs <= 1, "{:?} vs {:?}", w.state.g, w.state.x);
+            assert_eq!(differs, 1, "{:?} vs {:?}", w.state.g, w.state.x);
         }
     }
 }

@@ -216,8 +216,18 @@ fn bad_cases(d: &Path) -> Vec<(&'static str, Option<String>, Vec<String>, &'stat
             v(&[]),
             "problem.dim",
         ),
-        ("K > d", None, v(&["--set", "compressor.k=1000"]), "k"),
-        ("K = 0", None, v(&["--set", "compressor.k=0"]), "k"),
+        (
+            "K > d",
+            None,
+            v(&["--set", "compressor.k=1000"]),
+            "k = 1000 is outside 1..=68 (d = 68)",
+        ),
+        (
+            "K = 0",
+            None,
+            v(&["--set", "compressor.k=0"]),
+            "k = 0 is outside 1..=68",
+        ),
         (
             "ratio out of range",
             None,
@@ -380,7 +390,7 @@ fn bad_cases(d: &Path) -> Vec<(&'static str, Option<String>, Vec<String>, &'stat
                 &format!("kind = \"file\"\npath = {:?}", init_nan.to_str().unwrap()),
             )),
             v(&[]),
-            "not",
+            "entry 1 is not finite",
         ),
         (
             "malformed LibSVM value",
@@ -396,7 +406,12 @@ fn bad_cases(d: &Path) -> Vec<(&'static str, Option<String>, Vec<String>, &'stat
             "line 1",
         ),
         ("LibSVM bad label", s(&ds(&libsvm_label)), v(&[]), "line 1"),
-        ("TOML syntax error", s("seed = = 1"), v(&[]), "config"),
+        (
+            "TOML syntax error",
+            s("seed = = 1"),
+            v(&[]),
+            "TOML parse error at line 1",
+        ),
         (
             "wrong type",
             s(&BASE.replace("workers = 4", "workers = \"four\"")),
