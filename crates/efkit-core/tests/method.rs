@@ -1008,3 +1008,81 @@ fn stage_next_announces_the_next_rounds_draw() {
         }
     }
 }
+
+/// Each regularizer's prox: hand-worked values, and the defining property
+/// prox_{gamma r}(x) = argmin_y r(y) + ||y - x||^2 / (2 gamma), checked
+/// against 2,000 seeded perturbations of the answer (none does better).
+#[test]
+fn regularizer_prox_values_and_minimality() {
+    use efkit_core::method::Regularizer;
+    let prox = |r: &Regularizer, x: &[f64], gamma: f64| {
+        let mut y = x.to_vec();
+        r.prox(&mut y, gamma);
+        y
+    };
+    let x = [3.0, -0.5, -2.0, 0.0];
+    // hand-worked values
+    assert_eq!(
+        prox(&Regularizer::L1 { lambda: 0.5 }, &x, 2.0),
+        [2.0, 0.0, -1.0, 0.0]
+    );
+    assert_eq!(
+        prox(&Regularizer::L2Squared { lambda: 1.0 }, &x, 3.0),
+        [0.75, -0.125, -0.5, 0.0]
+    );
+    assert_eq!(
+        prox(&Regularizer::Box { lo: -1.0, hi: 1.0 }, &x, 7.0),
+        [1.0, -0.5, -1.0, 0.0]
+    );
+    let ball = prox(&Regularizer::Ball { radius: 1.0 }, &[3.0, 4.0], 0.1);
+    assert!((ball[0] - 0.6).abs() < 1e-15 && (ball[1] - 0.8).abs() < 1e-15);
+    assert_eq!(
+        prox(&Regularizer::Ball { radius: 10.0 }, &[3.0, 4.0], 0.1),
+        [3.0, 4.0]
+    );
+    assert_eq!(prox(&Regularizer::Zero, &x, 5.0), x);
+    // values
+    assert_eq!(Regularizer::L1 { lambda: 0.5 }.value(&x), 2.75);
+    assert_eq!(Regularizer::L2Squared { lambda: 2.0 }.value(&x), 13.25);
+    assert_eq!(
+        Regularizer::Box { lo: -1.0, hi: 1.0 }.value(&x),
+        f64::INFINITY
+    );
+    assert_eq!(Regularizer::Box { lo: -3.0, hi: 3.0 }.value(&x), 0.0);
+    // minimality against perturbations
+    let mut rng = efkit_core::rng::rng_from_key(11);
+    use rand::Rng as _;
+    for r in [
+        Regularizer::L1 { lambda: 0.7 },
+        Regularizer::L2Squared { lambda: 1.3 },
+        Regularizer::Box { lo: -0.4, hi: 1.1 },
+        Regularizer::Ball { radius: 1.5 },
+    ] {
+        for _ in 0..20 {
+            let x: Vec<f64> = (0..5).map(|_| rng.gen_range(-3.0..3.0)).collect();
+            let gamma = rng.gen_range(0.1..2.0);
+            let p = prox(&r, &x, gamma);
+            let obj = |y: &[f64]| {
+                r.value(y)
+                    + y.iter()
+                        .zip(&x)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f64>()
+                        / (2.0 * gamma)
+            };
+            let best = obj(&p);
+            assert!(best.is_finite(), "{r:?}: prox left the set");
+            for _ in 0..100 {
+                let scale = rng.gen_range(1e-4..0.5);
+                let y: Vec<f64> = p
+                    .iter()
+                    .map(|v| v + scale * rng.gen_range(-1.0..1.0))
+                    .collect();
+                assert!(
+                    obj(&y) >= best - 1e-12,
+                    "{r:?}: {y:?} beats prox {p:?} at x = {x:?}"
+                );
+            }
+        }
+    }
+}

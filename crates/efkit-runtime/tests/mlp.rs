@@ -250,6 +250,16 @@ fn cnn_problem_trains_per_layer_and_is_thread_independent() {
             c.step().unwrap();
         }
         let m = c.metrics(0.0);
+        // one Top-K message per tensor: the uplink's blocks are the tensors,
+        // and a round's paper bits are 32 per kept value of every block
+        let blocks = c.codecs.uplink.top_k_blocks().expect("per-layer Top-K");
+        let lens: Vec<usize> = blocks.iter().map(|b| b.len).collect();
+        assert_eq!(lens, spec.blocks());
+        assert!(blocks.iter().all(|b| b.k >= 1 && b.k < b.len));
+        let kept: u64 = blocks.iter().map(|b| b.k as u64).sum();
+        let paper = c.workers[0].state.bits_up_paper;
+        c.step().unwrap();
+        assert_eq!(c.workers[0].state.bits_up_paper - paper, 32 * kept);
         (before, m, c.server.state.x.clone())
     };
     let (before, m1, x1) = run(1);
@@ -259,7 +269,7 @@ fn cnn_problem_trains_per_layer_and_is_thread_independent() {
     assert!(m1.loss < 0.9 * before, "{} vs {before}", m1.loss);
     let acc = m1.test_accuracy.expect("mnist-cnn has a test set");
     assert!(acc > 0.2, "60 rounds beat chance: {acc}");
-    // one message per tensor per worker: 8 tensors (4 weights, 4 biases)
+    // 8 tensors (4 weights, 4 biases), each its own block
     assert_eq!(spec.blocks().len(), 8);
 }
 

@@ -59,6 +59,75 @@ fn same_metrics_for_any_thread_count() {
     }
 }
 
+/// EF21-PAGE with full batches and p = 0.3 (the branch v += grad f_B(x) -
+/// grad f_B(x_prev) runs in most rounds): v stays grad f_i(x), so the run is
+/// EF21's up to rounding, and the epochs count N samples in a round that
+/// refreshes and 2N (both gradients) in one that does not, all workers
+/// tossing the shared coin together.
+#[test]
+fn page_with_full_batches_is_ef21_for_any_p() {
+    let (base, _) = run(&config("ef21", "", TOP1_F64, 30, 2));
+    let (rows, _) = run(&config(
+        "ef21-page",
+        "batch = 1.0\np = 0.3",
+        TOP1_F64,
+        30,
+        2,
+    ));
+    assert_eq!(rows.len(), base.len());
+    for (a, b) in rows.iter().zip(&base) {
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * y.abs();
+        assert!(
+            close(a.grad_norm_sq, b.grad_norm_sq),
+            "round {}: {} vs {}",
+            a.round,
+            a.grad_norm_sq,
+            b.grad_norm_sq
+        );
+        assert!(close(a.loss, b.loss), "round {}", a.round);
+    }
+    // epochs: +1 per refreshing round (round 0 always), +2 per other round
+    let mut doubles = 0;
+    for w in rows.windows(2) {
+        let step = w[1].epochs - w[0].epochs;
+        let per_round = step / (w[1].round - w[0].round) as f64;
+        assert!((1.0..=2.0).contains(&per_round), "{step}");
+        assert!(
+            (step - step.round()).abs() < 1e-9,
+            "not whole epochs: {step}"
+        );
+        doubles += (step.round() as u64) - (w[1].round - w[0].round);
+    }
+    let last = rows.last().unwrap();
+    assert!((last.epochs - (30 + doubles) as f64).abs() < 1e-9);
+    // with p = 0.3 most of the 29 later rounds take the difference branch
+    assert!(
+        (10..29).contains(&doubles),
+        "{doubles} rounds without refresh"
+    );
+}
+
+/// The epochs column counts samples: a full-gradient round is one epoch, a
+/// round of EF21-SGD with B = 7 on n = 20 workers is 7 * 20 / N of one
+/// (mushrooms, N = 8124), from round 1 on as the rounds run.
+#[test]
+fn epochs_count_the_samples_drawn() {
+    let (rows, _) = run(&config("ef21", "", TOP1_F64, 10, 2));
+    let last = rows.last().unwrap();
+    assert_eq!((last.round, last.epochs), (10, 10.0));
+    let (rows, _) = run(&config("ef21-sgd", "batch = 7", TOP1_F64, 10, 2));
+    assert!(rows.len() >= 2);
+    for m in &rows {
+        let want = 7.0 * 20.0 * m.round as f64 / 8124.0;
+        assert!(
+            (m.epochs - want).abs() <= 1e-12,
+            "round {}: {} vs {want}",
+            m.round,
+            m.epochs
+        );
+    }
+}
+
 /// §12.3 reductions on real data, bit for bit over tens of rounds.
 #[test]
 fn reductions_to_ef21_are_exact() {
