@@ -1,7 +1,10 @@
 //! Compressor throughput: compress+encode and decode at d = 1e5, 1e6, 1e7 for
-//! Top-K (K = d/100), Rand-K (K = d/100), scaled sign, QSGD (s = 4) and natural
-//! dithering (s = 4, l2 norm), each beside a plain `copy_from_slice` of the same
-//! f64 vector measured in the same run (the baseline the ratios in
+//! every compressor of the catalogue: Top-K (K = d/100), Rand-K (K = d/100),
+//! scaled sign, QSGD (s = 4), natural dithering (s = 4, l2 norm), identity,
+//! scaled Rand-K (K = d/100), Bernoulli (p = 0.5), natural compression,
+//! threshold (lambda = 3), Top-K + natural (K = d/100) and rank-1 (near-square
+//! matrix view), each beside a plain `copy_from_slice` of the same f64 vector
+//! measured in the same run (the baseline the ratios in
 //! bench/runs/*-compressors.md refer to).
 //!
 //! Run: `cargo bench -p efkit-core --bench compressors` (add `-- top-k` etc. to
@@ -13,7 +16,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use efkit_core::bits::{BitReader, BitWriter};
-use efkit_core::compress::{build, CompressCtx, CompressedVec, CompressorSpec, DecodeCtx, Scratch};
+use efkit_core::compress::{
+    build, example_spec, CompressCtx, CompressedVec, CompressorSpec, DecodeCtx, Scratch,
+};
 use efkit_core::rng::rng_from_key;
 use rand::Rng as _;
 
@@ -28,12 +33,33 @@ fn specs(d: usize) -> Vec<(&'static str, CompressorSpec)> {
     qsgd.levels = Some(4);
     let mut natural_dithering = CompressorSpec::named("natural-dithering");
     natural_dithering.levels = Some(4);
+    let identity = CompressorSpec::named("identity");
+    let mut scaled_randk = CompressorSpec::named("scaled-rand-k");
+    scaled_randk.k = Some(k);
+    // sent half of the time: the mean over iterations of a dense message and a 1-bit one
+    let mut bernoulli = CompressorSpec::named("bernoulli");
+    bernoulli.p = Some(0.5);
+    let natural = CompressorSpec::named("natural");
+    // |x_j| >= 3 keeps a fraction of a percent of this data
+    let mut threshold = CompressorSpec::named("threshold");
+    threshold.lambda = Some(3.0);
+    let mut topk_quant = CompressorSpec::named("top-k-quant");
+    topk_quant.k = Some(k);
+    topk_quant.quantizer = Some("natural".into());
+    let rank = example_spec("rank-r", d);
     vec![
         ("top-k", topk),
         ("rand-k", randk),
         ("scaled-sign", sign),
         ("qsgd", qsgd),
         ("natural-dithering", natural_dithering),
+        ("identity", identity),
+        ("scaled-rand-k", scaled_randk),
+        ("bernoulli", bernoulli),
+        ("natural", natural),
+        ("threshold", threshold),
+        ("top-k-quant", topk_quant),
+        ("rank-r", rank),
     ]
 }
 
@@ -78,7 +104,16 @@ fn bench(c: &mut Criterion) {
                     black_box(w.finish().len());
                 })
             });
-            let bytes = w.bytes().to_vec();
+            // the message to decode, made here: a filtered run may skip the
+            // compress benchmark above
+            w.clear();
+            let mut ctx = CompressCtx {
+                rng: &mut crng,
+                shared_key: 1,
+                scratch: &mut scratch,
+            };
+            comp.compress(&x, &mut ctx, &mut out, &mut w).unwrap();
+            let bytes = w.finish().to_vec();
             let mut dec = CompressedVec::default();
             g.bench_function(BenchmarkId::new("decode", label), |b| {
                 b.iter(|| {

@@ -97,9 +97,12 @@ fn bench_methods(cr: &mut Criterion) {
         .sample_size(20)
         .measurement_time(Duration::from_secs(1))
         .warm_up_time(Duration::from_millis(300));
-    for (name, text) in [("gd", config("gd", &[]).0), ("sgd", config("sgd", &["batch"]).0)]
-        .into_iter()
-        .chain(cases().into_iter().map(|(n, t, _, _)| (n, t)))
+    for (name, text) in [
+        ("gd", config("gd", &[]).0),
+        ("sgd", config("sgd", &["batch"]).0),
+    ]
+    .into_iter()
+    .chain(cases().into_iter().map(|(n, t, _, _)| (n, t)))
     {
         let mut c = cluster(&text);
         group.bench_function(name, |b| b.iter(|| c.step().expect("round")));
@@ -114,7 +117,9 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
 
 fn paired(pairs: usize) {
     println!("paired, one thread, {pairs} alternations per method (ms):");
-    println!("| method | baseline | method min / median | baseline min / median | ratio of medians |");
+    println!(
+        "| method | baseline | method min / median | baseline min / median | ratio of medians |"
+    );
     println!("|---|---|---|---|---|");
     for (name, text, base_name, base_text) in cases() {
         let (mut m, mut b) = (cluster(&text), cluster(&base_text));

@@ -12,7 +12,7 @@
 use rand::Rng as _;
 
 use super::registry::{only_keys, value_format, CompressorSpec};
-use super::sparse_codec::{check_input, read_values, round_checked};
+use super::sparse_codec::{check_input, read_values, round_checked, round_scaled_all};
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
@@ -88,15 +88,16 @@ impl Compressor for Bernoulli {
         out.dense = true;
         out.indices.clear();
         out.values.clear();
-        out.values.reserve(self.d);
         let inv = 1.0 / self.p;
-        for (j, &v) in x.iter().enumerate() {
-            out.values.push(round_checked(self.fmt, v * inv, j)?);
+        out.values.resize(self.d, 0.0);
+        // one vectorised pass; entry by entry only for the error
+        if !round_scaled_all(self.fmt, x, inv, &mut out.values) {
+            for (j, &v) in x.iter().enumerate() {
+                round_checked(self.fmt, v * inv, j)?;
+            }
         }
         w.write_bit(true);
-        for &v in &out.values {
-            self.fmt.write(w, v);
-        }
+        self.fmt.write_all(w, &out.values);
         Ok(())
     }
 

@@ -4,8 +4,9 @@
 //! format (algorithms.md §3.2). Wire: d values in the spec's format, nothing
 //! else (the dimension is known to both sides). Paper bits: 32 d.
 
+use super::check_finite;
 use super::registry::{only_keys, value_format, CompressorSpec};
-use super::sparse_codec::{check_input, read_values, round_checked};
+use super::sparse_codec::{check_len, read_values, round_checked, round_scaled_all};
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
@@ -57,18 +58,24 @@ impl Compressor for Identity {
         out: &mut CompressedVec,
         w: &mut BitWriter,
     ) -> Result<(), CompressError> {
-        check_input(x, self.d)?;
+        check_len(x, self.d)?;
         out.dim = self.d;
         out.dense = true;
         out.indices.clear();
         out.values.clear();
-        out.values.reserve(self.d);
-        for (j, &v) in x.iter().enumerate() {
-            out.values.push(round_checked(self.fmt, v, j)?);
+        // one pass that rounds and notes any non-finite result (a NaN or
+        // infinite input, or an overflow of the format); only then are the
+        // input and the rounding checked entry by entry, for the error the
+        // checks in that order name
+        let fmt = self.fmt;
+        out.values.resize(self.d, 0.0);
+        if !round_scaled_all(fmt, x, 1.0, &mut out.values) {
+            check_finite(x)?;
+            for (j, &v) in x.iter().enumerate() {
+                round_checked(fmt, v, j)?;
+            }
         }
-        for &v in &out.values {
-            self.fmt.write(w, v);
-        }
+        fmt.write_all(w, &out.values);
         Ok(())
     }
 
@@ -87,5 +94,38 @@ impl Compressor for Identity {
 
     fn paper_bits(&self, c: &CompressedVec) -> u64 {
         32 * c.values.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::encode_one;
+    use crate::rng::rng_from_key;
+
+    /// The one-pass rounding reports the same error as the checks in order:
+    /// a non-finite input anywhere before an overflow of the format.
+    #[test]
+    fn errors_name_the_non_finite_input_before_an_overflow() {
+        let c = Identity {
+            d: 8,
+            fmt: ValueFormat::F32,
+        };
+        let mut x = [1.0, 2.0, 3.0, 1e300, 5.0, 6.0, 7.0, f64::NAN];
+        let e = encode_one(&c, &x, &mut rng_from_key(1), 0).unwrap_err();
+        assert!(
+            matches!(e, CompressError::NonFinite { index: 7, .. }),
+            "{e}"
+        );
+        x[7] = 8.0;
+        let e = encode_one(&c, &x, &mut rng_from_key(1), 0).unwrap_err();
+        assert!(
+            e.to_string().contains("coordinate 3 overflows the 32-bit"),
+            "{e}"
+        );
+        x[3] = 4.0;
+        let m = encode_one(&c, &x, &mut rng_from_key(1), 0).unwrap();
+        assert_eq!(m.value.values, x);
+        assert_eq!(m.bytes.len(), 32);
     }
 }

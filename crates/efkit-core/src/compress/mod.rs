@@ -99,6 +99,56 @@ impl ValueFormat {
         }
     }
 
+    /// Writes every value of `vs` (which should already be rounded): the
+    /// same bits as [`ValueFormat::write`] on each, f32 and f64 in one pass.
+    pub fn write_all(self, w: &mut BitWriter, vs: &[f64]) {
+        match self {
+            ValueFormat::F32 => w.write_f32s(vs),
+            ValueFormat::F64 => w.write_f64s(vs),
+            ValueFormat::F16 => {
+                let mut p = w.packer();
+                for &v in vs {
+                    self.put(&mut p, v);
+                }
+            }
+        }
+    }
+
+    /// Reads `n` values and appends them to `values`: the same values and
+    /// errors as `n` calls of [`ValueFormat::read`] (a short input, or the
+    /// first non-finite value), f32 and f64 in one pass.
+    pub fn read_all(
+        self,
+        r: &mut BitReader,
+        n: usize,
+        values: &mut Vec<f64>,
+    ) -> Result<(), DecodeError> {
+        let from = values.len();
+        match self {
+            ValueFormat::F32 => r.read_f32s(n, values)?,
+            ValueFormat::F64 => {
+                values.reserve(n);
+                for _ in 0..n {
+                    values.push(r.read_f64()?);
+                }
+            }
+            ValueFormat::F16 => {
+                values.reserve(n);
+                for _ in 0..n {
+                    values.push(self.read(r)?);
+                }
+                return Ok(());
+            }
+        }
+        if values[from..].iter().any(|v| !v.is_finite()) {
+            return Err(DecodeError::invalid(
+                "value",
+                "non-finite value on the wire",
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads one value; non-finite values are an error (no encoder writes them).
     #[inline]
     pub fn read(self, r: &mut BitReader) -> Result<f64, DecodeError> {

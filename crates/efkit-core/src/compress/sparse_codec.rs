@@ -343,6 +343,37 @@ pub(crate) fn round_checked(fmt: ValueFormat, v: f64, index: usize) -> Result<f6
     }
 }
 
+/// `out = round(scale * x)` in `fmt`, for equal lengths; whether every
+/// result is finite (false for a non-finite input or an overflow of the
+/// format: the caller then finds the error entry by entry). The screen sums
+/// r * 0.0 (NaN exactly for a non-finite r) in eight lanes, so the loop
+/// vectorises. A scale of 1 is exact, -0 included.
+pub(crate) fn round_scaled_all(fmt: ValueFormat, x: &[f64], scale: f64, out: &mut [f64]) -> bool {
+    fn lanes(x: &[f64], out: &mut [f64], round: impl Fn(f64) -> f64) -> bool {
+        let mut acc = [0.0f64; 8];
+        let mut xc = x.chunks_exact(8);
+        let mut oc = out.chunks_exact_mut(8);
+        for (xs, os) in (&mut xc).zip(&mut oc) {
+            for i in 0..8 {
+                os[i] = round(xs[i]);
+                acc[i] += os[i] * 0.0;
+            }
+        }
+        let mut rest = 0.0;
+        for (o, &v) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+            *o = round(v);
+            rest += *o * 0.0;
+        }
+        acc.iter().sum::<f64>() + rest == 0.0
+    }
+    debug_assert_eq!(x.len(), out.len());
+    match fmt {
+        ValueFormat::F32 => lanes(x, out, |v| (scale * v) as f32 as f64),
+        ValueFormat::F64 => lanes(x, out, |v| scale * v),
+        ValueFormat::F16 => lanes(x, out, |v| ValueFormat::F16.round(scale * v)),
+    }
+}
+
 /// The error for a value that does not fit the wire format.
 #[cold]
 pub(crate) fn overflow_error(fmt: ValueFormat, v: f64, index: usize) -> CompressError {
@@ -407,11 +438,7 @@ pub(crate) fn read_values(
     if need > r.remaining() {
         return Err(short(r, need));
     }
-    values.reserve(n);
-    for _ in 0..n {
-        values.push(fmt.read(r)?);
-    }
-    Ok(())
+    fmt.read_all(r, n, values)
 }
 
 #[cfg(test)]
