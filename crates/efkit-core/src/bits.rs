@@ -424,7 +424,7 @@ impl<'a> BitReader<'a> {
     /// a short input nothing is appended and the error is the one the first
     /// missing value would give.
     pub fn read_f32s(&mut self, n: usize, out: &mut Vec<f64>) -> Result<(), DecodeError> {
-        let bits = 32 * n as u64;
+        let bits = (n as u64).saturating_mul(32);
         if bits > self.remaining() {
             // the first value that does not fit
             let whole = self.remaining() / 32;

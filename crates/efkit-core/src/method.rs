@@ -902,8 +902,8 @@ fn downlink_kind(tag: u64) -> &'static str {
 /// Decodes the downlink that opens `round` (the server wrote it at the end
 /// of round - 1), for dimension `d` (hostile input: errors, never panics).
 /// Only the kind of message the server sends before that round is accepted
-/// (see `downlink_tag`). On an error `out` holds no part of the message: an
-/// empty model and an empty sparse vector.
+/// (see `downlink_tag`). On an error `out` holds no part of the message: no
+/// model, both flags false and an empty sparse vector.
 pub fn decode_downlink(
     bytes: &[u8],
     d: usize,
@@ -914,6 +914,8 @@ pub fn decode_downlink(
 ) -> Result<(), DecodeError> {
     let res = decode_downlink_into(bytes, d, codecs, round, shared_key, out);
     if res.is_err() {
+        out.is_model = false;
+        out.replace = false;
         writable(&mut out.x);
         out.vec.reset_sparse(d);
     }

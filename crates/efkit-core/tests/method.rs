@@ -1074,10 +1074,31 @@ fn regularizer_prox_values_and_minimality() {
             assert!(best.is_finite(), "{r:?}: prox left the set");
             for _ in 0..100 {
                 let scale = rng.gen_range(1e-4..0.5);
-                let y: Vec<f64> = p
-                    .iter()
-                    .map(|v| v + scale * rng.gen_range(-1.0..1.0))
-                    .collect();
+                let y: Vec<f64> = match r {
+                    // for a set, move towards a random point of it: the
+                    // move stays feasible (convexity), so every trial counts
+                    Regularizer::Box { lo, hi } => p
+                        .iter()
+                        .map(|v| v + scale * (rng.gen_range(lo..hi) - v))
+                        .collect(),
+                    Regularizer::Ball { radius } => {
+                        let z: Vec<f64> = (0..5).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                        let nz = z.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        let u = radius * rng.gen_range(0.0..1.0) / nz;
+                        p.iter()
+                            .zip(&z)
+                            .map(|(v, zj)| v + scale * (u * zj - v))
+                            .collect()
+                    }
+                    _ => p
+                        .iter()
+                        .map(|v| v + scale * rng.gen_range(-1.0..1.0))
+                        .collect(),
+                };
+                assert!(
+                    obj(&y).is_finite()
+                        || !matches!(r, Regularizer::Box { .. } | Regularizer::Ball { .. })
+                );
                 assert!(
                     obj(&y) >= best - 1e-12,
                     "{r:?}: {y:?} beats prox {p:?} at x = {x:?}"

@@ -488,7 +488,8 @@ pub fn check_state(s: &ClusterState, n: usize, d: usize, parts: &Parts) -> Resul
         ("downlink paper bits", each(|w| w.bits_down_paper)),
         ("samples", each(|w| w.samples)),
     ])?;
-    if s.participations > n as u64 * round {
+    // in u128: a forged round near 2^53 times n would wrap a u64
+    if u128::from(s.participations) > n as u128 * u128::from(round) {
         return Err(Mismatch(format!(
             "{} participations in {round} rounds of {n} workers",
             s.participations

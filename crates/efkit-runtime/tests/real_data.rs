@@ -98,8 +98,17 @@ fn page_with_full_batches_is_ef21_for_any_p() {
         );
         doubles += (step.round() as u64) - (w[1].round - w[0].round);
     }
+    // the shared coin of round t (seed 3) by hand: refresh when below p
+    use rand::Rng as _;
+    let coin_doubles = (1..30u64)
+        .filter(|&t| {
+            efkit_core::rng::stream(3, efkit_core::rng::Purpose::SharedCoin, 0, t).gen::<f64>()
+                >= 0.3
+        })
+        .count() as u64;
+    assert_eq!(doubles, coin_doubles);
     let last = rows.last().unwrap();
-    assert!((last.epochs - (30 + doubles) as f64).abs() < 1e-9);
+    assert!((last.epochs - (30 + coin_doubles) as f64).abs() < 1e-9);
     // with p = 0.3 most of the 29 later rounds take the difference branch
     assert!(
         (10..29).contains(&doubles),

@@ -1,4 +1,5 @@
-//! EF21-family checkpoints: for every method preset, a cluster restored from
+//! EF21-family checkpoints (the Safe-EF family's are tested in
+//! `safe_resume.rs`): for every method preset, a cluster restored from
 //! a checkpoint written to disk and read back continues bit for bit like the
 //! uninterrupted run (the model, the metrics, every worker's and the
 //! server's state), including the presets with extra state (heavy-ball
@@ -82,6 +83,10 @@ fn every_preset_resumes_bit_for_bit_through_a_checkpoint_file() {
             p.name
         );
         let mut resumed = prepare(&cfg).unwrap().cluster;
+        // the check `efkit resume` makes before restoring
+        let d = resumed.server.state.x.len();
+        checkpoint::check_state(&read, resumed.n(), d, &resumed.parts)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
         resumed.restore(read).unwrap();
         let got_tail = trace(&mut resumed, tail);
         assert_eq!(

@@ -114,9 +114,10 @@ impl ValueFormat {
         }
     }
 
-    /// Reads `n` values and appends them to `values`: the same values and
-    /// errors as `n` calls of [`ValueFormat::read`] (a short input, or the
-    /// first non-finite value), f32 and f64 in one pass.
+    /// Reads `n` values and appends them to `values`: the same values as `n`
+    /// calls of [`ValueFormat::read`] and the same kind of error (a short
+    /// input, a non-finite value), f32 and f64 in one pass. On an error
+    /// nothing is appended.
     pub fn read_all(
         self,
         r: &mut BitReader,
@@ -124,29 +125,35 @@ impl ValueFormat {
         values: &mut Vec<f64>,
     ) -> Result<(), DecodeError> {
         let from = values.len();
-        match self {
-            ValueFormat::F32 => r.read_f32s(n, values)?,
-            ValueFormat::F64 => {
-                values.reserve(n);
-                for _ in 0..n {
-                    values.push(r.read_f64()?);
+        let res = (|| {
+            match self {
+                ValueFormat::F32 => r.read_f32s(n, values)?,
+                ValueFormat::F64 => {
+                    values.reserve(n);
+                    for _ in 0..n {
+                        values.push(r.read_f64()?);
+                    }
+                }
+                ValueFormat::F16 => {
+                    values.reserve(n);
+                    for _ in 0..n {
+                        values.push(self.read(r)?);
+                    }
+                    return Ok(());
                 }
             }
-            ValueFormat::F16 => {
-                values.reserve(n);
-                for _ in 0..n {
-                    values.push(self.read(r)?);
-                }
-                return Ok(());
+            if values[from..].iter().any(|v| !v.is_finite()) {
+                return Err(DecodeError::invalid(
+                    "value",
+                    "non-finite value on the wire",
+                ));
             }
+            Ok(())
+        })();
+        if res.is_err() {
+            values.truncate(from);
         }
-        if values[from..].iter().any(|v| !v.is_finite()) {
-            return Err(DecodeError::invalid(
-                "value",
-                "non-finite value on the wire",
-            ));
-        }
-        Ok(())
+        res
     }
 
     /// Reads one value; non-finite values are an error (no encoder writes them).
@@ -545,6 +552,38 @@ pub fn buffer_capacities(
 
 #[cfg(test)]
 mod tests {
+    /// A failing bulk read appends nothing, whatever the format and the
+    /// failure (a non-finite value in the middle, a short input).
+    #[test]
+    fn a_failing_bulk_read_appends_nothing() {
+        for fmt in [ValueFormat::F16, ValueFormat::F32, ValueFormat::F64] {
+            let mut w = BitWriter::new();
+            for v in [1.0, 2.0, f64::NAN, 4.0] {
+                match fmt {
+                    ValueFormat::F16 => {
+                        w.write_bits(u64::from(half::f16::from_f64(v).to_bits()), 16)
+                    }
+                    ValueFormat::F32 => w.write_f32(v as f32),
+                    ValueFormat::F64 => w.write_f64(v),
+                }
+            }
+            let bytes = w.finish().to_vec();
+            let mut values = vec![9.0];
+            let e = fmt.read_all(&mut BitReader::new(&bytes), 4, &mut values);
+            assert!(e.is_err() && values == [9.0], "{fmt:?} NaN: {values:?}");
+            let e = fmt.read_all(
+                &mut BitReader::new(&bytes[..bytes.len() / 2]),
+                4,
+                &mut values,
+            );
+            assert!(e.is_err() && values == [9.0], "{fmt:?} short: {values:?}");
+            // the first two values alone read fine
+            fmt.read_all(&mut BitReader::new(&bytes), 2, &mut values)
+                .unwrap();
+            assert_eq!(values, [9.0, 1.0, 2.0]);
+        }
+    }
+
     use super::*;
 
     #[test]
