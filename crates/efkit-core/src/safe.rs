@@ -666,8 +666,8 @@ fn decode_model_into(
     let mut r = BitReader::new(bytes);
     out.lambda = if parts.primal_dual() {
         let l = parts.scalar_format.read(&mut r)?;
-        // the server sends max(0, .), finite
-        if !(l >= 0.0 && l.is_finite()) {
+        // the server sends max(0, .) + 0, finite and never -0
+        if !(l >= 0.0 && l.is_finite()) || l.is_sign_negative() {
             return Err(DecodeError::invalid(
                 "lambda",
                 format!("the dual variable must be finite and >= 0, got {l}"),
@@ -1034,7 +1034,9 @@ impl SafeServer {
             }
             st.productive += 1;
             st.ghat = gsum * inv_n;
-            let l = (st.lambda + dual_step * st.ghat).max(0.0);
+            // `+ 0.0` turns a -0 (which max may return) into +0, the one
+            // zero the decoder accepts
+            let l = (st.lambda + dual_step * st.ghat).max(0.0) + 0.0;
             st.lambda = encode_scalar(parts.scalar_format, l, &mut sc.writer)?;
         }
         match &codecs.server {
@@ -1253,7 +1255,8 @@ mod tests {
             (m.lambda, m.vec.values.as_slice()),
             (Some(0.5), &[1.0, 2.0][..])
         );
-        // the server only sends max(0, .): a negative or infinite lambda is refused
+        // the server only sends max(0, .) + 0: a negative (-0 included) or
+        // infinite lambda is refused
         for bad in [-1e30f32, -1.0, -1e-45] {
             let e = decode_model(&message(bad), d, &parts, &cd, rc, &mut m).unwrap_err();
             assert!(e.to_string().contains("lambda"), "{e}");
@@ -1261,7 +1264,10 @@ mod tests {
         for bad in [f32::INFINITY, f32::NAN] {
             assert!(decode_model(&message(bad), d, &parts, &cd, rc, &mut m).is_err());
         }
-        decode_model(&message(-0.0), d, &parts, &cd, rc, &mut m).unwrap();
+        // the server adds +0 to max(0, .): a -0 is never sent
+        let e = decode_model(&message(-0.0), d, &parts, &cd, rc, &mut m).unwrap_err();
+        assert!(e.to_string().contains("lambda"), "{e}");
+        decode_model(&message(0.0), d, &parts, &cd, rc, &mut m).unwrap();
         // a non-finite second entry: no lambda and no first entry left behind
         let mut nan = message(0.5);
         nan[12..].copy_from_slice(&f64::NAN.to_bits().to_be_bytes());
