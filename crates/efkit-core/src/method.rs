@@ -396,6 +396,36 @@ impl Preset {
     pub fn reads(&self, key: &str) -> bool {
         self.required.contains(&key) || self.optional.contains(&key)
     }
+
+    /// Example config sections that run this preset, for tests and
+    /// benchmarks over every preset: `[method]` with a value for each
+    /// required key (`batch` samples per worker, eta = 0.3, participation
+    /// 0.5, an l1 prox of weight 0.01), `[compressor]` Top-`k` unless the
+    /// preset is uncompressed (gd, sgd refuse one), and `[server_compressor]`
+    /// Top-5 for EF21-BC.
+    ///
+    /// # Panics
+    ///
+    /// If a required key has no example value (a preset added without one).
+    pub fn example_sections(&self, batch: usize, k: usize) -> String {
+        let mut s = format!("[method]\nname = \"{}\"\n", self.name);
+        for key in self.required {
+            s.push_str(&match *key {
+                "eta" => "eta = 0.3\n".to_string(),
+                "batch" => format!("batch = {batch}\n"),
+                "participation" => "participation = 0.5\n".to_string(),
+                "prox" => "prox = { kind = \"l1\", lambda = 0.01 }\n".to_string(),
+                other => panic!("{}: no example value for `{other}`", self.name),
+            });
+        }
+        if !matches!(self.name, "gd" | "sgd") {
+            s.push_str(&format!("[compressor]\nname = \"top-k\"\nk = {k}\n"));
+        }
+        if self.name == "ef21-bc" {
+            s.push_str("[server_compressor]\nname = \"top-k\"\nk = 5\n");
+        }
+        s
+    }
 }
 
 /// Every preset; [`METHOD_NAMES`] lists their names in this order.

@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use efkit_core::method::PRESETS;
+use efkit_core::method::{Preset, PRESETS};
 use efkit_runtime::config::parse_with_hints;
 use efkit_runtime::setup::prepare;
 use efkit_runtime::Cluster;
@@ -30,39 +30,19 @@ use efkit_runtime::Cluster;
 const BATCH: usize = 64;
 
 /// The preset's config, and whether it draws minibatches.
-fn config(name: &str, required: &[&str]) -> (String, bool) {
-    let mut method = format!("name = \"{name}\"\n");
-    let mut stochastic = false;
-    for k in required {
-        method.push_str(&match *k {
-            "eta" => "eta = 0.3\n".to_string(),
-            "batch" => {
-                stochastic = true;
-                format!("batch = {BATCH}\n")
-            }
-            "participation" => "participation = 0.5\n".to_string(),
-            "prox" => "prox = { kind = \"l1\", lambda = 0.01 }\n".to_string(),
-            other => panic!("{name}: add a value for `{other}`"),
-        });
-    }
-    let server = if name == "ef21-bc" {
-        "[server_compressor]\nname = \"top-k\"\nk = 5\n"
-    } else {
-        ""
-    };
-    let compressor = if matches!(name, "gd" | "sgd") {
-        ""
-    } else {
-        "[compressor]\nname = \"top-k\"\nk = 1\n"
-    };
+fn config(p: &Preset) -> (String, bool) {
     (
         format!(
             "seed = 1\nthreads = 1\n[problem]\nkind = \"logistic\"\ndataset = \"w8a\"\nworkers = 20\n\
-             [method]\n{method}{compressor}{server}[step]\nrule = \"absolute\"\nvalue = 0.1\n\
-             [init]\nkind = \"gaussian\"\n"
+             {}[step]\nrule = \"absolute\"\nvalue = 0.1\n[init]\nkind = \"gaussian\"\n",
+            p.example_sections(BATCH, 1)
         ),
-        stochastic,
+        p.required.contains(&"batch"),
     )
+}
+
+fn preset(name: &str) -> &'static Preset {
+    PRESETS.iter().find(|p| p.name == name).expect("a preset")
 }
 
 fn cluster(text: &str) -> Cluster {
@@ -75,13 +55,13 @@ fn cluster(text: &str) -> Cluster {
 
 /// (preset name, its cluster config, the baseline's name and config).
 fn cases() -> Vec<(&'static str, String, &'static str, String)> {
-    let gd = config("gd", &[]).0;
-    let sgd = config("sgd", &["batch"]).0;
+    let gd = config(preset("gd")).0;
+    let sgd = config(preset("sgd")).0;
     PRESETS
         .iter()
         .filter(|p| !matches!(p.name, "gd" | "sgd"))
         .map(|p| {
-            let (text, stochastic) = config(p.name, p.required);
+            let (text, stochastic) = config(p);
             if stochastic {
                 (p.name, text, "sgd", sgd.clone())
             } else {
@@ -98,8 +78,8 @@ fn bench_methods(cr: &mut Criterion) {
         .measurement_time(Duration::from_secs(1))
         .warm_up_time(Duration::from_millis(300));
     for (name, text) in [
-        ("gd", config("gd", &[]).0),
-        ("sgd", config("sgd", &["batch"]).0),
+        ("gd", config(preset("gd")).0),
+        ("sgd", config(preset("sgd")).0),
     ]
     .into_iter()
     .chain(cases().into_iter().map(|(n, t, _, _)| (n, t)))

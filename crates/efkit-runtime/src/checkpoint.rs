@@ -734,31 +734,10 @@ mod tests {
     #[test]
     fn every_preset_state_passes_the_shape_check() {
         for p in efkit_core::method::PRESETS {
-            let mut method = format!("name = \"{}\"\n", p.name);
-            for k in p.required {
-                method.push_str(match *k {
-                    "eta" => "eta = 0.3\n",
-                    "batch" => "batch = 8\n",
-                    "participation" => "participation = 0.5\n",
-                    "prox" => "prox = { kind = \"l1\", lambda = 0.01 }\n",
-                    other => panic!("{}: add a value for `{other}`", p.name),
-                });
-            }
-            let server = if p.name == "ef21-bc" {
-                "[server_compressor]\nname = \"top-k\"\nk = 5\n"
-            } else {
-                ""
-            };
-            // the uncompressed presets (gd, sgd) refuse a compressor
-            let compressor = if matches!(p.name, "gd" | "sgd") {
-                ""
-            } else {
-                "[compressor]\nname = \"top-k\"\nk = 3\n"
-            };
             let cfg = parse_with_hints(&format!(
                 "seed = 3\n[problem]\nkind = \"logistic\"\ndataset = \"phishing\"\nworkers = 4\n\
-                 [method]\n{method}{compressor}{server}\
-                 [step]\nrule = \"absolute\"\nvalue = 0.1\n"
+                 {}[step]\nrule = \"absolute\"\nvalue = 0.1\n",
+                p.example_sections(8, 3)
             ))
             .unwrap_or_else(|e| panic!("{}: {e}", p.name));
             let mut c = prepare(&cfg)

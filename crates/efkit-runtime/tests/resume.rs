@@ -11,31 +11,11 @@ use efkit_runtime::config::parse_with_hints;
 use efkit_runtime::setup::prepare;
 use efkit_runtime::Cluster;
 
-fn preset_config(name: &str, required: &[&str]) -> String {
-    let mut method = format!("name = \"{name}\"\n");
-    for k in required {
-        method.push_str(match *k {
-            "eta" => "eta = 0.3\n",
-            "batch" => "batch = 8\n",
-            "participation" => "participation = 0.5\n",
-            "prox" => "prox = { kind = \"l1\", lambda = 0.01 }\n",
-            other => panic!("{name}: add a value for `{other}`"),
-        });
-    }
-    let server = if name == "ef21-bc" {
-        "[server_compressor]\nname = \"top-k\"\nk = 5\n"
-    } else {
-        ""
-    };
-    let compressor = if matches!(name, "gd" | "sgd") {
-        ""
-    } else {
-        "[compressor]\nname = \"top-k\"\nk = 3\n"
-    };
+fn preset_config(p: &efkit_core::method::Preset) -> String {
     format!(
         "seed = 3\nthreads = 2\n[problem]\nkind = \"logistic\"\ndataset = \"phishing\"\nworkers = 4\n\
-         [method]\n{method}{compressor}{server}\
-         [step]\nrule = \"absolute\"\nvalue = 0.1\n"
+         {}[step]\nrule = \"absolute\"\nvalue = 0.1\n",
+        p.example_sections(8, 3)
     )
 }
 
@@ -61,8 +41,7 @@ fn every_preset_resumes_bit_for_bit_through_a_checkpoint_file() {
     let path = dir.join(checkpoint::CHECKPOINT_FILE);
     let (head, tail) = (5, 7);
     for p in efkit_core::method::PRESETS {
-        let cfg = parse_with_hints(&preset_config(p.name, p.required))
-            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        let cfg = parse_with_hints(&preset_config(p)).unwrap_or_else(|e| panic!("{}: {e}", p.name));
         let mut full = prepare(&cfg).unwrap().cluster;
         let want = trace(&mut full, head + tail);
         let mut first = prepare(&cfg).unwrap().cluster;

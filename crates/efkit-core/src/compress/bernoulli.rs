@@ -12,7 +12,7 @@
 use rand::Rng as _;
 
 use super::registry::{only_keys, value_format, CompressorSpec};
-use super::sparse_codec::{check_input, read_values, round_checked, round_scaled_all};
+use super::sparse_codec::{check_input, read_values, round_all_checked};
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
@@ -90,12 +90,7 @@ impl Compressor for Bernoulli {
         out.values.clear();
         let inv = 1.0 / self.p;
         out.values.resize(self.d, 0.0);
-        // one vectorised pass; entry by entry only for the error
-        if !round_scaled_all(self.fmt, x, inv, &mut out.values) {
-            for (j, &v) in x.iter().enumerate() {
-                round_checked(self.fmt, v * inv, j)?;
-            }
-        }
+        round_all_checked(self.fmt, x, inv, &mut out.values)?;
         w.write_bit(true);
         self.fmt.write_all(w, &out.values);
         Ok(())

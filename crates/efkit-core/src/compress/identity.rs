@@ -4,9 +4,8 @@
 //! format (algorithms.md §3.2). Wire: d values in the spec's format, nothing
 //! else (the dimension is known to both sides). Paper bits: 32 d.
 
-use super::check_finite;
 use super::registry::{only_keys, value_format, CompressorSpec};
-use super::sparse_codec::{check_len, read_values, round_checked, round_scaled_all};
+use super::sparse_codec::{check_len, read_values, round_all_checked};
 use super::{CompressCtx, CompressedVec, Compressor, CompressorClass, DecodeCtx, ValueFormat};
 use crate::bits::{BitReader, BitWriter};
 use crate::error::{CompressError, DecodeError, ParamError};
@@ -63,19 +62,9 @@ impl Compressor for Identity {
         out.dense = true;
         out.indices.clear();
         out.values.clear();
-        // one pass that rounds and notes any non-finite result (a NaN or
-        // infinite input, or an overflow of the format); only then are the
-        // input and the rounding checked entry by entry, for the error the
-        // checks in that order name
-        let fmt = self.fmt;
         out.values.resize(self.d, 0.0);
-        if !round_scaled_all(fmt, x, 1.0, &mut out.values) {
-            check_finite(x)?;
-            for (j, &v) in x.iter().enumerate() {
-                round_checked(fmt, v, j)?;
-            }
-        }
-        fmt.write_all(w, &out.values);
+        round_all_checked(self.fmt, x, 1.0, &mut out.values)?;
+        self.fmt.write_all(w, &out.values);
         Ok(())
     }
 

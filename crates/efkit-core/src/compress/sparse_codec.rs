@@ -348,7 +348,7 @@ pub(crate) fn round_checked(fmt: ValueFormat, v: f64, index: usize) -> Result<f6
 /// format: the caller then finds the error entry by entry). The screen sums
 /// r * 0.0 (NaN exactly for a non-finite r) in eight lanes, so the loop
 /// vectorises. A scale of 1 is exact, -0 included.
-pub(crate) fn round_scaled_all(fmt: ValueFormat, x: &[f64], scale: f64, out: &mut [f64]) -> bool {
+fn round_scaled_all(fmt: ValueFormat, x: &[f64], scale: f64, out: &mut [f64]) -> bool {
     fn lanes(x: &[f64], out: &mut [f64], round: impl Fn(f64) -> f64) -> bool {
         let mut acc = [0.0f64; 8];
         let mut xc = x.chunks_exact(8);
@@ -372,6 +372,25 @@ pub(crate) fn round_scaled_all(fmt: ValueFormat, x: &[f64], scale: f64, out: &mu
         ValueFormat::F64 => lanes(x, out, |v| scale * v),
         ValueFormat::F16 => lanes(x, out, |v| ValueFormat::F16.round(scale * v)),
     }
+}
+
+/// `out = round(scale * x)` in `fmt` (equal lengths) in one vectorised pass;
+/// on a non-finite result, the error the entry-by-entry checks give in
+/// their order: the first non-finite input, else the first value that
+/// overflows the format.
+pub(crate) fn round_all_checked(
+    fmt: ValueFormat,
+    x: &[f64],
+    scale: f64,
+    out: &mut [f64],
+) -> Result<(), CompressError> {
+    if !round_scaled_all(fmt, x, scale, out) {
+        check_finite(x)?;
+        for (j, &v) in x.iter().enumerate() {
+            round_checked(fmt, scale * v, j)?;
+        }
+    }
+    Ok(())
 }
 
 /// The error for a value that does not fit the wire format.
