@@ -19,6 +19,7 @@ pub mod method;
 #[doc(hidden)]
 pub mod method_fuzz;
 pub mod oracle;
+pub mod prefetch;
 pub mod rng;
 pub mod safe;
 pub mod theory;

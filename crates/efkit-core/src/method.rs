@@ -1211,28 +1211,30 @@ fn momentum_select<T: Copy + Into<f64>>(
     idx: &mut Vec<u32>,
     vals: &mut Vec<f64>,
 ) {
-    let mut base = off;
-    let mut vc = v.chunks_exact_mut(8);
-    let mut gc = g.chunks_exact(8);
-    let mut grc = grad.chunks_exact(8);
-    for ((v, g), gr) in (&mut vc).zip(&mut gc).zip(&mut grc) {
+    use crate::prefetch::prefetch_ahead;
+    let len = v.len();
+    let (g, grad) = (&g[..len], &grad[..len]);
+    let whole = len - len % 8;
+    let mut j = 0;
+    while j < whole {
+        // the state of n workers streams from L3: ask for it ahead
+        prefetch_ahead(v, j);
+        prefetch_ahead(g, j);
+        prefetch_ahead(grad, j);
+        let vj: &mut [f64; 8] = (&mut v[j..j + 8]).try_into().expect("8 entries");
+        let gj: &[f64; 8] = g[j..j + 8].try_into().expect("8 entries");
+        let grj: &[T; 8] = grad[j..j + 8].try_into().expect("8 entries");
         let mut t = [0.0; 8];
         for i in 0..8 {
-            v[i] = (1.0 - eta) * v[i] + eta * gr[i].into();
-            t[i] = v[i] - g[i];
+            vj[i] = (1.0 - eta) * vj[i] + eta * grj[i].into();
+            t[i] = vj[i] - gj[i];
         }
-        sel.offer8(base, &t, idx, vals);
-        base += 8;
+        sel.offer8(off + j as u32, &t, idx, vals);
+        j += 8;
     }
-    let rest = vc
-        .into_remainder()
-        .iter_mut()
-        .zip(gc.remainder())
-        .zip(grc.remainder());
-    for ((v, g), &gr) in rest {
-        *v = (1.0 - eta) * *v + eta * gr.into();
-        sel.offer(base, *v - g, idx, vals);
-        base += 1;
+    for j in whole..len {
+        v[j] = (1.0 - eta) * v[j] + eta * grad[j].into();
+        sel.offer(off + j as u32, v[j] - g[j], idx, vals);
     }
 }
 

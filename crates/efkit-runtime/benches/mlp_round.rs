@@ -32,7 +32,12 @@
 //!   keeps it, or in f32 as a hypothetical f32 state would). No refill, no
 //!   Top-K, no server: a lower bound on the method's time, whatever the
 //!   implementation. (Until the 2026-12-06 record this floor also stored
-//!   t, which the fused pass does not, so it was too high.)
+//!   t, which the fused pass does not, so it was too high. Since the
+//!   2026-12-06 prefetch record it prefetches ahead as the fused pass does;
+//!   before, a pass that prefetched could beat it.) `floor f64 without
+//!   the prefetch`: the same pass relying on the hardware prefetchers only,
+//!   run in turn with the f64 floor (alternating which goes first), for the
+//!   prefetch's gain in the same run.
 //!
 //! `1 - candle / round` is the share of a round spent outside candle's
 //! forward/backward; `floor / (candle + floor)` is the least that share can
@@ -42,12 +47,13 @@
 //! `2026-12-05-mlp-shared-model.md`, `2026-12-05-mlp-floor.md`,
 //! `2026-12-05-mlp-fused.md`, `2026-12-05-mlp-zen2.md`,
 //! `2026-12-05-mlp-server-pass.md`, `2026-12-05-mlp-emerald.md`,
-//! `2026-12-06-mlp-floor.md`.
+//! `2026-12-06-mlp-floor.md`, `2026-12-06-mlp-prefetch.md`.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use efkit_core::oracle::Oracle;
+use efkit_core::prefetch::prefetch_ahead;
 use efkit_core::rng::{stream, Purpose};
 use efkit_nn::{forward_backward_time, mnist_dense, Network, NetworkOracle, Precision};
 use efkit_problems::idx::MnistSplit;
@@ -121,6 +127,7 @@ fn main() {
         let mut grads = vec![vec![0.0; d]; 10];
         let (mut t_round, mut t_oracle, mut t_candle) = (Vec::new(), Vec::new(), Vec::new());
         let (mut t_floor64, mut t_floor32) = (Vec::new(), Vec::new());
+        let mut t_floor64_plain = Vec::new();
         let mut in_round_outside = Vec::new();
         // per worker: the f32 gradient and the state v, g, t (separate
         // buffers per worker, as in the cluster: 10 x 3 x 1.6 MB in f64)
@@ -166,30 +173,29 @@ fn main() {
             });
             t_candle.push(t.elapsed().as_secs_f64());
             let eta = 0.1;
-            let t = Instant::now();
-            pool.install(|| {
-                use rayon::prelude::*;
-                state64
-                    .par_iter_mut()
-                    .zip(&grad32)
-                    .for_each(|([v, g, top], gr)| {
-                        // t = v - g is only screened (its largest |t_j|
-                        // kept), not stored: the fused pass stores no t
-                        let mut m = [0.0f64; 8];
-                        for ((v, g), gr) in v
-                            .chunks_exact_mut(8)
-                            .zip(g.chunks_exact(8))
-                            .zip(gr.chunks_exact(8))
-                        {
-                            for i in 0..8 {
-                                v[i] = (1.0 - eta) * v[i] + eta * f64::from(gr[i]);
-                                m[i] = m[i].max((v[i] - g[i]).abs());
-                            }
-                        }
-                        top[0] = m.iter().fold(0.0, |a: f64, &b| a.max(b));
-                    });
-            });
-            t_floor64.push(t.elapsed().as_secs_f64());
+            // the f64 floor with and without the prefetch, in turn (the
+            // first one runs after candle, the second after the first)
+            let mut order = [(true, &mut t_floor64), (false, &mut t_floor64_plain)];
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            for (prefetch, times) in order {
+                let t = Instant::now();
+                pool.install(|| {
+                    use rayon::prelude::*;
+                    state64
+                        .par_iter_mut()
+                        .zip(&grad32)
+                        .for_each(|([v, g, top], gr)| {
+                            top[0] = if prefetch {
+                                floor_pass::<_, true>(v, g, gr, eta)
+                            } else {
+                                floor_pass::<_, false>(v, g, gr, eta)
+                            };
+                        });
+                });
+                times.push(t.elapsed().as_secs_f64());
+            }
             let eta = eta as f32;
             let t = Instant::now();
             pool.install(|| {
@@ -198,18 +204,7 @@ fn main() {
                     .par_iter_mut()
                     .zip(&grad32)
                     .for_each(|([v, g, top], gr)| {
-                        let mut m = [0.0f32; 8];
-                        for ((v, g), gr) in v
-                            .chunks_exact_mut(8)
-                            .zip(g.chunks_exact(8))
-                            .zip(gr.chunks_exact(8))
-                        {
-                            for i in 0..8 {
-                                v[i] = (1.0 - eta) * v[i] + eta * gr[i];
-                                m[i] = m[i].max((v[i] - g[i]).abs());
-                            }
-                        }
-                        top[0] = m.iter().fold(0.0, |a: f32, &b| a.max(b));
+                        top[0] = floor_pass::<_, true>(v, g, gr, eta);
                     });
             });
             t_floor32.push(t.elapsed().as_secs_f64());
@@ -231,6 +226,7 @@ fn main() {
         let (cmin, cmed) = stats(&mut t_candle);
         let (f64min, f64med) = stats(&mut t_floor64);
         let (f32min, f32med) = stats(&mut t_floor32);
+        let (p64min, p64med) = stats(&mut t_floor64_plain);
         println!("threads = {threads}");
         println!(
             "  round : min {:8.2} ms  median {:8.2} ms  ({:.1} rounds/s at the median)",
@@ -277,10 +273,48 @@ fn main() {
             100.0 * f64min / (cmin + f64min)
         );
         println!(
+            "  floor f64 state without the prefetch: min {:8.2} ms  median {:8.2} ms  ({:.2}x the floor with it, medians)",
+            p64min * 1e3,
+            p64med * 1e3,
+            p64med / f64med
+        );
+        println!(
             "  floor f32 state: min {:8.2} ms  median {:8.2} ms  -> outside candle at least {:.1}% (min)",
             f32min * 1e3,
             f32med * 1e3,
             100.0 * f32min / (cmin + f32min)
         );
     }
+}
+
+/// The floor's pass over one worker (see the module docs):
+/// v = (1 - eta) v + eta grad, and t = v - g screened (its largest |t_j|
+/// returned), not stored; with `PREFETCH`, the fused pass's prefetch.
+fn floor_pass<F, const PREFETCH: bool>(v: &mut [F], g: &[F], gr: &[f32], eta: F) -> F
+where
+    F: Copy
+        + From<f32>
+        + PartialOrd
+        + std::ops::Add<Output = F>
+        + std::ops::Sub<Output = F>
+        + std::ops::Mul<Output = F>
+        + std::ops::Neg<Output = F>,
+{
+    let zero = F::from(0.0);
+    let one = F::from(1.0);
+    let mut m = [zero; 8];
+    for j in (0..v.len() - v.len() % 8).step_by(8) {
+        if PREFETCH {
+            prefetch_ahead(v, j);
+            prefetch_ahead(g, j);
+            prefetch_ahead(gr, j);
+        }
+        for i in 0..8 {
+            v[j + i] = (one - eta) * v[j + i] + eta * F::from(gr[j + i]);
+            let t = v[j + i] - g[j + i];
+            let a = if t < zero { -t } else { t };
+            m[i] = if a > m[i] { a } else { m[i] };
+        }
+    }
+    m.iter().fold(zero, |a, &b| if b > a { b } else { a })
 }
