@@ -103,6 +103,18 @@
 //! `(N / s) * k` (QSGD) or `N * 2^(k - s)` for k >= 1 (natural dithering), the
 //! same f64 expression on both sides, so sender and receiver agree bit for bit.
 //!
+//! The decoder also refuses levels that no vector of the sent norm gives
+//! (nnz: nonzero levels; u_j = |x_j|/N, so ||u|| <= 1 in the method's norm
+//! since N is at least the computed norm):
+//! * QSGD: the levels are floor(s u_j) or that + 1, so their l2 norm is
+//!   below s + sqrt(nnz);
+//! * natural dithering: a level's magnitude m_j (in units of N) is at most
+//!   2 u_j, or the smallest level 2^(1-s) where u_j is below it, so
+//!   ||m||_p <= 2 + 2^(1-s) nnz^(1/p) (Minkowski).
+//!
+//! Both are checked with a relative slack of 1e-6 for the computed norm's
+//! error, and only for a normal N (a subnormal N is computed to a few bits).
+//!
 //! Paper bits (documented rule, no paper counts these exactly): 32 for the norm
 //! plus w + 1 per coordinate, `32 + d (ceil(log2(s + 1)) + 1)`.
 
@@ -1021,14 +1033,15 @@ impl Dithering {
         }
     }
 
-    /// Decodes the fixed-width layout into `values`; returns (nonzero levels,
-    /// sum of their gamma lengths).
+    /// Decodes the fixed-width layout into `values`, calling `tally` with
+    /// every level; returns (nonzero levels, sum of their gamma lengths).
     #[inline(always)]
-    fn decode_fixed<M: Fn(u32) -> f64>(
+    fn decode_fixed<M: Fn(u32) -> f64, T: FnMut(u32)>(
         &self,
         r: &mut BitReader<'_>,
         values: &mut [f64],
         mag: M,
+        mut tally: T,
     ) -> Result<(u64, u64), DecodeError> {
         let (s, width) = (self.s, self.width);
         let end = r.position() + r.remaining();
@@ -1051,6 +1064,7 @@ impl Dithering {
                 *o = f64::from_bits(mag(k).to_bits() | (neg << 63)) + 0.0;
                 nnz += nz as u64;
                 glen += gamma_len(k as u64);
+                tally(k);
             }
         }
         win.finish()?;
@@ -1058,14 +1072,15 @@ impl Dithering {
     }
 
     /// Decodes the Elias gamma layout into `values` (runs of level 0, one bit
-    /// each, are taken many at a time); returns (nonzero levels, sum of their
-    /// gamma lengths).
+    /// each, are taken many at a time), calling `tally` with every nonzero
+    /// level; returns (nonzero levels, sum of their gamma lengths).
     #[inline(always)]
-    fn decode_gamma<M: Fn(u32) -> f64>(
+    fn decode_gamma<M: Fn(u32) -> f64, T: FnMut(u32)>(
         &self,
         r: &mut BitReader<'_>,
         values: &mut [f64],
         mag: M,
+        mut tally: T,
     ) -> Result<(u64, u64), DecodeError> {
         let s = self.s;
         let d = values.len();
@@ -1109,6 +1124,7 @@ impl Dithering {
                 values[j] = f64::from_bits(mag(k).to_bits() | (neg << 63)) + 0.0;
                 nnz += 1;
                 glen += len as u64;
+                tally(k);
                 j += 1;
             }
         }
@@ -1198,6 +1214,21 @@ fn natural_magnitude(n: f64, s: u32, k: u32) -> f64 {
     } else {
         m
     }
+}
+
+/// The l_p norm of natural-dithering magnitudes 2^(k - s) (k >= 1), in
+/// units of N, from the number of entries at each level (`counts[k]`).
+fn natural_level_norm(counts: &[u64], s: u32, p: f64) -> f64 {
+    let levels = counts.iter().enumerate().skip(1).filter(|(_, &c)| c > 0);
+    if p.is_infinite() {
+        return levels
+            .map(|(k, _)| pow2(k as i32 - s as i32))
+            .fold(0.0, f64::max);
+    }
+    levels
+        .map(|(k, &c)| c as f64 * pow2(k as i32 - s as i32).powf(p))
+        .sum::<f64>()
+        .powf(1.0 / p)
 }
 
 /// The error for a level code of `len` bits at bit `pos` that is above s
@@ -1389,19 +1420,54 @@ impl Compressor for Dithering {
         prepare_dense(out, self.d);
         let values = &mut out.values[..];
         // The same magnitude expressions as the encoder's (quantize_kind).
+        // The levels are tallied for the norm check below: QSGD sums their
+        // squares (as integers: no float chain in the loop), natural
+        // dithering counts each level.
+        let mut squares = 0u128;
+        let mut counts = [0u64; NATURAL_DITHERING_MAX_LEVELS as usize + 1];
         let res = match (self.kind, use_gamma) {
-            (Kind::Qsgd, false) => self.decode_fixed(r, values, |k| qsgd_magnitude(unit, k)),
-            (Kind::Qsgd, true) => self.decode_gamma(r, values, |k| qsgd_magnitude(unit, k)),
+            (Kind::Qsgd, g) => {
+                let mag = |k: u32| qsgd_magnitude(unit, k);
+                let tally = |k: u32| squares += u128::from(u64::from(k) * u64::from(k));
+                if g {
+                    self.decode_gamma(r, values, mag, tally)
+                } else {
+                    self.decode_fixed(r, values, mag, tally)
+                }
+            }
             (Kind::Natural { .. }, g) => {
                 let mag = |k: u32| natural_magnitude(n, s, k);
+                // k <= s <= 64 was checked before the tally
+                let tally = |k: u32| counts[k as usize] += 1;
                 if g {
-                    self.decode_gamma(r, values, mag)
+                    self.decode_gamma(r, values, mag, tally)
                 } else {
-                    self.decode_fixed(r, values, mag)
+                    self.decode_fixed(r, values, mag, tally)
                 }
             }
         };
         let res = res.and_then(|(nnz, glen)| {
+            // Levels no vector of the sent norm gives (module docs; not
+            // checked for a subnormal N, which is computed to a few bits)
+            if n >= f64::MIN_POSITIVE {
+                let (norm, bound) = match self.kind {
+                    Kind::Qsgd => ((squares as f64).sqrt(), f64::from(s) + (nnz as f64).sqrt()),
+                    Kind::Natural { p } => (
+                        natural_level_norm(&counts, s, p),
+                        2.0 + pow2(1 - s as i32) * (nnz as f64).powf(1.0 / p),
+                    ),
+                };
+                // relative slack for the computed norm's error
+                if norm > bound * (1.0 + 1e-6) {
+                    return Err(DecodeError::invalid(
+                        "level",
+                        format!(
+                            "the levels' norm {norm:.6e} (in units of the sent norm) exceeds \
+                             {bound:.6e}: no vector of the sent norm gives them"
+                        ),
+                    ));
+                }
+            }
             let fixed = self.d as u64 * self.width as u64 + nnz;
             let gamma = glen + nnz;
             if use_gamma != (gamma < fixed) {
@@ -1919,6 +1985,104 @@ mod tests {
                 if let Ok(v) = decode_one(c.as_ref(), &bytes, 0) {
                     assert!(v.values.iter().all(|q| q.is_finite()));
                     assert_eq!(v.values.len(), d);
+                }
+            }
+        }
+    }
+
+    /// Levels whose norm no vector of the sent norm reaches are refused:
+    /// QSGD's l2 norm above s + sqrt(nnz), natural dithering's l_p norm of
+    /// the magnitudes above 2 + 2^(1-s) nnz^(1/p) times N; the bounds'
+    /// edges and every encoder output (including inputs whose levels mostly
+    /// round up) decode.
+    #[test]
+    fn levels_beyond_any_vector_of_the_norm_are_refused() {
+        let (d, s) = (40, 5);
+        // levels given per entry, each with a + sign, in the layout the
+        // encoder would choose (fixed: 3-bit levels; gamma: Elias gamma of
+        // level + 1)
+        let message = |levels: &dyn Fn(usize) -> u64| {
+            let ks: Vec<u64> = (0..d).map(levels).collect();
+            let nnz = ks.iter().filter(|&&k| k != 0).count() as u64;
+            let glen: u64 = ks.iter().map(|&k| gamma_len(k)).sum();
+            let gamma = glen + nnz < 3 * d as u64 + nnz;
+            let mut w = BitWriter::new();
+            ValueFormat::F32.write(&mut w, 1.0);
+            w.write_bit(gamma);
+            for &k in &ks {
+                if gamma {
+                    w.write_gamma(k);
+                } else {
+                    w.write_bits(k, 3);
+                }
+                if k != 0 {
+                    w.write_bit(false);
+                }
+            }
+            w.finish().to_vec()
+        };
+        let first = |n: usize, k: u64| move |j: usize| if j < n { k } else { 0 };
+        let refused = |c: &dyn Compressor, bytes: &[u8]| {
+            let e = decode_one(c, bytes, 0).unwrap_err();
+            assert!(e.to_string().contains("no vector of the sent norm"), "{e}");
+        };
+        let qsgd = build("qsgd", d, s, None, None);
+        // every level s: ||l|| = 5 sqrt(40) = 31.6 > 5 + sqrt(40) = 11.3
+        refused(qsgd.as_ref(), &message(&|_| 5));
+        // 12 levels of 4: 13.9 > 5 + sqrt(12) = 8.5; 4 of 4: 8 > 5 + 2
+        refused(qsgd.as_ref(), &message(&first(12, 4)));
+        refused(qsgd.as_ref(), &message(&first(4, 4)));
+        // 2 levels of 4: 5.66 <= 5 + 1.41: accepted (x = (1, 1, 0, ...)
+        // rounds to levels 4 and 4 with positive probability)
+        let v = decode_one(qsgd.as_ref(), &message(&first(2, 4)), 0).unwrap();
+        assert!(v.values[0] > 0.0 && v.values[0] == v.values[1]);
+        assert!(v.values[2..].iter().all(|&q| q == 0.0));
+        // natural dithering, s = 5: level k is N 2^(k - 5)
+        let l2 = build("natural-dithering", d, s, Some(2.0), None);
+        // all at level 5: sqrt(40) = 6.3 > 2 + sqrt(40)/16 = 2.4;
+        // 10 at level 5: 3.16 > 2 + sqrt(10)/16 = 2.2
+        refused(l2.as_ref(), &message(&|_| 5));
+        refused(l2.as_ref(), &message(&first(10, 5)));
+        // 4 at level 5: 2 <= 2 + 2/16; all at level 3 (what equal entries
+        // round up to): 0.25 sqrt(40) = 1.58: accepted
+        assert!(decode_one(l2.as_ref(), &message(&first(4, 5)), 0).is_ok());
+        assert!(decode_one(l2.as_ref(), &message(&|_| 3), 0).is_ok());
+        // l1: all at level 5: 40 > 2 + 40/16; two: 2 <= 2 + 2/16
+        let l1 = build("natural-dithering", d, s, Some(1.0), None);
+        refused(l1.as_ref(), &message(&|_| 5));
+        assert!(decode_one(l1.as_ref(), &message(&first(2, 5)), 0).is_ok());
+        // max norm: every magnitude is at most N, so nothing is refused
+        let linf = build("natural-dithering", d, s, Some(f64::INFINITY), None);
+        assert!(decode_one(linf.as_ref(), &message(&|_| 5), 0).is_ok());
+        // encoder outputs decode, for vectors whose levels mostly round up
+        let mut rng = rng_from_key(3);
+        let kinds: &[(&str, &[u32], Option<f64>)] = &[
+            ("qsgd", &[1, 2, 5, 127, 1000, 1 << 20], None),
+            ("natural-dithering", &[1, 2, 5, 64], Some(1.0)),
+            ("natural-dithering", &[1, 2, 5, 64], Some(2.0)),
+            ("natural-dithering", &[1, 3, 64], Some(3.0)),
+            ("natural-dithering", &[1, 3, 64], Some(f64::INFINITY)),
+        ];
+        for &(name, levels, p) in kinds {
+            for &levels in levels {
+                for dim in [1usize, 7, 40, 1000] {
+                    let c = build(name, dim, levels, p, None);
+                    for case in 0..4 {
+                        let x: Vec<f64> = (0..dim)
+                            .map(|j| match case {
+                                0 => 1.0,
+                                1 => 1.0 + (j % 3) as f64 * 1e-3,
+                                2 => (j as f64 * 0.37).sin(),
+                                _ => rng.gen_range(-1.0..1.0),
+                            })
+                            .collect();
+                        for _ in 0..5 {
+                            let enc = encode_one(c.as_ref(), &x, &mut rng, 0).unwrap();
+                            decode_one(c.as_ref(), &enc.bytes, 0).unwrap_or_else(|e| {
+                                panic!("{name} s = {levels} p = {p:?}, d = {dim}, case {case}: {e}")
+                            });
+                        }
+                    }
                 }
             }
         }
