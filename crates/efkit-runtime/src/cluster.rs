@@ -376,7 +376,8 @@ pub struct Cluster {
     pub seed: u64,
     /// Total number of samples N (for epochs); 0 for streaming oracles.
     pub total_samples: u64,
-    pool: rayon::ThreadPool,
+    /// Shared so that a round can run inside it while borrowing the rest.
+    pool: std::sync::Arc<rayon::ThreadPool>,
     mask: Vec<bool>,
     /// Who takes part in the next round (staging only for them).
     next_mask: Vec<bool>,
@@ -421,7 +422,7 @@ impl Cluster {
             oracles,
             seed,
             total_samples,
-            pool,
+            pool: std::sync::Arc::new(pool),
             mask: Vec::new(),
             next_mask: Vec::new(),
             idx: Vec::new(),
@@ -464,6 +465,14 @@ impl Cluster {
     /// Runs one round. Errors (non-finite values met by a compressor) are
     /// returned as a message.
     pub fn step(&mut self) -> Result<(), String> {
+        // the whole round inside the pool: its workers' and server's phases
+        // then hand over to the pool's threads once per round, not twice
+        // (with one thread, each hand-over could wait for it to wake)
+        let pool = self.pool.clone();
+        pool.install(|| self.step_in_pool())
+    }
+
+    fn step_in_pool(&mut self) -> Result<(), String> {
         let round = self.server.state.round;
         let rc = RoundCtx {
             seed: self.seed,
