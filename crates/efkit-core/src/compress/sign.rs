@@ -55,7 +55,8 @@
 //! The encoder takes the shorter of the two index sets (ties: the zero set).
 //! Without zeros the set costs 2 bits (flag + gamma(0)), so a message is the
 //! scale plus d + 2 bits. Decoded values are exactly +sigma, -sigma or +0, as
-//! reported by the encoder.
+//! reported by the encoder. A scale above (nnz/d) f64::MAX (nnz: nonzero
+//! coordinates; reachable in f64 only) comes from no input and is refused.
 //!
 //! Paper bits: 32 + d (scale plus one bit per coordinate).
 //!
@@ -358,6 +359,19 @@ impl ScaledSign {
                 "a nonzero scale with no nonzero coordinate",
             ));
         }
+        // sigma is a format neighbour of ||x||_1/d <= (nnz/d) max|x_j|, and
+        // |x_j| <= f64::MAX: a larger scale (possible in f64 only) comes
+        // from no vector with these zeros (slack for the rounding of the
+        // l1 sum and of sigma)
+        if sigma / f64::MAX > nnz as f64 / self.d as f64 * (1.0 + 1e-9) {
+            return Err(DecodeError::invalid(
+                "scale",
+                format!(
+                    "scale {sigma:e} is above what {nnz} nonzero coordinates of {} can give",
+                    self.d
+                ),
+            ));
+        }
         if nnz as u64 > r.remaining() {
             return Err(DecodeError::Truncated {
                 at: r.position(),
@@ -624,6 +638,25 @@ mod tests {
         let enc = run(&c, &x);
         let n2: f64 = x.iter().map(|v| v * v).sum();
         assert!(err2(&enc.value.values, &x) <= n2);
+    }
+
+    /// In f64 a scale above (nnz/d) f64::MAX comes from no vector with the
+    /// message's zeros and is refused; the largest reachable one decodes.
+    #[test]
+    fn a_scale_no_vector_with_these_zeros_gives_is_refused() {
+        let c = ScaledSign::new(4, ValueFormat::F64);
+        let max = f64::MAX;
+        // one nonzero: the scale is at most max/4
+        let enc = run(&c, &[max, 0.0, 0.0, 0.0]);
+        assert_eq!(enc.value.values[0], max / 4.0);
+        let mut forged = enc.bytes.clone();
+        forged[..8].copy_from_slice(&(max / 2.0).to_bits().to_be_bytes());
+        let e = decode_one(&c, &forged, 0).unwrap_err();
+        assert!(e.to_string().contains("above what 1 nonzero"), "{e}");
+        // three nonzeros: up to 3 max/4; every coordinate nonzero: any scale
+        run(&c, &[max, -max, max, 0.0]);
+        let enc = run(&c, &[max, -max, max, max]);
+        assert_eq!(enc.value.values[0].abs(), max);
     }
 
     #[test]
