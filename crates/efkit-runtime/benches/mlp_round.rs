@@ -36,8 +36,9 @@
 //!   2026-12-06 prefetch record it prefetches ahead as the fused pass does;
 //!   before, a pass that prefetched could beat it.) `floor f64 without
 //!   the prefetch`: the same pass relying on the hardware prefetchers only,
-//!   run in turn with the f64 floor (alternating which goes first), for the
-//!   prefetch's gain in the same run.
+//!   for the prefetch's gain in the same run: the two f64 floors take turns
+//!   by repetition (each right after candle's passes, half the repetitions
+//!   each).
 //!
 //! `1 - candle / round` is the share of a round spent outside candle's
 //! forward/backward; `floor / (candle + floor)` is the least that share can
@@ -173,28 +174,28 @@ fn main() {
             });
             t_candle.push(t.elapsed().as_secs_f64());
             let eta = 0.1;
-            // the f64 floor with and without the prefetch, in turn (the
-            // first one runs after candle, the second after the first)
-            let mut order = [(true, &mut t_floor64), (false, &mut t_floor64_plain)];
-            if r % 2 == 1 {
-                order.reverse();
-            }
-            for (prefetch, times) in order {
-                let t = Instant::now();
-                pool.install(|| {
-                    use rayon::prelude::*;
-                    state64
-                        .par_iter_mut()
-                        .zip(&grad32)
-                        .for_each(|([v, g, top], gr)| {
-                            top[0] = if prefetch {
-                                floor_pass::<_, true>(v, g, gr, eta)
-                            } else {
-                                floor_pass::<_, false>(v, g, gr, eta)
-                            };
-                        });
-                });
-                times.push(t.elapsed().as_secs_f64());
+            // the f64 floor with the prefetch in even repetitions, without
+            // it in odd ones: each right after candle's passes, so both
+            // find the state equally cold
+            let prefetch = r % 2 == 0;
+            let t = Instant::now();
+            pool.install(|| {
+                use rayon::prelude::*;
+                state64
+                    .par_iter_mut()
+                    .zip(&grad32)
+                    .for_each(|([v, g, top], gr)| {
+                        top[0] = if prefetch {
+                            floor_pass::<_, true>(v, g, gr, eta)
+                        } else {
+                            floor_pass::<_, false>(v, g, gr, eta)
+                        };
+                    });
+            });
+            if prefetch {
+                t_floor64.push(t.elapsed().as_secs_f64());
+            } else {
+                t_floor64_plain.push(t.elapsed().as_secs_f64());
             }
             let eta = eta as f32;
             let t = Instant::now();
