@@ -19,7 +19,10 @@ pub mod data;
 pub mod network;
 
 pub use data::{mnist_dense, DenseImages, LEVELS};
-pub use network::{forward_backward_time, Layer, Network, NetworkError, NetworkOracle, Precision};
+pub use network::{
+    forward_backward_time, thread_forward_backward_time, Layer, Network, NetworkError,
+    NetworkOracle, Precision,
+};
 
 /// Makes the C allocator keep the memory candle frees for reuse instead of
 /// handing it back to the system and faulting fresh, zeroed pages in on the

@@ -389,12 +389,26 @@ impl Network {
         };
         let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         FORWARD_BACKWARD_NANOS.fetch_add(nanos, Ordering::Relaxed);
+        THREAD_FORWARD_BACKWARD_NANOS.with(|t| t.set(t.get().saturating_add(nanos)));
         Ok((value, store))
     }
 }
 
 /// Time spent in [`Network::forward_backward`] so far.
 static FORWARD_BACKWARD_NANOS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Time this thread has spent in [`Network::forward_backward`].
+    static THREAD_FORWARD_BACKWARD_NANOS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Time the calling thread has spent in candle's forward and backward
+/// passes ([`Network::forward_backward`]) so far: the per-thread part of
+/// [`forward_backward_time`], for runs that share the process (a
+/// reproduction runs one per thread) and read it on their own threads.
+pub fn thread_forward_backward_time() -> Duration {
+    Duration::from_nanos(THREAD_FORWARD_BACKWARD_NANOS.with(|t| t.get()))
+}
 
 /// Total time the process has spent in candle's forward and backward passes
 /// ([`Network::forward_backward`]), summed over threads: a profiling counter
@@ -1265,6 +1279,33 @@ mod tests {
         // f32 agrees to f32 accuracy
         let mut o32 = NetworkOracle::new(spec, data, Precision::F32).unwrap();
         assert!((o32.loss(&x) - want).abs() <= 1e-5 * want.abs());
+    }
+
+    /// The per-thread counter counts this thread's passes only, and the
+    /// process-wide counter at least as much.
+    #[test]
+    fn thread_counter_counts_this_threads_passes() {
+        let spec = Network::mlp(&[6, 5, 4, 3]).unwrap();
+        let data = tiny_data(9, 6, 3, 2);
+        let x = spec.init(5);
+        let (mine, other) = std::thread::scope(|sc| {
+            let busy = sc.spawn(|| {
+                let mut o = NetworkOracle::new(spec.clone(), data.clone(), Precision::F32).unwrap();
+                let (t0, g0) = (thread_forward_backward_time(), forward_backward_time());
+                assert_eq!(t0, Duration::ZERO, "a fresh thread starts at zero");
+                let mut grad = vec![0.0; spec.dim()];
+                for _ in 0..3 {
+                    o.loss_grad(&x, &mut grad);
+                }
+                let t = thread_forward_backward_time() - t0;
+                assert!(forward_backward_time() - g0 >= t);
+                t
+            });
+            let idle = sc.spawn(thread_forward_backward_time);
+            (busy.join().unwrap(), idle.join().unwrap())
+        });
+        assert!(mine > Duration::ZERO);
+        assert_eq!(other, Duration::ZERO);
     }
 
     #[test]

@@ -462,6 +462,13 @@ impl Cluster {
         self.server.state.round
     }
 
+    /// Runs `f` once on each of the cluster's worker threads and returns
+    /// the results (for per-thread profiling counters: a round runs its
+    /// workers on these threads).
+    pub fn on_each_thread<R: Send>(&self, f: impl Fn() -> R + Sync) -> Vec<R> {
+        self.pool.broadcast(|_| f())
+    }
+
     /// Runs one round. Errors (non-finite values met by a compressor) are
     /// returned as a message.
     pub fn step(&mut self) -> Result<(), String> {
