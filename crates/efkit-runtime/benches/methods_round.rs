@@ -19,8 +19,11 @@
 //!
 //! Results: `bench/runs/2026-12-06-methods.md`.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::min_median_ms;
 use criterion::{criterion_group, Criterion};
 use efkit_core::method::{Preset, PRESETS};
 use efkit_runtime::config::parse_with_hints;
@@ -90,11 +93,6 @@ fn bench_methods(cr: &mut Criterion) {
     group.finish();
 }
 
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[0] * 1e3, v[v.len() / 2] * 1e3)
-}
-
 fn paired(pairs: usize) {
     println!("paired, one thread, {pairs} alternations per method (ms):");
     println!(
@@ -112,7 +110,7 @@ fn paired(pairs: usize) {
             b.step().expect("round");
             tb.push(t.elapsed().as_secs_f64());
         }
-        let ((m0, m1), (b0, b1)) = (stats(tm), stats(tb));
+        let ((m0, m1), (b0, b1)) = (min_median_ms(tm), min_median_ms(tb));
         println!(
             "| {name} | {base_name} | {m0:.3} / {m1:.3} | {b0:.3} / {b1:.3} | {:.2} |",
             m1 / b1
@@ -123,14 +121,5 @@ fn paired(pairs: usize) {
 criterion_group!(benches, bench_methods);
 
 fn main() {
-    // as the efkit binary does: the workers are the parallelism
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-    benches();
-    // skipped under `cargo test --benches` / `cargo bench -- --list`
-    if !std::env::args().any(|a| a == "--test" || a == "--list") {
-        paired(300);
-    }
-    Criterion::default().configure_from_args().final_summary();
+    common::criterion_then_paired(benches, || paired(300));
 }

@@ -20,10 +20,13 @@
 //!
 //! Results: `bench/runs/2026-12-06-safe.md`.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::median;
 use criterion::{criterion_group, Criterion};
 use efkit_core::rng::Rng;
 use efkit_core::safe::SAFE_METHOD_NAMES;
@@ -137,11 +140,6 @@ fn timed_cluster(text: &str) -> (SafeCluster, Arc<AtomicU64>) {
     (c, nanos)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// (round, oracle time) of one round, in seconds.
 fn timed_step(c: &mut SafeCluster, nanos: &AtomicU64) -> (f64, f64) {
     let before = nanos.load(Ordering::Relaxed);
@@ -185,14 +183,5 @@ fn paired(pairs: usize) {
 criterion_group!(benches, bench_safe);
 
 fn main() {
-    // as the efkit binary does: the workers are the parallelism
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-    benches();
-    // skipped under `cargo test --benches` / `cargo bench -- --list`
-    if !std::env::args().any(|a| a == "--test" || a == "--list") {
-        paired(300);
-    }
-    Criterion::default().configure_from_args().final_summary();
+    common::criterion_then_paired(benches, || paired(300));
 }

@@ -241,13 +241,11 @@ fn run_one(
     let mut train_secs = 0.0;
     // candle's time on the cluster's own threads (the evaluations below run
     // on this thread and are not counted)
-    let candle_nanos = |c: &efkit_runtime::Cluster| -> u64 {
+    let candle_nanos = |c: &efkit_runtime::Cluster| -> Vec<u64> {
         c.on_each_thread(|| thread_forward_backward_time().as_nanos() as u64)
-            .iter()
-            .sum()
     };
-    let threads = c.on_each_thread(|| ()).len() as f64;
     let candle0 = candle_nanos(&c);
+    let threads = candle0.len() as f64;
     let eval = |c: &efkit_runtime::Cluster, round: u64, secs: f64| -> Result<MlpPoint> {
         let x = &c.server.state.x;
         let (test_loss, test_accuracy) = NetworkOracle::evaluate(&spec, x, test, Precision::F32)
@@ -295,7 +293,8 @@ fn run_one(
             }
         }
     }
-    let candle_secs = (candle_nanos(&c) - candle0) as f64 * 1e-9;
+    let candle_secs =
+        (candle_nanos(&c).iter().sum::<u64>() - candle0.iter().sum::<u64>()) as f64 * 1e-9;
     let outside_candle = 1.0 - candle_secs / (threads * train_secs).max(1e-12);
     Ok(MlpRun {
         points,

@@ -675,6 +675,21 @@ mod tests {
         v
     }
 
+    /// Test input of `kind` 0..=3: uniform, heavy ties, equal magnitudes
+    /// with sign flips, signed zeros.
+    fn tie_input(kind: usize, d: usize, rng: &mut crate::rng::Rng) -> Vec<f64> {
+        match kind {
+            0 => (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+            1 => (0..d).map(|_| rng.gen_range(-3i32..=3) as f64).collect(),
+            2 => (0..d)
+                .map(|j| if j % 2 == 0 { 0.5 } else { -0.5 })
+                .collect(),
+            _ => (0..d)
+                .map(|j| if j % 3 == 0 { -0.0 } else { 0.0 })
+                .collect(),
+        }
+    }
+
     #[test]
     fn matches_naive_selection() {
         let mut rng = crate::rng::rng_from_key(1);
@@ -683,16 +698,7 @@ mod tests {
             let d = rng.gen_range(1..3000);
             let k = rng.gen_range(0..=d);
             let x: Vec<f64> = match trial % 5 {
-                0 => (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect(),
-                // heavy ties
-                1 => (0..d).map(|_| rng.gen_range(-3i32..=3) as f64).collect(),
-                // all equal, with sign flips and signed zeros
-                2 => (0..d)
-                    .map(|j| if j % 2 == 0 { 0.5 } else { -0.5 })
-                    .collect(),
-                3 => (0..d)
-                    .map(|j| if j % 3 == 0 { -0.0 } else { 0.0 })
-                    .collect(),
+                kind @ 0..=3 => tie_input(kind, d, &mut rng),
                 // wide dynamic range
                 _ => (0..d)
                     .map(|_| rng.gen_range(-1.0..1.0) * 10f64.powi(rng.gen_range(-300..300)))
@@ -714,14 +720,7 @@ mod tests {
             let d = rng.gen_range(2..400);
             let k = rng.gen_range(1..=SMALL_K.min(d - 1));
             let x: Vec<f64> = match trial % 5 {
-                0 => (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect(),
-                1 => (0..d).map(|_| rng.gen_range(-3i32..=3) as f64).collect(),
-                2 => (0..d)
-                    .map(|j| if j % 2 == 0 { 0.5 } else { -0.5 })
-                    .collect(),
-                3 => (0..d)
-                    .map(|j| if j % 3 == 0 { -0.0 } else { 0.0 })
-                    .collect(),
+                kind @ 0..=3 => tie_input(kind, d, &mut rng),
                 // increasing magnitudes: every entry enters the buffer
                 _ => (0..d)
                     .map(|j| (j as f64 + 1.0) * if j % 2 == 0 { 1.0 } else { -1.0 })
